@@ -1,0 +1,104 @@
+// Input validation shared by the CPU and CUDA registrations. Messages name the argument, so a
+// caller of torch.ops.dabdetr.* directly gets the same clear error as the Python wrappers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+namespace dabdetr {
+
+struct AttentionSizes {
+  int64_t batch, heads, num_queries, num_keys, dim_content, dim_pos, dim_value;
+};
+
+inline void check_floating_operand(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 4, name, " must have 4 dims [B, H, N, D], got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " has dtype ", t.scalar_type(),
+              " but q_content has dtype ", like.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but q_content is on ",
+              like.device());
+  TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name,
+              " must be contiguous in its last dim (stride 1), got strides ", t.strides());
+}
+
+inline AttentionSizes check_attention_inputs(const at::Tensor& q_content,
+                                             const std::optional<at::Tensor>& q_pos,
+                                             const at::Tensor& k_content,
+                                             const std::optional<at::Tensor>& k_pos,
+                                             const at::Tensor& value,
+                                             const std::optional<at::Tensor>& key_padding_mask) {
+  TORCH_CHECK(at::isFloatingType(q_content.scalar_type()),
+              "q_content must be a floating tensor, got ", q_content.scalar_type());
+  check_floating_operand(q_content, "q_content", q_content);
+  check_floating_operand(k_content, "k_content", q_content);
+  check_floating_operand(value, "value", q_content);
+  TORCH_CHECK(q_pos.has_value() == k_pos.has_value(),
+              "q_pos and k_pos must be given together or both be None");
+  AttentionSizes s{q_content.size(0), q_content.size(1), q_content.size(2), k_content.size(2),
+                   q_content.size(3), 0, value.size(3)};
+  auto expect = [](bool ok, const char* name, const char* what, const at::Tensor& t) {
+    TORCH_CHECK(ok, name, " has shape ", t.sizes(), ", which does not match ", what);
+  };
+  expect(k_content.size(0) == s.batch && k_content.size(1) == s.heads, "k_content",
+         "q_content in B and H", k_content);
+  expect(k_content.size(3) == s.dim_content, "k_content", "q_content in the last dim (Dc)", k_content);
+  expect(value.size(0) == s.batch && value.size(1) == s.heads, "value", "q_content in B and H", value);
+  expect(value.size(2) == s.num_keys, "value", "k_content in Nk", value);
+  if (q_pos.has_value()) {
+    check_floating_operand(*q_pos, "q_pos", q_content);
+    check_floating_operand(*k_pos, "k_pos", q_content);
+    expect(q_pos->size(0) == s.batch && q_pos->size(1) == s.heads && q_pos->size(2) == s.num_queries,
+           "q_pos", "q_content in B, H and Nq", *q_pos);
+    expect(k_pos->size(0) == s.batch && k_pos->size(1) == s.heads && k_pos->size(2) == s.num_keys,
+           "k_pos", "k_content in B, H and Nk", *k_pos);
+    expect(k_pos->size(3) == q_pos->size(3), "k_pos", "q_pos in the last dim (Dp)", *k_pos);
+    s.dim_pos = q_pos->size(3);
+  }
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool, "key_padding_mask must be bool (True = padded), got ",
+                m.scalar_type());
+    TORCH_CHECK(m.device() == q_content.device(), "key_padding_mask is on ", m.device(),
+                " but q_content is on ", q_content.device());
+    expect(m.dim() == 2 && m.size(0) == s.batch && m.size(1) == s.num_keys, "key_padding_mask",
+           "[B, Nk] of q_content and k_content", m);
+  }
+  return s;
+}
+
+struct SineEmbedSizes {
+  int64_t num_boxes, coords;
+};
+
+inline SineEmbedSizes check_sine_embed_inputs(const at::Tensor& boxes,
+                                              const std::optional<at::Tensor>& xy_scale,
+                                              const std::optional<at::Tensor>& ref_wh,
+                                              int64_t num_feats) {
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating tensor, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(boxes.dim() >= 1 && (boxes.size(-1) == 2 || boxes.size(-1) == 4),
+              "boxes must have shape [..., 4] (cx, cy, w, h) or [..., 2] (cx, cy), got ", boxes.sizes());
+  TORCH_CHECK(num_feats > 0 && num_feats % 2 == 0, "num_feats must be positive and even, got ",
+              num_feats);
+  const auto leading = boxes.sizes().slice(0, boxes.dim() - 1);
+  auto check_companion = [&](const at::Tensor& t, const char* name, int64_t last) {
+    TORCH_CHECK(t.scalar_type() == boxes.scalar_type(), name, " has dtype ", t.scalar_type(),
+                " but boxes has dtype ", boxes.scalar_type());
+    TORCH_CHECK(t.device() == boxes.device(), name, " is on ", t.device(), " but boxes is on ",
+                boxes.device());
+    TORCH_CHECK(t.dim() == boxes.dim() && t.sizes().slice(0, t.dim() - 1) == leading &&
+                    t.size(-1) == last,
+                name, " must have shape [..., ", last, "] with the leading dims of boxes ",
+                boxes.sizes(), ", got ", t.sizes());
+  };
+  if (xy_scale.has_value()) check_companion(*xy_scale, "xy_scale", 2 * num_feats);
+  if (ref_wh.has_value()) {
+    TORCH_CHECK(boxes.size(-1) == 4, "ref_wh needs boxes with w and h ([..., 4]), got boxes ",
+                boxes.sizes());
+    check_companion(*ref_wh, "ref_wh", 2);
+  }
+  return {boxes.numel() / boxes.size(-1), boxes.size(-1)};
+}
+
+}  // namespace dabdetr

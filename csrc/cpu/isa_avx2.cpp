@@ -1,0 +1,25 @@
+// CPU kernels compiled for AVX2 (selected at run time only on CPUs that have it). The
+// target pragma comes after every system and project header, so only our kernels get it.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace dabdetr::cpu::avx2 {
+#include "cpu/kernel_bodies.inc"
+}  // namespace dabdetr::cpu::avx2
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif

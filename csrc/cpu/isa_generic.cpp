@@ -1,0 +1,10 @@
+// CPU kernels compiled for the baseline instruction set of the build (runs on any CPU).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/kernels.h"
+
+namespace dabdetr::cpu::generic {
+#include "cpu/kernel_bodies.inc"
+}  // namespace dabdetr::cpu::generic

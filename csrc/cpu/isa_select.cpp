@@ -1,0 +1,71 @@
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/kernels.h"
+
+namespace dabdetr::cpu {
+namespace {
+
+Isa detect_isa() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kGeneric;
+}
+
+Isa cap_by_environment(Isa detected) {
+  const char* requested = std::getenv("DABDETR_CPU_ISA");
+  if (requested == nullptr || *requested == '\0') return detected;
+  Isa cap = detected;
+  if (std::strcmp(requested, "generic") == 0) cap = Isa::kGeneric;
+  if (std::strcmp(requested, "avx2") == 0) cap = Isa::kAvx2;
+  if (std::strcmp(requested, "avx512") == 0) cap = Isa::kAvx512;
+  return static_cast<int>(cap) < static_cast<int>(detected) ? cap : detected;
+}
+
+template <typename T>
+KernelTable<T> table_for(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::kAvx512:
+      return {avx512::attention_forward<T>, avx512::attention_backward<T>,
+              avx512::sine_embed_forward<T>, avx512::sine_embed_backward<T>};
+    case Isa::kAvx2:
+      return {avx2::attention_forward<T>, avx2::attention_backward<T>,
+              avx2::sine_embed_forward<T>, avx2::sine_embed_backward<T>};
+#endif
+    default:
+      return {generic::attention_forward<T>, generic::attention_backward<T>,
+              generic::sine_embed_forward<T>, generic::sine_embed_backward<T>};
+  }
+}
+
+}  // namespace
+
+Isa selected_isa() {
+  static const Isa isa = cap_by_environment(detect_isa());
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+template <typename T>
+const KernelTable<T>& kernels() {
+  static const KernelTable<T> table = table_for<T>(selected_isa());
+  return table;
+}
+
+template const KernelTable<float>& kernels<float>();
+template const KernelTable<double>& kernels<double>();
+
+}  // namespace dabdetr::cpu

@@ -1,0 +1,45 @@
+// Entry points of the CPU kernels, one set per instruction-set level (isa_*.cpp), and the
+// runtime choice between them. Each entry point processes work items [begin, end).
+#pragma once
+
+#include "cpu/kernel_params.h"
+
+namespace dabdetr::cpu {
+
+#define DABDETR_DECLARE_CPU_KERNELS(isa)                                                     \
+  namespace isa {                                                                           \
+  template <typename T>                                                                     \
+  void attention_forward(const AttentionParams<T>& p, int64_t begin, int64_t end, T* ws);   \
+  template <typename T>                                                                     \
+  void attention_backward(const AttentionParams<T>& p, int64_t begin, int64_t end, T* ws);  \
+  template <typename T>                                                                     \
+  void sine_embed_forward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);         \
+  template <typename T>                                                                     \
+  void sine_embed_backward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);        \
+  }
+
+DABDETR_DECLARE_CPU_KERNELS(generic)
+DABDETR_DECLARE_CPU_KERNELS(avx2)
+DABDETR_DECLARE_CPU_KERNELS(avx512)
+#undef DABDETR_DECLARE_CPU_KERNELS
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+// The best level this CPU supports and this build contains, lowered by the environment
+// variable DABDETR_CPU_ISA=generic|avx2|avx512 (read once; used by the tests to exercise
+// every level on one machine).
+Isa selected_isa();
+const char* isa_name(Isa isa);
+
+template <typename T>
+struct KernelTable {
+  void (*attention_forward)(const AttentionParams<T>&, int64_t, int64_t, T*);
+  void (*attention_backward)(const AttentionParams<T>&, int64_t, int64_t, T*);
+  void (*sine_embed_forward)(const SineEmbedParams<T>&, int64_t, int64_t);
+  void (*sine_embed_backward)(const SineEmbedParams<T>&, int64_t, int64_t);
+};
+
+template <typename T>
+const KernelTable<T>& kernels();
+
+}  // namespace dabdetr::cpu

@@ -1,0 +1,93 @@
+"""Loading of the compiled extension dabdetr._C and the choice, per call, of kernel or reference.
+
+The package works without the extension: every op then runs its PyTorch reference, and one
+warning says why (extension missing, or DABDETR_DISABLE_KERNELS=1).
+"""
+
+import os
+import warnings
+
+import torch
+
+DISABLE_ENV = "DABDETR_DISABLE_KERNELS"
+IMPLS = ("auto", "reference", "kernel")
+
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+
+def _load():
+    setting = os.environ.get(DISABLE_ENV, "")
+    if setting not in ("", "0"):
+        return None, f"disabled by {DISABLE_ENV}={setting}"
+    try:
+        from dabdetr import _C
+    except ImportError as error:
+        return None, f"the extension dabdetr._C could not be imported ({error})"
+    return _C, None
+
+
+_C, _UNAVAILABLE = _load()
+BUILD_INFO = _C.build_info() if _C is not None else {}
+if _C is None:
+    warnings.warn(
+        f"dabdetr: fused kernels unavailable, {_UNAVAILABLE}; all ops use the PyTorch reference",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _no_kernel_reason(device, dtype):
+    if _C is None:
+        return _UNAVAILABLE
+    if device.type == "cuda" and not BUILD_INFO.get("cuda"):
+        return "dabdetr._C was built without CUDA kernels"
+    if dtype not in _KERNEL_DTYPES.get(device.type, ()):
+        return f"no kernel for {dtype} on {device.type}"
+    return None
+
+
+def use_kernel(impl, op_name, device, dtype):
+    """Whether `op_name` runs its fused kernel for tensors on `device` of `dtype`.
+
+    impl "reference" never does, "auto" does when a kernel exists, "kernel" must (or raises).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"{op_name}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return False
+    reason = _no_kernel_reason(device, dtype)
+    if reason is None:
+        return True
+    if impl == "kernel":
+        raise RuntimeError(f"{op_name}: impl='kernel' but {reason}")
+    return False
+
+
+def kernels_loaded():
+    return _C is not None
+
+
+def kernel_info():
+    """What the extension provides: a dict with keys
+
+    extension_loaded (bool), unavailable_reason (str or None), cpu (bool: CPU kernels),
+    cpu_isa (instruction set the CPU kernels run with), cuda (bool: CUDA kernels),
+    cuda_archs (list of str), cuda_version (str or None), torch_version (torch the extension
+    was built against), runtime_torch_version.
+    """
+    info = {
+        "extension_loaded": _C is not None,
+        "unavailable_reason": _UNAVAILABLE,
+        "cpu": False,
+        "cpu_isa": None,
+        "cuda": False,
+        "cuda_archs": [],
+        "cuda_version": None,
+        "torch_version": None,
+    }
+    info.update(BUILD_INFO)
+    info["runtime_torch_version"] = torch.__version__
+    return info
