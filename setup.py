@@ -41,7 +41,7 @@ def _sources(pattern):
 def make_extension():
     with_cuda = _cuda_requested()
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     define_macros = []
     extra = {"cxx": cxx_flags}
     extension = cpp_extension.CppExtension

@@ -14,6 +14,7 @@
 #pragma GCC target("avx2,fma")
 #endif
 namespace dabdetr::cpu::avx2 {
+constexpr int kVectorBytes = 32;
 #include "cpu/kernel_bodies.inc"
 }  // namespace dabdetr::cpu::avx2
 

@@ -15,6 +15,7 @@
 #endif
 
 namespace dabdetr::cpu::avx512 {
+constexpr int kVectorBytes = 64;
 #include "cpu/kernel_bodies.inc"
 }  // namespace dabdetr::cpu::avx512
 

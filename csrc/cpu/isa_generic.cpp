@@ -6,5 +6,6 @@
 #include "cpu/kernels.h"
 
 namespace dabdetr::cpu::generic {
+constexpr int kVectorBytes = 16;
 #include "cpu/kernel_bodies.inc"
 }  // namespace dabdetr::cpu::generic
