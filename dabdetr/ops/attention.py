@@ -5,7 +5,7 @@ import math
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import kernels_loaded, use_kernel
+from dabdetr.ops.extension import kernels_loaded, no_double_backward, use_kernel
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -105,6 +105,7 @@ if kernels_loaded():
 
     @torch.library.register_fake("dabdetr::modulated_attention")
     def _modulated_attention_fake(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
+        _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask)
         B, H, Nq, _ = q_content.shape
         lse_dtype = torch.float32 if q_content.dtype in _HALF_DTYPES else q_content.dtype
         out = q_content.new_empty((B, H, Nq, value.shape[-1]))
@@ -136,3 +137,6 @@ if kernels_loaded():
         return g_qc, g_qp, g_kc, g_kp, g_v, None, None
 
     torch.library.register_autograd("dabdetr::modulated_attention", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        "dabdetr::modulated_attention_backward", no_double_backward("modulated_attention")
+    )

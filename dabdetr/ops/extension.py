@@ -66,6 +66,18 @@ def use_kernel(impl, op_name, device, dtype):
     return False
 
 
+def no_double_backward(op_name):
+    """Autograd formula for a kernel's backward op: first derivatives only."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"double backward through the fused {op_name} kernel is not supported; "
+            "use impl='reference' where second derivatives are needed"
+        )
+
+    return backward
+
+
 def kernels_loaded():
     return _C is not None
 

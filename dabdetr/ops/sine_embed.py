@@ -3,7 +3,7 @@
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import kernels_loaded, use_kernel
+from dabdetr.ops.extension import kernels_loaded, no_double_backward, use_kernel
 
 
 def anchor_sine_embed(boxes, *, num_feats=128, temperature=10000.0, impl="auto"):
@@ -76,10 +76,12 @@ if kernels_loaded():
 
     @torch.library.register_fake("dabdetr::anchor_sine_embed")
     def _anchor_sine_embed_fake(boxes, num_feats, temperature):
+        _check_inputs(boxes, None, None, num_feats, temperature)
         return boxes.new_empty((*boxes.shape[:-1], boxes.shape[-1] * num_feats))
 
     @torch.library.register_fake("dabdetr::modulated_anchor_sine_embed")
     def _modulated_anchor_sine_embed_fake(boxes, xy_scale, ref_wh, num_feats, temperature):
+        _check_inputs(boxes, xy_scale, ref_wh, num_feats, temperature)
         embed = boxes.new_empty((*boxes.shape[:-1], boxes.shape[-1] * num_feats))
         return embed, boxes.new_empty((*boxes.shape[:-1], 2 * num_feats))
 
@@ -123,4 +125,7 @@ if kernels_loaded():
     torch.library.register_autograd("dabdetr::anchor_sine_embed", _backward_plain, setup_context=_setup_plain)
     torch.library.register_autograd(
         "dabdetr::modulated_anchor_sine_embed", _backward_modulated, setup_context=_setup_modulated
+    )
+    torch.library.register_autograd(
+        "dabdetr::anchor_sine_embed_backward", no_double_backward("the anchor sine embedding")
     )

@@ -1,0 +1,153 @@
+"""Inputs shared by the CPU and CUDA op tests (the sample_inputs pattern of extension-cpp),
+the naive fp64 formulas the references are checked against, and the error-ratio assertion."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    name: str
+    B: int = 2
+    H: int = 2
+    Nq: int = 5
+    Nk: int = 7
+    Dc: int = 4
+    Dp: int = 4  # 0: content-only attention (q_pos = k_pos = None)
+    Dv: int = 4
+    mask: str = "none"  # none | random | mostly_padded | one_fully_padded
+    views: bool = False  # inputs as view(B, N, H, D).transpose(1, 2) of a Linear-like output
+
+    def __str__(self):
+        return self.name
+
+
+ATTENTION_CASES = [
+    AttentionCase("tiny"),
+    AttentionCase("dab_decoder_head", B=2, H=8, Nq=40, Nk=200, Dc=32, Dp=32, Dv=32, mask="random"),
+    AttentionCase("odd_tiles", B=1, H=3, Nq=33, Nk=129, Dc=5, Dp=7, Dv=3, mask="random"),
+    AttentionCase("one_key", B=2, H=2, Nq=5, Nk=1),
+    AttentionCase("content_only", B=2, H=4, Nq=9, Nk=50, Dc=32, Dp=0, Dv=32, mask="random"),
+    AttentionCase("dc_ne_dv", B=1, H=2, Nq=17, Nk=70, Dc=64, Dp=32, Dv=48),
+    AttentionCase("mostly_padded", B=2, H=2, Nq=6, Nk=140, Dc=16, Dp=16, Dv=16, mask="mostly_padded"),
+    AttentionCase("one_fully_padded", B=3, H=2, Nq=7, Nk=30, Dc=8, Dp=8, Dv=8, mask="one_fully_padded"),
+    AttentionCase("views", B=2, H=4, Nq=35, Nk=140, Dc=32, Dp=32, Dv=32, mask="random", views=True),
+]
+
+# gradcheck cost grows fast: keep to small odd shapes.
+GRADCHECK_CASES = [
+    AttentionCase("gc_plain", B=1, H=2, Nq=3, Nk=5, Dc=3, Dp=2, Dv=3),
+    AttentionCase("gc_masked", B=2, H=1, Nq=4, Nk=6, Dc=2, Dp=3, Dv=2, mask="one_fully_padded"),
+    AttentionCase("gc_content_only", B=1, H=2, Nq=3, Nk=35, Dc=3, Dp=0, Dv=2, mask="random"),
+]
+
+
+def _operand(case, n, d, device, dtype, generator):
+    if case.views:
+        # As produced by a Linear: [B, N, H*D] viewed per head, feature dim contiguous.
+        flat = torch.randn(case.B, n, case.H * d, generator=generator, dtype=torch.float64)
+        return flat.to(device, dtype).view(case.B, n, case.H, d).transpose(1, 2)
+    return torch.randn(case.B, case.H, n, d, generator=generator, dtype=torch.float64).to(device, dtype)
+
+
+def _mask(case, device, generator):
+    if case.mask == "none":
+        return None
+    mask = torch.rand(case.B, case.Nk, generator=generator) < 0.25
+    if case.mask == "mostly_padded":
+        mask[0] = torch.rand(case.Nk, generator=generator) < 0.9
+        mask[0, 0] = False
+    if case.mask == "one_fully_padded":
+        mask[1] = True
+    return mask.to(device)
+
+
+def attention_inputs(case, device="cpu", dtype=torch.float64, requires_grad=False, seed=0):
+    """dict of modulated_attention's tensor arguments for `case`."""
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "q_content": _operand(case, case.Nq, case.Dc, device, dtype, g),
+        "q_pos": _operand(case, case.Nq, case.Dp, device, dtype, g) if case.Dp else None,
+        "k_content": _operand(case, case.Nk, case.Dc, device, dtype, g),
+        "k_pos": _operand(case, case.Nk, case.Dp, device, dtype, g) if case.Dp else None,
+        "value": _operand(case, case.Nk, case.Dv, device, dtype, g),
+    }
+    if requires_grad:
+        for x in t.values():
+            if x is not None:
+                x.requires_grad_(True)
+    t["key_padding_mask"] = _mask(case, device, g)
+    return t
+
+
+def naive_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
+    """Per (batch, head): softmax over the unpadded keys only of (qc.kc + qp.kp) * scale, then
+    times value; zeros for a query with no unpadded key. fp64, loops, no masked_fill."""
+    B, H, Nq, _ = q_content.shape
+    out = torch.zeros(B, H, Nq, value.shape[-1], dtype=torch.float64)
+    for b in range(B):
+        keep = torch.ones(k_content.shape[2], dtype=torch.bool)
+        if key_padding_mask is not None:
+            keep = ~key_padding_mask[b].cpu()
+        if not keep.any():
+            continue
+        for h in range(H):
+            qc, kc, v = (x[b, h].detach().cpu().double() for x in (q_content, k_content, value))
+            logits = qc @ kc[keep].T
+            if q_pos is not None:
+                logits = logits + q_pos[b, h].detach().cpu().double() @ k_pos[b, h].detach().cpu().double()[keep].T
+            weights = torch.exp((logits - logits.max(dim=1, keepdim=True).values) * scale)
+            out[b, h] = (weights / weights.sum(dim=1, keepdim=True)) @ v[keep]
+    return out
+
+
+def default_scale(case):
+    return 1.0 / math.sqrt(case.Dc + case.Dp)
+
+
+BOX_SHAPES = [(7, 4), (3, 5, 4), (11, 2), (1, 4), (300, 2, 4)]
+
+
+def sine_inputs(shape, num_feats=16, device="cpu", dtype=torch.float64, modulated=True, requires_grad=False, seed=0):
+    """(boxes, xy_scale, ref_wh) with boxes in (0.05, 0.95); companions None when not modulated."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = (torch.rand(shape, generator=g, dtype=torch.float64) * 0.9 + 0.05).to(device, dtype)
+    lead = shape[:-1]
+    xy_scale = ref_wh = None
+    if modulated:
+        xy_scale = torch.randn(*lead, 2 * num_feats, generator=g, dtype=torch.float64).to(device, dtype)
+        if shape[-1] == 4:
+            ref_wh = (torch.rand(*lead, 2, generator=g, dtype=torch.float64) * 0.9 + 0.05).to(device, dtype)
+    if requires_grad:
+        for x in (boxes, xy_scale, ref_wh):
+            if x is not None:
+                x.requires_grad_(True)
+    return boxes, xy_scale, ref_wh
+
+
+def naive_sine_embed(boxes, num_feats, temperature):
+    """Scalar-by-scalar evaluation of dabdetr-spec.md section 4 with Python's math module."""
+    flat = boxes.detach().double().cpu().reshape(-1, boxes.shape[-1]).tolist()
+    order = [1, 0, 2, 3][: boxes.shape[-1]]
+    rows = []
+    for box in flat:
+        row = []
+        for c in order:
+            for k in range(num_feats):
+                angle = box[c] * 2 * math.pi / temperature ** (2 * (k // 2) / num_feats)
+                row.append(math.sin(angle) if k % 2 == 0 else math.cos(angle))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64).reshape(*boxes.shape[:-1], -1)
+
+
+def assert_error_ratio(candidate, same_dtype_reference, truth, factor, what, floor=0.0):
+    """The candidate's max error against the fp64 truth is at most `factor` times the error of
+    the reference computed in the candidate's dtype (plus `floor`, for exact references)."""
+    truth = truth.double().cpu()
+    err = (candidate.double().cpu() - truth).abs().max().item()
+    ref_err = (same_dtype_reference.double().cpu() - truth).abs().max().item()
+    assert err <= factor * ref_err + floor, (
+        f"{what}: error {err:.3e} exceeds {factor} x reference error {ref_err:.3e} + {floor:.1e}"
+    )

@@ -1,0 +1,199 @@
+"""modulated_attention: reference against a naive formula, kernel against the reference."""
+
+import pytest
+import torch
+
+from dabdetr.ops import modulated_attention
+from dabdetr.ops import reference
+from op_samples import (
+    ATTENTION_CASES,
+    GRADCHECK_CASES,
+    assert_error_ratio,
+    attention_inputs,
+    default_scale,
+    naive_attention,
+)
+
+GRAD_NAMES = ("q_content", "q_pos", "k_content", "k_pos", "value")
+
+
+def _run(inputs, impl, cotangent=None):
+    out = modulated_attention(**inputs, impl=impl)
+    if cotangent is None:
+        return out, {}
+    leaves = {n: inputs[n] for n in GRAD_NAMES if inputs[n] is not None}
+    grads = torch.autograd.grad(out, list(leaves.values()), cotangent)
+    return out, dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_reference_matches_naive_formula(case):
+    inputs = attention_inputs(case)
+    expected = naive_attention(**inputs, scale=default_scale(case))
+    out = modulated_attention(**inputs, impl="reference")
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_kernel_matches_reference_fp64(case, device):
+    inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    out, grads = _run(inputs, "kernel", cotangent)
+    ref_out, ref_grads = _run(inputs, "reference", cotangent)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_kernel_matches_reference_fp32(case, device):
+    truth_inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
+    inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    truth, truth_grads = _run(truth_inputs, "reference", cotangent)
+    out, grads = _run(inputs, "kernel", cotangent.float())
+    ref_out, ref_grads = _run(inputs, "reference", cotangent.float())
+    # fp32 kernels accumulate in a different order than the reference: allow 2x (forward) and
+    # 3x (backward) the reference's own fp32 error, plus a few ulps for exact references.
+    assert_error_ratio(out, ref_out, truth, 2.0, "out", floor=2e-6)
+    for name in grads:
+        assert_error_ratio(grads[name], ref_grads[name], truth_grads[name], 3.0, name, floor=1e-5)
+
+
+def test_fully_padded_rows_give_zeros_and_zero_grads(device):
+    case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
+    inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
+    out = modulated_attention(**inputs, impl="kernel")
+    assert torch.isfinite(out).all()
+    assert (out[1] == 0).all()
+    grads = torch.autograd.grad(out.square().sum(), [inputs[n] for n in GRAD_NAMES])
+    for name, grad in zip(GRAD_NAMES, grads):
+        assert torch.isfinite(grad).all(), name
+        assert (grad[1] == 0).all(), name
+        assert grad[0].abs().sum() > 0, name
+
+
+def test_padded_keys_get_no_weight(device):
+    # Changing what is under a padded key must not change anything.
+    case = next(c for c in ATTENTION_CASES if c.mask == "random" and c.Dp)
+    inputs = attention_inputs(case, device, torch.float64)
+    out = modulated_attention(**inputs, impl="kernel")
+    mask = inputs["key_padding_mask"]
+    for name in ("k_content", "k_pos", "value"):
+        changed = dict(inputs)
+        changed[name] = inputs[name].masked_fill(mask[:, None, :, None], 1e6)
+        torch.testing.assert_close(modulated_attention(**changed, impl="kernel"), out, rtol=0, atol=1e-12)
+
+
+def test_views_are_read_in_place(device):
+    case = next(c for c in ATTENTION_CASES if c.views)
+    inputs = attention_inputs(case, device, torch.float32)
+    assert not inputs["q_content"].is_contiguous() and inputs["q_content"].stride(-1) == 1
+    contiguous = {k: (v.contiguous() if v is not None else None) for k, v in inputs.items()}
+    out = modulated_attention(**inputs, impl="kernel")
+    torch.testing.assert_close(out, modulated_attention(**contiguous, impl="kernel"), rtol=0, atol=0)
+
+
+def test_strided_last_dim_is_accepted(device):
+    case = ATTENTION_CASES[0]
+    inputs = attention_inputs(case, device, torch.float64)
+    inputs["q_content"] = inputs["q_content"].transpose(2, 3).contiguous().transpose(2, 3)
+    torch.testing.assert_close(
+        modulated_attention(**inputs, impl="kernel"), modulated_attention(**inputs, impl="reference")
+    )
+
+
+def test_explicit_scale(device):
+    case = ATTENTION_CASES[1]
+    inputs = attention_inputs(case, device, torch.float64)
+    torch.testing.assert_close(
+        modulated_attention(**inputs, scale=0.3, impl="kernel"),
+        naive_attention(**inputs, scale=0.3).to(device),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+def test_empty_batch_and_queries(device):
+    for case_kw in ({"B": 0}, {"Nq": 0}):
+        case = ATTENTION_CASES[0].__class__("empty", **case_kw)
+        inputs = attention_inputs(case, device, torch.float32)
+        out = modulated_attention(**inputs, impl="kernel")
+        assert out.shape == (case.B, case.H, case.Nq, case.Dv)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)
+def test_gradcheck(case, device):
+    inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
+    names = [n for n in GRAD_NAMES if inputs[n] is not None]
+
+    def fn(*tensors):
+        kwargs = dict(inputs, **dict(zip(names, tensors)))
+        return modulated_attention(**kwargs, impl="kernel")
+
+    assert torch.autograd.gradcheck(fn, [inputs[n] for n in names], eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES + [ATTENTION_CASES[1]], ids=str)
+def test_opcheck(case, device):
+    inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
+    args = (
+        inputs["q_content"], inputs["q_pos"], inputs["k_content"], inputs["k_pos"], inputs["value"],
+        inputs["key_padding_mask"], default_scale(case),
+    )
+    torch.library.opcheck(torch.ops.dabdetr.modulated_attention.default, args)
+    with torch.no_grad():
+        out, lse = torch.ops.dabdetr.modulated_attention(*args)
+    grad_out = torch.randn_like(out)
+    # The backward op is first-order only (see test_double_backward_raises_clearly).
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    backward_args = (grad_out, *detached[:6], out, lse, args[6])
+    torch.library.opcheck(torch.ops.dabdetr.modulated_attention_backward.default, backward_args)
+
+
+def test_lse_is_log_sum_exp_of_scaled_logits(device):
+    case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
+    inputs = attention_inputs(case, device, torch.float64)
+    scale = default_scale(case)
+    _, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
+    logits = (inputs["q_content"] @ inputs["k_content"].transpose(-1, -2)
+              + inputs["q_pos"] @ inputs["k_pos"].transpose(-1, -2)) * scale
+    logits = logits.masked_fill(inputs["key_padding_mask"][:, None, None], float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1))
+
+
+def test_torch_compile_fullgraph(device):
+    case = ATTENTION_CASES[1]
+    inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
+
+    def layer(q_content, q_pos, k_content, k_pos, value, key_padding_mask):
+        out = modulated_attention(q_content * 2, q_pos, k_content, k_pos, value, key_padding_mask, impl="kernel")
+        return out.relu().sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    leaves = [inputs[n] for n in GRAD_NAMES]
+    loss = compiled(**inputs)
+    grads = torch.autograd.grad(loss, leaves)
+    ref_loss = layer(**inputs)
+    ref_grads = torch.autograd.grad(ref_loss, leaves)
+    torch.testing.assert_close(loss, ref_loss)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_reference_never_nan_for_fully_padded_rows():
+    case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
+    inputs = attention_inputs(case, requires_grad=True)
+    out = reference.modulated_attention(**inputs, scale=0.5)
+    grads = torch.autograd.grad(out.sum(), [inputs[n] for n in GRAD_NAMES])
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert (out[1] == 0).all() and all((g[1] == 0).all() for g in grads)
+
+
+def test_double_backward_raises_clearly(device):
+    inputs = attention_inputs(ATTENTION_CASES[0], device, torch.float64, requires_grad=True)
+    out = modulated_attention(**inputs, impl="kernel")
+    (grad_q,) = torch.autograd.grad(out.square().sum(), [inputs["q_content"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_q.sum().backward()

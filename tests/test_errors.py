@@ -1,0 +1,116 @@
+"""Bad inputs raise errors that name the offending argument, on every path (wrapper, kernel
+called directly); nothing crashes."""
+
+import pytest
+import torch
+
+from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed, modulated_attention
+from op_samples import AttentionCase, attention_inputs, sine_inputs
+
+CASE = AttentionCase("errors", B=2, H=2, Nq=3, Nk=5, Dc=4, Dp=4, Dv=4, mask="random")
+
+
+def _inputs(**changes):
+    inputs = attention_inputs(CASE, dtype=torch.float32)
+    inputs.update(changes)
+    return inputs
+
+
+def _bad_attention_inputs():
+    t = attention_inputs(CASE, dtype=torch.float32)
+    return [
+        ("rank", dict(q_content=t["q_content"][0]), "q_content.*4 dims"),
+        ("batch", dict(k_content=t["k_content"][:1]), "k_content"),
+        ("heads", dict(value=t["value"][:, :1]), "value"),
+        ("num_keys", dict(value=t["value"][:, :, :4]), "value"),
+        ("num_queries", dict(q_pos=t["q_pos"][:, :, :2]), "q_pos"),
+        ("dim_content", dict(k_content=t["k_content"][..., :3]), "k_content"),
+        ("dim_pos", dict(k_pos=t["k_pos"][..., :3]), "k_pos"),
+        ("dtype", dict(value=t["value"].double()), "value.*dtype"),
+        ("integer", dict(q_content=t["q_content"].long()), "q_content.*floating"),
+        ("mask_dtype", dict(key_padding_mask=t["key_padding_mask"].float()), "key_padding_mask.*bool"),
+        ("mask_shape", dict(key_padding_mask=t["key_padding_mask"][:, :4]), "key_padding_mask"),
+        ("mask_device", dict(key_padding_mask=t["key_padding_mask"].to("meta")), "key_padding_mask.*meta"),
+        ("device", dict(k_pos=t["k_pos"].to("meta")), "k_pos.*meta"),
+        ("pos_pairing", dict(k_pos=None), "q_pos and k_pos"),
+    ]
+
+
+@pytest.mark.parametrize("impl", ["reference", "kernel", "auto"])
+@pytest.mark.parametrize("name,changes,message", _bad_attention_inputs(), ids=[c[0] for c in _bad_attention_inputs()])
+def test_attention_bad_inputs_name_the_argument(name, changes, message, impl):
+    with pytest.raises((ValueError, TypeError), match=message):
+        modulated_attention(**_inputs(**changes), impl=impl)
+
+
+@pytest.mark.parametrize(
+    "name,changes,message",
+    [c for c in _bad_attention_inputs() if c[0] not in ("pos_pairing",)],
+    ids=[c[0] for c in _bad_attention_inputs() if c[0] not in ("pos_pairing",)],
+)
+def test_kernel_op_called_directly_checks_its_inputs(name, changes, message):
+    # The C++ checks (and, for a meta tensor, which routes to the fake kernel, the Python checks)
+    # are the last line of defence for callers of torch.ops.dabdetr.* directly.
+    inputs = _inputs(**changes)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=message.split(".*")[0]):
+        torch.ops.dabdetr.modulated_attention(*inputs.values(), 0.5)
+
+
+def test_attention_kernel_unavailable_for_dtype_raises():
+    inputs = attention_inputs(CASE, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="impl='kernel' but no kernel for torch.bfloat16 on cpu"):
+        modulated_attention(**inputs, impl="kernel")
+    # auto falls back to the reference for the same call
+    assert modulated_attention(**inputs, impl="auto").dtype == torch.bfloat16
+
+
+def test_unknown_impl_raises():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        modulated_attention(**_inputs(), impl="fast")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        anchor_sine_embed(torch.rand(3, 4), impl="triton")
+
+
+def _bad_sine_inputs():
+    boxes, xy_scale, ref_wh = sine_inputs((3, 4), 8, dtype=torch.float32)
+    return [
+        ("last_dim", dict(boxes=torch.rand(3, 3)), "boxes must have shape"),
+        ("scalar", dict(boxes=torch.tensor(0.5)), "boxes must have shape"),
+        ("integer", dict(boxes=boxes.long()), "boxes must be a floating"),
+        ("xy_scale_shape", dict(boxes=boxes, xy_scale=xy_scale[:, :15]), "xy_scale must have shape"),
+        ("xy_scale_dtype", dict(boxes=boxes, xy_scale=xy_scale.double()), "xy_scale.*dtype"),
+        ("ref_wh_shape", dict(boxes=boxes, ref_wh=ref_wh[:2]), "ref_wh must have shape"),
+        ("ref_wh_device", dict(boxes=boxes, ref_wh=ref_wh.to("meta")), "ref_wh.*meta"),
+        ("ref_wh_2d_boxes", dict(boxes=boxes[:, :2], ref_wh=ref_wh), "ref_wh needs boxes with w and h"),
+    ]
+
+
+@pytest.mark.parametrize("impl", ["reference", "kernel"])
+@pytest.mark.parametrize("name,kwargs,message", _bad_sine_inputs(), ids=[c[0] for c in _bad_sine_inputs()])
+def test_sine_bad_inputs_name_the_argument(name, kwargs, message, impl):
+    with pytest.raises((ValueError, TypeError), match=message):
+        modulated_anchor_sine_embed(**kwargs, num_feats=8, impl=impl)
+
+
+@pytest.mark.parametrize("num_feats", [0, 7, -2, 8.0])
+def test_sine_bad_num_feats(num_feats):
+    with pytest.raises(ValueError, match="num_feats"):
+        anchor_sine_embed(torch.rand(2, 4), num_feats=num_feats)
+
+
+def test_sine_bad_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        anchor_sine_embed(torch.rand(2, 4), temperature=0.0)
+    with pytest.raises(RuntimeError, match="temperature"):
+        torch.ops.dabdetr.anchor_sine_embed(torch.rand(2, 4), 8, -1.0)
+
+
+def test_sine_kernel_op_called_directly_checks_its_inputs():
+    with pytest.raises(RuntimeError, match="boxes must have shape"):
+        torch.ops.dabdetr.anchor_sine_embed(torch.rand(2, 5), 8, 10000.0)
+    with pytest.raises(RuntimeError, match="num_feats"):
+        torch.ops.dabdetr.anchor_sine_embed(torch.rand(2, 4), 7, 10000.0)
+    with pytest.raises(RuntimeError, match="xy_scale"):
+        torch.ops.dabdetr.modulated_anchor_sine_embed(torch.rand(2, 4), torch.rand(2, 7), None, 8, 10000.0)
+    with pytest.raises(RuntimeError, match="CPU kernel supports float32 and float64"):
+        torch.ops.dabdetr.anchor_sine_embed(torch.rand(2, 4).half(), 8, 10000.0)
