@@ -1,0 +1,211 @@
+"""Benchmark of modulated_attention at DAB-DETR shapes.
+
+Peers per shape: the PyTorch reference; torch SDPA fed the concatenated [content | pos] inputs
+and a mask, under each backend that accepts the shapes (the backend is recorded; "flash, V
+padded" zero-pads V to the q/k head dim, a workaround that makes FlashAttention accept it); and
+the fused kernel. Forward (no grad) and forward+backward (torch.autograd.grad of all inputs).
+
+    python benchmarks/bench_attention.py                 # CPU grid, float32
+    python benchmarks/bench_attention.py --device cuda   # CUDA grid, float32 and bfloat16
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from dabdetr.ops import modulated_attention  # noqa: E402
+
+HEADS, HEAD_DIM = 8, 32  # Dc = Dp = Dv = 32
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    num_queries: int
+    num_keys: int
+    padded: float  # fraction of keys padded
+
+    def __str__(self):
+        return f"B{self.batch} Nq{self.num_queries} Nk{self.num_keys} pad{round(self.padded * 100)}%"
+
+
+TARGET = Shape(2, 300, 850, 0.25)  # R50 decoder cross-attention, 800x1066 image
+CPU_SHAPES = [TARGET, Shape(2, 300, 850, 0.0), Shape(8, 300, 850, 0.25), Shape(2, 900, 850, 0.25), Shape(2, 300, 3400, 0.25)]
+CUDA_SHAPES = [Shape(b, q, k, p) for b in (2, 8) for q in (300, 900) for k in (850, 3400) for p in (0.0, 0.25)]
+MEMORY_SHAPES = [Shape(2, 300, 850, 0.25), Shape(2, 300, 8500, 0.25)]
+
+
+def make_inputs(shape, device, dtype, requires_grad, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def operand(n):
+        t = torch.randn(shape.batch, HEADS, n, HEAD_DIM, generator=g).to(device, dtype)
+        return t.requires_grad_(requires_grad)
+
+    inputs = {
+        "q_content": operand(shape.num_queries), "q_pos": operand(shape.num_queries),
+        "k_content": operand(shape.num_keys), "k_pos": operand(shape.num_keys), "value": operand(shape.num_keys),
+    }
+    mask = torch.rand(shape.batch, shape.num_keys, generator=g) < shape.padded
+    mask[:, 0] = False  # no fully padded row: SDPA would return NaN there
+    inputs["key_padding_mask"] = mask.to(device) if shape.padded > 0 else None
+    return inputs
+
+
+def sdpa_call(inputs, backend, pad_value):
+    query = torch.cat([inputs["q_content"], inputs["q_pos"]], dim=-1)
+    key = torch.cat([inputs["k_content"], inputs["k_pos"]], dim=-1)
+    value = inputs["value"]
+    if pad_value:
+        value = F.pad(value, (0, query.shape[-1] - value.shape[-1]))
+    mask = inputs["key_padding_mask"]
+    attn_mask = ~mask[:, None, None, :] if mask is not None else None
+    with sdpa_kernel([backend]):
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+    return out[..., : HEAD_DIM] if pad_value else out
+
+
+SDPA_CANDIDATES = [
+    ("sdpa efficient", SDPBackend.EFFICIENT_ATTENTION, False),
+    ("sdpa flash", SDPBackend.FLASH_ATTENTION, False),
+    ("sdpa flash, V padded", SDPBackend.FLASH_ATTENTION, True),
+    ("sdpa math", SDPBackend.MATH, False),
+]
+
+
+def sdpa_peers(inputs, device):
+    """The SDPA backends that accept these inputs (forward and backward), by name."""
+    accepted = {}
+    for name, backend, pad_value in SDPA_CANDIDATES:
+        if name == "sdpa flash, V padded" and "sdpa flash" in accepted:
+            continue
+        try:
+            with warnings_silenced():
+                out = sdpa_call(inputs, backend, pad_value)
+                if out.requires_grad:
+                    out.sum().backward()
+        except RuntimeError:
+            continue
+        accepted[name] = (backend, pad_value)
+    return accepted
+
+
+@contextlib.contextmanager
+def warnings_silenced():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def peer_functions(inputs, sdpa, backward):
+    fns = {
+        "reference": lambda: modulated_attention(**inputs, impl="reference"),
+        **{name: (lambda b=b, p=p: sdpa_call(inputs, b, p)) for name, (b, p) in sdpa.items()},
+        "kernel": lambda: modulated_attention(**inputs, impl="kernel"),
+    }
+    if not backward:
+        return {name: _no_grad(fn) for name, fn in fns.items()}
+    leaves = [t for t in inputs.values() if t is not None and t.requires_grad]
+    return {name: (lambda fn=fn: torch.autograd.grad(fn().sum(), leaves)) for name, fn in fns.items()}
+
+
+def _no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+
+    return run
+
+
+def flops(shape, backward):
+    dqk, dv = 2 * HEAD_DIM, HEAD_DIM
+    pairs = shape.batch * HEADS * shape.num_queries * shape.num_keys
+    forward = 2 * pairs * (dqk + dv)
+    # backward: recomputed scores, dV, dP, dQ, dK
+    return forward + (2 * pairs * (3 * dqk + 2 * dv) if backward else 0)
+
+
+def bytes_moved(shape, element_size, backward):
+    per_head = (2 * shape.num_queries + 3 * shape.num_keys + shape.num_queries) * HEAD_DIM
+    once = shape.batch * HEADS * per_head * element_size
+    return once * (3 if backward else 1)  # backward reads inputs, out, grad_out and writes grads
+
+
+def build_forward(impl, shape, dtype_name, device_name):
+    """Module-level (picklable) builder for the memory probe: inputs and a one-call closure."""
+    device = torch.device(device_name)
+    inputs = make_inputs(shape, device, getattr(torch, dtype_name), requires_grad=False)
+    if impl.startswith("sdpa"):
+        sdpa = sdpa_peers(inputs, device)
+        fn = peer_functions(inputs, {impl: sdpa[impl]}, backward=False)[impl]
+    else:
+        fn = peer_functions(inputs, {}, backward=False)[impl]
+    return fn
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", default=None, help="comma-separated; default float32 (CPU), float32,bfloat16 (CUDA)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="only the target shape, no memory probe")
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtypes = (args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32")).split(",")
+    repeats = args.repeats or (50 if device.type == "cuda" else 15)
+    shapes = [TARGET] if args.quick else (CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES)
+
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        roofline = harness.measure_roofline(device, dtype)
+        print(f"{dtype_name}: measured peak {roofline[0] / 1e12:.2f} TFLOP/s, copy bandwidth {roofline[1] / 1e9:.1f} GB/s")
+        for shape in shapes:
+            for backward in (False, True):
+                inputs = make_inputs(shape, device, dtype, requires_grad=backward)
+                sdpa = sdpa_peers(inputs, device)
+                with warnings_silenced():
+                    times = harness.time_peers(peer_functions(inputs, sdpa, backward), device, repeats)
+                fl, nbytes = flops(shape, backward), bytes_moved(shape, dtype.itemsize, backward)
+                for impl, ms in times.items():
+                    rows.append({
+                        "shape": str(shape), "dtype": dtype_name, "pass": "fwd+bwd" if backward else "fwd",
+                        "impl": impl, "median_ms": ms, "speedup_vs_reference": times["reference"] / ms,
+                        "tflops": fl / (ms * 1e-3) / 1e12, "floor_ms": harness.floor_ms(fl, nbytes, roofline),
+                    })
+                print(f"  {shape} {rows[-1]['pass']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items()))
+    memory_rows = []
+    if not args.quick:
+        for shape in MEMORY_SHAPES:
+            inputs = make_inputs(shape, device, torch.float32, requires_grad=False)
+            impls = ["reference", *sdpa_peers(inputs, device), "kernel"]
+            del inputs
+            for impl in impls:
+                extra = harness.peak_memory_bytes(build_forward, (impl, shape, "float32", device.type), device)
+                out_bytes = shape.batch * HEADS * shape.num_queries * (HEAD_DIM + 1) * 4
+                memory_rows.append({"shape": str(shape), "impl": impl, "fwd_peak_extra_mb": extra / 2**20,
+                                    "output_mb": out_bytes / 2**20})
+        print()
+        harness.write_results("attention_memory", device, memory_rows,
+                              ["shape", "impl", "fwd_peak_extra_mb", "output_mb"], out_dir=args.out_dir)
+        print()
+    harness.write_results(
+        "attention", device, rows,
+        ["shape", "dtype", "pass", "impl", "median_ms", "speedup_vs_reference", "tflops", "floor_ms"],
+        extra_meta={"heads": HEADS, "head_dim": HEAD_DIM, "repeats": repeats}, out_dir=args.out_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""What the benchmarks share: timing, peak memory, the device's measured roofline, and output.
+
+Timing: every peer of a shape is run in turn within each repetition (so drift in machine load
+hits all of them alike) and the median is reported; on CUDA with events after warm-up.
+Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU, the growth of
+the peak resident set of a fresh process that holds only the inputs (the CPU allocator keeps
+no statistics).
+"""
+
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+
+import torch
+
+import dabdetr
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_peers(peers, device, repeats, warmup=3):
+    """peers: {name: zero-arg callable}. Returns {name: median milliseconds}."""
+    for fn in peers.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    samples = {name: [] for name in peers}
+    for _ in range(repeats):
+        for name, fn in peers.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _rss_probe(build, args):
+    """In a fresh process: build (inputs, fn), run fn once, return the peak-RSS growth in bytes."""
+    torch.set_num_threads(int(os.environ.get("DABDETR_BENCH_THREADS", torch.get_num_threads())))
+    fn = build(*args)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def peak_memory_bytes(build, args, device):
+    """Extra peak memory of running build(*args)() once, beyond its inputs.
+
+    `build` must be a module-level function returning a zero-arg callable (it is pickled by
+    reference into a fresh process on CPU).
+    """
+    if device.type == "cuda":
+        fn = build(*args)
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_rss_probe, (build, args))
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"name": props.name, "kind": "cuda", "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda_version": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
+    name = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    return {"name": name, "kind": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
+def measure_roofline(device, dtype):
+    """(peak FLOP/s of a large matmul, copy bandwidth in bytes/s), measured here and now."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = time_peers({"mm": lambda: a @ b}, device, repeats=10)["mm"]
+    flops = 2 * n**3 / (ms * 1e-3)
+    numel = (256 if device.type == "cuda" else 32) * 2**20
+    src = torch.empty(numel, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    ms = time_peers({"copy": lambda: dst.copy_(src)}, device, repeats=10)["copy"]
+    bandwidth = 2 * src.numel() * src.element_size() / (ms * 1e-3)
+    return flops, bandwidth
+
+
+def floor_ms(flops, bytes_moved, roofline):
+    peak_flops, bandwidth = roofline
+    return max(flops / peak_flops, bytes_moved / bandwidth) * 1e3
+
+
+def slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def write_results(bench_name, device, rows, columns, extra_meta=None, out_dir=None):
+    """Print the table and write it as JSON and markdown under benchmarks/results/."""
+    meta = {
+        "benchmark": bench_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "dabdetr": dabdetr.__version__,
+        "kernel_info": dabdetr.ops.kernel_info(),
+        **(extra_meta or {}),
+    }
+    table = format_table(rows, columns)
+    print(table)
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{bench_name}_{slug(meta['device']['name'])}_{device.type}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(f"# {bench_name} on {meta['device']['name']} ({device.type})\n\n")
+        f.write(f"{meta['date']}; torch {meta['torch']}; CUDA {torch.version.cuda}; "
+                f"CPU kernels: {meta['kernel_info']['cpu_isa']}; threads: {torch.get_num_threads()}\n\n")
+        f.write(table + "\n")
+    print(f"wrote {stem}.json and .md")
+
+
+def format_table(rows, columns):
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
