@@ -2,9 +2,9 @@
 
 Timing: every peer of a shape is run in turn within each repetition (so drift in machine load
 hits all of them alike) and the median is reported; on CUDA with events after warm-up.
-Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU, the growth of
-the peak resident set of a fresh process that holds only the inputs (the CPU allocator keeps
-no statistics).
+Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU (Linux), the
+growth of the peak resident set (VmHWM) of a fresh process that holds only the inputs (the CPU
+allocator keeps no statistics).
 """
 
 import datetime
@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import platform
 import re
-import resource
 import statistics
 import time
 
@@ -50,14 +49,22 @@ def time_peers(peers, device, repeats, warmup=3):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def _peak_rss_bytes():
+    # VmHWM belongs to this process's address space; ru_maxrss would also carry the peak of the
+    # parent, which Linux keeps across the exec that starts a spawned process.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _rss_probe(build, args):
     """In a fresh process: build (inputs, fn), run fn once, return the peak-RSS growth in bytes."""
-    torch.set_num_threads(int(os.environ.get("DABDETR_BENCH_THREADS", torch.get_num_threads())))
     fn = build(*args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_bytes()
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) * 1024  # ru_maxrss is in KiB on Linux
+    return _peak_rss_bytes() - before
 
 
 def peak_memory_bytes(build, args, device):

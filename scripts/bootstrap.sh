@@ -12,12 +12,12 @@ if [ "${CLEAR:-0}" = 1 ] || [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv --clear "$VENV"
 fi
 . "$VENV/bin/activate"
+python -m pip install -q ninja numpy
 if ! python -c "import torch" 2>/dev/null; then
   echo "== installing $TORCH_SPEC"
   python -m pip install -q "$TORCH_SPEC"
 fi
 echo "== building dabdetr (torch $(python -c 'import torch; print(torch.__version__)'))"
-python -m pip install -q ninja numpy
 python -m pip install -q --no-build-isolation -e ".[test]"
 python - <<'PY'
 import sys
