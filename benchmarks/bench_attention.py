@@ -145,12 +145,9 @@ def build_forward(impl, shape, dtype_name, device_name):
     """Module-level (picklable) builder for the memory probe: inputs and a one-call closure."""
     device = torch.device(device_name)
     inputs = make_inputs(shape, device, getattr(torch, dtype_name), requires_grad=False)
-    if impl.startswith("sdpa"):
-        sdpa = sdpa_peers(inputs, device)
-        fn = peer_functions(inputs, {impl: sdpa[impl]}, backward=False)[impl]
-    else:
-        fn = peer_functions(inputs, {}, backward=False)[impl]
-    return fn
+    # No trial call here (as sdpa_peers makes): it would set the peak before it is measured.
+    sdpa = {name: (backend, pad) for name, backend, pad in SDPA_CANDIDATES if name == impl}
+    return peer_functions(inputs, sdpa, backward=False)[impl]
 
 
 def main():

@@ -32,7 +32,7 @@ def modulated_attention(
     _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q_content.shape[-1] + (q_pos.shape[-1] if q_pos is not None else 0))
-    if use_kernel(impl, "modulated_attention", q_content.device, q_content.dtype):
+    if use_kernel(impl, "modulated_attention", q_content.device, q_content.dtype, _unsupported(q_content, q_pos, value)):
         q_content, q_pos, k_content, k_pos, value = (
             _last_dim_contiguous(t) for t in (q_content, q_pos, k_content, k_pos, value)
         )
@@ -41,6 +41,17 @@ def modulated_attention(
         )
         return out
     return reference.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale)
+
+
+# The CUDA kernels are instantiated for head widths 32 and 64 (csrc/cuda/launch.h).
+_CUDA_MAX_HEAD_DIM = 64
+
+
+def _unsupported(q_content, q_pos, value):
+    widest = max(q_content.shape[-1], value.shape[-1], q_pos.shape[-1] if q_pos is not None else 0)
+    if q_content.device.type == "cuda" and widest > _CUDA_MAX_HEAD_DIM:
+        return f"no CUDA kernel for head dims above {_CUDA_MAX_HEAD_DIM} (widest is {widest})"
+    return None
 
 
 def _last_dim_contiguous(t):

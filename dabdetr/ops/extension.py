@@ -49,16 +49,17 @@ def _no_kernel_reason(device, dtype):
     return None
 
 
-def use_kernel(impl, op_name, device, dtype):
+def use_kernel(impl, op_name, device, dtype, unsupported=None):
     """Whether `op_name` runs its fused kernel for tensors on `device` of `dtype`.
 
     impl "reference" never does, "auto" does when a kernel exists, "kernel" must (or raises).
+    `unsupported`: why the kernel cannot serve this particular call (None: it can).
     """
     if impl not in IMPLS:
         raise ValueError(f"{op_name}: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return False
-    reason = _no_kernel_reason(device, dtype)
+    reason = _no_kernel_reason(device, dtype) or unsupported
     if reason is None:
         return True
     if impl == "kernel":
