@@ -1,0 +1,72 @@
+"""Prints the performance targets of the ops issues against benchmark JSON files.
+
+    python benchmarks/summarize_targets.py [RESULTS_DIR]     (default benchmarks/results)
+"""
+
+import glob
+import json
+import os
+import sys
+
+# (device kind, shape): the shapes the issues set targets on.
+ATTENTION_TARGET_SHAPE = {"cpu": "B2 Nq300 Nk850 pad25%", "cuda": "B8 Nq300 Nk850 pad25%"}
+
+
+def load(pattern):
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            yield path, json.load(f)
+
+
+def times(rows, **where):
+    return {r["impl"]: r["median_ms"] for r in rows if all(r.get(k) == v for k, v in where.items())}
+
+
+def check(label, value, goal):
+    ok = value is not None and value >= goal
+    shown = "n/a" if value is None else f"{value:.2f}"
+    print(f"  [{'PASS' if ok else 'MISS'}] {label}: {shown} (target >= {goal})")
+    return ok
+
+
+def ratio(t, num, den):
+    return t[num] / t[den] if num in t and den in t else None
+
+
+def main(results_dir):
+    all_ok = True
+    for path, data in load(os.path.join(results_dir, "attention_*.json")):
+        if "memory" in os.path.basename(path):
+            continue
+        kind = data["meta"]["device"]["kind"]
+        print(f"{os.path.basename(path)} ({data['meta']['device']['name']}, {data['meta']['date']})")
+        shape = ATTENTION_TARGET_SHAPE[kind]
+        for dtype in sorted({r["dtype"] for r in data["rows"]}):
+            fwd = times(data["rows"], shape=shape, dtype=dtype, **{"pass": "fwd"})
+            both = times(data["rows"], shape=shape, dtype=dtype, **{"pass": "fwd+bwd"})
+            if kind == "cpu":
+                all_ok &= check(f"{dtype} fwd kernel vs reference", ratio(fwd, "reference", "kernel"), 2.0)
+                all_ok &= check(f"{dtype} fwd+bwd kernel vs reference", ratio(both, "reference", "kernel"), 2.0)
+                sdpa = [k for k in fwd if k.startswith("sdpa")]
+                all_ok &= check(f"{dtype} fwd kernel vs fastest SDPA", min(ratio(fwd, s, "kernel") for s in sdpa) if sdpa else None, 1.0)
+            else:
+                all_ok &= check(f"{dtype} fwd+bwd kernel vs reference", ratio(both, "reference", "kernel"), 4.0)
+                all_ok &= check(f"{dtype} fwd+bwd kernel vs SDPA efficient", ratio(both, "sdpa efficient", "kernel"), 1.5)
+                all_ok &= check(f"{dtype} fwd kernel vs SDPA efficient", ratio(fwd, "sdpa efficient", "kernel"), 1.5)
+    for path, data in load(os.path.join(results_dir, "sine_embed_*.json")):
+        kind = data["meta"]["device"]["kind"]
+        print(f"{os.path.basename(path)} ({data['meta']['device']['name']}, {data['meta']['date']})")
+        for dtype in sorted({r["dtype"] for r in data["rows"]}):
+            both = times(data["rows"], workload="both workloads", dtype=dtype)
+            goal = 3.0 if kind == "cpu" else 5.0
+            all_ok &= check(f"{dtype} fwd+bwd kernel vs reference (both workloads)", ratio(both, "reference", "kernel"), goal)
+            if kind == "cuda":
+                big = [r for r in data["rows"] if r["workload"] == "1000000 boxes" and r["impl"] == "kernel"
+                       and r["dtype"] == dtype and r["pass"] == "fwd"]
+                all_ok &= check(f"{dtype} 1M boxes fwd, fraction of copy bandwidth",
+                                big[0]["of_copy_bandwidth"] if big else None, 0.5)
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")))

@@ -1,0 +1,172 @@
+// Flash-style modulated attention on CUDA: the backward (see attention_forward.cu).
+//
+// Backward, deterministic (no atomics), from the saved lse:
+//   delta_i = rowsum(dO_i * O_i);
+//   key pass (one thread per key): dV_j = sum_i P_ij dO_i, dK_j = sum_i dS_ij Q_i;
+//   query pass (one thread per query): dQ_i = sum_j dS_ij K_j;
+// with P_ij = exp(s_ij - lse_i) and dS_ij = P_ij (dO_i . V_j - delta_i) * scale recomputed in
+// each pass. The recomputation costs the logits and dO.V twice but no thread ever writes memory
+// another one writes.
+#include "cuda/attention_common.cuh"
+
+namespace dabdetr::cuda {
+namespace {
+
+template <typename T>
+__global__ void delta_kernel(const AttentionArgs a) {
+  using A = Acc<T>;
+  const int64_t rows = a.batch * a.heads * a.num_queries;
+  const T* grad_out = static_cast<const T*>(a.grad_out);
+  const T* out = static_cast<const T*>(a.out);
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    A sum = 0;
+    for (int64_t d = 0; d < a.dim_value; ++d)
+      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
+    static_cast<A*>(a.delta)[row] = sum;
+  }
+}
+
+// Shared-memory tiles of queries for the key pass: content, positional, dO, lse and delta.
+template <typename A, int R, int W, bool kHasPos>
+struct QueryTiles {
+  __align__(16) A content[R][W];
+  __align__(16) A pos[kHasPos ? R : 1][W];
+  __align__(16) A grad_out[R][W];
+  A lse[R];
+  A delta[R];
+
+  template <typename T>
+  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t q0) {
+    const int64_t bh = b * a.heads + h;
+    load_tile<T>(content, head_rows<T>(a.q_content, b, h), a.q_content.stride_n, q0, a.num_queries, a.dim_content);
+    if constexpr (kHasPos)
+      load_tile<T>(pos, head_rows<T>(a.q_pos, b, h), a.q_pos.stride_n, q0, a.num_queries, a.dim_pos);
+    load_tile<T>(grad_out, static_cast<const T*>(a.grad_out) + bh * a.num_queries * a.dim_value, a.dim_value,
+                 q0, a.num_queries, a.dim_value);
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+      const int64_t q = q0 + r;
+      lse[r] = q < a.num_queries ? static_cast<const A*>(a.lse)[bh * a.num_queries + q] : neg_inf<A>();
+      delta[r] = q < a.num_queries ? static_cast<const A*>(a.delta)[bh * a.num_queries + q] : A(0);
+    }
+  }
+};
+
+template <typename T, int W, bool kHasPos>
+__global__ void __launch_bounds__(kRowsPerBlock) key_grad_kernel(const AttentionArgs a) {
+  using A = Acc<T>;
+  constexpr int R = tile_rows<A, W>();
+  __shared__ QueryTiles<A, R, W, kHasPos> queries;
+  const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
+  const int64_t key = int64_t(blockIdx.y) * kRowsPerBlock + threadIdx.x;
+  const bool active = key_is_valid(a, b, key);  // padded keys get zero gradients
+  const A scale = static_cast<A>(a.scale);
+
+  A k_content[W], k_pos[kHasPos ? W : 1], value[W];
+  A grad_content[W], grad_pos[kHasPos ? W : 1], grad_value[W];
+  if (active) {
+    load_row<T>(k_content, head_rows<T>(a.k_content, b, h) + key * a.k_content.stride_n, a.dim_content);
+    if constexpr (kHasPos) load_row<T>(k_pos, head_rows<T>(a.k_pos, b, h) + key * a.k_pos.stride_n, a.dim_pos);
+    load_row<T>(value, head_rows<T>(a.value, b, h) + key * a.value.stride_n, a.dim_value);
+  }
+#pragma unroll
+  for (int d = 0; d < W; ++d) {
+    grad_content[d] = 0;
+    grad_value[d] = 0;
+    if constexpr (kHasPos) grad_pos[d] = 0;
+  }
+
+  for (int64_t q0 = 0; q0 < a.num_queries; q0 += R) {
+    __syncthreads();
+    queries.template load<T>(a, b, h, q0);
+    __syncthreads();
+    if (!active) continue;
+#pragma unroll 2
+    for (int i = 0; i < R; ++i) {
+      if (queries.lse[i] == neg_inf<A>()) continue;  // past the last query, or all keys padded
+      A logit = dot(k_content, queries.content[i]);
+      if constexpr (kHasPos) logit += dot(k_pos, queries.pos[i]);
+      const A p = exp_acc(logit * scale - queries.lse[i]);
+      const A dp = dot(value, queries.grad_out[i]);
+      const A ds = p * (dp - queries.delta[i]) * scale;
+      axpy(grad_value, p, queries.grad_out[i]);
+      axpy(grad_content, ds, queries.content[i]);
+      if constexpr (kHasPos) axpy(grad_pos, ds, queries.pos[i]);
+    }
+  }
+  if (key >= a.num_keys) return;
+  const int64_t row = bh * a.num_keys + key;
+  store_row(static_cast<T*>(a.grad_k_content) + row * a.dim_content, grad_content, a.dim_content);
+  if constexpr (kHasPos) store_row(static_cast<T*>(a.grad_k_pos) + row * a.dim_pos, grad_pos, a.dim_pos);
+  store_row(static_cast<T*>(a.grad_value) + row * a.dim_value, grad_value, a.dim_value);
+}
+
+template <typename T, int W, bool kHasPos>
+__global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const AttentionArgs a) {
+  using A = Acc<T>;
+  constexpr int R = tile_rows<A, W>();
+  __shared__ KeyTiles<A, R, W, kHasPos> keys;
+  const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
+  const int64_t q = int64_t(blockIdx.y) * kRowsPerBlock + threadIdx.x;
+  const A scale = static_cast<A>(a.scale);
+  const A lse = q < a.num_queries ? static_cast<const A*>(a.lse)[bh * a.num_queries + q] : neg_inf<A>();
+  const bool active = lse != neg_inf<A>();
+  const A delta = active ? static_cast<const A*>(a.delta)[bh * a.num_queries + q] : A(0);
+
+  QueryRows<A, W, kHasPos> query;
+  A grad_out[W], grad_content[W], grad_pos[kHasPos ? W : 1];
+  if (active) {
+    query.template load<T>(a, b, h, q);
+    load_row<T>(grad_out, static_cast<const T*>(a.grad_out) + (bh * a.num_queries + q) * a.dim_value, a.dim_value);
+  }
+#pragma unroll
+  for (int d = 0; d < W; ++d) {
+    grad_content[d] = 0;
+    if constexpr (kHasPos) grad_pos[d] = 0;
+  }
+
+  for (int64_t k0 = 0; k0 < a.num_keys; k0 += R) {
+    __syncthreads();
+    keys.template load<T>(a, b, h, k0);
+    __syncthreads();
+    if (!active) continue;
+#pragma unroll 2
+    for (int j = 0; j < R; ++j) {
+      if (!keys.valid[j]) continue;
+      const A p = exp_acc(query.logit(keys, j) * scale - lse);
+      const A ds = p * (dot(grad_out, keys.value[j]) - delta) * scale;
+      axpy(grad_content, ds, keys.content[j]);
+      if constexpr (kHasPos) axpy(grad_pos, ds, keys.pos[j]);
+    }
+  }
+  if (q >= a.num_queries) return;
+  const int64_t row = bh * a.num_queries + q;
+  store_row(static_cast<T*>(a.grad_q_content) + row * a.dim_content, grad_content, a.dim_content);
+  if constexpr (kHasPos) store_row(static_cast<T*>(a.grad_q_pos) + row * a.dim_pos, grad_pos, a.dim_pos);
+}
+
+template <typename T, int W, bool kHasPos>
+struct LaunchBackward {
+  static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
+    const int64_t rows = a.batch * a.heads * a.num_queries;
+    const int threads = 256;
+    delta_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream>>>(a);
+    if (a.num_keys > 0) {
+      const dim3 key_grid(a.batch * a.heads, ceil_div(a.num_keys, kRowsPerBlock));
+      key_grad_kernel<T, W, kHasPos><<<key_grid, kRowsPerBlock, 0, stream>>>(a);
+    }
+    const dim3 query_grid(a.batch * a.heads, ceil_div(a.num_queries, kRowsPerBlock));
+    query_grad_kernel<T, W, kHasPos><<<query_grid, kRowsPerBlock, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+};
+
+}  // namespace
+
+cudaError_t attention_backward(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.batch * a.heads == 0 || a.num_queries == 0) return cudaSuccess;
+  if (!grid_fits(a, a.num_queries) || !grid_fits(a, a.num_keys)) return cudaErrorInvalidConfiguration;
+  return dispatch<LaunchBackward>(a, stream);
+}
+
+}  // namespace dabdetr::cuda

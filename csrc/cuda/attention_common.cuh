@@ -1,0 +1,128 @@
+// Shared by attention_forward.cu and attention_backward.cu (two translation units, so they
+// compile in parallel): tiles, row helpers and the dispatch over instantiations.
+#pragma once
+
+#include "cuda/launch.h"
+#include "cuda/numeric.cuh"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace dabdetr::cuda {
+namespace {
+
+constexpr int kRowsPerBlock = 64;  // threads per block: queries (forward, dQ) or keys (dK/dV)
+
+// Rows staged in shared memory per step: 32, or 16 for double at width 64 (48 KB static limit).
+template <typename A, int W>
+__host__ __device__ constexpr int tile_rows() { return sizeof(A) * W > 256 ? 16 : 32; }
+
+template <typename A>
+__host__ __device__ __forceinline__ A max_of(A a, A b) { return a > b ? a : b; }
+
+template <typename T>
+__device__ __forceinline__ const T* head_rows(const Operand& o, int64_t b, int64_t h) {
+  return static_cast<const T*>(o.data) + b * o.stride_b + h * o.stride_h;
+}
+
+// dst[r][d] = rows[row0 + r][d], zero past the last row or the operand's dim.
+template <typename T, typename A, int R, int W>
+__device__ void load_tile(A (&dst)[R][W], const T* rows, int64_t stride_n, int64_t row0,
+                          int64_t num_rows, int64_t dim) {
+  for (int idx = threadIdx.x; idx < R * W; idx += blockDim.x) {
+    const int r = idx / W, d = idx % W;
+    const int64_t row = row0 + r;
+    dst[r][d] = (row < num_rows && d < dim) ? to_acc(rows[row * stride_n + d]) : A(0);
+  }
+}
+
+template <typename T, typename A, int W>
+__device__ __forceinline__ void load_row(A (&dst)[W], const T* row, int64_t dim) {
+#pragma unroll
+  for (int d = 0; d < W; ++d) dst[d] = d < dim ? to_acc(row[d]) : A(0);
+}
+
+template <typename T, typename A, int W>
+__device__ __forceinline__ void store_row(T* row, const A (&src)[W], int64_t dim) {
+#pragma unroll
+  for (int d = 0; d < W; ++d)
+    if (d < dim) row[d] = from_acc<T>(src[d]);
+}
+
+template <typename A, int W>
+__device__ __forceinline__ A dot(const A (&x)[W], const A* y) {
+  A sum = 0;
+#pragma unroll
+  for (int d = 0; d < W; ++d) sum += x[d] * y[d];
+  return sum;
+}
+
+template <typename A, int W>
+__device__ __forceinline__ void axpy(A (&y)[W], A alpha, const A* x) {
+#pragma unroll
+  for (int d = 0; d < W; ++d) y[d] += alpha * x[d];
+}
+
+__device__ __forceinline__ bool key_is_valid(const AttentionArgs& a, int64_t b, int64_t key) {
+  return key < a.num_keys &&
+         !(a.key_padding_mask != nullptr && a.key_padding_mask[b * a.mask_stride_b + key * a.mask_stride_n]);
+}
+
+// Shared-memory tiles of keys: content, positional (if any), values, and validity.
+template <typename A, int R, int W, bool kHasPos>
+struct KeyTiles {
+  __align__(16) A content[R][W];
+  __align__(16) A pos[kHasPos ? R : 1][W];
+  __align__(16) A value[R][W];
+  bool valid[R];
+
+  template <typename T>
+  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t k0) {
+    load_tile<T>(content, head_rows<T>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys, a.dim_content);
+    if constexpr (kHasPos)
+      load_tile<T>(pos, head_rows<T>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos);
+    load_tile<T>(value, head_rows<T>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value);
+    for (int r = threadIdx.x; r < R; r += blockDim.x) valid[r] = key_is_valid(a, b, k0 + r);
+  }
+};
+
+// One query's content and positional rows, in registers.
+template <typename A, int W, bool kHasPos>
+struct QueryRows {
+  A content[W];
+  A pos[kHasPos ? W : 1];
+
+  template <typename T>
+  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t q) {
+    load_row<T>(content, head_rows<T>(a.q_content, b, h) + q * a.q_content.stride_n, a.dim_content);
+    if constexpr (kHasPos) load_row<T>(pos, head_rows<T>(a.q_pos, b, h) + q * a.q_pos.stride_n, a.dim_pos);
+  }
+  template <int R>
+  __device__ __forceinline__ A logit(const KeyTiles<A, R, W, kHasPos>& keys, int j) const {
+    A s = dot(content, keys.content[j]);
+    if constexpr (kHasPos) s += dot(pos, keys.pos[j]);
+    return s;
+  }
+};
+
+// Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
+// positional part, and the storage type.
+template <template <typename, int, bool> class Launch>
+cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
+  const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
+  if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
+  const bool has_pos = a.q_pos.data != nullptr;
+  return dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (widest <= 32)
+      return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
+    return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
+  });
+}
+
+bool grid_fits(const AttentionArgs& a, int64_t rows) {
+  return a.batch * a.heads <= INT32_MAX && ceil_div(rows, kRowsPerBlock) <= 65535;
+}
+
+}  // namespace
+}  // namespace dabdetr::cuda
