@@ -2,9 +2,11 @@
 // caller of torch.ops.dabdetr.* directly gets the same clear error as the Python wrappers.
 #pragma once
 
+#include <optional>
+#include <vector>
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-#include <c10/util/Optional.h>
 
 namespace dabdetr {
 
@@ -99,6 +101,45 @@ inline SineEmbedSizes check_sine_embed_inputs(const at::Tensor& boxes,
     check_companion(*ref_wh, "ref_wh", 2);
   }
   return {boxes.numel() / boxes.size(-1), boxes.size(-1)};
+}
+
+// The shape of `t` with its last dim replaced by `last`.
+inline std::vector<int64_t> with_last_dim(const at::Tensor& t, int64_t last) {
+  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  shape.back() = last;
+  return shape;
+}
+
+inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+inline void check_like(const at::Tensor& t, const char* name, at::IntArrayRef shape, at::ScalarType dtype,
+                       const at::Device& device) {
+  TORCH_CHECK(t.sizes() == shape && t.scalar_type() == dtype && t.device() == device, name, " must be ", dtype,
+              " ", shape, " on ", device, ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+// The incoming gradient and saved results of the attention backward; lse is kept in lse_dtype.
+inline void check_attention_backward_inputs(const AttentionSizes& s, const at::Tensor& q_content,
+                                            const at::Tensor& grad_out, const at::Tensor& out,
+                                            const at::Tensor& lse, at::ScalarType lse_dtype) {
+  const std::vector<int64_t> out_shape{s.batch, s.heads, s.num_queries, s.dim_value};
+  check_like(grad_out, "grad_out", out_shape, q_content.scalar_type(), q_content.device());
+  check_like(out, "out", out_shape, q_content.scalar_type(), q_content.device());
+  check_like(lse, "lse", at::IntArrayRef(out_shape).slice(0, 3), lse_dtype, q_content.device());
+}
+
+// The saved embedding and incoming gradients of the sine-embedding backward.
+inline void check_sine_embed_backward_inputs(const at::Tensor& boxes, const SineEmbedSizes& s, int64_t num_feats,
+                                             const at::Tensor& embed, const std::optional<at::Tensor>& grad_embed,
+                                             const std::optional<at::Tensor>& grad_modulated_xy) {
+  const auto embed_shape = with_last_dim(boxes, s.coords * num_feats);
+  check_like(embed, "embed", embed_shape, boxes.scalar_type(), boxes.device());
+  if (grad_embed.has_value()) check_like(*grad_embed, "grad_embed", embed_shape, boxes.scalar_type(), boxes.device());
+  if (grad_modulated_xy.has_value())
+    check_like(*grad_modulated_xy, "grad_modulated_xy", with_last_dim(boxes, 2 * num_feats), boxes.scalar_type(),
+               boxes.device());
 }
 
 }  // namespace dabdetr

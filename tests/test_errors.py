@@ -114,3 +114,19 @@ def test_sine_kernel_op_called_directly_checks_its_inputs():
         torch.ops.dabdetr.modulated_anchor_sine_embed(torch.rand(2, 4), torch.rand(2, 7), None, 8, 10000.0)
     with pytest.raises(RuntimeError, match="CPU kernel supports float32 and float64"):
         torch.ops.dabdetr.anchor_sine_embed(torch.rand(2, 4).half(), 8, 10000.0)
+
+
+def test_backward_ops_called_directly_check_their_inputs():
+    inputs = attention_inputs(CASE, dtype=torch.float32)
+    args = list(inputs.values())
+    out, lse = torch.ops.dabdetr.modulated_attention(*args, 0.5)
+    with pytest.raises(RuntimeError, match="grad_out must be"):
+        torch.ops.dabdetr.modulated_attention_backward(out[:, :1], *args, out, lse, 0.5)
+    with pytest.raises(RuntimeError, match="lse must be"):
+        torch.ops.dabdetr.modulated_attention_backward(out, *args, out, lse.double(), 0.5)
+    boxes, xy_scale, ref_wh = sine_inputs((3, 4), 8, dtype=torch.float32)
+    embed, xy = torch.ops.dabdetr.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, 8, 20.0)
+    with pytest.raises(RuntimeError, match="grad_modulated_xy must be"):
+        torch.ops.dabdetr.anchor_sine_embed_backward(embed, xy[:, :4], embed, boxes, xy_scale, ref_wh, 8, 20.0)
+    with pytest.raises(RuntimeError, match="embed must be"):
+        torch.ops.dabdetr.anchor_sine_embed_backward(None, None, embed[:2], boxes, None, None, 8, 20.0)

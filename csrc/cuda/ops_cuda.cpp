@@ -117,17 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   const c10::cuda::CUDAGuard guard(q_content.device());
   AttentionArgs a = attention_args(s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale,
                                    "modulated_attention_backward");
-  const std::vector<int64_t> out_shape{s.batch, s.heads, s.num_queries, s.dim_value};
-  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
-    TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == q_content.scalar_type() &&
-                    t->device() == q_content.device(),
-                name, " must be ", q_content.scalar_type(), " ", at::IntArrayRef(out_shape), " on ",
-                q_content.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
-  }
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(out_shape).slice(0, 3) && lse.scalar_type() == acc_dtype(q_content) &&
-                  lse.device() == q_content.device(),
-              "lse must be ", acc_dtype(q_content), " [B, H, Nq] on ", q_content.device(), ", got ", lse.scalar_type(),
-              " ", lse.sizes());
+  check_attention_backward_inputs(s, q_content, grad_out, out, lse, acc_dtype(q_content));
   const at::Tensor grad_out_c = grad_out.contiguous(), out_c = out.contiguous(), lse_c = lse.contiguous();
   const auto options = q_content.options();
   at::Tensor delta = at::empty({s.batch, s.heads, s.num_queries}, options.dtype(acc_dtype(q_content)));
@@ -153,16 +143,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   a.grad_k_pos = with_pos ? grad_k_pos.data_ptr() : nullptr;
   check_launch(attention_backward(a, c10::cuda::getCurrentCUDAStream()), "modulated_attention_backward");
   return {grad_q_content, grad_q_pos, grad_k_content, grad_k_pos, grad_value};
-}
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
-
-std::vector<int64_t> with_last_dim(const at::Tensor& t, int64_t last) {
-  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-  shape.back() = last;
-  return shape;
 }
 
 SineEmbedArgs sine_args(const at::Tensor& boxes, const std::optional<at::Tensor>& xy_scale,
@@ -216,17 +196,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
     const std::optional<at::Tensor>& ref_wh_in, int64_t num_feats, double temperature) {
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
   const c10::cuda::CUDAGuard guard(boxes_in.device());
-  const auto embed_shape = with_last_dim(boxes_in, s.coords * num_feats);
+  check_sine_embed_backward_inputs(boxes_in, s, num_feats, embed, grad_embed, grad_modulated_xy);
   const auto xy_shape = with_last_dim(boxes_in, 2 * num_feats);
-  auto check_grad = [&](const at::Tensor& t, const char* name, const std::vector<int64_t>& shape) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == boxes_in.scalar_type() &&
-                    t.device() == boxes_in.device(),
-                name, " must be ", boxes_in.scalar_type(), " ", at::IntArrayRef(shape), " on ", boxes_in.device(),
-                ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
-  };
-  check_grad(embed, "embed", embed_shape);
-  if (grad_embed.has_value()) check_grad(*grad_embed, "grad_embed", embed_shape);
-  if (grad_modulated_xy.has_value()) check_grad(*grad_modulated_xy, "grad_modulated_xy", xy_shape);
   const at::Tensor boxes = boxes_in.contiguous(), embed_c = embed.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const auto grad_e = contiguous(grad_embed), grad_m = contiguous(grad_modulated_xy);
