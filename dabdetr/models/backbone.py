@@ -1,0 +1,141 @@
+"""ResNet backbones with torchvision's state-dict names, frozen batch norm, and DC5 dilation.
+
+Only the C5 output (stride 32, or 16 with dilation) is used. Stem and layer1 are always frozen
+(as in every published recipe); train_backbone=False freezes everything.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (all buffers):
+    y = x * s + (b - mean * s), s = weight * rsqrt(var + eps)."""
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of ordinary BatchNorm carry num_batches_tracked, which we do not keep.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def conv3x3(in_ch, out_ch, stride=1, dilation=1):
+    return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+def conv1x1(in_ch, out_ch, stride=1):
+    return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_ch, width, stride=1, downsample=None, dilation=1):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, width, stride, dilation)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, dilation=dilation)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits in the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(self, in_ch, width, stride=1, downsample=None, dilation=1):
+        super().__init__()
+        self.conv1 = conv1x1(in_ch, width)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, dilation)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = conv1x1(width, width * self.expansion)
+        self.bn3 = FrozenBatchNorm2d(width * self.expansion)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + identity)
+
+
+ARCHITECTURES = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class ResNet(nn.Module):
+    """conv1/bn1/layer1..layer4 as in torchvision (no fc). With dilate_c5, layer4 keeps stride 16
+    and dilates its 3x3 convs by 2 (its first block's conv keeps dilation 1, as torchvision does)."""
+
+    def __init__(self, name, dilate_c5=False):
+        super().__init__()
+        block, counts = ARCHITECTURES[name]
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self._in_ch, self._dilation = 64, 1
+        self.layer1 = self._make_layer(block, 64, counts[0])
+        self.layer2 = self._make_layer(block, 128, counts[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, counts[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, counts[3], stride=2, dilate=dilate_c5)
+        self.num_channels = 512 * block.expansion
+
+    def _make_layer(self, block, width, count, stride=1, dilate=False):
+        previous_dilation = self._dilation
+        if dilate:
+            self._dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self._in_ch != width * block.expansion:
+            downsample = nn.Sequential(conv1x1(self._in_ch, width * block.expansion, stride),
+                                       FrozenBatchNorm2d(width * block.expansion))
+        layers = [block(self._in_ch, width, stride, downsample, previous_dilation)]
+        self._in_ch = width * block.expansion
+        layers += [block(self._in_ch, width, dilation=self._dilation) for _ in range(1, count)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class Backbone(nn.Module):
+    """images [B, 3, H, W], mask [B, H, W] (True = padding) -> (C5 features [B, C, h, w],
+    mask [B, h, w]), the mask downsampled by nearest interpolation."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.body = ResNet(config.backbone, dilate_c5=config.dilation)
+        self.num_channels = self.body.num_channels
+        for name, parameter in self.body.named_parameters():
+            trainable = config.train_backbone and any(f"layer{i}" in name for i in (2, 3, 4))
+            parameter.requires_grad_(trainable)
+
+    def forward(self, images, mask):
+        features = self.body(images)
+        mask = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
+        return features, mask

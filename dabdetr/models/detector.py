@@ -1,0 +1,86 @@
+"""The DAB-DETR detector: backbone, transformer, heads, and post-processing."""
+
+import math
+
+import torch
+from torch import nn
+
+from dabdetr.models.backbone import Backbone
+from dabdetr.models.config import DABDETRConfig
+from dabdetr.models.position_encoding import PositionEmbeddingSineHW
+from dabdetr.models.transformer import MLP, Transformer, inverse_sigmoid
+
+
+class DABDETR(nn.Module):
+    """forward(images [B, 3, H, W], mask [B, H, W] bool, True = padding) -> dict:
+
+    pred_logits [B, Nq, num_classes] (sigmoid scores, no background class);
+    pred_boxes [B, Nq, 4] (cx, cy, w, h), normalized by each image's unpadded size;
+    aux_outputs: a list of {"pred_logits", "pred_boxes"} for decoder layers 0 .. L-2;
+    references [L, B, Nq, 4]: the anchors each decoder layer used (cx, cy, w, h).
+    """
+
+    def __init__(self, config: DABDETRConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_dim
+        self.backbone = Backbone(config)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels, d, kernel_size=1)
+        self.position_encoding = PositionEmbeddingSineHW(d // 2, config.pe_temperature_h, config.pe_temperature_w,
+                                                         config.ops_impl)
+        self.transformer = Transformer(config)
+        self.refpoint_embed = nn.Embedding(config.num_queries, 4)
+        if config.random_refpoints_xy:
+            with torch.no_grad():  # centres logit(U(0, 1)); they stay trainable, as in every implementation
+                self.refpoint_embed.weight[:, :2].uniform_(0, 1)
+                self.refpoint_embed.weight[:, :2] = inverse_sigmoid(self.refpoint_embed.weight[:, :2], 1e-5)
+        self.class_embed = nn.Linear(d, config.num_classes)
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - config.prior_prob) / config.prior_prob))
+        self.bbox_embed = MLP(d, d, 4, 3)  # also the decoder's anchor-update head
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+
+    def forward(self, images, mask):
+        features, feature_mask = self.backbone(images, mask)
+        pos = self.position_encoding(feature_mask)  # [B, h*w, d]
+        src = self.input_proj(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
+        hs, references = self.transformer(src, pos, feature_mask.flatten(1), self.refpoint_embed.weight,
+                                          self.bbox_embed)
+        logits = self.class_embed(hs)
+        boxes = (self.bbox_embed(hs) + inverse_sigmoid(references, self.config.box_head_eps)).sigmoid()
+        return {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [{"pred_logits": l, "pred_boxes": b} for l, b in zip(logits[:-1], boxes[:-1])],
+            "references": references,
+        }
+
+
+    def save_pretrained(self, directory):
+        """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""
+        from dabdetr.pretrained import save_pretrained  # pretrained builds models: import late
+
+        save_pretrained(self, directory)
+
+
+def box_cxcywh_to_xyxy(boxes):
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+
+@torch.no_grad()
+def post_process(outputs, target_sizes, num_select=300):
+    """Top-k over queries x classes, as the published models evaluate.
+
+    outputs: the model's dict; target_sizes [B, 2] (height, width) of the original images.
+    Returns a list of B dicts: scores [k], labels [k] (class index), boxes [k, 4] (x0, y0, x1, y1
+    in original-image pixels; not clamped).
+    """
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    B, Nq, K = logits.shape
+    scores, index = logits.sigmoid().flatten(1).topk(min(num_select, Nq * K), dim=1)
+    query, labels = index // K, index % K
+    boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
+    height, width = target_sizes.to(boxes.dtype).unbind(1)
+    boxes = boxes * torch.stack((width, height, width, height), dim=1)[:, None, :]
+    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, boxes)]

@@ -1,0 +1,232 @@
+"""The DAB-DETR model: parity with Hugging Face transformers, checkpoint formats, kernel vs
+reference ops, post-processing, backbone details."""
+
+import argparse
+import math
+
+import pytest
+import torch
+
+import dabdetr
+from dabdetr import pretrained
+from dabdetr.models import DABDETR, build_model, post_process, preset
+
+
+def _images(batch=2, height=128, width=160, seed=0):
+    """Images and a padding mask whose second image is padded on the right and bottom."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, height, width, generator=g)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool)
+    mask[1:, :, width * 3 // 4:] = True
+    mask[1:, height * 3 // 4:, :] = True
+    return images, mask
+
+
+def _randomize(model, seed=0):
+    """Make a fresh model non-degenerate: anchors spread out, box refinement and PReLU active."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.refpoint_embed.weight.copy_(torch.randn(model.refpoint_embed.weight.shape, generator=g))
+        last = model.bbox_embed.layers[-1]
+        last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.02)
+        last.bias.copy_(torch.randn(last.bias.shape, generator=g) * 0.1)
+        for m in model.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return model
+
+
+# --- parity with Hugging Face ---------------------------------------------------------------
+
+@pytest.mark.parametrize("num_patterns,temperature", [(0, 20), (3, 10)])
+def test_matches_huggingface(tmp_path, num_patterns, temperature):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DabDetrConfig(
+        use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
+        backbone_config=transformers.ResNetConfig(out_features=["stage4"]), num_labels=91, dropout=0.0,
+        num_patterns=num_patterns, temperature_height=temperature, temperature_width=temperature,
+    )
+    hf = transformers.DabDetrForObjectDetection(config).eval()
+    with torch.no_grad():  # dabdetr-spec.md section 14, step 2
+        hf.model.query_refpoint_embeddings.weight.normal_(0, 1)
+        hf.bbox_predictor.layers[2].weight.normal_(0, 0.02)
+        hf.bbox_predictor.layers[2].bias.normal_(0, 0.1)
+        for m in hf.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(0, 0.5)
+    hf.save_pretrained(tmp_path)
+    ours = dabdetr.from_pretrained(str(tmp_path))
+    assert ours.config.num_patterns == num_patterns and ours.config.pe_temperature_h == temperature
+
+    images, mask = _images()
+    with torch.no_grad():
+        expected = hf(pixel_values=images, pixel_mask=(~mask).long())
+        expected_refs = hf.model(pixel_values=images, pixel_mask=(~mask).long()).reference_points
+        out = ours(images, mask)
+    torch.testing.assert_close(out["pred_logits"], expected.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["pred_boxes"], expected.pred_boxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["references"], expected_refs, rtol=0, atol=1e-4)
+    assert out["pred_boxes"].std() > 0.05  # the anchors moved: refinement was exercised
+
+
+# --- checkpoint formats ---------------------------------------------------------------------
+
+def _small(**overrides):
+    return _randomize(build_model("demo", num_queries=20, **overrides).eval())
+
+
+def _outputs(model):
+    images, mask = _images(height=96, width=128)
+    with torch.no_grad():
+        return model(images, mask)
+
+
+def _assert_same_outputs(a, b):
+    out_a, out_b = _outputs(a), _outputs(b)
+    torch.testing.assert_close(out_a["pred_logits"], out_b["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(out_a["pred_boxes"], out_b["pred_boxes"], rtol=0, atol=0)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = _small(num_patterns=3, dilation=True)
+    model.save_pretrained(tmp_path)
+    loaded = dabdetr.from_pretrained(str(tmp_path))
+    assert loaded.config == model.config
+    _assert_same_outputs(model, loaded)
+
+
+def test_official_checkpoint(tmp_path):
+    model = _small(keep_query_pos=True)
+    path = tmp_path / "checkpoint.pth"
+    args = argparse.Namespace(dilation=False, pe_temperatureH=20, pe_temperatureW=20, nheads=8, num_select=100)
+    torch.save({"model": pretrained.to_official_state_dict(model), "args": args, "epoch": 49}, path)
+    loaded = dabdetr.from_pretrained(str(path))
+    assert loaded.config.keep_query_pos and loaded.config.num_select == 100
+    _assert_same_outputs(model, loaded)
+
+
+def test_mmdetection_checkpoint(tmp_path):
+    model = _small(num_classes=80, anchor_update_eps=1e-5, box_head_eps=1e-3)
+    state = pretrained.to_mmdetection_state_dict(model)
+    state["backbone.bn1.num_batches_tracked"] = torch.tensor(0)  # MMDetection keeps ordinary BN
+    path = tmp_path / "mmdet.pth"
+    torch.save({"state_dict": state, "meta": {"mmdet_version": "3.3.0"}}, path)
+    loaded = dabdetr.from_pretrained(str(path))
+    assert loaded.config.num_classes == 80
+    assert (loaded.config.anchor_update_eps, loaded.config.box_head_eps) == (1e-5, 1e-3)
+    _assert_same_outputs(model, loaded)
+
+
+@pytest.mark.parametrize("hf_resnet", [False, True])
+def test_huggingface_key_mapping_round_trips(hf_resnet):
+    model = _small()
+    state = pretrained._from_huggingface(pretrained.to_huggingface_state_dict(model, hf_resnet_backbone=hf_resnet))
+    reference = model.state_dict()
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def test_mismatched_checkpoint_lists_keys(tmp_path):
+    model = _small()
+    state = pretrained.to_official_state_dict(model)
+    del state["class_embed.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=r"missing keys 1: \['class_embed.bias'\].*unexpected keys 1: \['extra.weight'\]"):
+        dabdetr.from_pretrained(str(path))
+
+
+def test_unknown_checkpoints_raise(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"weights": {}}, path)
+    with pytest.raises(ValueError, match="not a DAB-DETR checkpoint.*'weights'"):
+        dabdetr.from_pretrained(str(path))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pth: cannot be read"):
+        dabdetr.from_pretrained(str(corrupt))
+    with pytest.raises(FileNotFoundError):
+        dabdetr.from_pretrained(str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="needs config.json"):
+        dabdetr.from_pretrained(str(tmp_path))
+
+
+def test_separate_decoder_box_head_is_refused(tmp_path):
+    state = pretrained.to_official_state_dict(_small())
+    state["transformer.decoder.bbox_embed.layers.0.bias"] = state["transformer.decoder.bbox_embed.layers.0.bias"] + 1
+    path = tmp_path / "diff.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match="differs from bbox_embed.layers.0.bias"):
+        dabdetr.from_pretrained(str(path))
+
+
+# --- the model itself -----------------------------------------------------------------------
+
+def test_kernel_and_reference_ops_agree():
+    model = _small(num_patterns=2)
+    reference = DABDETR(model.config.replace(ops_impl="reference"))
+    reference.load_state_dict(model.state_dict())
+    kernel = DABDETR(model.config.replace(ops_impl="kernel"))
+    kernel.load_state_dict(model.state_dict())
+    images, mask = _images(height=96, width=128)
+    results = []
+    for m in (kernel, reference):
+        m.train()
+        out = m(images, mask)
+        loss = out["pred_logits"].sigmoid().sum() + out["pred_boxes"].sum() + sum(a["pred_boxes"].sum() for a in out["aux_outputs"])
+        params = [p for p in m.parameters() if p.requires_grad]
+        results.append((out, torch.autograd.grad(loss, params, allow_unused=True)))
+    (out_k, grads_k), (out_r, grads_r) = results
+    torch.testing.assert_close(out_k["pred_logits"], out_r["pred_logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_k["pred_boxes"], out_r["pred_boxes"], rtol=1e-4, atol=1e-5)
+    names = [n for n, p in kernel.named_parameters() if p.requires_grad]
+    for name, gk, gr in zip(names, grads_k, grads_r):
+        assert (gk is None) == (gr is None), name
+        if gk is not None:
+            torch.testing.assert_close(gk, gr, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_published_parameter_count():
+    # dabdetr-spec.md section 2: 43,671,517 for DAB-DETR-R50 with 91 classes (BN as buffers).
+    assert sum(p.numel() for p in build_model("dab_detr_r50").parameters()) == 43_671_517
+
+
+def test_backbone_freezing_and_dc5_stride():
+    model = build_model("demo")
+    frozen = {n.split(".")[1] for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    trainable = {n.split(".")[1] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert frozen == {"conv1", "layer1"} and trainable == {"layer2", "layer3", "layer4"}
+    images, mask = _images(batch=1, height=128, width=160)
+    for dilation, stride in ((False, 32), (True, 16)):
+        model = build_model("demo", dilation=dilation)
+        features, feature_mask = model.backbone(images, mask)
+        assert features.shape[-2:] == (math.ceil(128 / stride), math.ceil(160 / stride))
+        assert feature_mask.shape == (1, *features.shape[-2:])
+
+
+def test_post_process_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    outputs = {"pred_logits": torch.randn(2, 7, 5, generator=g), "pred_boxes": torch.rand(2, 7, 4, generator=g) * 0.5 + 0.2}
+    sizes = torch.tensor([[480, 640], [300, 200]])
+    results = post_process(outputs, sizes, num_select=4)
+    for b, result in enumerate(results):
+        candidates = sorted(((torch.sigmoid(outputs["pred_logits"][b, q, c]).item(), q, c)
+                             for q in range(7) for c in range(5)), reverse=True)[:4]
+        for (score, q, c), got_score, got_label, got_box in zip(candidates, result["scores"], result["labels"], result["boxes"]):
+            cx, cy, w, h = outputs["pred_boxes"][b, q].tolist()
+            H, W = sizes[b].tolist()
+            assert got_label.item() == c and math.isclose(got_score.item(), score, rel_tol=1e-6)
+            torch.testing.assert_close(got_box, torch.tensor([(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H]))
+
+
+def test_presets_build_and_validate():
+    for name in ("dab_detr_r50_3pat", "dab_detr_r50_dc5", "dab_detr_r50_dc5_3pat", "dab_detr_r101"):
+        config = preset(name)
+        assert config.total_queries == 300 * max(config.num_patterns, 1)
+    assert preset("dab_detr_r50_dc5").pe_temperature_h == 10.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("yolo")
+    with pytest.raises(ValueError, match="ops_impl"):
+        preset("demo", ops_impl="fast")
