@@ -42,7 +42,8 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -30 | tee -a
 echo "== benchmarks" | tee -a "$OUT/gpu_suite.log"
 $PY benchmarks/bench_attention.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_attention.log" 2>&1 || status=1
 $PY benchmarks/bench_sine_embed.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_sine.log" 2>&1 || status=1
-tail -4 "$OUT/gpu_bench_attention.log" "$OUT/gpu_bench_sine.log"
+$PY benchmarks/bench_model.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_model.log" 2>&1 || status=1
+tail -4 "$OUT/gpu_bench_attention.log" "$OUT/gpu_bench_sine.log" "$OUT/gpu_bench_model.log"
 
 echo "== summary" | tee -a "$OUT/gpu_suite.log"
 $PY benchmarks/summarize_targets.py "$OUT" 2>&1 | tee -a "$OUT/gpu_suite.log" || status=1

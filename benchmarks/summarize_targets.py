@@ -65,6 +65,16 @@ def main(results_dir):
                        and r["dtype"] == dtype and r["pass"] == "fwd"]
                 all_ok &= check(f"{dtype} 1M boxes fwd, fraction of copy bandwidth",
                                 big[0]["of_copy_bandwidth"] if big else None, 0.5)
+    for path, data in load(os.path.join(results_dir, "model_*.json")):
+        print(f"{os.path.basename(path)} ({data['meta']['device']['name']}, {data['meta']['date']})")
+        for row in data["rows"]:
+            if row["impl"] != "kernel":
+                continue
+            same = times(data["rows"], task=row["task"], batch=row["batch"], precision=row["precision"])
+            label = f"{row['precision']} {row['task']} batch {row['batch']}: kernel model vs"
+            all_ok &= check(f"{label} reference ops", ratio(same, "reference", "kernel"), 1.0)
+            if "huggingface" in same:
+                all_ok &= check(f"{label} Hugging Face", ratio(same, "huggingface", "kernel"), 1.0)
     return 0 if all_ok else 1
 
 

@@ -159,20 +159,25 @@ def _from_mmdetection(state):
 
 def _from_huggingface(state):
     state = _drop_shared_box_head(state, "model.decoder.bbox_embed.", "bbox_predictor.")
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    hf_resnet = {k[len(_HF_RESNET_PREFIX):]: v for k, v in state.items()
-                 if k.startswith(_HF_RESNET_PREFIX) and not k.startswith(_HF_RESNET_PREFIX + "_backbone.")}
-    state = {k: v for k, v in state.items() if not (k.startswith(_HF_RESNET_PREFIX) and k[len(_HF_RESNET_PREFIX):] in hf_resnet)}
-    state.update({"backbone.body." + k: v for k, v in _rename(hf_resnet, _HF_RESNET_RULES, to_ours=True, offsets=_HF_RESNET_OFFSETS).items()})
-    qkv = {}
-    for key in list(state):
-        m = re.match(r"^model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
-        if m:
-            qkv[(m.group(1), m.group(3), m.group(2))] = state.pop(key)
-    for (layer, kind, _), _ in list(qkv.items()):
-        packed = torch.cat([qkv[(layer, kind, part)] for part in "qkv"])
-        state[f"transformer.encoder.layers.{layer}.self_attn.in_proj_{kind}"] = packed
-    return _rename(state, _HF_RULES, to_ours=True)
+    rest, hf_resnet, qkv = {}, {}, {}
+    for key, tensor in state.items():
+        encoder_proj = re.match(r"^model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if key.endswith("num_batches_tracked"):
+            continue
+        if encoder_proj:
+            layer, part, kind = encoder_proj.groups()
+            qkv.setdefault((layer, kind), {})[part] = tensor
+        elif key.startswith(_HF_RESNET_PREFIX) and not key.startswith(_HF_RESNET_PREFIX + "_backbone."):
+            hf_resnet[key[len(_HF_RESNET_PREFIX):]] = tensor
+        else:
+            rest[key] = tensor
+    for (layer, kind), parts in qkv.items():  # ours packs them, rows q | k | v
+        if set(parts) != set("qkv"):
+            raise ValueError(f"encoder layer {layer}: self_attn has {sorted(parts)} {kind}s, expected q, k and v")
+        rest[f"transformer.encoder.layers.{layer}.self_attn.in_proj_{kind}"] = torch.cat([parts[p] for p in "qkv"])
+    backbone = _rename(hf_resnet, _HF_RESNET_RULES, to_ours=True, offsets=_HF_RESNET_OFFSETS)
+    rest.update({"backbone.body." + k: v for k, v in backbone.items()})
+    return _rename(rest, _HF_RULES, to_ours=True)
 
 
 # --- ours -> formats (for exports, and the tests' checkpoints in foreign formats) --------------
@@ -211,8 +216,10 @@ def to_huggingface_state_dict(model, hf_resnet_backbone=False):
 
 def _infer_config(state, **known):
     """Architecture fields that tensor shapes determine (our key names)."""
-    layers = lambda prefix: len({k.split(".")[3] for k in state if k.startswith(prefix)})  # noqa: E731
-    layer3_blocks = len({k.split(".")[3] for k in state if k.startswith("backbone.body.layer3.")})
+    def count(prefix):  # distinct indices right after prefix "a.b.c."
+        return len({k.split(".")[3] for k in state if k.startswith(prefix)})
+
+    layer3_blocks = count("backbone.body.layer3.")
     has_conv3 = any(k.startswith("backbone.body.layer1.0.conv3.") for k in state)
     backbone = {(6, True): "resnet50", (23, True): "resnet101", (2, False): "resnet18", (6, False): "resnet34"}.get(
         (layer3_blocks, has_conv3))
@@ -222,8 +229,8 @@ def _infer_config(state, **known):
         "backbone": backbone,
         "hidden_dim": state["input_proj.weight"].shape[0],
         "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_encoder_layers": layers("transformer.encoder.layers."),
-        "num_decoder_layers": layers("transformer.decoder.layers."),
+        "num_encoder_layers": count("transformer.encoder.layers."),
+        "num_decoder_layers": count("transformer.decoder.layers."),
         "num_queries": state["refpoint_embed.weight"].shape[0],
         "num_patterns": state["transformer.patterns.weight"].shape[0] if "transformer.patterns.weight" in state else 0,
         "keep_query_pos": "transformer.decoder.layers.1.ca_qpos_proj.weight" in state,

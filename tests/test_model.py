@@ -230,3 +230,22 @@ def test_presets_build_and_validate():
         preset("yolo")
     with pytest.raises(ValueError, match="ops_impl"):
         preset("demo", ops_impl="fast")
+
+
+def test_huggingface_hub_layout_with_timm_backbone(tmp_path):
+    # The published checkpoints use the default (timm) backbone: torchvision names under
+    # model.backbone.conv_encoder.model._backbone, weights in model.safetensors.
+    transformers = pytest.importorskip("transformers")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model = _randomize(build_model("dab_detr_r50", hidden_dim=64, num_heads=4, ffn_dim=128, num_encoder_layers=1,
+                                   num_decoder_layers=2, num_queries=10, anchor_update_eps=1e-5, box_head_eps=1e-5).eval())
+    transformers.DabDetrConfig(
+        hidden_size=64, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        encoder_layers=1, decoder_layers=2, num_queries=10, num_labels=91,
+    ).save_pretrained(tmp_path)
+    state = pretrained.to_huggingface_state_dict(model)
+    assert any(k.startswith("model.backbone.conv_encoder.model._backbone.layer4.") for k in state)
+    safetensors_torch.save_file({k: v.clone().contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    loaded = dabdetr.from_pretrained(str(tmp_path))
+    assert loaded.config == model.config.replace(dropout=0.1)  # Hugging Face's default dropout
+    _assert_same_outputs(model, loaded)

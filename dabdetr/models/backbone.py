@@ -29,7 +29,7 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        return torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])  # one pass over x
 
 
 def conv3x3(in_ch, out_ch, stride=1, dilation=1):
