@@ -284,6 +284,8 @@ def _torch_load(path):
 
 
 def _detect(path):
+    """(source, checkpoint): the format of path, and for a single file its loaded content (so it
+    is read once)."""
     if os.path.isdir(path):
         config_path = os.path.join(path, CONFIG_FILE)
         if not os.path.exists(config_path):
@@ -291,18 +293,18 @@ def _detect(path):
         with open(config_path) as f:
             config = json.load(f)
         if config.get("format") == FORMAT_TAG:
-            return "dabdetr"
+            return "dabdetr", None
         if config.get("model_type") == "dab-detr":
-            return "huggingface"
+            return "huggingface", None
         raise ValueError(f"{config_path}: neither a dabdetr config nor a Hugging Face DAB-DETR config "
                          f"(model_type={config.get('model_type')!r})")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = _torch_load(path)
     if isinstance(checkpoint, dict) and "model" in checkpoint:
-        return "official"
+        return "official", checkpoint
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        return "mmdetection"
+        return "mmdetection", checkpoint
     keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise ValueError(f"{path}: not a DAB-DETR checkpoint this library knows (top-level keys: {keys}); "
                      "expected an official ('model'), MMDetection ('state_dict'), Hugging Face or dabdetr one")
@@ -322,8 +324,8 @@ def _read_huggingface_weights(directory):
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
-def _load_source(path, source):
-    """(our state dict, config values) of a checkpoint."""
+def _load_source(path, source, checkpoint=None):
+    """(our state dict, config values) of a checkpoint; checkpoint: the file's content if read."""
     if source == "dabdetr":
         with open(os.path.join(path, CONFIG_FILE)) as f:
             values = json.load(f)["config"]
@@ -333,7 +335,11 @@ def _load_source(path, source):
             hf = json.load(f)
         state = _from_huggingface(_read_huggingface_weights(path))
         return state, _infer_config(state, **_config_from_huggingface(hf))
-    checkpoint = _torch_load(path)
+    if checkpoint is None:
+        checkpoint = _torch_load(path)
+    key = "model" if source == "official" else "state_dict"
+    if not isinstance(checkpoint, dict) or key not in checkpoint:
+        raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")
     if source == "official":
         state = _from_official(checkpoint["model"])
         return state, _infer_config(state, **_config_from_official_args(checkpoint.get("args")))
@@ -363,9 +369,10 @@ def from_pretrained(path, source="auto", **overrides):
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    checkpoint = None
     if source == "auto":
-        source = _detect(path)
-    state, values = _load_source(path, source)
+        source, checkpoint = _detect(path)
+    state, values = _load_source(path, source, checkpoint)
     model = DABDETR(DABDETRConfig.from_dict({**values, **overrides}))
     try:
         _load_state(model, state, path)

@@ -249,3 +249,10 @@ def test_huggingface_hub_layout_with_timm_backbone(tmp_path):
     loaded = dabdetr.from_pretrained(str(tmp_path))
     assert loaded.config == model.config.replace(dropout=0.1)  # Hugging Face's default dropout
     _assert_same_outputs(model, loaded)
+
+
+def test_explicit_source_of_the_wrong_kind_raises(tmp_path):
+    path = tmp_path / "mmdet.pth"
+    torch.save({"state_dict": pretrained.to_mmdetection_state_dict(_small())}, path)
+    with pytest.raises(ValueError, match="source='official' expects a checkpoint with a 'model' key"):
+        dabdetr.from_pretrained(str(path), source="official")
