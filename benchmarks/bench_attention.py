@@ -81,7 +81,7 @@ SDPA_CANDIDATES = [
 ]
 
 
-def sdpa_peers(inputs, device):
+def sdpa_peers(inputs):
     """The SDPA backends that accept these inputs (forward and backward), by name."""
     accepted = {}
     for name, backend, pad_value in SDPA_CANDIDATES:
@@ -171,7 +171,7 @@ def main():
         for shape in shapes:
             for backward in (False, True):
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)
-                sdpa = sdpa_peers(inputs, device)
+                sdpa = sdpa_peers(inputs)
                 with warnings_silenced():
                     times = harness.time_peers(peer_functions(inputs, sdpa, backward), device, repeats)
                 fl, nbytes = flops(shape, backward), bytes_moved(shape, dtype.itemsize, backward)
@@ -186,7 +186,7 @@ def main():
     if not args.quick:
         for shape in MEMORY_SHAPES:
             inputs = make_inputs(shape, device, torch.float32, requires_grad=False)
-            impls = ["reference", *sdpa_peers(inputs, device), "kernel"]
+            impls = ["reference", *sdpa_peers(inputs), "kernel"]
             del inputs
             for impl in impls:
                 extra = harness.peak_memory_bytes(build_forward, (impl, shape, "float32", device.type), device)
