@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import re
-import tempfile
 
 import torch
 
+from dabdetr.checkpoint import TRAIN_CHECKPOINT_FORMAT, atomic_write
 from dabdetr.models import DABDETR, DABDETRConfig
 
-SOURCES = ("auto", "dabdetr", "huggingface", "official", "mmdetection")
+SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
 FORMAT_TAG = "dabdetr"
 
@@ -301,6 +301,8 @@ def _detect(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = _torch_load(path)
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT:
+        return "dabdetr-train", checkpoint
     if isinstance(checkpoint, dict) and "model" in checkpoint:
         return "official", checkpoint
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
@@ -337,6 +339,10 @@ def _load_source(path, source, checkpoint=None):
         return state, _infer_config(state, **_config_from_huggingface(hf))
     if checkpoint is None:
         checkpoint = _torch_load(path)
+    if source == "dabdetr-train":
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != TRAIN_CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: source='dabdetr-train' expects a checkpoint written by `dabdetr train`")
+        return checkpoint["model"], checkpoint["model_config"]
     key = "model" if source == "official" else "state_dict"
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")
@@ -360,10 +366,12 @@ def _load_state(model, state, path):
 def from_pretrained(path, source="auto", **overrides):
     """A ready model (eval mode) from a checkpoint.
 
-    path: a dabdetr directory (save_pretrained), a Hugging Face DabDetr directory (config.json +
+    path: a dabdetr directory (save_pretrained), a training checkpoint of `dabdetr train`
+    (checkpoint.pt, best.pt), a Hugging Face DabDetr directory (config.json +
     model.safetensors or pytorch_model.bin), an official DAB-DETR .pth ('model' key) or an
     MMDetection .pth ('state_dict' key, 80-class head).
-    source: "auto" (detected) or one of "dabdetr", "huggingface", "official", "mmdetection".
+    source: "auto" (detected) or one of "dabdetr", "dabdetr-train", "huggingface", "official",
+    "mmdetection".
     overrides: DABDETRConfig fields, e.g. dilation=True for a DC5 checkpoint that carries no
     config, or ops_impl="reference".
     """
@@ -381,20 +389,26 @@ def from_pretrained(path, source="auto", **overrides):
     return model.eval()
 
 
-def save_pretrained(model, directory):
-    """Writes config.json and model.pt (each atomically: a temporary file, then a rename)."""
+def save_pretrained(model, directory, class_names=None):
+    """Writes config.json and model.pt (each atomically: a temporary file, then a rename).
+    class_names: optional {label: name}, kept in config.json for `dabdetr predict`."""
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda f: torch.save(model.state_dict(), f), binary=True)
+    atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda f: torch.save(model.state_dict(), f), binary=True)
     config = {"format": FORMAT_TAG, "config": model.config.to_dict()}
-    _atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: json.dump(config, f, indent=1))
+    if class_names:
+        config["class_names"] = {str(label): name for label, name in class_names.items()}
+    atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: json.dump(config, f, indent=1))
 
 
-def _atomic_write(path, write, binary=False):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def class_names_of(path):
+    """{label: name} stored with a dabdetr model directory or training checkpoint; {} otherwise."""
+    if os.path.isdir(path):
+        config_path = os.path.join(path, CONFIG_FILE)
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                names = json.load(f).get("class_names") or {}
+            return {int(label): name for label, name in names.items()}
+        return {}
+    checkpoint = _torch_load(path)
+    names = checkpoint.get("class_names") if isinstance(checkpoint, dict) else None
+    return {int(label): name for label, name in (names or {}).items()}

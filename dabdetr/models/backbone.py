@@ -1,7 +1,10 @@
 """ResNet backbones with torchvision's state-dict names, frozen batch norm, and DC5 dilation.
 
-Only the C5 output (stride 32, or 16 with dilation) is used. Stem and layer1 are always frozen
-(as in every published recipe); train_backbone=False freezes everything.
+Only the C5 output (stride 32, or 16 with dilation) is used. With pretrained weights (every
+published recipe) the norms are FrozenBatchNorm2d and the stem and layer1 stay frozen
+(backbone_frozen_stages=1); train_backbone=False freezes everything. Training from scratch (the
+synthetic demo, no pretrained weights at hand) uses backbone_norm="batch_norm" with every stage
+trainable, since a ResNet with frozen identity norms and random weights learns poorly.
 """
 
 import torch
@@ -43,12 +46,12 @@ def conv1x1(in_ch, out_ch, stride=1):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_ch, width, stride=1, downsample=None, dilation=1):
+    def __init__(self, in_ch, width, norm_layer, stride=1, downsample=None, dilation=1):
         super().__init__()
         self.conv1 = conv3x3(in_ch, width, stride, dilation)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = conv3x3(width, width, dilation=dilation)
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.downsample = downsample
 
     def forward(self, x):
@@ -62,14 +65,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch, width, stride=1, downsample=None, dilation=1):
+    def __init__(self, in_ch, width, norm_layer, stride=1, downsample=None, dilation=1):
         super().__init__()
         self.conv1 = conv1x1(in_ch, width)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = conv3x3(width, width, stride, dilation)
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, width * self.expansion)
-        self.bn3 = FrozenBatchNorm2d(width * self.expansion)
+        self.bn3 = norm_layer(width * self.expansion)
         self.downsample = downsample
 
     def forward(self, x):
@@ -91,11 +94,12 @@ class ResNet(nn.Module):
     """conv1/bn1/layer1..layer4 as in torchvision (no fc). With dilate_c5, layer4 keeps stride 16
     and dilates its 3x3 convs by 2 (its first block's conv keeps dilation 1, as torchvision does)."""
 
-    def __init__(self, name, dilate_c5=False):
+    def __init__(self, name, dilate_c5=False, norm_layer=FrozenBatchNorm2d):
         super().__init__()
         block, counts = ARCHITECTURES[name]
+        self._norm_layer = norm_layer
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = norm_layer(64)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self._in_ch, self._dilation = 64, 1
         self.layer1 = self._make_layer(block, 64, counts[0])
@@ -112,10 +116,10 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self._in_ch != width * block.expansion:
             downsample = nn.Sequential(conv1x1(self._in_ch, width * block.expansion, stride),
-                                       FrozenBatchNorm2d(width * block.expansion))
-        layers = [block(self._in_ch, width, stride, downsample, previous_dilation)]
+                                       self._norm_layer(width * block.expansion))
+        layers = [block(self._in_ch, width, self._norm_layer, stride, downsample, previous_dilation)]
         self._in_ch = width * block.expansion
-        layers += [block(self._in_ch, width, dilation=self._dilation) for _ in range(1, count)]
+        layers += [block(self._in_ch, width, self._norm_layer, dilation=self._dilation) for _ in range(1, count)]
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -129,11 +133,16 @@ class Backbone(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.body = ResNet(config.backbone, dilate_c5=config.dilation)
+        norm_layer = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
+        self.body = ResNet(config.backbone, dilate_c5=config.dilation, norm_layer=norm_layer)
         self.num_channels = self.body.num_channels
+        if config.backbone_norm == "batch_norm":
+            for module in self.body.modules():  # torchvision's init for training from scratch
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        frozen = ("conv1.", "bn1.", "layer1.")[: 3 * config.backbone_frozen_stages]
         for name, parameter in self.body.named_parameters():
-            trainable = config.train_backbone and any(f"layer{i}" in name for i in (2, 3, 4))
-            parameter.requires_grad_(trainable)
+            parameter.requires_grad_(config.train_backbone and not name.startswith(frozen))
 
     def forward(self, images, mask):
         features = self.body(images)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 OPS_IMPLS = ("auto", "reference", "kernel")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONE_NORMS = ("frozen_bn", "batch_norm")
 
 
 @dataclass
@@ -13,7 +14,9 @@ class DABDETRConfig:
 
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: stride 16, layer4 dilated
-    train_backbone: bool = True  # stem and layer1 stay frozen either way (the recipe)
+    train_backbone: bool = True  # False freezes the whole backbone
+    backbone_frozen_stages: int = 1  # 1: stem and layer1 frozen (the recipe); 0: nothing frozen
+    backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights) | "batch_norm" (from scratch)
     hidden_dim: int = 256
     num_heads: int = 8
     ffn_dim: int = 2048
@@ -41,6 +44,13 @@ class DABDETRConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.ops_impl not in OPS_IMPLS:
             raise ValueError(f"ops_impl must be one of {OPS_IMPLS}, got {self.ops_impl!r}")
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
+        if self.backbone_frozen_stages not in (0, 1):
+            raise ValueError(f"backbone_frozen_stages must be 0 or 1, got {self.backbone_frozen_stages}")
+        if self.backbone_norm == "batch_norm" and self.backbone_frozen_stages:
+            raise ValueError("backbone_norm='batch_norm' trains the backbone from scratch: it needs "
+                             "backbone_frozen_stages=0")
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
         if self.hidden_dim % 4:
@@ -73,10 +83,12 @@ PRESETS = {
     "dab_detr_r50_dc5": {"dilation": True, "pe_temperature_h": 10.0, "pe_temperature_w": 10.0},
     "dab_detr_r50_dc5_3pat": {"dilation": True, "num_patterns": 3},
     "dab_detr_r101": {"backbone": "resnet101"},
-    # Small enough to train on a laptop CPU (the synthetic-shapes demo).
+    # Small enough to train from scratch on a laptop CPU (the synthetic-shapes demo): trainable
+    # batch norm and no frozen stage, since there are no pretrained weights to keep.
     "demo": {
-        "backbone": "resnet18", "hidden_dim": 128, "num_heads": 8, "ffn_dim": 512,
-        "num_encoder_layers": 3, "num_decoder_layers": 3, "num_queries": 50, "num_select": 100,
+        "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "hidden_dim": 128,
+        "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3, "num_queries": 50,
+        "num_select": 100,
     },
 }
 

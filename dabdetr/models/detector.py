@@ -5,6 +5,7 @@ import math
 import torch
 from torch import nn
 
+from dabdetr.box_ops import box_cxcywh_to_xyxy
 from dabdetr.models.backbone import Backbone
 from dabdetr.models.config import DABDETRConfig
 from dabdetr.models.position_encoding import PositionEmbeddingSineHW
@@ -55,17 +56,11 @@ class DABDETR(nn.Module):
             "references": references,
         }
 
-
-    def save_pretrained(self, directory):
+    def save_pretrained(self, directory, class_names=None):
         """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""
         from dabdetr.pretrained import save_pretrained  # pretrained builds models: import late
 
-        save_pretrained(self, directory)
-
-
-def box_cxcywh_to_xyxy(boxes):
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+        save_pretrained(self, directory, class_names)
 
 
 @torch.no_grad()

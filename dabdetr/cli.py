@@ -1,0 +1,294 @@
+"""The `dabdetr` command: train, eval, predict, convert, bench.
+
+    dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
+    torchrun --nproc_per_node 8 -m dabdetr.cli train --preset dab_detr_r50 --data-root /data/coco
+    dabdetr eval runs/demo/checkpoint.pt                         # its own validation set
+    dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
+    dabdetr predict runs/demo/model image1.jpg image2.jpg --output-dir predictions/
+    dabdetr convert dab_detr_r50.pth converted/ --to dabdetr
+    dabdetr bench --device cpu
+"""
+
+import argparse
+import json
+import logging
+import os
+import runpy
+import sys
+
+import torch
+
+LOG = logging.getLogger("dabdetr")
+
+
+def parse_assignments(pairs, what):
+    """["a=1", "b=[480, 512]", "c=text"] -> {"a": 1, "b": [480, 512], "c": "text"} (JSON values, else strings)."""
+    values = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"{what}: expected key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+# --- train -------------------------------------------------------------------------------------
+
+def add_train_parser(subparsers):
+    parser = subparsers.add_parser("train", help="train (and evaluate) a model",
+                                   description="Trains on COCO (--data-root) or the embedded synthetic shapes.")
+    parser.add_argument("--preset", default="demo", help="model preset and its training recipe (default: demo)")
+    parser.add_argument("--data-root", help="COCO root (train2017/, val2017/, annotations/); default: synthetic shapes")
+    parser.add_argument("--output-dir", default="outputs/train")
+    parser.add_argument("--resume", help="a checkpoint.pt of an earlier run: continue it exactly")
+    parser.add_argument("--init", help="pretrained weights to start from (any format from_pretrained reads)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="per process")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", dest="train_overrides", action="append", metavar="FIELD=VALUE",
+                        help="any TrainConfig field, e.g. --set lr_drop=11 --set train_sizes=[608,640]")
+    parser.add_argument("--model", dest="model_overrides", action="append", metavar="FIELD=VALUE",
+                        help="any DABDETRConfig field, e.g. --model num_queries=100")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args):
+    from dabdetr.train_config import recipe
+    from dabdetr.trainer import Trainer
+
+    overrides = parse_assignments(args.train_overrides, "--set")
+    for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "num_workers",
+                 "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    model = parse_assignments(args.model_overrides, "--model")
+    if model:
+        overrides["model"] = model
+    if args.no_progress:
+        overrides["progress"] = False
+    metrics = Trainer(recipe(args.preset, **overrides), resume=args.resume).fit()
+    if metrics is not None and int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
+        print(f"pictures: {os.path.join(overrides['output_dir'] if 'output_dir' in overrides else 'outputs/train', '')}"
+              "curves.png, detections.png")
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+def load_model(path, device, ops_impl=None):
+    from dabdetr.pretrained import from_pretrained
+
+    overrides = {"ops_impl": ops_impl} if ops_impl else {}
+    return from_pretrained(path, **overrides).to(device)
+
+
+def add_eval_parser(subparsers):
+    parser = subparsers.add_parser("eval", help="COCO box AP of a model on a COCO-format set")
+    parser.add_argument("checkpoint", help="training checkpoint, dabdetr/Hugging Face directory, official or "
+                                           "MMDetection .pth")
+    parser.add_argument("--annotations", help="COCO json; default: the validation set a training checkpoint used")
+    parser.add_argument("--images", help="image directory of --annotations")
+    parser.add_argument("--label-mapping", choices=("auto", "category_id", "contiguous"), default="auto",
+                        help="how logits map to category ids (auto: by id when the head has more logits than the "
+                             "largest id, else contiguous)")
+    parser.add_argument("--eval-size", type=int, default=None, help="shorter side (default 800, or the checkpoint's)")
+    parser.add_argument("--max-size", type=int, default=None, help="longer side cap (default 1333, or the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", default="detections.json", help="COCO results json to write")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args):
+    from dabdetr.checkpoint import load_train_checkpoint
+    from dabdetr.data import CocoDetection, collate_detection, load_coco, make_transforms
+    from dabdetr.engine import evaluate
+    from dabdetr.train_config import TrainConfig
+    from dabdetr.trainer import build_datasets, resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    if args.annotations is None:
+        if os.path.isdir(args.checkpoint):
+            raise SystemExit("eval: --annotations is needed unless the checkpoint is a training checkpoint")
+        train_config = TrainConfig.from_dict(load_train_checkpoint(args.checkpoint)["train_config"])
+        overrides = {k: v for k, v in (("eval_size", args.eval_size), ("max_size", args.max_size)) if v is not None}
+        dataset = build_datasets(train_config.replace(**overrides))[1]
+    else:
+        if args.images is None:
+            raise SystemExit("eval: --annotations needs --images")
+        coco = load_coco(args.annotations)
+        mapping = args.label_mapping
+        if mapping == "auto":
+            mapping = "category_id" if model.config.num_classes > max(coco.cats) else "contiguous"
+        transforms = make_transforms(False, [args.eval_size or 800], args.max_size or 1333)
+        dataset = CocoDetection(coco, args.images, transforms, mapping)
+        if dataset.num_classes > model.config.num_classes:
+            raise SystemExit(f"eval: the model has {model.config.num_classes} logits but the dataset needs "
+                             f"{dataset.num_classes} ({mapping} labels)")
+    loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.num_workers,
+                                         collate_fn=collate_detection)
+    metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
+                                model.config.num_select)
+    print(metrics.pop("table"), end="")
+    print(json.dumps(metrics))
+    with open(args.output, "w") as f:
+        json.dump(results, f)
+    print(f"{len(results)} detections on {len(dataset)} images written to {args.output}")
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+def add_predict_parser(subparsers):
+    parser = subparsers.add_parser("predict", help="detect objects in images: JSON and annotated PNGs")
+    parser.add_argument("checkpoint")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--output-dir", default="predictions")
+    parser.add_argument("--threshold", type=float, default=0.3, help="score threshold for the JSON and pictures")
+    parser.add_argument("--size", type=int, default=None, help="shorter side the model sees (default 800; the "
+                                                               "training size for training checkpoints)")
+    parser.add_argument("--max-size", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args):
+    from PIL import Image, UnidentifiedImageError
+
+    from dabdetr.checkpoint import load_train_checkpoint
+    from dabdetr.data.transforms import make_transforms
+    from dabdetr.models.detector import post_process
+    from dabdetr.plots import draw_detections
+    from dabdetr.pretrained import class_names_of
+    from dabdetr.train_config import TrainConfig
+    from dabdetr.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device).eval()
+    size, max_size = args.size or 800, args.max_size or 1333
+    if not os.path.isdir(args.checkpoint) and args.size is None:
+        train_config = TrainConfig.from_dict(load_train_checkpoint(args.checkpoint)["train_config"])
+        size, max_size = train_config.eval_size, args.max_size or train_config.max_size
+    names = class_names_of(args.checkpoint)
+    transforms = make_transforms(False, [size], max_size)
+    os.makedirs(args.output_dir, exist_ok=True)
+    predictions = []
+    for path in args.images:
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except FileNotFoundError:
+            raise SystemExit(f"predict: image file not found: {path}") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise SystemExit(f"predict: cannot decode image {path}: {error}") from None
+        target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                  "size": torch.tensor([image.height, image.width])}
+        pixels, _ = transforms(image, target, None)
+        with torch.no_grad():
+            outputs = model(pixels[None].to(device), torch.zeros(1, *pixels.shape[1:], dtype=torch.bool, device=device))
+        detections = post_process(outputs, torch.tensor([[image.height, image.width]], device=device),
+                                  model.config.num_select)[0]
+        detections = {k: v.cpu() for k, v in detections.items()}
+        keep = detections["scores"] >= args.threshold
+        predictions.append({"image": path, "width": image.width, "height": image.height, "detections": [
+            {"label": int(label), "name": names.get(int(label), str(int(label))), "score": round(float(score), 4),
+             "box_xyxy": [round(v, 2) for v in box]}
+            for score, label, box in zip(detections["scores"][keep], detections["labels"][keep],
+                                         detections["boxes"][keep].tolist())]})
+        picture = draw_detections(image, detections, names, args.threshold)
+        picture.save(os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
+    with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
+        json.dump(predictions, f, indent=1)
+    print(f"{sum(len(p['detections']) for p in predictions)} detections in {len(predictions)} images: "
+          f"{args.output_dir}/predictions.json and one PNG per image")
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+CONVERT_TARGETS = ("dabdetr", "official", "mmdetection")
+
+
+def add_convert_parser(subparsers):
+    parser = subparsers.add_parser("convert", help="convert a checkpoint between formats")
+    parser.add_argument("source", help="any checkpoint from_pretrained reads")
+    parser.add_argument("destination", help="a directory (--to dabdetr) or a .pth file")
+    parser.add_argument("--to", choices=CONVERT_TARGETS, required=True)
+    parser.add_argument("--source-format", default="auto", help="auto | dabdetr | dabdetr-train | huggingface | "
+                                                                "official | mmdetection")
+    parser.set_defaults(run=run_convert)
+
+
+def run_convert(args):
+    from dabdetr.checkpoint import atomic_torch_save
+    from dabdetr.pretrained import class_names_of, from_pretrained, to_mmdetection_state_dict, to_official_state_dict
+
+    model = from_pretrained(args.source, source=args.source_format)
+    if args.to == "dabdetr":
+        names = class_names_of(args.source) if args.source_format in ("auto", "dabdetr", "dabdetr-train") else {}
+        model.save_pretrained(args.destination, names)
+    elif args.to == "official":
+        atomic_torch_save({"model": to_official_state_dict(model)}, args.destination)
+    else:
+        atomic_torch_save({"state_dict": to_mmdetection_state_dict(model)}, args.destination)
+    print(f"wrote {args.destination} ({args.to})")
+
+
+# --- bench -------------------------------------------------------------------------------------
+
+BENCHMARKS = {"attention": "bench_attention.py", "sine": "bench_sine_embed.py", "model": "bench_model.py"}
+
+
+def add_bench_parser(subparsers):
+    parser = subparsers.add_parser("bench", help="run the op and model benchmarks (from a source checkout)")
+    parser.add_argument("which", nargs="*", help=f"any of {sorted(BENCHMARKS)} (default: attention sine)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out-dir", default="outputs/benchmarks")
+    parser.set_defaults(run=run_bench)
+
+
+def run_bench(args):
+    directory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if not os.path.isdir(directory):
+        raise SystemExit(f"bench: the benchmarks live in the source checkout ({directory} not found); "
+                         "run from a clone installed with `pip install -e .`")
+    unknown = sorted(set(args.which) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"bench: unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
+    sys.path.insert(0, directory)
+    for name in args.which or ["attention", "sine"]:
+        script = os.path.join(directory, BENCHMARKS[name])
+        saved = sys.argv
+        sys.argv = [script, "--device", args.device, "--out-dir", args.out_dir]
+        try:
+            runpy.run_path(script, run_name="__main__")
+        finally:
+            sys.argv = saved
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="dabdetr", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_convert_parser, add_bench_parser):
+        add(subparsers)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError) as error:
+        LOG.error("dabdetr %s: %s", args.command, error)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The DAB-DETR training loss (dabdetr-spec.md section 7.2): sigmoid focal classification, L1 and
+GIoU box losses on Hungarian-matched pairs, for the final and every auxiliary decoder layer."""
+
+import re
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dabdetr.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+
+def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
+    """Elementwise focal loss (Lin et al. 2017) of logits against {0, 1} targets, same shape:
+    alpha_t (1 - p_t)^gamma BCE(logit, target)."""
+    prob = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * (1 - p_t) ** gamma * bce
+
+
+def global_num_boxes(targets, device):
+    """Ground-truth boxes per process in the global batch (all-reduced mean), at least 1."""
+    num_boxes = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_boxes)
+        num_boxes /= dist.get_world_size()
+    return num_boxes.clamp(min=1).item()
+
+
+class SetCriterion(nn.Module):
+    """forward(outputs, targets) -> dict of losses.
+
+    outputs: the model's dict (pred_logits [B, Nq, K], pred_boxes [B, Nq, 4], aux_outputs);
+    targets: list of B dicts, labels [n] (int64 class index < K), boxes [n, 4] (normalized cxcywh).
+    Returns loss_ce, loss_bbox, loss_giou of the last layer, the same with suffix _0 .. _{L-2} for
+    the auxiliary layers, and "loss": their sum weighted by weight_dict.
+    """
+
+    def __init__(self, num_classes, matcher, loss_ce=1.0, loss_bbox=5.0, loss_giou=2.0, focal_alpha=0.25,
+                 focal_gamma=2.0, aux_loss=True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.aux_loss = aux_loss
+
+    def layer_losses(self, outputs, targets, num_boxes):
+        """The three losses of one decoder layer's predictions."""
+        indices = self.matcher(outputs, targets)
+        logits = outputs["pred_logits"].float()
+        batch_index = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
+        query_index = torch.cat([query for query, _ in indices])
+
+        one_hot = torch.zeros_like(logits)
+        matched_labels = torch.cat([t["labels"][target] for t, (_, target) in zip(targets, indices)])
+        one_hot[batch_index, query_index, matched_labels.to(logits.device)] = 1
+        loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+
+        pred_boxes = outputs["pred_boxes"][batch_index, query_index].float()
+        gt_boxes = torch.cat([t["boxes"][target] for t, (_, target) in zip(targets, indices)]).float()
+        loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
+        loss_giou = (1 - giou).sum() / num_boxes
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def forward(self, outputs, targets):
+        for t in targets:
+            if len(t["labels"]) and int(t["labels"].max()) >= self.num_classes:
+                raise ValueError(f"SetCriterion: target label {int(t['labels'].max())} >= num_classes "
+                                 f"{self.num_classes}")
+        num_boxes = global_num_boxes(targets, outputs["pred_logits"].device)
+        losses = self.layer_losses(outputs, targets, num_boxes)
+        if self.aux_loss:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
+        losses["loss"] = sum(self.weights[re.sub(r"_\d+$", "", k)] * v for k, v in losses.items())
+        return losses

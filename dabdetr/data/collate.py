@@ -1,0 +1,18 @@
+"""Batching images of different sizes: zero-padding at the bottom/right and a padding mask."""
+
+import torch
+
+
+def collate_detection(samples):
+    """samples: list of (image [3, h_i, w_i], target) -> (images [B, 3, H, W], mask [B, H, W] bool
+    with True on padding, list of targets), H and W the largest in the batch (no size divisor,
+    as in the published recipe)."""
+    images, targets = zip(*samples)
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    batch = images[0].new_zeros(len(images), 3, height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    for image, padded, image_mask in zip(images, batch, mask):
+        padded[:, : image.shape[1], : image.shape[2]].copy_(image)
+        image_mask[: image.shape[1], : image.shape[2]] = False
+    return batch, mask, list(targets)

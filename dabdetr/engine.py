@@ -1,0 +1,101 @@
+"""One training epoch and one evaluation pass (the loops; the Trainer owns everything around them)."""
+
+import math
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+from dabdetr import distributed
+from dabdetr.coco_eval import evaluate_detections, to_coco_results
+from dabdetr.models.detector import post_process
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+def autocast_context(device, amp):
+    """torch.autocast for amp "bf16" / "fp16" on CUDA; nothing for "off"."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def move_targets(targets, device):
+    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+
+
+def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.1, amp="off",
+                    grad_scaler=None, log_step=None, first_step=0, show_progress=True):
+    """Trains over loader once. log_step(step, losses dict) is called after every step with the
+    losses averaged over processes. Raises NonFiniteLossError naming the step where the loss is
+    not finite (before the optimizer applies it). Returns the epoch's mean losses."""
+    model.train()
+    criterion.train()
+    totals, count = {}, 0
+    progress = tqdm(loader, desc=f"epoch {epoch}", disable=not (show_progress and distributed.is_main_process()),
+                    dynamic_ncols=True, leave=False)
+    for step, (images, mask, targets) in enumerate(progress, start=first_step):
+        images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        targets = move_targets(targets, device)
+        with autocast_context(device, amp):
+            outputs = model(images, mask)
+        losses = criterion(outputs, targets)  # in float32, outside autocast
+        logged = distributed.all_reduce_mean({k: v.detach().item() for k, v in losses.items()})
+        if not math.isfinite(logged["loss"]):
+            raise NonFiniteLossError(f"non-finite loss {logged['loss']} at epoch {epoch}, step {step} "
+                                     f"(losses: { {k: v for k, v in logged.items() if not math.isfinite(v)} })")
+        optimizer.zero_grad(set_to_none=True)
+        if grad_scaler is not None:
+            grad_scaler.scale(losses["loss"]).backward()
+            grad_scaler.unscale_(optimizer)
+        else:
+            losses["loss"].backward()
+        if clip_max_norm > 0:
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm))
+        if grad_scaler is not None:
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            optimizer.step()
+        for k, v in logged.items():
+            totals[k] = totals.get(k, 0.0) + v
+        count += 1
+        progress.set_postfix(loss=f"{logged['loss']:.3f}", ce=f"{logged['loss_ce']:.3f}",
+                             l1=f"{logged['loss_bbox']:.3f}", giou=f"{logged['loss_giou']:.3f}")
+        if log_step is not None:
+            log_step(step, logged)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def predict_dataset(model, loader, device, num_select, amp="off", show_progress=True, desc="eval"):
+    """Detections of every image of loader (this process's share): a dict image_id -> post_process
+    output (scores, labels, boxes in original-image pixels, on the CPU)."""
+    model.eval()
+    detections = {}
+    progress = tqdm(loader, desc=desc, disable=not (show_progress and distributed.is_main_process()),
+                    dynamic_ncols=True, leave=False)
+    for images, mask, targets in progress:
+        with autocast_context(device, amp):
+            outputs = model(images.to(device), mask.to(device))
+        outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+        for target, det in zip(targets, post_process(outputs, sizes, num_select)):
+            detections[int(target["image_id"])] = {k: v.cpu() for k, v in det.items()}
+    return detections
+
+
+def evaluate(model, loader, coco_gt, label_to_category_id, device, num_select, amp="off", show_progress=True):
+    """COCO box AP of model on loader's dataset, over all processes.
+
+    Returns (metrics, results): metrics as evaluate_detections gives them, results the COCO
+    result dicts (on every process)."""
+    detections = predict_dataset(model, loader, device, num_select, amp, show_progress)
+    merged = {}
+    for part in distributed.all_gather_objects(detections):  # duplicates from sampler padding collapse
+        merged.update(part)
+    results = to_coco_results(list(merged), list(merged.values()), label_to_category_id)
+    metrics = evaluate_detections(coco_gt, results, image_ids=list(merged)) if distributed.is_main_process() else None
+    return distributed.broadcast_object(metrics), results

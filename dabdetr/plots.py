@@ -1,0 +1,90 @@
+"""Pictures: training curves from the log records, and detections drawn on images."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from dabdetr.models.detector import post_process  # noqa: E402
+
+LOSS_NAMES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
+AP_NAMES = ("AP", "AP50", "AP75")
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+
+
+def plot_training_curves(records, path):
+    """Losses per step (x = fractional epoch) and AP per evaluated epoch, from log.jsonl records."""
+    steps = [r for r in records if r["type"] == "train"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    evals = [r for r in records if r["type"] == "eval"]
+    steps_per_epoch = {r["epoch"]: r["step"] + 1 for r in steps}  # the last logged step closes an epoch
+    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in LOSS_NAMES:
+        x = [r["epoch"] + r["step"] / steps_per_epoch[r["epoch"]] for r in steps]
+        loss_axis.plot(x, [r[name] for r in steps], label=name, linewidth=1, alpha=0.8)
+    if epochs:
+        loss_axis.plot([r["epoch"] + 1 for r in epochs], [r["loss"] for r in epochs], "ko-", label="loss (epoch mean)")
+    loss_axis.set(xlabel="epoch", ylabel="loss (weighted total, and its final-layer terms)", yscale="log",
+                  title="training losses")
+    loss_axis.legend(fontsize=8)
+    for name in AP_NAMES:
+        points = [(r["epoch"] + 1, r[name]) for r in evals if r[name] is not None]
+        if points:
+            ap_axis.plot(*zip(*points), "o-", label=name)
+    ap_axis.set(xlabel="epoch", ylabel="COCO box AP", ylim=(0, 1), title="validation AP")
+    ap_axis.grid(alpha=0.3)
+    if evals:
+        ap_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def draw_detections(image, detections, class_names, score_threshold=0.3, ground_truth=None):
+    """A copy of the PIL image with detections (scores [k], labels [k], boxes [k, 4] xyxy pixels)
+    above score_threshold drawn as coloured boxes with "name score"; ground_truth boxes [n, 4]
+    (xyxy pixels), if given, as thin white boxes."""
+    image = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(image)
+    if ground_truth is not None:
+        for box in ground_truth.tolist():
+            draw.rectangle(box, outline=(255, 255, 255), width=1)
+    keep = detections["scores"] >= score_threshold
+    for score, label, box in zip(detections["scores"][keep].tolist(), detections["labels"][keep].tolist(),
+                                 detections["boxes"][keep].tolist()):
+        color = PALETTE[label % len(PALETTE)]
+        draw.rectangle(box, outline=color, width=2)
+        text = f"{class_names.get(label, label)} {score:.2f}"
+        left, top = box[0], max(box[1] - 11, 0)
+        draw.rectangle(draw.textbbox((left, top), text), fill=color)
+        draw.text((left, top), text, fill=(255, 255, 255))
+    return image
+
+
+@torch.no_grad()
+def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, score_threshold=0.3, scale=2):
+    """Predictions of model on the first num_images of a CocoDetection-like dataset, with its
+    ground truth, as one PNG grid (each image enlarged `scale` times for legibility)."""
+    model.eval()
+    tiles = []
+    for index in range(min(num_images, len(dataset))):
+        image_tensor, target = dataset[index]
+        outputs = model(image_tensor[None].to(device), torch.zeros(1, *image_tensor.shape[1:], dtype=torch.bool,
+                                                                    device=device))
+        detections = post_process(outputs, target["orig_size"][None].to(device), model.config.num_select)[0]
+        detections = {k: v.cpu() * (scale if k == "boxes" else 1) for k, v in detections.items()}
+        original = dataset.load_image(dataset.coco.imgs[target["image_id"]])
+        original = original.resize((original.width * scale, original.height * scale), Image.Resampling.NEAREST)
+        truth = dataset.raw_target(target["image_id"], original.width // scale, original.height // scale)["boxes"]
+        tiles.append(draw_detections(original, detections, dataset.class_names, score_threshold, truth * scale))
+    if not tiles:
+        return
+    width, height = max(t.width for t in tiles), max(t.height for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    grid = Image.new("RGB", (min(columns, len(tiles)) * width, rows * height), (0, 0, 0))
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, ((i % columns) * width, (i // columns) * height))
+    grid.save(path)

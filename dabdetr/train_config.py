@@ -1,0 +1,96 @@
+"""Training settings (one object, saved in every checkpoint) and the recipe of each preset."""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+AMP_MODES = ("off", "bf16", "fp16")
+COCO_TRAIN_SIZES = tuple(range(480, 801, 32))
+
+
+@dataclass
+class TrainConfig:
+    """Defaults = the published DAB-DETR recipe (dabdetr-spec.md section 8): AdamW lr 1e-4 with
+    the backbone at 1e-5, weight decay 1e-4, 50 epochs with the lr divided by 10 after 40, batch
+    2 per process (x 8 GPUs = 16), gradient-norm clip 0.1, DETR's multi-scale augmentation."""
+
+    preset: str = "dab_detr_r50"  # model preset (dabdetr.models.config.PRESETS)
+    model: dict = field(default_factory=dict)  # DABDETRConfig overrides
+    output_dir: str = "outputs/train"
+    init: str | None = None  # pretrained weights to start from (from_pretrained path); the class head is
+    # kept only where its shape fits the dataset's classes
+
+    # Data: COCO under data_root ({train,val}_images/ and the two annotation files), or, without a
+    # data_root, the embedded synthetic shapes.
+    data_root: str | None = None
+    train_images: str = "train2017"
+    val_images: str = "val2017"
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_annotations: str = "annotations/instances_val2017.json"
+    label_mapping: str = "category_id"  # COCO: "category_id" (91 logits) or "contiguous" (80)
+    synthetic_train_images: int = 4000
+    synthetic_val_images: int = 200
+    synthetic_image_size: int = 128
+    synthetic_max_objects: int = 5
+    train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
+    max_size: int = 1333  # longer side cap
+    crop_resize_sizes: tuple = (400, 500, 600)  # the random-crop branch; () disables it
+    crop_size: tuple = (384, 600)
+    eval_size: int = 800
+
+    # Optimization.
+    epochs: int = 50
+    lr_drop: int = 40  # StepLR: lr x 0.1 from this epoch on
+    batch_size: int = 2  # per process
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    amp: str = "off"  # "bf16" | "fp16" autocast, CUDA only
+
+    # Running.
+    device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
+    num_workers: int = 2
+    seed: int = 42  # + rank for each process's generators; model init uses seed on every rank
+    eval_every: int = 1  # epochs between COCO evaluations (the last epoch is always evaluated)
+    log_every: int = 10  # steps between step records in log.jsonl
+    progress: bool = True  # tqdm bars
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("epochs", "batch_size", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.train_sizes, self.crop_resize_sizes, self.crop_size = (
+            tuple(self.train_sizes), tuple(self.crop_resize_sizes), tuple(self.crop_size))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**values)
+
+    def replace(self, **overrides):
+        return dataclasses.replace(self, **overrides)
+
+
+# Settings that differ from the defaults, per preset.
+RECIPES = {
+    # The CPU demo on the synthetic shapes: a small model trained from scratch (no pretrained
+    # backbone at hand), so the backbone learns at the full lr.
+    "demo": {
+        "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 2e-4, "lr_backbone": 2e-4,
+        "train_sizes": (128,), "max_size": 128, "crop_resize_sizes": (), "eval_size": 128, "num_workers": 1,
+        "log_every": 20,
+    },
+}
+
+
+def recipe(preset, **overrides):
+    """TrainConfig of a preset's recipe (the published one for the COCO presets), with overrides."""
+    return TrainConfig.from_dict({"preset": preset, **RECIPES.get(preset, {}), **overrides})

@@ -1,0 +1,294 @@
+"""The Trainer: datasets, model, loss and optimizer from one TrainConfig; the epoch loop with
+COCO evaluation, logs, curves, atomic checkpoints and exact resume; torchrun DDP.
+
+Files in output_dir (written by rank 0):
+    checkpoint.pt   the latest state (every epoch; --resume continues from it exactly)
+    best.pt         the same at the best AP so far
+    log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
+    train.log       the text log
+    curves.png      losses and AP over epochs
+    metrics.json    the final evaluation (AP, AP50, AP75, APs, APm, APl as fractions)
+    detections.png  predictions on held-out images
+    model/          the final model for dabdetr.from_pretrained
+"""
+
+import json
+import logging
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dabdetr import distributed
+from dabdetr.checkpoint import (TRAIN_CHECKPOINT_FORMAT, atomic_torch_save, atomic_write, load_train_checkpoint,
+                                rng_state, set_rng_state)
+from dabdetr.criterion import SetCriterion
+from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
+from dabdetr.engine import evaluate, train_one_epoch
+from dabdetr.matcher import HungarianMatcher
+from dabdetr.models import DABDETR
+from dabdetr.models.config import DABDETRConfig, preset
+from dabdetr.train_config import TrainConfig
+
+logger = logging.getLogger("dabdetr")
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+def build_datasets(config: TrainConfig):
+    """(train, val) datasets of the config: COCO under data_root, else the synthetic shapes."""
+    train_transforms = make_transforms(True, config.train_sizes, config.max_size, config.crop_resize_sizes,
+                                       config.crop_size)
+    val_transforms = make_transforms(False, config.train_sizes, config.max_size, eval_size=config.eval_size)
+    if config.data_root is None:
+        common = {"image_size": config.synthetic_image_size, "max_objects": config.synthetic_max_objects,
+                  "seed": config.seed}
+        # Different split seeds: the validation images are never seen in training.
+        return (SyntheticShapes(config.synthetic_train_images, train_transforms, split_seed=1, **common),
+                SyntheticShapes(config.synthetic_val_images, val_transforms, split_seed=2, **common))
+    root = config.data_root
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data_root {root} is not a directory")
+    return tuple(
+        CocoDetection(os.path.join(root, annotations), os.path.join(root, images), transforms,
+                      config.label_mapping, seed=config.seed)
+        for annotations, images, transforms in ((config.train_annotations, config.train_images, train_transforms),
+                                                (config.val_annotations, config.val_images, val_transforms)))
+
+
+def build_model_config(config: TrainConfig, num_classes):
+    """The preset's DABDETRConfig with the config's overrides; num_classes from the dataset unless
+    overridden (and then it must cover the dataset's labels)."""
+    model_config = preset(config.preset, **{"num_classes": num_classes, **config.model})
+    if model_config.num_classes < num_classes:
+        raise ValueError(f"model num_classes={model_config.num_classes} is smaller than the dataset's "
+                         f"{num_classes} labels")
+    return model_config
+
+
+def load_initial_weights(model, path):
+    """Copies pretrained weights (any from_pretrained format) into model; tensors whose shape
+    differs (a class head for other classes) keep their initialization, and are listed."""
+    from dabdetr.pretrained import from_pretrained
+
+    source = from_pretrained(path).state_dict()
+    target = model.state_dict()
+    fitting = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    skipped = sorted(set(target) - set(fitting))
+    model.load_state_dict(fitting, strict=False)
+    if skipped:
+        logger.info("init from %s: kept the initialization of %d tensors that do not fit: %s", path, len(skipped),
+                    skipped[:10])
+
+
+def parameter_groups(model, config: TrainConfig):
+    """AdamW groups: the backbone at lr_backbone, the rest at lr (weight decay on all, as published)."""
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    return [{"params": rest, "lr": config.lr}, {"params": backbone, "lr": config.lr_backbone}]
+
+
+class Trainer:
+    """Trainer(config, resume=None).fit() trains, evaluates and writes output_dir (module doc).
+
+    resume: a checkpoint.pt written by a Trainer; training continues after its last finished
+    epoch with the same model, optimizer, scheduler, generator states and best AP, so the run
+    is the one it would have been without the interruption. The config given here wins over the
+    saved one only in output_dir, epochs, device, num_workers, progress and eval_every.
+    """
+
+    RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every")
+
+    def __init__(self, config: TrainConfig, resume=None):
+        checkpoint = load_train_checkpoint(resume) if resume else None
+        if checkpoint is not None:
+            saved = TrainConfig.from_dict(checkpoint["train_config"])
+            config = saved.replace(**{k: getattr(config, k) for k in self.RESUMABLE_CHANGES})
+        self.config = config
+        self.device = resolve_device(config.device)
+        if config.amp != "off" and self.device.type != "cuda":
+            raise ValueError(f"amp={config.amp!r} needs a CUDA device; this run is on {self.device}")
+        self.rank, self.world_size, local_rank = distributed.init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
+        self.is_main = self.rank == 0
+        self.output_dir = config.output_dir
+        if self.is_main:
+            os.makedirs(self.output_dir, exist_ok=True)
+            self._setup_logging()
+        torch.manual_seed(config.seed + self.rank)
+
+        self.train_set, self.val_set = build_datasets(config)
+        if checkpoint is not None:
+            model_config = DABDETRConfig.from_dict(checkpoint["model_config"])
+        else:
+            model_config = build_model_config(config, self.train_set.num_classes)
+        torch.manual_seed(config.seed)  # the same initial model on every rank
+        self.model = DABDETR(model_config).to(self.device)
+        if config.init and checkpoint is None:
+            load_initial_weights(self.model, config.init)
+        self.ddp_model = self.model
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+        self.criterion = SetCriterion(model_config.num_classes, HungarianMatcher())
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_drop)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+        self.start_epoch, self.best_ap, self.log_records = 0, None, []
+        if checkpoint is not None:
+            self._restore(checkpoint, resume)
+
+        self.train_sampler = DistributedSampler(self.train_set, self.world_size, self.rank, shuffle=True,
+                                                seed=config.seed, drop_last=True)
+        self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
+        workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
+                   "pin_memory": self.device.type == "cuda"}
+        self.train_loader = DataLoader(self.train_set, config.batch_size, sampler=self.train_sampler, drop_last=True,
+                                       **workers)
+        self.val_loader = DataLoader(self.val_set, config.batch_size, sampler=self.val_sampler, **workers)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"the training set has {len(self.train_set)} images: fewer than one batch of "
+                             f"{config.batch_size} per process x {self.world_size} processes")
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _setup_logging(self):
+        logger.setLevel(logging.INFO)
+        if not any(getattr(h, "_dabdetr", False) for h in logger.handlers):
+            for handler in (logging.StreamHandler(), logging.FileHandler(os.path.join(self.output_dir, "train.log"))):
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+                handler._dabdetr = True
+                logger.addHandler(handler)
+
+    def state_dict(self, epoch):
+        return {
+            "format": TRAIN_CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "epoch": epoch,
+            "best_ap": self.best_ap,
+            "world_size": self.world_size,
+            "class_names": {str(label): name for label, name in self.train_set.class_names.items()},
+            "rng": distributed.all_gather_objects(rng_state()),  # every rank's generators
+        }
+
+    def _restore(self, checkpoint, path):
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
+        self.start_epoch, self.best_ap = checkpoint["epoch"], checkpoint["best_ap"]
+        rng = checkpoint["rng"]
+        set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
+        # The log keeps what led to this state; records of an epoch cut short are dropped.
+        log_path = os.path.join(self.output_dir, "log.jsonl")
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            self.log_records = [r for r in records if r["epoch"] < self.start_epoch]
+        if self.is_main:
+            atomic_write(log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
+            logger.info("resumed from %s after epoch %d (best AP %s)", path, self.start_epoch, self.best_ap)
+
+    def _log(self, record):
+        self.log_records.append(record)
+        if self.is_main:
+            with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, epoch, metrics):
+        state = self.state_dict(epoch)  # a collective: every rank takes part
+        if not self.is_main:
+            return
+        atomic_torch_save(state, os.path.join(self.output_dir, "checkpoint.pt"))
+        if metrics is not None and metrics["AP"] == self.best_ap:
+            atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, "best.pt"))
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch):
+        config = self.config
+        self.train_sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        steps = len(self.train_loader)
+
+        def log_step(step, losses):
+            if step % config.log_every == 0 or step == steps - 1:
+                self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * steps + step,
+                           "lr": self.optimizer.param_groups[0]["lr"], **losses})
+
+        start = time.perf_counter()
+        means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device, epoch,
+                                config.clip_max_norm, config.amp, self.grad_scaler, log_step,
+                                show_progress=config.progress)
+        elapsed = time.perf_counter() - start
+        self._log({"type": "epoch", "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "time_s": elapsed,
+                   "images_per_s": steps * config.batch_size * self.world_size / elapsed, **means})
+        self.scheduler.step()
+        logger.info("epoch %d: loss %.4f (ce %.4f, l1 %.4f, giou %.4f), %.0f s", epoch, means["loss"],
+                    means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
+
+    def evaluate(self, epoch):
+        model_config = self.model.config
+        metrics, results = evaluate(self.model, self.val_loader, self.val_set.coco, self.val_set.label_to_category_id,
+                                    self.device, model_config.num_select, self.config.amp, self.config.progress)
+        table = metrics.pop("table")
+        self._log({"type": "eval", "epoch": epoch, **metrics})
+        if metrics["AP"] is not None and (self.best_ap is None or metrics["AP"] > self.best_ap):
+            self.best_ap = metrics["AP"]
+        logger.info("epoch %d evaluation (%d images):\n%s", epoch, len(self.val_set), table)
+        return metrics, results
+
+    def fit(self):
+        """Trains the remaining epochs; returns the last evaluation's metrics."""
+        from dabdetr.plots import plot_training_curves  # matplotlib loads only when training
+
+        config, metrics = self.config, None
+        if self.is_main:
+            logger.info("training %s on %s for epochs %d..%d on %s x%d; output in %s", config.preset,
+                        config.data_root or "synthetic shapes", self.start_epoch, config.epochs - 1, self.device,
+                        self.world_size, self.output_dir)
+        for epoch in range(self.start_epoch, config.epochs):
+            self.train_epoch(epoch)
+            metrics = None
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                metrics, _ = self.evaluate(epoch)
+            self.save_checkpoint(epoch + 1, metrics)
+            if self.is_main:
+                plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
+        if metrics is None:  # resumed a finished run: evaluate its final model
+            metrics, _ = self.evaluate(config.epochs - 1)
+        if self.is_main:
+            self.write_outputs(metrics)
+        distributed.barrier()
+        return metrics
+
+    def write_outputs(self, metrics):
+        """metrics.json, detections.png and model/ at the end of training."""
+        from dabdetr.plots import save_detection_grid
+
+        self.model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
+        summary = {**metrics, "epochs": self.config.epochs, "preset": self.config.preset,
+                   "dataset": self.config.data_root or "synthetic", "val_images": len(self.val_set),
+                   "train_time_s": sum(r["time_s"] for r in self.log_records if r["type"] == "epoch"),
+                   "device": str(self.device), "world_size": self.world_size}
+        atomic_write(os.path.join(self.output_dir, "metrics.json"), lambda f: json.dump(summary, f, indent=1))
+        save_detection_grid(self.model, self.val_set, self.device, os.path.join(self.output_dir, "detections.png"))
+        logger.info("wrote %s/{metrics.json, curves.png, detections.png, model/}", self.output_dir)

@@ -1,0 +1,31 @@
+"""Run by test_training.py under torchrun (2 processes, gloo): a few training steps, then every
+rank's parameters are compared. Rank 0 writes OUTPUT_DIR/ddp_result.json."""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from dabdetr.train_config import recipe
+from dabdetr.trainer import Trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_training import TINY_RUN  # noqa: E402
+
+output_dir = sys.argv[1]
+trainer = Trainer(recipe("demo", output_dir=output_dir, **{**TINY_RUN, "device": "cpu"}))
+initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+trainer.fit()
+flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+if dist.get_rank() == 0:
+    steps = [json.loads(line) for line in open(os.path.join(output_dir, "log.jsonl"))]
+    report = {"world_size": dist.get_world_size(), "steps": sum(r["type"] == "train" for r in steps),
+              "max_parameter_difference": max((g - flat).abs().max().item() for g in gathered),
+              "parameters_changed": bool((flat != initial).any())}
+    with open(os.path.join(output_dir, "ddp_result.json"), "w") as f:
+        json.dump(report, f)
+dist.destroy_process_group()

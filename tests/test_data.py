@@ -1,0 +1,191 @@
+"""Datasets, transforms, batching and COCO evaluation."""
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dabdetr.coco_eval import evaluate_detections
+from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load_coco, make_transforms
+from dabdetr.data import transforms as T
+from dabdetr.data.synthetic import synthetic_coco
+
+TINYCOCO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinycoco")
+needs_tinycoco = pytest.mark.skipif(not os.path.isdir(TINYCOCO), reason=f"tinycoco not found at {TINYCOCO}")
+
+
+def white_boxes_image(width, height, boxes):
+    """A black image with white filled rectangles at integer xyxy boxes."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        pixels[y0:y1, x0:x1] = 255
+    return Image.fromarray(pixels)
+
+
+def white_extent(image):
+    """xyxy extent of the bright pixels (the drawn box) in a PIL image."""
+    bright = np.asarray(image.convert("L")) > 127
+    ys, xs = np.nonzero(bright)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def one_box_target(box, width, height):
+    return {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([1]),
+            "size": torch.tensor([height, width]), "orig_size": torch.tensor([height, width])}
+
+
+@pytest.mark.parametrize("transform", [
+    lambda image, target: T.hflip(image, target),
+    lambda image, target: T.resize(image, target, 90, max_size=200),
+    lambda image, target: T.resize(image, target, 150, max_size=170),
+    lambda image, target: T.crop(image, target, 10, 30, 60, 80),
+], ids=["flip", "resize", "resize-capped", "crop"])
+def test_transforms_move_boxes_with_the_pixels(transform):
+    box = [40, 20, 100, 70]
+    image = white_boxes_image(160, 120, [box])
+    out_image, out_target = transform(image, one_box_target(box, 160, 120))
+    assert out_target["size"].tolist() == [out_image.height, out_image.width]
+    np.testing.assert_allclose(out_target["boxes"][0].numpy(), white_extent(out_image), atol=1.0)
+
+
+def test_crop_drops_boxes_outside_and_clips_the_rest():
+    boxes = [[5, 5, 20, 20], [50, 40, 90, 80]]
+    target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([1, 2]),
+              "size": torch.tensor([100, 100])}
+    image, cropped = T.crop(white_boxes_image(100, 100, boxes), target, 30, 30, 40, 40)
+    assert cropped["labels"].tolist() == [2]
+    assert cropped["boxes"].tolist() == [[20.0, 10.0, 40.0, 40.0]]
+    assert cropped["size"].tolist() == [40, 40]
+
+
+def test_resize_rule_matches_detr():
+    assert T.resized_shape(480, 640, 800, 1333) == (800, 1066)
+    assert T.resized_shape(100, 1000, 800, 1333) == (133, 1330)  # capped: shorter = round(1333 / 10)
+    assert T.resized_shape(640, 480, 600) == (800, 600)
+
+
+def test_train_pipeline_is_a_function_of_the_generator():
+    box = [40, 20, 100, 70]
+    pipeline = make_transforms(True, [96, 128, 160], 200, crop_resize_sizes=(100, 120), crop_size=(60, 90))
+    image = white_boxes_image(160, 120, [box])
+    runs = [pipeline(image, one_box_target(box, 160, 120), random.Random(seed)) for seed in (7, 7, 8)]
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1]["boxes"], runs[1][1]["boxes"])
+    for pixels, target in runs:  # normalized cxcywh inside the image
+        assert pixels.shape[0] == 3 and (target["boxes"] >= 0).all() and (target["boxes"] <= 1).all()
+
+
+def test_collate_pads_bottom_right_and_masks_the_padding():
+    samples = [(torch.ones(3, 4, 6), {"image_id": 1}), (torch.full((3, 5, 3), 2.0), {"image_id": 2})]
+    images, mask, targets = collate_detection(samples)
+    assert images.shape == (2, 3, 5, 6) and mask.shape == (2, 5, 6)
+    assert mask[0, :4, :].logical_not().all() and mask[0, 4, :].all()
+    assert mask[1, :, :3].logical_not().all() and mask[1, :, 3:].all()
+    assert images[1, :, :, 3:].abs().sum() == 0 and [t["image_id"] for t in targets] == [1, 2]
+
+
+def test_synthetic_set_is_deterministic_and_boxes_fit_the_drawn_shapes():
+    first = synthetic_coco(30, seed=3)
+    assert first == synthetic_coco(30, seed=3) and first != synthetic_coco(30, seed=4)
+    counts = {}
+    for image in first["images"]:
+        counts[image["id"]] = sum(a["image_id"] == image["id"] for a in first["annotations"])
+    assert min(counts.values()) >= 1 and max(counts.values()) <= 5
+    assert {a["category_id"] for a in first["annotations"]} == {1, 2, 3, 4}
+
+    dataset = SyntheticShapes(30, make_transforms(False, [128], 128), split_seed=3)
+    singles = [i for i, c in counts.items() if c == 1]
+    assert singles
+    for image_id in singles:
+        (ann,) = [a for a in first["annotations"] if a["image_id"] == image_id]
+        pixels = np.asarray(dataset.load_image(dataset.coco.imgs[image_id]))
+        ys, xs = np.nonzero((pixels == ann["color"]).all(axis=-1))
+        x, y, w, h = ann["bbox"]
+        assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == pytest.approx([x, y, x + w, y + h], abs=1)
+    image, target = dataset[0]
+    assert image.shape == (3, 128, 128) and target["labels"].max() < 4 and dataset.num_classes == 4
+
+
+@needs_tinycoco
+@pytest.mark.parametrize("mapping", ["category_id", "contiguous"])
+def test_tinycoco_loads_with_crowds_dropped_and_labels_mapped(mapping):
+    annotation_file = os.path.join(TINYCOCO, "annotations", "instances_val2017.json")
+    with open(annotation_file) as f:
+        raw = json.load(f)
+    dataset = CocoDetection(annotation_file, os.path.join(TINYCOCO, "images", "val2017"),
+                            make_transforms(False, [200], 333), mapping)
+    assert len(dataset) == len(raw["images"])
+    assert dataset.num_classes == (91 if mapping == "category_id" else 80)
+    category_ids = sorted(c["id"] for c in raw["categories"])
+    total = 0
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        info = dataset.coco.imgs[target["image_id"]]
+        assert target["orig_size"].tolist() == [info["height"], info["width"]]
+        assert min(image.shape[1:]) == 200 or max(image.shape[1:]) == 333
+        anns = [a for a in raw["annotations"] if a["image_id"] == target["image_id"] and not a["iscrowd"]]
+        assert len(target["labels"]) == len(anns)
+        expected = sorted(a["category_id"] if mapping == "category_id" else category_ids.index(a["category_id"])
+                          for a in anns)
+        assert sorted(target["labels"].tolist()) == expected
+        total += len(anns)
+    assert total == sum(1 for a in raw["annotations"] if not a["iscrowd"])
+
+
+@needs_tinycoco
+def test_coco_eval_of_the_ground_truth_is_perfect():
+    coco = load_coco(os.path.join(TINYCOCO, "annotations", "instances_val2017.json"))
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in coco.dataset["annotations"] if not a["iscrowd"]]
+    metrics = evaluate_detections(coco, results)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    shifted = [{**r, "bbox": [r["bbox"][0] + r["bbox"][2] * 0.4, *r["bbox"][1:]]} for r in results]
+    assert evaluate_detections(coco, shifted)["AP"] < 0.5  # and it does measure something
+
+
+def test_bad_annotation_files_give_errors_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_coco(str(tmp_path / "missing.json"))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        load_coco(str(broken))
+    other = tmp_path / "other.json"
+    other.write_text('{"foo": 1}')
+    with pytest.raises(ValueError, match="other.json: not a COCO detection file"):
+        load_coco(str(other))
+    bad_box = tmp_path / "bad_box.json"
+    bad_box.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}],
+                                   "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]}))
+    with pytest.raises(ValueError, match="bad_box.json: annotation 7 has no valid bbox"):
+        load_coco(str(bad_box))
+
+
+def test_missing_and_corrupt_images_give_errors_naming_the_file(tmp_path):
+    data = synthetic_coco(2, seed=0)
+    Image.new("RGB", (128, 128)).save(tmp_path / data["images"][0]["file_name"])
+    (tmp_path / data["images"][1]["file_name"]).write_bytes(b"not an image")
+    dataset = CocoDetection(load_coco(data), str(tmp_path), make_transforms(False, [128], 128))
+    dataset[0]
+    with pytest.raises(ValueError, match=f"cannot decode image .*{data['images'][1]['file_name']}"):
+        dataset[1]
+    os.remove(tmp_path / data["images"][0]["file_name"])
+    with pytest.raises(FileNotFoundError, match=data["images"][0]["file_name"]):
+        dataset[0]
+
+
+@needs_tinycoco
+def test_image_size_disagreeing_with_its_annotation_is_an_error(tmp_path):
+    annotation_file = os.path.join(TINYCOCO, "annotations", "instances_val2017.json")
+    coco = load_coco(annotation_file)
+    first = coco.imgs[sorted(coco.imgs)[0]]
+    shutil.copytree(os.path.join(TINYCOCO, "images", "val2017"), tmp_path / "images")
+    Image.new("RGB", (10, 10)).save(tmp_path / "images" / first["file_name"], format="JPEG")
+    dataset = CocoDetection(coco, str(tmp_path / "images"), make_transforms(False, [200], 333))
+    with pytest.raises(ValueError, match=f"{first['file_name']} is 10x10 but its annotation says"):
+        dataset[0]

@@ -1,0 +1,174 @@
+"""The trainer: learning, exact resume after an interruption, non-finite losses, torchrun DDP,
+checkpoint kinds, and the CLI end to end (tiny models on the synthetic set)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dabdetr import from_pretrained
+from dabdetr.checkpoint import load_train_checkpoint
+from dabdetr.cli import main as cli
+from dabdetr.criterion import SetCriterion
+from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
+from dabdetr.engine import NonFiniteLossError
+from dabdetr.matcher import HungarianMatcher
+from dabdetr.models import DABDETR
+from dabdetr.models.config import preset
+from dabdetr.train_config import recipe
+from dabdetr.trainer import Trainer
+
+TINY_MODEL = {"hidden_dim": 64, "ffn_dim": 128, "num_encoder_layers": 2, "num_decoder_layers": 2, "num_queries": 10,
+              "num_heads": 4}
+TINY_RUN = {"synthetic_train_images": 8, "synthetic_val_images": 4, "synthetic_image_size": 64,
+            "train_sizes": (64,), "max_size": 64, "eval_size": 64, "batch_size": 4, "num_workers": 0,
+            "log_every": 1, "progress": False, "epochs": 2, "lr_drop": 1, "model": TINY_MODEL}
+
+
+def tiny_config(output_dir, **overrides):
+    return recipe("demo", output_dir=str(output_dir), **{**TINY_RUN, **overrides})
+
+
+def step_losses(output_dir, epoch):
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = DABDETR(preset("demo", num_classes=4, **TINY_MODEL))
+    dataset = SyntheticShapes(4, make_transforms(False, [64], 64), image_size=64)
+    images, mask, targets = collate_detection([dataset[i] for i in range(4)])
+    criterion = SetCriterion(4, HungarianMatcher())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    losses = []
+    for _ in range(20):
+        loss = criterion(model(images, mask), targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses  # overfitting one batch: a steady fall
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    Trainer(tiny_config(tmp_path / "straight")).fit()
+
+    # Same run, killed in the middle of epoch 1: the criterion raises at its first call there.
+    interrupted = Trainer(tiny_config(tmp_path / "cut"))
+    original_forward, calls = SetCriterion.forward, {"n": 0}
+
+    def crash_in_epoch_1(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 2 steps per epoch: the first step of epoch 1
+            raise KeyboardInterrupt("simulated crash")
+        return original_forward(self, outputs, targets)
+
+    monkeypatch.setattr(SetCriterion, "forward", crash_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    monkeypatch.setattr(SetCriterion, "forward", original_forward)
+    checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
+    assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 1
+
+    Trainer(tiny_config(tmp_path / "cut"), resume=str(tmp_path / "cut" / "checkpoint.pt")).fit()
+    assert step_losses(tmp_path / "straight", 0) == step_losses(tmp_path / "cut", 0)
+    assert len(step_losses(tmp_path / "straight", 1)) == 2
+    assert step_losses(tmp_path / "straight", 1) == step_losses(tmp_path / "cut", 1)
+    straight = load_train_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["model"]
+    resumed = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    for name in ("metrics.json", "curves.png", "detections.png", "best.pt", "model/config.json"):
+        assert os.path.exists(tmp_path / "cut" / name), name
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path, epochs=1))
+    original_forward, calls = DABDETR.forward, {"n": 0}
+
+    def nan_at_second_step(self, images, mask):
+        calls["n"] += 1
+        outputs = original_forward(self, images, mask)
+        if calls["n"] == 2:
+            outputs["pred_logits"] = outputs["pred_logits"] * float("nan")
+        return outputs
+
+    monkeypatch.setattr(DABDETR, "forward", nan_at_second_step)
+    with pytest.raises((NonFiniteLossError, FloatingPointError), match="epoch 0, step 1|non-finite"):
+        trainer.fit()
+
+
+def test_resume_rejects_checkpoints_of_another_kind(tmp_path):
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": {}}, weights)
+    with pytest.raises(ValueError, match="not a dabdetr training checkpoint"):
+        Trainer(tiny_config(tmp_path), resume=str(weights))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match="cannot be read as a training checkpoint"):
+        Trainer(tiny_config(tmp_path), resume=str(corrupt))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script, str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(tmp_path / "ddp_result.json") as f:
+        report = json.load(f)
+    assert report["world_size"] == 2 and report["steps"] >= 2
+    assert report["max_parameter_difference"] == 0.0
+    assert report["parameters_changed"]
+
+
+def test_cli_train_eval_predict_convert(tmp_path, capsys):
+    run = tmp_path / "run"
+    settings = [f"--set={k}={json.dumps(v)}" for k, v in TINY_RUN.items() if k not in ("model", "progress")]
+    cli(["train", "--preset", "demo", "--output-dir", str(run), "--no-progress", "--epochs", "1",
+         *settings, *[f"--model={k}={v}" for k, v in TINY_MODEL.items()]])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics) and 0 <= metrics["AP"] <= 1
+
+    cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0"])
+    printed = capsys.readouterr().out
+    assert "Average Precision" in printed
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert detections and {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
+
+    dataset = SyntheticShapes(2, make_transforms(False, [64], 64), image_size=64)
+    image_path = tmp_path / "shapes.png"
+    dataset.load_image(dataset.coco.imgs[1]).save(image_path)
+    cli(["predict", str(run / "model"), str(image_path), "--output-dir", str(tmp_path / "predicted"),
+         "--size", "64", "--max-size", "64", "--threshold", "0"])
+    predictions = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
+    assert predictions[0]["image"] == str(image_path) and predictions[0]["detections"]
+    assert predictions[0]["detections"][0]["name"] in ("ellipse", "rectangle", "triangle", "cross")
+    assert (tmp_path / "predicted" / "shapes.png").exists()
+
+    cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "official.pth"), "--to", "official"])
+    original, converted = from_pretrained(str(run / "model")), from_pretrained(str(tmp_path / "official.pth"),
+                                                                               backbone_norm="batch_norm",
+                                                                               backbone_frozen_stages=0)
+    assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli(["eval", str(tmp_path / "nowhere.pt"), "--annotations", "x.json", "--images", "."])
+    with pytest.raises(SystemExit):
+        cli(["predict", str(tmp_path / "nowhere.pt"), "a.png"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        cli(["train", "--set", "epochs"])
