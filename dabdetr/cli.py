@@ -42,8 +42,9 @@ def add_train_parser(subparsers):
                                    description="Trains on COCO (--data-root) or the embedded synthetic shapes.")
     parser.add_argument("--preset", default="demo", help="model preset and its training recipe (default: demo)")
     parser.add_argument("--data-root", help="COCO root (train2017/, val2017/, annotations/); default: synthetic shapes")
-    parser.add_argument("--output-dir", default="outputs/train")
-    parser.add_argument("--resume", help="a checkpoint.pt of an earlier run: continue it exactly")
+    parser.add_argument("--output-dir", help="default: outputs/train, or the resumed checkpoint's directory")
+    parser.add_argument("--resume", help="a checkpoint.pt of an earlier run: continue it exactly (with --epochs, "
+                                         "for longer)")
     parser.add_argument("--init", help="pretrained weights to start from (any format from_pretrained reads)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="per process")
@@ -61,7 +62,8 @@ def add_train_parser(subparsers):
 
 
 def run_train(args):
-    from dabdetr.train_config import recipe
+    from dabdetr.checkpoint import load_train_checkpoint
+    from dabdetr.train_config import TrainConfig, recipe
     from dabdetr.trainer import Trainer
 
     overrides = parse_assignments(args.train_overrides, "--set")
@@ -74,11 +76,21 @@ def run_train(args):
         overrides["model"] = model
     if args.no_progress:
         overrides["progress"] = False
-    metrics = Trainer(recipe(args.preset, **overrides), resume=args.resume).fit()
-    if metrics is not None and int(os.environ.get("RANK", 0)) == 0:
+    if args.resume:
+        # The run continues with its own settings; only what does not change its course may differ.
+        fixed = sorted(set(overrides) - set(Trainer.RESUMABLE_CHANGES))
+        if fixed:
+            raise SystemExit(f"train --resume: {fixed} cannot change when resuming (only "
+                             f"{list(Trainer.RESUMABLE_CHANGES)} can)")
+        saved = TrainConfig.from_dict(load_train_checkpoint(args.resume)["train_config"])
+        config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(args.resume)), **overrides})
+    else:
+        config = recipe(args.preset, **overrides)
+    metrics = Trainer(config, resume=args.resume).fit()
+    if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
-        print(f"pictures: {os.path.join(overrides['output_dir'] if 'output_dir' in overrides else 'outputs/train', '')}"
-              "curves.png, detections.png")
+        print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
+              f"{os.path.join(config.output_dir, 'detections.png')}")
 
 
 # --- eval --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dabdetr.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from dabdetr.models.denoising import padded_targets
 
 
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
@@ -36,7 +37,8 @@ class SetCriterion(nn.Module):
     outputs: the model's dict (pred_logits [B, Nq, K], pred_boxes [B, Nq, 4], aux_outputs);
     targets: list of B dicts, labels [n] (int64 class index < K), boxes [n, 4] (normalized cxcywh).
     Returns loss_ce, loss_bbox, loss_giou of the last layer, the same with suffix _0 .. _{L-2} for
-    the auxiliary layers, and "loss": their sum weighted by weight_dict.
+    the auxiliary layers, with outputs["dn_outputs"] (denoising training) the same again with
+    infix _dn (loss_ce_dn, loss_ce_dn_0, ...), and "loss": their sum weighted by the weights.
     """
 
     def __init__(self, num_classes, matcher, loss_ce=1.0, loss_bbox=5.0, loss_giou=2.0, focal_alpha=0.25,
@@ -67,6 +69,22 @@ class SetCriterion(nn.Module):
         loss_giou = (1 - giou).sum() / num_boxes
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
+    def denoising_losses(self, outputs, targets, num_boxes):
+        """The three losses of one layer's denoising predictions (dn_outputs): each query against
+        the object it was made from (no matching); padding queries do not count."""
+        labels, boxes, padding = padded_targets(targets, outputs["groups"])
+        valid = ~padding
+        logits = outputs["pred_logits"].float()
+        one_hot = torch.zeros_like(logits)
+        one_hot[valid, labels[valid]] = 1
+        num_boxes = num_boxes * outputs["groups"]
+        loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma)[valid].sum() / num_boxes
+        pred_boxes, gt_boxes = outputs["pred_boxes"][valid].float(), boxes[valid].float()
+        loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
+        loss_giou = (1 - giou).sum() / num_boxes
+        return {"loss_ce_dn": loss_ce, "loss_bbox_dn": loss_bbox, "loss_giou_dn": loss_giou}
+
     def forward(self, outputs, targets):
         for t in targets:
             if len(t["labels"]) and int(t["labels"].max()) >= self.num_classes:
@@ -77,5 +95,11 @@ class SetCriterion(nn.Module):
         if self.aux_loss:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
-        losses["loss"] = sum(self.weights[re.sub(r"_\d+$", "", k)] * v for k, v in losses.items())
+        dn = outputs.get("dn_outputs")
+        if dn is not None:
+            losses.update(self.denoising_losses(dn, targets, num_boxes))
+            for i, aux in enumerate(dn["aux_outputs"] if self.aux_loss else []):
+                aux = {**aux, "groups": dn["groups"]}
+                losses.update({f"{k}_{i}": v for k, v in self.denoising_losses(aux, targets, num_boxes).items()})
+        losses["loss"] = sum(self.weights[re.sub(r"(_dn)?(_\d+)?$", "", k)] * v for k, v in losses.items())
         return losses

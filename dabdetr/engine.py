@@ -40,7 +40,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = move_targets(targets, device)
         with autocast_context(device, amp):
-            outputs = model(images, mask)
+            outputs = model(images, mask, targets)  # targets: for denoising queries, if the model uses them
         losses = criterion(outputs, targets)  # in float32, outside autocast
         logged = distributed.all_reduce_mean({k: v.detach().item() for k, v in losses.items()})
         if not math.isfinite(logged["loss"]):

@@ -65,9 +65,9 @@ def draw_detections(image, detections, class_names, score_threshold=0.3, ground_
 
 
 @torch.no_grad()
-def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, score_threshold=0.3, scale=2):
+def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, score_threshold=0.3, min_side=256):
     """Predictions of model on the first num_images of a CocoDetection-like dataset, with its
-    ground truth, as one PNG grid (each image enlarged `scale` times for legibility)."""
+    ground truth, as one PNG grid (small images enlarged to about min_side pixels for legibility)."""
     model.eval()
     tiles = []
     for index in range(min(num_images, len(dataset))):
@@ -75,8 +75,10 @@ def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, s
         outputs = model(image_tensor[None].to(device), torch.zeros(1, *image_tensor.shape[1:], dtype=torch.bool,
                                                                     device=device))
         detections = post_process(outputs, target["orig_size"][None].to(device), model.config.num_select)[0]
-        detections = {k: v.cpu() * (scale if k == "boxes" else 1) for k, v in detections.items()}
+        detections = {k: v.cpu() for k, v in detections.items()}
         original = dataset.load_image(dataset.coco.imgs[target["image_id"]])
+        scale = max(1, min_side // min(original.width, original.height))
+        detections["boxes"] = detections["boxes"] * scale
         original = original.resize((original.width * scale, original.height * scale), Image.Resampling.NEAREST)
         truth = dataset.raw_target(target["image_id"], original.width // scale, original.height // scale)["boxes"]
         tiles.append(draw_detections(original, detections, dataset.class_names, score_threshold, truth * scale))

@@ -1,14 +1,15 @@
 """Training settings (one object, saved in every checkpoint) and the recipe of each preset."""
 
-import dataclasses
 from dataclasses import dataclass, field
+
+from dabdetr.models.config import DictConfig
 
 AMP_MODES = ("off", "bf16", "fp16")
 COCO_TRAIN_SIZES = tuple(range(480, 801, 32))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Defaults = the published DAB-DETR recipe (dabdetr-spec.md section 8): AdamW lr 1e-4 with
     the backbone at 1e-5, weight decay 1e-4, 50 epochs with the lr divided by 10 after 40, batch
     2 per process (x 8 GPUs = 16), gradient-norm clip 0.1, DETR's multi-scale augmentation."""
@@ -31,6 +32,7 @@ class TrainConfig:
     synthetic_val_images: int = 200
     synthetic_image_size: int = 128
     synthetic_max_objects: int = 5
+    synthetic_object_size: tuple = (0.12, 0.45)  # side range, fraction of the image
     train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
     max_size: int = 1333  # longer side cap
     crop_resize_sizes: tuple = (400, 500, 600)  # the random-crop branch; () disables it
@@ -61,22 +63,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self.train_sizes, self.crop_resize_sizes, self.crop_size = (
-            tuple(self.train_sizes), tuple(self.crop_resize_sizes), tuple(self.crop_size))
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        return cls(**values)
-
-    def replace(self, **overrides):
-        return dataclasses.replace(self, **overrides)
+        self.train_sizes, self.crop_resize_sizes, self.crop_size, self.synthetic_object_size = (
+            tuple(self.train_sizes), tuple(self.crop_resize_sizes), tuple(self.crop_size),
+            tuple(self.synthetic_object_size))
 
 
 # Settings that differ from the defaults, per preset.

@@ -51,7 +51,7 @@ def build_datasets(config: TrainConfig):
     val_transforms = make_transforms(False, config.train_sizes, config.max_size, eval_size=config.eval_size)
     if config.data_root is None:
         common = {"image_size": config.synthetic_image_size, "max_objects": config.synthetic_max_objects,
-                  "seed": config.seed}
+                  "object_size": config.synthetic_object_size, "seed": config.seed}
         # Different split seeds: the validation images are never seen in training.
         return (SyntheticShapes(config.synthetic_train_images, train_transforms, split_seed=1, **common),
                 SyntheticShapes(config.synthetic_val_images, val_transforms, split_seed=2, **common))
@@ -139,7 +139,9 @@ class Trainer:
         self.ddp_model = self.model
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            # A batch without objects on one process leaves the denoising label embedding unused there.
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids,
+                                                     find_unused_parameters=model_config.dn_groups > 0)
 
         self.criterion = SetCriterion(model_config.num_classes, HungarianMatcher())
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.lr,

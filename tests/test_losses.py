@@ -9,6 +9,7 @@ import torch
 from dabdetr import box_ops
 from dabdetr.criterion import SetCriterion, sigmoid_focal_loss
 from dabdetr.matcher import HungarianMatcher
+from dabdetr.models.denoising import noised_queries
 
 
 def random_cxcywh(n, generator):
@@ -167,3 +168,54 @@ def test_criterion_with_no_objects_and_bad_labels():
     bad = [{"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.1, 0.1]])}]
     with pytest.raises(ValueError, match="target label 3 >= num_classes 3"):
         SetCriterion(3, HungarianMatcher())(outputs, bad)
+
+
+def test_noised_queries_stay_within_the_noise_bounds():
+    g = torch.Generator().manual_seed(4)
+    targets = [{"labels": torch.randint(0, 5, (n,), generator=g), "boxes": random_cxcywh(n, g).float()}
+               for n in (3, 0, 6)]
+    labels, boxes, padding = noised_queries(targets, 4, 5, label_noise=0.0, box_noise=0.0, generator=g)
+    assert labels.shape == (12, 6) and boxes.shape == (12, 6, 4)
+    assert padding.tolist() == [[i >= n for i in range(6)] for n in (3, 0, 6) for _ in range(4)]
+    for row, (n, target) in enumerate((len(t["labels"]), t) for t in targets for _ in range(4)):
+        torch.testing.assert_close(boxes[row, :n], target["boxes"])  # no noise: exact copies
+        assert labels[row, :n].tolist() == target["labels"].tolist()
+
+    big = [{"labels": torch.zeros(2000, dtype=torch.int64), "boxes": random_cxcywh(2000, g).float()}]
+    labels, boxes, _ = noised_queries(big, 1, 10, label_noise=0.2, box_noise=0.4, generator=g)
+    flipped = (labels != 0).float().mean().item()  # a flip draws any of 10 classes: 0.2 * 0.9 change
+    assert abs(flipped - 0.18) < 0.03
+    original = box_ops.box_cxcywh_to_xyxy(big[0]["boxes"])
+    moved = box_ops.box_cxcywh_to_xyxy(boxes[0])
+    bound = 0.4 * big[0]["boxes"][:, 2:].repeat(1, 2) / 2 + 1e-6
+    assert ((moved - original).abs() <= bound).all() and (moved >= -1e-6).all() and (moved <= 1 + 1e-6).all()
+    assert (moved - original).abs().max() > 0.5 * bound.max()
+
+
+def test_denoising_losses_match_independent_sums():
+    g = torch.Generator().manual_seed(5)
+    groups, num_classes, sizes = 2, 3, [2, 1]
+    targets = [{"labels": torch.randint(0, num_classes, (n,), generator=g), "boxes": random_cxcywh(n, g)}
+               for n in sizes]
+    logits = torch.randn(len(sizes) * groups, 2, num_classes, generator=g, dtype=torch.float64)
+    boxes = random_cxcywh(len(sizes) * groups * 2, g).view(-1, 2, 4)
+    dn = {"pred_logits": logits, "pred_boxes": boxes, "aux_outputs": [], "groups": groups}
+    outputs = {"pred_logits": torch.zeros(2, 4, num_classes, dtype=torch.float64),
+               "pred_boxes": torch.full((2, 4, 4), 0.5, dtype=torch.float64), "dn_outputs": dn}
+    losses = SetCriterion(num_classes, HungarianMatcher())(outputs, targets)
+
+    to_xyxy = lambda b: [b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2]  # noqa: E731
+    ce = l1 = giou_loss = 0.0
+    for row in range(len(sizes) * groups):
+        target = targets[row // groups]  # image-major, group-minor
+        for j in range(len(target["labels"])):  # the padding query of image 1 does not count
+            for k in range(num_classes):
+                ce += focal_by_hand(logits[row, j, k].item(), int(int(target["labels"][j]) == k))
+            l1 += sum(abs(x - y) for x, y in zip(boxes[row, j].tolist(), target["boxes"][j].tolist()))
+            giou_loss += 1 - iou_giou_by_hand(to_xyxy(boxes[row, j].tolist()), to_xyxy(target["boxes"][j].tolist()))[1]
+    normalizer = sum(sizes) * groups
+    assert losses["loss_ce_dn"].item() == pytest.approx(ce / normalizer, rel=1e-6)
+    assert losses["loss_bbox_dn"].item() == pytest.approx(l1 / normalizer, rel=1e-6)
+    assert losses["loss_giou_dn"].item() == pytest.approx(giou_loss / normalizer, rel=1e-6)
+    weighted = [losses[f"loss_ce{s}"] + 5 * losses[f"loss_bbox{s}"] + 2 * losses[f"loss_giou{s}"] for s in ("", "_dn")]
+    assert losses["loss"].item() == pytest.approx(sum(weighted).item(), rel=1e-12)

@@ -73,6 +73,8 @@ def test_matches_huggingface(tmp_path, num_patterns, temperature):
 # --- checkpoint formats ---------------------------------------------------------------------
 
 def _small(**overrides):
+    """The demo architecture with frozen batch norm, as published checkpoints have it."""
+    overrides = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1, **overrides}
     return _randomize(build_model("demo", num_queries=20, **overrides).eval())
 
 
@@ -194,16 +196,26 @@ def test_published_parameter_count():
 
 
 def test_backbone_freezing_and_dc5_stride():
-    model = build_model("demo")
-    frozen = {n.split(".")[1] for n, p in model.backbone.named_parameters() if not p.requires_grad}
-    trainable = {n.split(".")[1] for n, p in model.backbone.named_parameters() if p.requires_grad}
-    assert frozen == {"conv1", "layer1"} and trainable == {"layer2", "layer3", "layer4"}
+    def split(model):
+        frozen = {n.split(".")[1] for n, p in model.backbone.named_parameters() if not p.requires_grad}
+        return frozen, {n.split(".")[1] for n, p in model.backbone.named_parameters() if p.requires_grad}
+
+    assert split(build_model("dab_detr_r50")) == ({"conv1", "layer1"}, {"layer2", "layer3", "layer4"})
+    assert split(build_model("dab_detr_r50", train_backbone=False))[1] == set()
+    scratch = build_model("demo")  # batch norm, nothing frozen: trained from scratch
+    assert split(scratch) == (set(), {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"})
+    assert isinstance(scratch.backbone.body.bn1, torch.nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="needs backbone_frozen_stages=0"):
+        build_model("demo", backbone_frozen_stages=1)
     images, mask = _images(batch=1, height=128, width=160)
-    for dilation, stride in ((False, 32), (True, 16)):
-        model = build_model("demo", dilation=dilation)
+    for overrides, stride, channels in (({}, 32, 512), ({"dilation": True}, 16, 512), ({"backbone_stage": 3}, 16, 256),
+                                        ({"backbone_stage": 2}, 8, 128)):
+        model = build_model("demo", **overrides)
         features, feature_mask = model.backbone(images, mask)
-        assert features.shape[-2:] == (math.ceil(128 / stride), math.ceil(160 / stride))
+        assert features.shape[1:] == (channels, math.ceil(128 / stride), math.ceil(160 / stride))
         assert feature_mask.shape == (1, *features.shape[-2:])
+        assert model.backbone.num_channels == channels
+    assert not any(k.startswith("backbone.body.layer3") for k in build_model("demo", backbone_stage=2).state_dict())
 
 
 def test_post_process_against_brute_force():
@@ -256,3 +268,16 @@ def test_explicit_source_of_the_wrong_kind_raises(tmp_path):
     torch.save({"state_dict": pretrained.to_mmdetection_state_dict(_small())}, path)
     with pytest.raises(ValueError, match="source='official' expects a checkpoint with a 'model' key"):
         dabdetr.from_pretrained(str(path), source="official")
+
+
+def test_denoising_queries_only_in_training():
+    model = build_model("demo", num_queries=10, num_classes=5, dn_groups=3)
+    images, mask = _images(height=96, width=128)
+    targets = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}]
+    dn = model.train()(images, mask, targets)["dn_outputs"]
+    assert dn["pred_logits"].shape == (6, 2, 5) and dn["pred_boxes"].shape == (6, 2, 4)
+    assert len(dn["aux_outputs"]) == 2 and dn["padding"].tolist() == [[False, False]] * 3 + [[False, True]] * 3
+    assert torch.isfinite(dn["pred_boxes"]).all()
+    assert "dn_outputs" not in model.eval()(images, mask, targets)
+    assert not hasattr(build_model("dab_detr_r50"), "label_embed")  # off by default: the published weights

@@ -91,9 +91,9 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, epochs=1))
     original_forward, calls = DABDETR.forward, {"n": 0}
 
-    def nan_at_second_step(self, images, mask):
+    def nan_at_second_step(self, images, mask, targets=None):
         calls["n"] += 1
-        outputs = original_forward(self, images, mask)
+        outputs = original_forward(self, images, mask, targets)
         if calls["n"] == 2:
             outputs["pred_logits"] = outputs["pred_logits"] * float("nan")
         return outputs

@@ -109,8 +109,10 @@ class SyntheticShapes(CocoDetection):
     `split_seed` picks the images (use different ones for train and validation), `seed` the
     augmentation."""
 
-    def __init__(self, num_images, transforms, image_size=128, max_objects=5, split_seed=0, seed=0):
-        coco = load_coco(synthetic_coco(num_images, image_size, max_objects, seed=split_seed), "synthetic")
+    def __init__(self, num_images, transforms, image_size=128, max_objects=5, object_size=(0.12, 0.45), split_seed=0,
+                 seed=0):
+        coco = load_coco(synthetic_coco(num_images, image_size, max_objects, *object_size, seed=split_seed),
+                         "synthetic")
         super().__init__(coco, None, transforms, label_mapping="contiguous", seed=seed)
 
     def load_image(self, image_info):

@@ -122,9 +122,12 @@ class ResNet(nn.Module):
         layers += [block(self._in_ch, width, self._norm_layer, dilation=self._dilation) for _ in range(1, count)]
         return nn.Sequential(*layers)
 
-    def forward(self, x):
+    def forward(self, x, last_stage=4):
+        """The output of layer{last_stage} (4: C5, stride 32; 3: C4, stride 16; 2: C3, stride 8)."""
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in range(1, last_stage + 1):
+            x = getattr(self, f"layer{stage}")(x)
+        return x
 
 
 class Backbone(nn.Module):
@@ -135,7 +138,12 @@ class Backbone(nn.Module):
         super().__init__()
         norm_layer = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
         self.body = ResNet(config.backbone, dilate_c5=config.dilation, norm_layer=norm_layer)
-        self.num_channels = self.body.num_channels
+        self.last_stage = config.backbone_stage
+        if self.last_stage < 4:  # the later stages are not computed: no weights for them
+            for stage in range(self.last_stage + 1, 5):
+                delattr(self.body, f"layer{stage}")
+        expansion = self.body.layer1[0].expansion
+        self.num_channels = 64 * 2 ** (self.last_stage - 1) * expansion
         if config.backbone_norm == "batch_norm":
             for module in self.body.modules():  # torchvision's init for training from scratch
                 if isinstance(module, nn.Conv2d):
@@ -145,6 +153,6 @@ class Backbone(nn.Module):
             parameter.requires_grad_(config.train_backbone and not name.startswith(frozen))
 
     def forward(self, images, mask):
-        features = self.body(images)
+        features = self.body(images, self.last_stage)
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
         return features, mask

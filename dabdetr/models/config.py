@@ -8,12 +8,32 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONE_NORMS = ("frozen_bn", "batch_norm")
 
 
+class DictConfig:
+    """Dict round trip of a dataclass config (checkpoints store configs as plain dicts)."""
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        return cls(**values)
+
+    def replace(self, **overrides):
+        return dataclasses.replace(self, **overrides)
+
+
 @dataclass
-class DABDETRConfig:
+class DABDETRConfig(DictConfig):
     """Architecture of a DAB-DETR model (dabdetr-spec.md), defaults = DAB-DETR-R50."""
 
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: stride 16, layer4 dilated
+    backbone_stage: int = 4  # the ResNet stage whose output the transformer reads: 4 = C5 (every published
+    # model), 3 = C4 (stride 16), 2 = C3 (stride 8; for small images, e.g. the synthetic demo)
     train_backbone: bool = True  # False freezes the whole backbone
     backbone_frozen_stages: int = 1  # 1: stem and layer1 frozen (the recipe); 0: nothing frozen
     backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights) | "batch_norm" (from scratch)
@@ -38,6 +58,11 @@ class DABDETRConfig:
     prior_prob: float = 0.01  # class bias init: -log((1 - p) / p)
     num_select: int = 300  # post-processing top-k over queries x classes
     ops_impl: str = "auto"  # "auto" | "reference" | "kernel", for every fused op of the model
+    # Denoising training (DN-DETR; models/denoising.py): noised copies of the ground truth as extra
+    # queries in training. 0 = off = the published DAB-DETR; adds label_embed to the weights.
+    dn_groups: int = 0
+    dn_label_noise: float = 0.2
+    dn_box_noise: float = 0.4
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -46,6 +71,10 @@ class DABDETRConfig:
             raise ValueError(f"ops_impl must be one of {OPS_IMPLS}, got {self.ops_impl!r}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
+        if self.backbone_stage not in (2, 3, 4):
+            raise ValueError(f"backbone_stage must be 2, 3 or 4, got {self.backbone_stage}")
+        if self.dilation and self.backbone_stage != 4:
+            raise ValueError("dilation (DC5) dilates stage 4: it needs backbone_stage=4")
         if self.backbone_frozen_stages not in (0, 1):
             raise ValueError(f"backbone_frozen_stages must be 0 or 1, got {self.backbone_frozen_stages}")
         if self.backbone_norm == "batch_norm" and self.backbone_frozen_stages:
@@ -59,20 +88,6 @@ class DABDETRConfig:
     @property
     def total_queries(self):
         return self.num_queries * max(self.num_patterns, 1)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DABDETRConfig fields: {unknown}")
-        return cls(**values)
-
-    def replace(self, **overrides):
-        return dataclasses.replace(self, **overrides)
 
 
 PRESETS = {

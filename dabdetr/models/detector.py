@@ -8,6 +8,7 @@ from torch import nn
 from dabdetr.box_ops import box_cxcywh_to_xyxy
 from dabdetr.models.backbone import Backbone
 from dabdetr.models.config import DABDETRConfig
+from dabdetr.models.denoising import noised_queries
 from dabdetr.models.position_encoding import PositionEmbeddingSineHW
 from dabdetr.models.transformer import MLP, Transformer, inverse_sigmoid
 
@@ -18,7 +19,8 @@ class DABDETR(nn.Module):
     pred_logits [B, Nq, num_classes] (sigmoid scores, no background class);
     pred_boxes [B, Nq, 4] (cx, cy, w, h), normalized by each image's unpadded size;
     aux_outputs: a list of {"pred_logits", "pred_boxes"} for decoder layers 0 .. L-2;
-    references [L, B, Nq, 4]: the anchors each decoder layer used (cx, cy, w, h).
+    references [L, B, Nq, 4]: the anchors each decoder layer used (cx, cy, w, h);
+    dn_outputs (training with denoising only): see denoise().
     """
 
     def __init__(self, config: DABDETRConfig):
@@ -40,21 +42,47 @@ class DABDETR(nn.Module):
         self.bbox_embed = MLP(d, d, 4, 3)  # also the decoder's anchor-update head
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        if config.dn_groups:
+            self.label_embed = nn.Embedding(config.num_classes, d)  # content queries of denoising
 
-    def forward(self, images, mask):
+    def forward(self, images, mask, targets=None):
+        """targets (training with config.dn_groups > 0 only): the criterion's targets, from which
+        denoising queries are built; their predictions come back under "dn_outputs"."""
         features, feature_mask = self.backbone(images, mask)
         pos = self.position_encoding(feature_mask)  # [B, h*w, d]
         src = self.input_proj(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
-        hs, references = self.transformer(src, pos, feature_mask.flatten(1), self.refpoint_embed.weight,
-                                          self.bbox_embed)
+        key_padding_mask = feature_mask.flatten(1)
+        memory, hs, references = self.transformer(src, pos, key_padding_mask, self.refpoint_embed.weight,
+                                                  self.bbox_embed)
+        outputs = {**self.heads(hs, references), "references": references}
+        if self.training and self.config.dn_groups and targets is not None:
+            outputs["dn_outputs"] = self.denoise(memory, pos, key_padding_mask, targets)
+        return outputs
+
+    def heads(self, hs, references):
+        """Class and box predictions of every decoder layer: the last as pred_logits/pred_boxes,
+        the others as aux_outputs."""
         logits = self.class_embed(hs)
         boxes = (self.bbox_embed(hs) + inverse_sigmoid(references, self.config.box_head_eps)).sigmoid()
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
             "aux_outputs": [{"pred_logits": l, "pred_boxes": b} for l, b in zip(logits[:-1], boxes[:-1])],
-            "references": references,
         }
+
+    def denoise(self, memory, pos, key_padding_mask, targets):
+        """Predictions of the denoising queries (models/denoising.py): the heads' dict over
+        [B * dn_groups, n] queries, plus "padding" [B * dn_groups, n] and "groups"; None when the
+        batch has no objects."""
+        config = self.config
+        if not any(len(t["labels"]) for t in targets):
+            return None
+        labels, anchors, padding = noised_queries(targets, config.dn_groups, config.num_classes,
+                                                  config.dn_label_noise, config.dn_box_noise)
+        repeat = lambda x: x.repeat_interleave(config.dn_groups, dim=0)  # noqa: E731
+        hs, references = self.transformer.decoder(self.label_embed(labels), repeat(memory), repeat(pos),
+                                                  repeat(key_padding_mask), anchors, self.bbox_embed, padding)
+        return {**self.heads(hs, references), "padding": padding, "groups": config.dn_groups}
 
     def save_pretrained(self, directory, class_names=None):
         """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""

@@ -126,14 +126,15 @@ class DecoderLayer(nn.Module):
         self.activation = nn.PReLU()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed):
-        """tgt, query_pos, query_sine_embed [B, Nq, d]; memory, pos [B, S, d]; mask [B, S]."""
+    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask=None):
+        """tgt, query_pos, query_sine_embed [B, Nq, d]; memory, pos [B, S, d]; mask [B, S];
+        query_padding_mask [B, Nq] (True = a padding query, which no query attends to) or None."""
         heads = self.num_heads
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
         k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
         v = self.sa_v_proj(tgt)
         sa = modulated_attention(split_heads(q, heads), None, split_heads(k, heads), None, split_heads(v, heads),
-                                 impl=self.ops_impl)
+                                 query_padding_mask, impl=self.ops_impl)
         tgt = self.norm1(tgt + self.dropout(self.self_attn.out_proj(merge_heads(sa))))
 
         q_content = self.ca_qcontent_proj(tgt)
@@ -167,9 +168,10 @@ class Decoder(nn.Module):
         self.ref_point_head = MLP(2 * d, d, d, 2)
         self.ref_anchor_head = MLP(d, d, 2, 2)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed):
+    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_padding_mask=None):
         """tgt [B, Nq, d]; memory, pos [B, S, d]; key_padding_mask [B, S]; anchors [B, Nq, 4]
-        (cx, cy, w, h) in (0, 1); bbox_embed: the box head, shared with the detector.
+        (cx, cy, w, h) in (0, 1); bbox_embed: the box head, shared with the detector;
+        query_padding_mask [B, Nq] or None: queries hidden from self-attention (denoising padding).
 
         Returns hs [L, B, Nq, d] (every layer's output after the shared norm) and references
         [L, B, Nq, 4] (the anchors each layer used; the first not detached).
@@ -184,7 +186,7 @@ class Decoder(nn.Module):
                 temperature=config.anchor_temperature, impl=config.ops_impl,
             )
             query_pos = self.ref_point_head(anchor_embed)
-            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed)
+            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask)
             new_reference = (bbox_embed(tgt) + inverse_sigmoid(reference, eps)).sigmoid()
             if i < len(self.layers) - 1:
                 references.append(new_reference)
@@ -205,12 +207,17 @@ class Transformer(nn.Module):
 
     def forward(self, src, pos, key_padding_mask, anchor_logits, bbox_embed):
         """src, pos [B, S, d]; key_padding_mask [B, S]; anchor_logits [Nq, 4] (unsigmoided).
-        Returns (hs [L, B, Nq', d], references [L, B, Nq', 4]); Nq' = Nq * max(num_patterns, 1)."""
-        B, d = src.shape[0], src.shape[-1]
+        Returns (memory [B, S, d], hs [L, B, Nq', d], references [L, B, Nq', 4]);
+        Nq' = Nq * max(num_patterns, 1)."""
         memory = self.encoder(src, pos, key_padding_mask)
+        return (memory, *self.decode(memory, pos, key_padding_mask, anchor_logits, bbox_embed))
+
+    def decode(self, memory, pos, key_padding_mask, anchor_logits, bbox_embed):
+        """The decoder on the learned anchors (and patterns): (hs, references) as in forward."""
+        B, d = memory.shape[0], memory.shape[-1]
         anchors = anchor_logits.sigmoid()
         if self.patterns is None:
-            tgt = src.new_zeros(B, anchors.shape[0], d)
+            tgt = memory.new_zeros(B, anchors.shape[0], d)
         else:  # query p * Nq + q: pattern p with anchor q
             num_patterns = self.patterns.num_embeddings
             tgt = self.patterns.weight.repeat_interleave(anchors.shape[0], dim=0)[None].expand(B, -1, -1)
