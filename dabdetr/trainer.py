@@ -168,6 +168,7 @@ class Trainer:
 
     def _setup_logging(self):
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # these handlers print it; a root handler (the CLI's) would print it twice
         if not any(getattr(h, "_dabdetr", False) for h in logger.handlers):
             for handler in (logging.StreamHandler(), logging.FileHandler(os.path.join(self.output_dir, "train.log"))):
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

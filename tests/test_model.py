@@ -74,7 +74,8 @@ def test_matches_huggingface(tmp_path, num_patterns, temperature):
 
 def _small(**overrides):
     """The demo architecture with frozen batch norm, as published checkpoints have it."""
-    overrides = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1, **overrides}
+    overrides = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1, "backbone_stage": 4, "dn_groups": 0,
+                 **overrides}
     return _randomize(build_model("demo", num_queries=20, **overrides).eval())
 
 
@@ -203,14 +204,14 @@ def test_backbone_freezing_and_dc5_stride():
     assert split(build_model("dab_detr_r50")) == ({"conv1", "layer1"}, {"layer2", "layer3", "layer4"})
     assert split(build_model("dab_detr_r50", train_backbone=False))[1] == set()
     scratch = build_model("demo")  # batch norm, nothing frozen: trained from scratch
-    assert split(scratch) == (set(), {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"})
+    assert split(scratch) == (set(), {"conv1", "bn1", "layer1", "layer2", "layer3"})
     assert isinstance(scratch.backbone.body.bn1, torch.nn.BatchNorm2d)
     with pytest.raises(ValueError, match="needs backbone_frozen_stages=0"):
         build_model("demo", backbone_frozen_stages=1)
     images, mask = _images(batch=1, height=128, width=160)
     for overrides, stride, channels in (({}, 32, 512), ({"dilation": True}, 16, 512), ({"backbone_stage": 3}, 16, 256),
                                         ({"backbone_stage": 2}, 8, 128)):
-        model = build_model("demo", **overrides)
+        model = build_model("demo", **{"backbone_stage": 4, **overrides})
         features, feature_mask = model.backbone(images, mask)
         assert features.shape[1:] == (channels, math.ceil(128 / stride), math.ceil(160 / stride))
         assert feature_mask.shape == (1, *features.shape[-2:])

@@ -22,6 +22,7 @@ from dabdetr.models.config import preset
 from dabdetr.train_config import recipe
 from dabdetr.trainer import Trainer
 
+TINYCOCO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinycoco")
 TINY_MODEL = {"hidden_dim": 64, "ffn_dim": 128, "num_encoder_layers": 2, "num_decoder_layers": 2, "num_queries": 10,
               "num_heads": 4}
 TINY_RUN = {"synthetic_train_images": 8, "synthetic_val_images": 4, "synthetic_image_size": 64,
@@ -159,10 +160,24 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert (tmp_path / "predicted" / "shapes.png").exists()
 
     cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "official.pth"), "--to", "official"])
-    original, converted = from_pretrained(str(run / "model")), from_pretrained(str(tmp_path / "official.pth"),
-                                                                               backbone_norm="batch_norm",
-                                                                               backbone_frozen_stages=0)
+    # What the weights cannot tell comes as overrides, as for any official checkpoint.
+    original = from_pretrained(str(run / "model"))
+    converted = from_pretrained(str(tmp_path / "official.pth"), backbone_norm="batch_norm", backbone_frozen_stages=0,
+                                backbone_stage=3, dn_groups=3)
     assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
+
+
+@pytest.mark.skipif(not os.path.isdir(TINYCOCO), reason=f"tinycoco not found at {TINYCOCO}")
+def test_cli_eval_of_a_pretrained_directory_on_a_coco_json(tmp_path, capsys):
+    model = DABDETR(preset("demo", num_classes=91, **TINY_MODEL))
+    model.save_pretrained(str(tmp_path / "model"))
+    cli(["eval", str(tmp_path / "model"), "--annotations", os.path.join(TINYCOCO, "annotations", "instances_val2017.json"),
+         "--images", os.path.join(TINYCOCO, "images", "val2017"), "--eval-size", "128", "--max-size", "200",
+         "--num-workers", "0", "--output", str(tmp_path / "detections.json")])
+    assert "Average Precision" in capsys.readouterr().out
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    coco_ids = {c["id"] for c in json.load(open(os.path.join(TINYCOCO, "annotations", "instances_val2017.json")))["categories"]}
+    assert detections and {d["category_id"] for d in detections} <= coco_ids  # logits 0 and unused ids dropped
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -172,3 +187,5 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         cli(["predict", str(tmp_path / "nowhere.pt"), "a.png"])
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
+    with pytest.raises(SystemExit, match="unknown benchmarks"):
+        cli(["bench", "everything"])

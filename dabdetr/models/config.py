@@ -99,11 +99,13 @@ PRESETS = {
     "dab_detr_r50_dc5_3pat": {"dilation": True, "num_patterns": 3},
     "dab_detr_r101": {"backbone": "resnet101"},
     # Small enough to train from scratch on a laptop CPU (the synthetic-shapes demo): trainable
-    # batch norm and no frozen stage, since there are no pretrained weights to keep.
+    # batch norm and no frozen stage (no pretrained weights to keep), C4 features (stride 16: an
+    # 8x8 map for the 128-pixel images), and denoising queries (DN-DETR's remedy for slow early
+    # training).
     "demo": {
-        "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "hidden_dim": 128,
-        "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3, "num_queries": 50,
-        "num_select": 100,
+        "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "backbone_stage": 3,
+        "hidden_dim": 128, "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3,
+        "num_queries": 30, "num_select": 100, "dn_groups": 3,
     },
 }
 
