@@ -95,11 +95,10 @@ def run_train(args):
 
 # --- eval --------------------------------------------------------------------------------------
 
-def load_model(path, device, ops_impl=None):
+def load_model(path, device):
     from dabdetr.pretrained import from_pretrained
 
-    overrides = {"ops_impl": ops_impl} if ops_impl else {}
-    return from_pretrained(path, **overrides).to(device)
+    return from_pretrained(path).to(device)
 
 
 def add_eval_parser(subparsers):

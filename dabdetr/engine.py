@@ -27,7 +27,7 @@ def move_targets(targets, device):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.1, amp="off",
-                    grad_scaler=None, log_step=None, first_step=0, show_progress=True):
+                    grad_scaler=None, log_step=None, show_progress=True):
     """Trains over loader once. log_step(step, losses dict) is called after every step with the
     losses averaged over processes. Raises NonFiniteLossError naming the step where the loss is
     not finite (before the optimizer applies it). Returns the epoch's mean losses."""
@@ -36,16 +36,22 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
     totals, count = {}, 0
     progress = tqdm(loader, desc=f"epoch {epoch}", disable=not (show_progress and distributed.is_main_process()),
                     dynamic_ncols=True, leave=False)
-    for step, (images, mask, targets) in enumerate(progress, start=first_step):
+    for step, (images, mask, targets) in enumerate(progress):
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = move_targets(targets, device)
         with autocast_context(device, amp):
             outputs = model(images, mask, targets)  # targets: for denoising queries, if the model uses them
-        losses = criterion(outputs, targets)  # in float32, outside autocast
+        try:
+            losses = criterion(outputs, targets)  # in float32, outside autocast
+            total, reason = losses["loss"].item(), ""
+        except FloatingPointError as error:  # the matcher refuses non-finite predictions
+            total, reason = math.nan, f": {error}"
+        # Every process learns of a non-finite loss on any of them, so all stop at the same step.
+        total = distributed.all_reduce_mean({"loss": total})["loss"]
+        if not math.isfinite(total):
+            raise NonFiniteLossError(f"non-finite loss ({total}) at epoch {epoch}, step {step}; the update was not "
+                                     f"applied{reason}")
         logged = distributed.all_reduce_mean({k: v.detach().item() for k, v in losses.items()})
-        if not math.isfinite(logged["loss"]):
-            raise NonFiniteLossError(f"non-finite loss {logged['loss']} at epoch {epoch}, step {step} "
-                                     f"(losses: { {k: v for k, v in logged.items() if not math.isfinite(v)} })")
         optimizer.zero_grad(set_to_none=True)
         if grad_scaler is not None:
             grad_scaler.scale(losses["loss"]).backward()

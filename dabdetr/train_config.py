@@ -33,6 +33,7 @@ class TrainConfig(DictConfig):
     synthetic_image_size: int = 128
     synthetic_max_objects: int = 5
     synthetic_object_size: tuple = (0.12, 0.45)  # side range, fraction of the image
+    synthetic_max_overlap: float = 0.3  # largest IoU between two shapes of an image
     train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
     max_size: int = 1333  # longer side cap
     crop_resize_sizes: tuple = (400, 500, 600)  # the random-crop branch; () disables it
@@ -74,8 +75,9 @@ RECIPES = {
     # pretrained backbone at hand, so the backbone learns at the full lr), sized to finish in
     # about 15 minutes on 2 CPU cores.
     "demo": {
-        "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 2e-4, "lr_backbone": 2e-4,
-        "synthetic_train_images": 3600, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
+        "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
+        "synthetic_train_images": 3520, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
+        "synthetic_max_overlap": 0.15,
         "train_sizes": (128,), "max_size": 128,
         "crop_resize_sizes": (), "eval_size": 128, "num_workers": 1, "log_every": 20,
     },

@@ -51,7 +51,8 @@ def build_datasets(config: TrainConfig):
     val_transforms = make_transforms(False, config.train_sizes, config.max_size, eval_size=config.eval_size)
     if config.data_root is None:
         common = {"image_size": config.synthetic_image_size, "max_objects": config.synthetic_max_objects,
-                  "object_size": config.synthetic_object_size, "seed": config.seed}
+                  "object_size": config.synthetic_object_size, "max_overlap": config.synthetic_max_overlap,
+                  "seed": config.seed}
         # Different split seeds: the validation images are never seen in training.
         return (SyntheticShapes(config.synthetic_train_images, train_transforms, split_seed=1, **common),
                 SyntheticShapes(config.synthetic_val_images, val_transforms, split_seed=2, **common))
@@ -167,13 +168,17 @@ class Trainer:
     # --- state ---------------------------------------------------------------------------------
 
     def _setup_logging(self):
+        """Console and output_dir/train.log handlers on the "dabdetr" logger (replacing those of
+        an earlier Trainer in this process)."""
         logger.setLevel(logging.INFO)
         logger.propagate = False  # these handlers print it; a root handler (the CLI's) would print it twice
-        if not any(getattr(h, "_dabdetr", False) for h in logger.handlers):
-            for handler in (logging.StreamHandler(), logging.FileHandler(os.path.join(self.output_dir, "train.log"))):
-                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-                handler._dabdetr = True
-                logger.addHandler(handler)
+        for handler in [h for h in logger.handlers if getattr(h, "_dabdetr", False)]:
+            logger.removeHandler(handler)
+            handler.close()
+        for handler in (logging.StreamHandler(), logging.FileHandler(os.path.join(self.output_dir, "train.log"))):
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            handler._dabdetr = True
+            logger.addHandler(handler)
 
     def state_dict(self, epoch):
         return {

@@ -28,4 +28,5 @@ if dist.get_rank() == 0:
               "parameters_changed": bool((flat != initial).any())}
     with open(os.path.join(output_dir, "ddp_result.json"), "w") as f:
         json.dump(report, f)
+dist.barrier()  # both ranks leave together: tearing gloo down under a rank still in a collective aborts
 dist.destroy_process_group()

@@ -109,9 +109,9 @@ class SyntheticShapes(CocoDetection):
     `split_seed` picks the images (use different ones for train and validation), `seed` the
     augmentation."""
 
-    def __init__(self, num_images, transforms, image_size=128, max_objects=5, object_size=(0.12, 0.45), split_seed=0,
-                 seed=0):
-        coco = load_coco(synthetic_coco(num_images, image_size, max_objects, *object_size, seed=split_seed),
+    def __init__(self, num_images, transforms, image_size=128, max_objects=5, object_size=(0.12, 0.45),
+                 max_overlap=0.3, split_seed=0, seed=0):
+        coco = load_coco(synthetic_coco(num_images, image_size, max_objects, *object_size, max_overlap, seed=split_seed),
                          "synthetic")
         super().__init__(coco, None, transforms, label_mapping="contiguous", seed=seed)
 
