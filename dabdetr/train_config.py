@@ -76,7 +76,7 @@ RECIPES = {
     # about 15 minutes on 2 CPU cores.
     "demo": {
         "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
-        "synthetic_train_images": 3520, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
+        "synthetic_train_images": 3600, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
         "synthetic_max_overlap": 0.15,
         "train_sizes": (128,), "max_size": 128,
         "crop_resize_sizes": (), "eval_size": 128, "num_workers": 1, "log_every": 20,
