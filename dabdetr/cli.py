@@ -96,9 +96,11 @@ def run_train(args):
 # --- eval --------------------------------------------------------------------------------------
 
 def load_model(path, device):
-    from dabdetr.pretrained import from_pretrained
+    """(model on device, metadata) of any checkpoint from_pretrained reads (see load_pretrained)."""
+    from dabdetr.pretrained import load_pretrained
 
-    return from_pretrained(path).to(device)
+    model, metadata = load_pretrained(path)
+    return model.to(device), metadata
 
 
 def add_eval_parser(subparsers):
@@ -120,18 +122,17 @@ def add_eval_parser(subparsers):
 
 
 def run_eval(args):
-    from dabdetr.checkpoint import load_train_checkpoint
     from dabdetr.data import CocoDetection, collate_detection, load_coco, make_transforms
     from dabdetr.engine import evaluate
     from dabdetr.train_config import TrainConfig
     from dabdetr.trainer import build_datasets, resolve_device
 
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device)
+    model, metadata = load_model(args.checkpoint, device)
     if args.annotations is None:
-        if os.path.isdir(args.checkpoint):
+        if metadata["train_config"] is None:
             raise SystemExit("eval: --annotations is needed unless the checkpoint is a training checkpoint")
-        train_config = TrainConfig.from_dict(load_train_checkpoint(args.checkpoint)["train_config"])
+        train_config = TrainConfig.from_dict(metadata["train_config"])
         overrides = {k: v for k, v in (("eval_size", args.eval_size), ("max_size", args.max_size)) if v is not None}
         dataset = build_datasets(train_config.replace(**overrides))[1]
     else:
@@ -175,21 +176,19 @@ def add_predict_parser(subparsers):
 def run_predict(args):
     from PIL import Image, UnidentifiedImageError
 
-    from dabdetr.checkpoint import load_train_checkpoint
     from dabdetr.data.transforms import make_transforms
-    from dabdetr.models.detector import post_process
+    from dabdetr.engine import detect_image
     from dabdetr.plots import draw_detections
-    from dabdetr.pretrained import class_names_of
     from dabdetr.train_config import TrainConfig
     from dabdetr.trainer import resolve_device
 
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device).eval()
+    model, metadata = load_model(args.checkpoint, device)
     size, max_size = args.size or 800, args.max_size or 1333
-    if not os.path.isdir(args.checkpoint) and args.size is None:
-        train_config = TrainConfig.from_dict(load_train_checkpoint(args.checkpoint)["train_config"])
+    if metadata["train_config"] is not None and args.size is None:
+        train_config = TrainConfig.from_dict(metadata["train_config"])
         size, max_size = train_config.eval_size, args.max_size or train_config.max_size
-    names = class_names_of(args.checkpoint)
+    names = metadata["class_names"]
     transforms = make_transforms(False, [size], max_size)
     os.makedirs(args.output_dir, exist_ok=True)
     predictions = []
@@ -204,11 +203,7 @@ def run_predict(args):
         target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
                   "size": torch.tensor([image.height, image.width])}
         pixels, _ = transforms(image, target, None)
-        with torch.no_grad():
-            outputs = model(pixels[None].to(device), torch.zeros(1, *pixels.shape[1:], dtype=torch.bool, device=device))
-        detections = post_process(outputs, torch.tensor([[image.height, image.width]], device=device),
-                                  model.config.num_select)[0]
-        detections = {k: v.cpu() for k, v in detections.items()}
+        detections = detect_image(model, pixels, (image.height, image.width), device)
         keep = detections["scores"] >= args.threshold
         predictions.append({"image": path, "width": image.width, "height": image.height, "detections": [
             {"label": int(label), "name": names.get(int(label), str(int(label))), "score": round(float(score), 4),
@@ -240,12 +235,11 @@ def add_convert_parser(subparsers):
 
 def run_convert(args):
     from dabdetr.checkpoint import atomic_torch_save
-    from dabdetr.pretrained import class_names_of, from_pretrained, to_mmdetection_state_dict, to_official_state_dict
+    from dabdetr.pretrained import load_pretrained, to_mmdetection_state_dict, to_official_state_dict
 
-    model = from_pretrained(args.source, source=args.source_format)
+    model, metadata = load_pretrained(args.source, source=args.source_format)
     if args.to == "dabdetr":
-        names = class_names_of(args.source) if args.source_format in ("auto", "dabdetr", "dabdetr-train") else {}
-        model.save_pretrained(args.destination, names)
+        model.save_pretrained(args.destination, metadata["class_names"])
     elif args.to == "official":
         atomic_torch_save({"model": to_official_state_dict(model)}, args.destination)
     else:

@@ -50,40 +50,38 @@ class SetCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.aux_loss = aux_loss
 
+    def loss_terms(self, logits, one_hot, pred_boxes, gt_boxes, num_boxes):
+        """Focal loss summed over logits [..., K] against one_hot targets, L1 and 1 - GIoU summed
+        over the paired boxes [m, 4] (cxcywh), each divided by num_boxes."""
+        loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        pred_boxes, gt_boxes = pred_boxes.float(), gt_boxes.float()
+        loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
     def layer_losses(self, outputs, targets, num_boxes):
-        """The three losses of one decoder layer's predictions."""
+        """The three losses of one decoder layer's predictions, on Hungarian-matched pairs."""
         indices = self.matcher(outputs, targets)
         logits = outputs["pred_logits"].float()
         batch_index = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
         query_index = torch.cat([query for query, _ in indices])
-
         one_hot = torch.zeros_like(logits)
         matched_labels = torch.cat([t["labels"][target] for t, (_, target) in zip(targets, indices)])
         one_hot[batch_index, query_index, matched_labels.to(logits.device)] = 1
-        loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        gt_boxes = torch.cat([t["boxes"][target] for t, (_, target) in zip(targets, indices)])
+        return self.loss_terms(logits, one_hot, outputs["pred_boxes"][batch_index, query_index], gt_boxes, num_boxes)
 
-        pred_boxes = outputs["pred_boxes"][batch_index, query_index].float()
-        gt_boxes = torch.cat([t["boxes"][target] for t, (_, target) in zip(targets, indices)]).float()
-        loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
-        loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
-
-    def denoising_losses(self, outputs, targets, num_boxes):
-        """The three losses of one layer's denoising predictions (dn_outputs): each query against
-        the object it was made from (no matching); padding queries do not count."""
-        labels, boxes, padding = padded_targets(targets, outputs["groups"])
+    def denoising_losses(self, outputs, padded, num_boxes):
+        """The three losses of one layer's denoising predictions (dn_outputs), suffixed _dn: each
+        query against the object it was made from (no matching); padding queries do not count.
+        padded: padded_targets(targets, groups); num_boxes: the global box count times groups."""
+        labels, boxes, padding = padded
         valid = ~padding
-        logits = outputs["pred_logits"].float()
+        logits = outputs["pred_logits"][valid].float()  # [m, K]: the focal loss is elementwise
         one_hot = torch.zeros_like(logits)
-        one_hot[valid, labels[valid]] = 1
-        num_boxes = num_boxes * outputs["groups"]
-        loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma)[valid].sum() / num_boxes
-        pred_boxes, gt_boxes = outputs["pred_boxes"][valid].float(), boxes[valid].float()
-        loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
-        loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_ce_dn": loss_ce, "loss_bbox_dn": loss_bbox, "loss_giou_dn": loss_giou}
+        one_hot[torch.arange(len(logits)), labels[valid]] = 1
+        losses = self.loss_terms(logits, one_hot, outputs["pred_boxes"][valid], boxes[valid], num_boxes)
+        return {f"{k}_dn": v for k, v in losses.items()}
 
     def forward(self, outputs, targets):
         for t in targets:
@@ -97,9 +95,9 @@ class SetCriterion(nn.Module):
                 losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
         dn = outputs.get("dn_outputs")
         if dn is not None:
-            losses.update(self.denoising_losses(dn, targets, num_boxes))
+            padded, dn_num_boxes = padded_targets(targets, dn["groups"]), num_boxes * dn["groups"]
+            losses.update(self.denoising_losses(dn, padded, dn_num_boxes))
             for i, aux in enumerate(dn["aux_outputs"] if self.aux_loss else []):
-                aux = {**aux, "groups": dn["groups"]}
-                losses.update({f"{k}_{i}": v for k, v in self.denoising_losses(aux, targets, num_boxes).items()})
+                losses.update({f"{k}_{i}": v for k, v in self.denoising_losses(aux, padded, dn_num_boxes).items()})
         losses["loss"] = sum(self.weights[re.sub(r"(_dn)?(_\d+)?$", "", k)] * v for k, v in losses.items())
         return losses

@@ -76,12 +76,23 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
 
 
 @torch.no_grad()
-def predict_dataset(model, loader, device, num_select, amp="off", show_progress=True, desc="eval"):
+def detect_image(model, pixels, original_size, device):
+    """post_process output (scores, labels, boxes in original-image pixels, on the CPU) of one
+    transformed image pixels [3, h, w] whose original size is (height, width)."""
+    model.eval()
+    mask = torch.zeros(1, *pixels.shape[1:], dtype=torch.bool, device=device)
+    outputs = model(pixels[None].to(device), mask)
+    detections = post_process(outputs, torch.tensor([original_size], device=device), model.config.num_select)[0]
+    return {k: v.cpu() for k, v in detections.items()}
+
+
+@torch.no_grad()
+def predict_dataset(model, loader, device, num_select, amp="off", show_progress=True):
     """Detections of every image of loader (this process's share): a dict image_id -> post_process
     output (scores, labels, boxes in original-image pixels, on the CPU)."""
     model.eval()
     detections = {}
-    progress = tqdm(loader, desc=desc, disable=not (show_progress and distributed.is_main_process()),
+    progress = tqdm(loader, desc="eval", disable=not (show_progress and distributed.is_main_process()),
                     dynamic_ncols=True, leave=False)
     for images, mask, targets in progress:
         with autocast_context(device, amp):

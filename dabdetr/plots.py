@@ -4,10 +4,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from dabdetr.models.detector import post_process  # noqa: E402
+from dabdetr.engine import detect_image  # noqa: E402
 
 LOSS_NAMES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 AP_NAMES = ("AP", "AP50", "AP75")
@@ -64,18 +63,13 @@ def draw_detections(image, detections, class_names, score_threshold=0.3, ground_
     return image
 
 
-@torch.no_grad()
 def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, score_threshold=0.3, min_side=256):
     """Predictions of model on the first num_images of a CocoDetection-like dataset, with its
     ground truth, as one PNG grid (small images enlarged to about min_side pixels for legibility)."""
-    model.eval()
     tiles = []
     for index in range(min(num_images, len(dataset))):
         image_tensor, target = dataset[index]
-        outputs = model(image_tensor[None].to(device), torch.zeros(1, *image_tensor.shape[1:], dtype=torch.bool,
-                                                                    device=device))
-        detections = post_process(outputs, target["orig_size"][None].to(device), model.config.num_select)[0]
-        detections = {k: v.cpu() for k, v in detections.items()}
+        detections = detect_image(model, image_tensor, target["orig_size"].tolist(), device)
         original = dataset.load_image(dataset.coco.imgs[target["image_id"]])
         scale = max(1, min_side // min(original.width, original.height))
         detections["boxes"] = detections["boxes"] * scale

@@ -326,31 +326,41 @@ def _read_huggingface_weights(directory):
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 
+def _class_names(stored):
+    """{label: name} from the string-keyed dict our files store (json keys are strings)."""
+    return {int(label): name for label, name in (stored or {}).items()}
+
+
 def _load_source(path, source, checkpoint=None):
-    """(our state dict, config values) of a checkpoint; checkpoint: the file's content if read."""
+    """(our state dict, config values, metadata) of a checkpoint; checkpoint: the file's content
+    if already read. metadata: see load_pretrained."""
+    no_metadata = {"class_names": {}, "train_config": None}
     if source == "dabdetr":
         with open(os.path.join(path, CONFIG_FILE)) as f:
-            values = json.load(f)["config"]
-        return _torch_load(os.path.join(path, WEIGHTS_FILE)), values
+            config = json.load(f)
+        metadata = {**no_metadata, "class_names": _class_names(config.get("class_names"))}
+        return _torch_load(os.path.join(path, WEIGHTS_FILE)), config["config"], metadata
     if source == "huggingface":
         with open(os.path.join(path, CONFIG_FILE)) as f:
             hf = json.load(f)
         state = _from_huggingface(_read_huggingface_weights(path))
-        return state, _infer_config(state, **_config_from_huggingface(hf))
+        return state, _infer_config(state, **_config_from_huggingface(hf)), no_metadata
     if checkpoint is None:
         checkpoint = _torch_load(path)
     if source == "dabdetr-train":
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: source='dabdetr-train' expects a checkpoint written by `dabdetr train`")
-        return checkpoint["model"], checkpoint["model_config"]
+        metadata = {"class_names": _class_names(checkpoint.get("class_names")),
+                    "train_config": checkpoint["train_config"]}
+        return checkpoint["model"], checkpoint["model_config"], metadata
     key = "model" if source == "official" else "state_dict"
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")
     if source == "official":
         state = _from_official(checkpoint["model"])
-        return state, _infer_config(state, **_config_from_official_args(checkpoint.get("args")))
+        return state, _infer_config(state, **_config_from_official_args(checkpoint.get("args"))), no_metadata
     state = _from_mmdetection(checkpoint["state_dict"])
-    return state, _infer_config(state, anchor_update_eps=1e-5, box_head_eps=1e-3)
+    return state, _infer_config(state, anchor_update_eps=1e-5, box_head_eps=1e-3), no_metadata
 
 
 def _load_state(model, state, path):
@@ -375,18 +385,26 @@ def from_pretrained(path, source="auto", **overrides):
     overrides: DABDETRConfig fields, e.g. dilation=True for a DC5 checkpoint that carries no
     config, or ops_impl="reference".
     """
+    return load_pretrained(path, source, **overrides)[0]
+
+
+def load_pretrained(path, source="auto", **overrides):
+    """(model, metadata): from_pretrained's model, with the checkpoint read once, and what it
+    says besides the weights: metadata["class_names"] {label: name} (stored by dabdetr; {}
+    otherwise) and metadata["train_config"] (a TrainConfig dict for training checkpoints, else None).
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     checkpoint = None
     if source == "auto":
         source, checkpoint = _detect(path)
-    state, values = _load_source(path, source, checkpoint)
+    state, values, metadata = _load_source(path, source, checkpoint)
     model = DABDETR(DABDETRConfig.from_dict({**values, **overrides}))
     try:
         _load_state(model, state, path)
     except RuntimeError as error:  # shape mismatches
         raise ValueError(f"{path}: checkpoint does not fit the model config: {error}") from error
-    return model.eval()
+    return model.eval(), metadata
 
 
 def save_pretrained(model, directory, class_names=None):
@@ -398,17 +416,3 @@ def save_pretrained(model, directory, class_names=None):
     if class_names:
         config["class_names"] = {str(label): name for label, name in class_names.items()}
     atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: json.dump(config, f, indent=1))
-
-
-def class_names_of(path):
-    """{label: name} stored with a dabdetr model directory or training checkpoint; {} otherwise."""
-    if os.path.isdir(path):
-        config_path = os.path.join(path, CONFIG_FILE)
-        if os.path.exists(config_path):
-            with open(config_path) as f:
-                names = json.load(f).get("class_names") or {}
-            return {int(label): name for label, name in names.items()}
-        return {}
-    checkpoint = _torch_load(path)
-    names = checkpoint.get("class_names") if isinstance(checkpoint, dict) else None
-    return {int(label): name for label, name in (names or {}).items()}

@@ -1,6 +1,8 @@
 """ResNet backbones with torchvision's state-dict names, frozen batch norm, and DC5 dilation.
 
-Only the C5 output (stride 32, or 16 with dilation) is used. With pretrained weights (every
+The transformer reads one stage's output: C5 (stride 32, or 16 with dilation) in every published
+model; C4 or C3 (backbone_stage=3 or 2, stride 16 or 8) for small images, where the later stages
+are not built at all. With pretrained weights (every
 published recipe) the norms are FrozenBatchNorm2d and the stem and layer1 stay frozen
 (backbone_frozen_stages=1); train_backbone=False freezes everything. Training from scratch (the
 synthetic demo, no pretrained weights at hand) uses backbone_norm="batch_norm" with every stage
@@ -91,10 +93,11 @@ ARCHITECTURES = {
 
 
 class ResNet(nn.Module):
-    """conv1/bn1/layer1..layer4 as in torchvision (no fc). With dilate_c5, layer4 keeps stride 16
-    and dilates its 3x3 convs by 2 (its first block's conv keeps dilation 1, as torchvision does)."""
+    """conv1/bn1/layer1..layer{last_stage} as in torchvision (no fc); forward returns the last.
+    With dilate_c5, layer4 keeps stride 16 and dilates its 3x3 convs by 2 (its first block's conv
+    keeps dilation 1, as torchvision does)."""
 
-    def __init__(self, name, dilate_c5=False, norm_layer=FrozenBatchNorm2d):
+    def __init__(self, name, dilate_c5=False, norm_layer=FrozenBatchNorm2d, last_stage=4):
         super().__init__()
         block, counts = ARCHITECTURES[name]
         self._norm_layer = norm_layer
@@ -102,11 +105,12 @@ class ResNet(nn.Module):
         self.bn1 = norm_layer(64)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self._in_ch, self._dilation = 64, 1
-        self.layer1 = self._make_layer(block, 64, counts[0])
-        self.layer2 = self._make_layer(block, 128, counts[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, counts[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, counts[3], stride=2, dilate=dilate_c5)
-        self.num_channels = 512 * block.expansion
+        self.last_stage = last_stage
+        for stage in range(1, last_stage + 1):
+            stride = 1 if stage == 1 else 2
+            layer = self._make_layer(block, 64 * 2 ** (stage - 1), counts[stage - 1], stride, dilate_c5 and stage == 4)
+            setattr(self, f"layer{stage}", layer)
+        self.num_channels = self._in_ch
 
     def _make_layer(self, block, width, count, stride=1, dilate=False):
         previous_dilation = self._dilation
@@ -122,10 +126,9 @@ class ResNet(nn.Module):
         layers += [block(self._in_ch, width, self._norm_layer, dilation=self._dilation) for _ in range(1, count)]
         return nn.Sequential(*layers)
 
-    def forward(self, x, last_stage=4):
-        """The output of layer{last_stage} (4: C5, stride 32; 3: C4, stride 16; 2: C3, stride 8)."""
+    def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        for stage in range(1, last_stage + 1):
+        for stage in range(1, self.last_stage + 1):
             x = getattr(self, f"layer{stage}")(x)
         return x
 
@@ -137,13 +140,8 @@ class Backbone(nn.Module):
     def __init__(self, config):
         super().__init__()
         norm_layer = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
-        self.body = ResNet(config.backbone, dilate_c5=config.dilation, norm_layer=norm_layer)
-        self.last_stage = config.backbone_stage
-        if self.last_stage < 4:  # the later stages are not computed: no weights for them
-            for stage in range(self.last_stage + 1, 5):
-                delattr(self.body, f"layer{stage}")
-        expansion = self.body.layer1[0].expansion
-        self.num_channels = 64 * 2 ** (self.last_stage - 1) * expansion
+        self.body = ResNet(config.backbone, config.dilation, norm_layer, config.backbone_stage)
+        self.num_channels = self.body.num_channels
         if config.backbone_norm == "batch_norm":
             for module in self.body.modules():  # torchvision's init for training from scratch
                 if isinstance(module, nn.Conv2d):
@@ -153,6 +151,6 @@ class Backbone(nn.Module):
             parameter.requires_grad_(config.train_backbone and not name.startswith(frozen))
 
     def forward(self, images, mask):
-        features = self.body(images, self.last_stage)
+        features = self.body(images)
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
         return features, mask
