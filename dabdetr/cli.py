@@ -6,6 +6,7 @@
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
     dabdetr predict runs/demo/model image1.jpg image2.jpg --output-dir predictions/
     dabdetr convert dab_detr_r50.pth converted/ --to dabdetr
+    dabdetr convert runs/demo/model hf_model/ --to huggingface
     dabdetr bench --device cpu
 """
 
@@ -220,26 +221,31 @@ def run_predict(args):
 
 # --- convert -----------------------------------------------------------------------------------
 
-CONVERT_TARGETS = ("dabdetr", "official", "mmdetection")
+CONVERT_TARGETS = ("dabdetr", "huggingface", "official", "mmdetection")
 
 
 def add_convert_parser(subparsers):
     parser = subparsers.add_parser("convert", help="convert a checkpoint between formats")
     parser.add_argument("source", help="any checkpoint from_pretrained reads")
-    parser.add_argument("destination", help="a directory (--to dabdetr) or a .pth file")
+    parser.add_argument("destination", help="a directory (--to dabdetr, huggingface) or a .pth file")
     parser.add_argument("--to", choices=CONVERT_TARGETS, required=True)
     parser.add_argument("--source-format", default="auto", help="auto | dabdetr | dabdetr-train | huggingface | "
                                                                 "official | mmdetection")
+    parser.add_argument("--timm-backbone", action="store_true",
+                        help="--to huggingface: the hub checkpoints' timm ResNet (needed for DC5) instead of "
+                             "Hugging Face's own, which loads without timm")
     parser.set_defaults(run=run_convert)
 
 
 def run_convert(args):
     from dabdetr.checkpoint import atomic_torch_save
-    from dabdetr.pretrained import load_pretrained, to_mmdetection_state_dict, to_official_state_dict
+    from dabdetr.pretrained import load_pretrained, save_huggingface, to_mmdetection_state_dict, to_official_state_dict
 
     model, metadata = load_pretrained(args.source, source=args.source_format)
     if args.to == "dabdetr":
         model.save_pretrained(args.destination, metadata["class_names"])
+    elif args.to == "huggingface":
+        save_huggingface(model, args.destination, metadata["class_names"], args.timm_backbone)
     elif args.to == "official":
         atomic_torch_save({"model": to_official_state_dict(model)}, args.destination)
     else:

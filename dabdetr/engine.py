@@ -27,16 +27,19 @@ def move_targets(targets, device):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.1, amp="off",
-                    grad_scaler=None, log_step=None, show_progress=True):
+                    grad_scaler=None, log_step=None, show_progress=True, start_step=0, totals=None):
     """Trains over loader once. log_step(step, losses dict) is called after every step with the
     losses averaged over processes. Raises NonFiniteLossError naming the step where the loss is
-    not finite (before the optimizer applies it). Returns the epoch's mean losses."""
+    not finite (before the optimizer applies it). Returns the epoch's mean losses.
+
+    A mid-epoch resume: loader yields the epoch's batches from start_step on, and totals holds
+    the loss sums of the steps before ("steps": their count). totals is updated in place."""
     model.train()
     criterion.train()
-    totals, count = {}, 0
+    totals = {"steps": 0} if totals is None else totals
     progress = tqdm(loader, desc=f"epoch {epoch}", disable=not (show_progress and distributed.is_main_process()),
-                    dynamic_ncols=True, leave=False)
-    for step, (images, mask, targets) in enumerate(progress):
+                    dynamic_ncols=True, leave=False, initial=start_step, total=start_step + len(loader))
+    for step, (images, mask, targets) in enumerate(progress, start=start_step):
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         targets = move_targets(targets, device)
         with autocast_context(device, amp):
@@ -67,12 +70,12 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
             optimizer.step()
         for k, v in logged.items():
             totals[k] = totals.get(k, 0.0) + v
-        count += 1
+        totals["steps"] += 1
         progress.set_postfix(loss=f"{logged['loss']:.3f}", ce=f"{logged['loss_ce']:.3f}",
                              l1=f"{logged['loss_bbox']:.3f}", giou=f"{logged['loss_giou']:.3f}")
         if log_step is not None:
             log_step(step, logged)
-    return {k: v / max(count, 1) for k, v in totals.items()}
+    return {k: v / max(totals["steps"], 1) for k, v in totals.items() if k != "steps"}
 
 
 @torch.no_grad()

@@ -45,11 +45,12 @@ def plot_training_curves(records, path):
 def draw_detections(image, detections, class_names, score_threshold=0.3, ground_truth=None):
     """A copy of the PIL image with detections (scores [k], labels [k], boxes [k, 4] xyxy pixels)
     above score_threshold drawn as coloured boxes with "name score"; ground_truth boxes [n, 4]
-    (xyxy pixels), if given, as thin white boxes."""
+    (xyxy pixels), if given, as thin white boxes with a black rim (visible on any fill)."""
     image = image.convert("RGB").copy()
     draw = ImageDraw.Draw(image)
     if ground_truth is not None:
         for box in ground_truth.tolist():
+            draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], outline=(0, 0, 0), width=3)
             draw.rectangle(box, outline=(255, 255, 255), width=1)
     keep = detections["scores"] >= score_threshold
     for score, label, box in zip(detections["scores"][keep].tolist(), detections["labels"][keep].tolist(),

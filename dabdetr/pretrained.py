@@ -212,6 +212,69 @@ def to_huggingface_state_dict(model, hf_resnet_backbone=False):
     return state
 
 
+_RESNET_LAYOUTS = {  # Hugging Face ResNetConfig fields of our backbones
+    "resnet18": {"layer_type": "basic", "depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 256, 512]},
+    "resnet34": {"layer_type": "basic", "depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 256, 512]},
+    "resnet50": {"layer_type": "bottleneck", "depths": [3, 4, 6, 3], "hidden_sizes": [256, 512, 1024, 2048]},
+    "resnet101": {"layer_type": "bottleneck", "depths": [3, 4, 23, 3], "hidden_sizes": [256, 512, 1024, 2048]},
+}
+
+
+def to_huggingface_config(model, class_names=None, timm_backbone=False):
+    """The config.json of transformers' DabDetrForObjectDetection for model.
+
+    timm_backbone=False: Hugging Face's own ResNet (loads without timm; what
+    to_huggingface_state_dict(hf_resnet_backbone=True) names); True: the hub checkpoints' timm
+    ResNet, which DC5 (dilation) needs there."""
+    config = model.config
+    if config.dilation and not timm_backbone:
+        raise ValueError("Hugging Face supports a dilated (DC5) backbone only through timm: use timm_backbone=True")
+    temperatures = (config.pe_temperature_h, config.pe_temperature_w)
+    if not all(float(t).is_integer() for t in temperatures):
+        raise ValueError(f"Hugging Face's config takes integer feature-map temperatures; this model has {temperatures}")
+    names = {label: (class_names or {}).get(label, f"LABEL_{label}") for label in range(config.num_classes)}
+    hf = {
+        "model_type": "dab-detr", "architectures": ["DabDetrForObjectDetection"],
+        "hidden_size": config.hidden_dim, "encoder_attention_heads": config.num_heads,
+        "decoder_attention_heads": config.num_heads, "encoder_ffn_dim": config.ffn_dim,
+        "decoder_ffn_dim": config.ffn_dim, "encoder_layers": config.num_encoder_layers,
+        "decoder_layers": config.num_decoder_layers, "num_queries": config.num_queries,
+        "num_patterns": config.num_patterns, "random_refpoints_xy": config.random_refpoints_xy,
+        "keep_query_pos": config.keep_query_pos, "dilation": config.dilation,
+        "temperature_height": int(temperatures[0]), "temperature_width": int(temperatures[1]),
+        "dropout": config.dropout, "activation_function": "prelu", "use_pretrained_backbone": False,
+        "id2label": {str(label): name for label, name in names.items()},
+        "label2id": {name: label for label, name in names.items()},
+    }
+    if timm_backbone:
+        if config.backbone_stage != 4:
+            raise ValueError(f"the timm backbone of Hugging Face reads C5; this model reads C{config.backbone_stage + 1}")
+        return {**hf, "use_timm_backbone": True, "backbone": config.backbone, "backbone_config": None}
+    backbone = {"model_type": "resnet", "embedding_size": 64, **_RESNET_LAYOUTS[config.backbone],
+                "out_features": [f"stage{config.backbone_stage}"]}
+    return {**hf, "use_timm_backbone": False, "backbone": None, "backbone_config": backbone}
+
+
+def save_huggingface(model, directory, class_names=None, timm_backbone=False):
+    """Writes a transformers DabDetrForObjectDetection directory: config.json and
+    model.safetensors (atomically). Inference differs from this model's where its inverse_sigmoid
+    eps are not Hugging Face's 1e-5 (official checkpoints use 1e-3; dabdetr-spec.md section 9.1),
+    and denoising weights (label_embed) are left out: transformers has no denoising."""
+    try:
+        from safetensors.torch import save as safetensors_bytes
+    except ImportError as error:
+        raise ImportError("writing the Hugging Face format needs the safetensors package") from error
+    hf_config = to_huggingface_config(model, class_names, timm_backbone)
+    state = to_huggingface_state_dict(model, hf_resnet_backbone=not timm_backbone)
+    # Clones: safetensors refuses tensors sharing memory (the q/k/v chunks, the decoder's box head).
+    state = {k: v.detach().clone() for k, v in state.items()
+             if not k.startswith("label_embed.") and not k.endswith("num_batches_tracked")}
+    os.makedirs(directory, exist_ok=True)
+    weights = os.path.join(directory, "model.safetensors")
+    atomic_write(weights, lambda f: f.write(safetensors_bytes(state)), binary=True)
+    atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: json.dump(hf_config, f, indent=1))
+
+
 # --- configs ---------------------------------------------------------------------------------
 
 def _infer_config(state, **known):
@@ -251,7 +314,9 @@ def _config_from_official_args(args):
 
 
 def _config_from_huggingface(hf):
+    out_features = (hf.get("backbone_config") or {}).get("out_features") or ["stage4"]
     values = {
+        "backbone_stage": int(out_features[-1][len("stage"):]),  # Hugging Face's stageN is torchvision's layerN
         "hidden_dim": hf.get("hidden_size", 256), "num_heads": hf.get("encoder_attention_heads", 8),
         "ffn_dim": hf.get("encoder_ffn_dim", 2048), "num_encoder_layers": hf.get("encoder_layers", 6),
         "num_decoder_layers": hf.get("decoder_layers", 6), "num_queries": hf.get("num_queries", 300),

@@ -2,7 +2,8 @@
 COCO evaluation, logs, curves, atomic checkpoints and exact resume; torchrun DDP.
 
 Files in output_dir (written by rank 0):
-    checkpoint.pt   the latest state (every epoch; --resume continues from it exactly)
+    checkpoint.pt   the latest state (every epoch, and every checkpoint_every steps; --resume
+                    continues from it exactly)
     best.pt         the same at the best AP so far
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
     train.log       the text log
@@ -12,6 +13,7 @@ Files in output_dir (written by rank 0):
     model/          the final model for dabdetr.from_pretrained
 """
 
+import itertools
 import json
 import logging
 import os
@@ -91,6 +93,19 @@ def load_initial_weights(model, path):
                     skipped[:10])
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch after its first `skip` indices: a mid-epoch
+    resume continues the epoch's own order (which depends on the seed and epoch only)."""
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self):
+        return super().__len__() - self.skip
+
+
 def parameter_groups(model, config: TrainConfig):
     """AdamW groups: the backbone at lr_backbone, the rest at lr (weight decay on all, as published)."""
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
@@ -107,7 +122,7 @@ class Trainer:
     saved one only in output_dir, epochs, device, num_workers, progress and eval_every.
     """
 
-    RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every")
+    RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every", "checkpoint_every")
 
     def __init__(self, config: TrainConfig, resume=None):
         checkpoint = load_train_checkpoint(resume) if resume else None
@@ -146,20 +161,24 @@ class Trainer:
 
         self.criterion = SetCriterion(model_config.num_classes, HungarianMatcher())
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay,
+                                           fused=self.device.type in ("cpu", "cuda"))  # one kernel per step
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_drop)
         self.grad_scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
+        self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
         if checkpoint is not None:
             self._restore(checkpoint, resume)
 
-        self.train_sampler = DistributedSampler(self.train_set, self.world_size, self.rank, shuffle=True,
-                                                seed=config.seed, drop_last=True)
+        self.train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, shuffle=True, seed=config.seed,
+                                          drop_last=True)
         self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
         workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
                    "pin_memory": self.device.type == "cuda"}
+        # The loader's own generator (worker seeds only): drawing from the global one at each
+        # epoch's start would shift the model's random stream after a mid-epoch resume.
         self.train_loader = DataLoader(self.train_set, config.batch_size, sampler=self.train_sampler, drop_last=True,
-                                       **workers)
+                                       generator=torch.Generator().manual_seed(config.seed + self.rank), **workers)
         self.val_loader = DataLoader(self.val_set, config.batch_size, sampler=self.val_sampler, **workers)
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set has {len(self.train_set)} images: fewer than one batch of "
@@ -180,7 +199,8 @@ class Trainer:
             handler._dabdetr = True
             logger.addHandler(handler)
 
-    def state_dict(self, epoch):
+    def state_dict(self, epoch, step=0):
+        """The training state after `epoch` whole epochs and `step` steps of the next one."""
         return {
             "format": TRAIN_CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -190,6 +210,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "epoch": epoch,
+            "step": step,
+            "epoch_totals": dict(self.epoch_totals) if step else {"steps": 0},  # the loss sums of those steps
             "best_ap": self.best_ap,
             "world_size": self.world_size,
             "class_names": {str(label): name for label, name in self.train_set.class_names.items()},
@@ -203,17 +225,21 @@ class Trainer:
         if self.grad_scaler is not None and checkpoint["grad_scaler"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
         self.start_epoch, self.best_ap = checkpoint["epoch"], checkpoint["best_ap"]
+        self.start_step = checkpoint.get("step", 0)
+        self.epoch_totals = dict(checkpoint.get("epoch_totals") or {"steps": 0})
         rng = checkpoint["rng"]
         set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
-        # The log keeps what led to this state; records of an epoch cut short are dropped.
+        # The log keeps what led to this state; records of steps after it are dropped.
         log_path = os.path.join(self.output_dir, "log.jsonl")
         if os.path.exists(log_path):
             with open(log_path) as f:
                 records = [json.loads(line) for line in f if line.strip()]
-            self.log_records = [r for r in records if r["epoch"] < self.start_epoch]
+            self.log_records = [r for r in records if r["epoch"] < self.start_epoch or (
+                r["epoch"] == self.start_epoch and r["type"] == "train" and r["step"] < self.start_step)]
         if self.is_main:
             atomic_write(log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
-            logger.info("resumed from %s after epoch %d (best AP %s)", path, self.start_epoch, self.best_ap)
+            logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
+                        self.best_ap)
 
     def _log(self, record):
         self.log_records.append(record)
@@ -221,8 +247,8 @@ class Trainer:
             with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def save_checkpoint(self, epoch, metrics):
-        state = self.state_dict(epoch)  # a collective: every rank takes part
+    def save_checkpoint(self, epoch, metrics, step=0):
+        state = self.state_dict(epoch, step)  # a collective: every rank takes part
         if not self.is_main:
             return
         atomic_torch_save(state, os.path.join(self.output_dir, "checkpoint.pt"))
@@ -231,24 +257,32 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def train_epoch(self, epoch):
+    def train_epoch(self, epoch, start_step=0):
+        """Trains epoch `epoch` from its step start_step (> 0: a mid-epoch resume)."""
         config = self.config
         self.train_sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        steps = len(self.train_loader)
+        self.train_sampler.skip = start_step * config.batch_size
+        remaining = len(self.train_loader)
+        steps = start_step + remaining
+        if start_step == 0:
+            self.epoch_totals = {"steps": 0}
 
-        def log_step(step, losses):
+        def after_step(step, losses):
             if step % config.log_every == 0 or step == steps - 1:
                 self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * steps + step,
                            "lr": self.optimizer.param_groups[0]["lr"], **losses})
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+                self.save_checkpoint(epoch, None, step=step + 1)
 
         start = time.perf_counter()
         means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device, epoch,
-                                config.clip_max_norm, config.amp, self.grad_scaler, log_step,
-                                show_progress=config.progress)
+                                config.clip_max_norm, config.amp, self.grad_scaler, after_step,
+                                show_progress=config.progress, start_step=start_step, totals=self.epoch_totals)
+        self.train_sampler.skip = 0
         elapsed = time.perf_counter() - start
         self._log({"type": "epoch", "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "time_s": elapsed,
-                   "images_per_s": steps * config.batch_size * self.world_size / elapsed, **means})
+                   "images_per_s": remaining * config.batch_size * self.world_size / elapsed, **means})
         self.scheduler.step()
         logger.info("epoch %d: loss %.4f (ce %.4f, l1 %.4f, giou %.4f), %.0f s", epoch, means["loss"],
                     means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
@@ -274,7 +308,7 @@ class Trainer:
                         config.data_root or "synthetic shapes", self.start_epoch, config.epochs - 1, self.device,
                         self.world_size, self.output_dir)
         for epoch in range(self.start_epoch, config.epochs):
-            self.train_epoch(epoch)
+            self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
             metrics = None
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 metrics, _ = self.evaluate(epoch)

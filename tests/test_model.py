@@ -264,6 +264,46 @@ def test_huggingface_hub_layout_with_timm_backbone(tmp_path):
     _assert_same_outputs(model, loaded)
 
 
+@pytest.mark.parametrize("backbone,stage", [("resnet18", 3), ("resnet50", 4)])
+def test_saved_huggingface_directory_runs_in_transformers(tmp_path, backbone, stage):
+    # The writer's output, loaded by transformers itself, computes what our model computes.
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    model = _small(backbone=backbone, backbone_stage=stage, backbone_norm="batch_norm", backbone_frozen_stages=0,
+                   dn_groups=2, num_patterns=2, anchor_update_eps=1e-5, box_head_eps=1e-5)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking batch-norm statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+    pretrained.save_huggingface(model, tmp_path, class_names={0: "ellipse"})
+    hf = transformers.DabDetrForObjectDetection.from_pretrained(str(tmp_path)).eval()
+    assert hf.config.id2label[0] == "ellipse" and hf.config.num_labels == model.config.num_classes
+    images, mask = _images(height=96, width=128)
+    with torch.no_grad():
+        expected = hf(pixel_values=images, pixel_mask=(~mask).long())
+        out = model(images, mask)
+    torch.testing.assert_close(out["pred_logits"], expected.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["pred_boxes"], expected.pred_boxes, rtol=0, atol=1e-4)
+    # And back: our reader gets the same model (without the training-only denoising embedding).
+    loaded = dabdetr.from_pretrained(str(tmp_path))
+    assert loaded.config.backbone_stage == stage and loaded.config.dn_groups == 0
+    _assert_same_outputs(model, loaded)
+
+
+def test_saved_huggingface_timm_layout_round_trips(tmp_path):
+    # transformers needs timm to build this layout (not installed here); our reader checks it.
+    pytest.importorskip("safetensors")
+    model = _small(backbone="resnet50", dilation=True, anchor_update_eps=1e-5, box_head_eps=1e-5)
+    with pytest.raises(ValueError, match="dilated .DC5. backbone only through timm"):
+        pretrained.save_huggingface(model, tmp_path / "no")
+    pretrained.save_huggingface(model, tmp_path, timm_backbone=True)
+    loaded = dabdetr.from_pretrained(str(tmp_path))
+    assert loaded.config.dilation
+    _assert_same_outputs(model, loaded)
+
+
 def test_explicit_source_of_the_wrong_kind_raises(tmp_path):
     path = tmp_path / "mmdet.pth"
     torch.save({"state_dict": pretrained.to_mmdetection_state_dict(_small())}, path)

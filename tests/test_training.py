@@ -40,6 +40,12 @@ def step_losses(output_dir, epoch):
     return [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]
 
 
+def epoch_mean_losses(output_dir):
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [r["loss"] for r in records if r["type"] == "epoch"]
+
+
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = DABDETR(preset("demo", num_classes=4, **TINY_MODEL))
@@ -86,6 +92,39 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     for name in ("metrics.json", "curves.png", "detections.png", "best.pt", "model/config.json"):
         assert os.path.exists(tmp_path / "cut" / name), name
+
+
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    # 3 steps per epoch; checkpoints every 2 steps; the run dies at the last step of epoch 1,
+    # after the checkpoint of its step 2, and resumes from there (the straight run writes only
+    # per-epoch checkpoints, so writing them changes nothing either).
+    run = {"synthetic_train_images": 12, "epochs": 2}
+    Trainer(tiny_config(tmp_path / "straight", **run)).fit()
+    original_forward, calls = SetCriterion.forward, {"n": 0}
+
+    def crash_at_step_3_of_epoch_1(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("simulated crash")
+        return original_forward(self, outputs, targets)
+
+    monkeypatch.setattr(SetCriterion, "forward", crash_at_step_3_of_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(tmp_path / "cut", checkpoint_every=2, **run)).fit()
+    monkeypatch.setattr(SetCriterion, "forward", original_forward)
+    checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
+    assert (checkpoint["epoch"], checkpoint["step"], checkpoint["epoch_totals"]["steps"]) == (1, 2, 2)
+
+    Trainer(tiny_config(tmp_path / "cut", **run), resume=str(tmp_path / "cut" / "checkpoint.pt")).fit()
+    for epoch in (0, 1):
+        assert len(step_losses(tmp_path / "straight", epoch)) == 3
+        assert step_losses(tmp_path / "straight", epoch) == step_losses(tmp_path / "cut", epoch)
+    straight = load_train_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["model"]
+    resumed = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    straight_means, cut_means = (epoch_mean_losses(tmp_path / name) for name in ("straight", "cut"))
+    assert len(straight_means) == 2 and straight_means == cut_means  # the means span the resume
 
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
@@ -166,6 +205,18 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     converted = from_pretrained(str(tmp_path / "official.pth"), backbone_norm="batch_norm", backbone_frozen_stages=0,
                                 backbone_stage=3, dn_groups=3)
     assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
+
+    pytest.importorskip("safetensors")
+    cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "hf"), "--to", "huggingface"])
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert sorted(hf_config["id2label"].values()) == ["cross", "ellipse", "rectangle", "triangle"]
+    # Hugging Face's eps differ from ours (dabdetr-spec.md 9.1); with ours, the same detector.
+    from_hf = from_pretrained(str(tmp_path / "hf"), anchor_update_eps=1e-3, box_head_eps=1e-3)
+    images, mask = torch.rand(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        expected, out = original(images, mask), from_hf(images, mask)
+    torch.testing.assert_close(out["pred_logits"], expected["pred_logits"])
+    torch.testing.assert_close(out["pred_boxes"], expected["pred_boxes"])
 
 
 @pytest.mark.skipif(not os.path.isdir(TINYCOCO), reason=f"tinycoco not found at {TINYCOCO}")

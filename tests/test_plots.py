@@ -1,0 +1,31 @@
+"""The pictures: ground truth and detections stay visible whatever the image colours."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dabdetr.plots import PALETTE, draw_detections
+
+NO_DETECTIONS = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+
+
+@pytest.mark.parametrize("fill", [(255, 255, 255), (0, 0, 0), (200, 200, 250)])
+def test_ground_truth_outline_is_visible_on_any_fill(fill):
+    image = Image.new("RGB", (64, 64), fill)
+    drawn = np.asarray(draw_detections(image, NO_DETECTIONS, {}, ground_truth=torch.tensor([[10.0, 20, 40, 50]])))
+    # Across every point of every side, the 3-pixel band centred on the edge differs from the fill.
+    differs = (drawn != fill).any(axis=-1)
+    assert differs[19:22, 10:41].any(axis=0).all() and differs[49:52, 10:41].any(axis=0).all()
+    assert differs[20:51, 9:12].any(axis=1).all() and differs[20:51, 39:42].any(axis=1).all()
+    assert (drawn[25:45, 15:35] == fill).all()  # the inside is untouched
+    assert (drawn[:15] == fill).all()
+
+
+def test_detections_below_the_threshold_are_not_drawn():
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    detections = {"scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([1, 2]),
+                  "boxes": torch.tensor([[5.0, 30, 30, 60], [35.0, 30, 60, 60]])}
+    drawn = np.asarray(draw_detections(image, detections, {1: "a", 2: "b"}, score_threshold=0.5))
+    assert (drawn[45, 5] == PALETTE[1]).all()  # the left edge of the kept box
+    assert (drawn[40:62, 33:62] == 128).all()  # nothing where the dropped box was
