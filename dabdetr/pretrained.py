@@ -248,7 +248,8 @@ def to_huggingface_config(model, class_names=None, timm_backbone=False):
     }
     if timm_backbone:
         if config.backbone_stage != 4:
-            raise ValueError(f"the timm backbone of Hugging Face reads C5; this model reads C{config.backbone_stage + 1}")
+            raise ValueError("the timm backbone of Hugging Face reads C5; this model reads "
+                             f"C{config.backbone_stage + 1}")
         return {**hf, "use_timm_backbone": True, "backbone": config.backbone, "backbone_config": None}
     backbone = {"model_type": "resnet", "embedding_size": 64, **_RESNET_LAYOUTS[config.backbone],
                 "out_features": [f"stage{config.backbone_stage}"]}

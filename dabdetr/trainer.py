@@ -116,13 +116,15 @@ def parameter_groups(model, config: TrainConfig):
 class Trainer:
     """Trainer(config, resume=None).fit() trains, evaluates and writes output_dir (module doc).
 
-    resume: a checkpoint.pt written by a Trainer; training continues after its last finished
-    epoch with the same model, optimizer, scheduler, generator states and best AP, so the run
-    is the one it would have been without the interruption. The config given here wins over the
-    saved one only in output_dir, epochs, device, num_workers, progress and eval_every.
+    resume: a checkpoint.pt written by a Trainer; training continues at the step after it (an
+    epoch's end, or within an epoch with checkpoint_every) with the same model, optimizer,
+    scheduler, generator states, loss sums and best AP, so the run is the one it would have been
+    without the interruption. The config given here wins over the saved one only in
+    RESUMABLE_CHANGES.
     """
 
-    RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every", "checkpoint_every")
+    RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
+                         "checkpoint_every")
 
     def __init__(self, config: TrainConfig, resume=None):
         checkpoint = load_train_checkpoint(resume) if resume else None

@@ -102,8 +102,8 @@ PRESETS = {
     # batch norm and no frozen stage (no pretrained weights to keep), C4 features (stride 16: an
     # 8x8 map for the 128-pixel images), and denoising queries (DN-DETR's remedy for slow early
     # training) with half of their labels flipped (DINO's ratio): with DN-DETR's 0.2 the denoising
-    # queries mostly copy their label, and AP stayed near 0.01 for 3 epochs; with 0.5 they must
-    # classify from the image, and AP reached 0.30 after 3 epochs.
+    # queries mostly copy their label, and AP was 0.01-0.03 after 3 epochs; with 0.5 they must
+    # classify from the image, and AP was 0.25-0.29 after 3 epochs.
     "demo": {
         "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "backbone_stage": 3,
         "hidden_dim": 128, "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3,
