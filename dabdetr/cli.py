@@ -241,6 +241,8 @@ def run_convert(args):
     from dabdetr.checkpoint import atomic_torch_save
     from dabdetr.pretrained import load_pretrained, save_huggingface, to_mmdetection_state_dict, to_official_state_dict
 
+    if args.timm_backbone and args.to != "huggingface":
+        raise SystemExit(f"convert: --timm-backbone applies to --to huggingface only, not --to {args.to}")
     model, metadata = load_pretrained(args.source, source=args.source_format)
     if args.to == "dabdetr":
         model.save_pretrained(args.destination, metadata["class_names"])

@@ -241,3 +241,5 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         cli(["train", "--set", "epochs"])
     with pytest.raises(SystemExit, match="unknown benchmarks"):
         cli(["bench", "everything"])
+    with pytest.raises(SystemExit, match="--timm-backbone applies to --to huggingface only"):
+        cli(["convert", str(tmp_path / "nowhere.pt"), str(tmp_path / "out.pth"), "--to", "official", "--timm-backbone"])
