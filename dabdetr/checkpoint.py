@@ -4,7 +4,9 @@ A training checkpoint is a dict saved with torch.save, loadable with weights_onl
 
     format "dabdetr-train-checkpoint"; model (state dict); model_config, train_config (dicts);
     optimizer, scheduler, grad_scaler (state dicts, grad_scaler None without fp16 AMP);
-    epoch (the number of finished epochs); best_ap (float or None); rng (the generator states).
+    epoch (the number of finished epochs); step (the steps of the next epoch already done: 0, or
+    more in a mid-epoch checkpoint) and epoch_totals (their loss sums, "steps" their count);
+    best_ap (float or None); rng (every process's generator states).
 """
 
 import os

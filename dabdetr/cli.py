@@ -83,11 +83,12 @@ def run_train(args):
         if fixed:
             raise SystemExit(f"train --resume: {fixed} cannot change when resuming (only "
                              f"{list(Trainer.RESUMABLE_CHANGES)} can)")
-        saved = TrainConfig.from_dict(load_train_checkpoint(args.resume)["train_config"])
+        checkpoint = load_train_checkpoint(args.resume)
+        saved = TrainConfig.from_dict(checkpoint["train_config"])
         config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(args.resume)), **overrides})
     else:
-        config = recipe(args.preset, **overrides)
-    metrics = Trainer(config, resume=args.resume).fit()
+        checkpoint, config = None, recipe(args.preset, **overrides)
+    metrics = Trainer(config, resume=args.resume, checkpoint=checkpoint).fit()
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
         print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
@@ -175,8 +176,7 @@ def add_predict_parser(subparsers):
 
 
 def run_predict(args):
-    from PIL import Image, UnidentifiedImageError
-
+    from dabdetr.data.coco import open_image
     from dabdetr.data.transforms import make_transforms
     from dabdetr.engine import detect_image
     from dabdetr.plots import draw_detections
@@ -194,13 +194,7 @@ def run_predict(args):
     os.makedirs(args.output_dir, exist_ok=True)
     predictions = []
     for path in args.images:
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except FileNotFoundError:
-            raise SystemExit(f"predict: image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise SystemExit(f"predict: cannot decode image {path}: {error}") from None
+        image = open_image(path)  # main() reports its errors
         target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
                   "size": torch.tensor([image.height, image.width])}
         pixels, _ = transforms(image, target, None)

@@ -27,7 +27,7 @@ def to_coco_results(image_ids, detections, label_to_category_id):
     return results
 
 
-def evaluate_detections(coco_gt, results, image_ids=None, verbose=False):
+def evaluate_detections(coco_gt, results, image_ids=None):
     """COCOeval (bbox, maxDets 100) of result dicts against the COCO ground truth.
 
     Returns {"AP", "AP50", "AP75", "APs", "APm", "APl"} as fractions in [0, 1], None where
@@ -46,8 +46,6 @@ def evaluate_detections(coco_gt, results, image_ids=None, verbose=False):
     table = io.StringIO()
     with contextlib.redirect_stdout(table):
         evaluator.summarize()
-    if verbose:
-        print(table.getvalue(), end="")
     stats = np.asarray(evaluator.stats[: len(METRIC_NAMES)], dtype=float)
     metrics = {name: (None if value < 0 else float(value)) for name, value in zip(METRIC_NAMES, stats)}
     return {**metrics, "table": table.getvalue()}

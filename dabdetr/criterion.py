@@ -4,10 +4,10 @@ GIoU box losses on Hungarian-matched pairs, for the final and every auxiliary de
 import re
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from dabdetr import distributed
 from dabdetr.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from dabdetr.models.denoising import padded_targets
 
@@ -22,13 +22,10 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     return alpha_t * (1 - p_t) ** gamma * bce
 
 
-def global_num_boxes(targets, device):
+def global_num_boxes(targets):
     """Ground-truth boxes per process in the global batch (all-reduced mean), at least 1."""
-    num_boxes = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_boxes)
-        num_boxes /= dist.get_world_size()
-    return num_boxes.clamp(min=1).item()
+    num_boxes = distributed.all_reduce_mean({"num_boxes": sum(len(t["labels"]) for t in targets)})["num_boxes"]
+    return max(num_boxes, 1.0)
 
 
 class SetCriterion(nn.Module):
@@ -88,7 +85,7 @@ class SetCriterion(nn.Module):
             if len(t["labels"]) and int(t["labels"].max()) >= self.num_classes:
                 raise ValueError(f"SetCriterion: target label {int(t['labels'].max())} >= num_classes "
                                  f"{self.num_classes}")
-        num_boxes = global_num_boxes(targets, outputs["pred_logits"].device)
+        num_boxes = global_num_boxes(targets)
         losses = self.layer_losses(outputs, targets, num_boxes)
         if self.aux_loss:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):

@@ -20,9 +20,9 @@ def plot_training_curves(records, path):
     epochs = [r for r in records if r["type"] == "epoch"]
     evals = [r for r in records if r["type"] == "eval"]
     steps_per_epoch = {r["epoch"]: r["step"] + 1 for r in steps}  # the last logged step closes an epoch
+    x = [r["epoch"] + r["step"] / steps_per_epoch[r["epoch"]] for r in steps]
     figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in LOSS_NAMES:
-        x = [r["epoch"] + r["step"] / steps_per_epoch[r["epoch"]] for r in steps]
         loss_axis.plot(x, [r[name] for r in steps], label=name, linewidth=1, alpha=0.8)
     if epochs:
         loss_axis.plot([r["epoch"] + 1 for r in epochs], [r["loss"] for r in epochs], "ko-", label="loss (epoch mean)")

@@ -120,14 +120,15 @@ class Trainer:
     epoch's end, or within an epoch with checkpoint_every) with the same model, optimizer,
     scheduler, generator states, loss sums and best AP, so the run is the one it would have been
     without the interruption. The config given here wins over the saved one only in
-    RESUMABLE_CHANGES.
+    RESUMABLE_CHANGES. checkpoint: resume's content, if already read (load_train_checkpoint).
     """
 
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
                          "checkpoint_every")
 
-    def __init__(self, config: TrainConfig, resume=None):
-        checkpoint = load_train_checkpoint(resume) if resume else None
+    def __init__(self, config: TrainConfig, resume=None, checkpoint=None):
+        if resume and checkpoint is None:
+            checkpoint = load_train_checkpoint(resume)
         if checkpoint is not None:
             saved = TrainConfig.from_dict(checkpoint["train_config"])
             config = saved.replace(**{k: getattr(config, k) for k in self.RESUMABLE_CHANGES})

@@ -2,6 +2,7 @@
 checkpoint kinds, and the CLI end to end (tiny models on the synthetic set)."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -182,6 +183,11 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
          *settings, *[f"--model={k}={v}" for k, v in TINY_MODEL.items()]])
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics) and 0 <= metrics["AP"] <= 1
+    with pytest.raises(SystemExit, match="cannot change when resuming"):
+        cli(["train", "--resume", str(run / "checkpoint.pt"), "--lr", "1"])
+    cli(["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "2", "--no-progress"])  # one epoch more
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert load_train_checkpoint(str(run / "checkpoint.pt"))["epoch"] == 2
 
     cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0"])
     printed = capsys.readouterr().out
@@ -232,11 +238,18 @@ def test_cli_eval_of_a_pretrained_directory_on_a_coco_json(tmp_path, capsys):
     assert detections and {d["category_id"] for d in detections} <= coco_ids  # logits 0 and unused ids dropped
 
 
-def test_cli_errors_are_clear(tmp_path, capsys):
+def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):
     with pytest.raises(SystemExit):
         cli(["eval", str(tmp_path / "nowhere.pt"), "--annotations", "x.json", "--images", "."])
     with pytest.raises(SystemExit):
         cli(["predict", str(tmp_path / "nowhere.pt"), "a.png"])
+    # main() logs the error; an earlier Trainer may have stopped that logger's propagation to caplog's.
+    monkeypatch.setattr(logging.getLogger("dabdetr"), "propagate", True)
+    model_dir = tmp_path / "model"
+    DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).save_pretrained(str(model_dir))
+    with pytest.raises(SystemExit):
+        cli(["predict", str(model_dir), str(tmp_path / "missing.png"), "--output-dir", str(tmp_path / "out")])
+    assert f"image file not found: {tmp_path / 'missing.png'}" in caplog.text
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
     with pytest.raises(SystemExit, match="unknown benchmarks"):

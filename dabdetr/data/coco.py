@@ -21,7 +21,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from dabdetr.box_ops import box_xywh_to_xyxy
+
 LABEL_MAPPINGS = ("category_id", "contiguous")
+
+
+def open_image(path):
+    """The PIL RGB image at path; a missing or undecodable file is an error naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
 def load_coco(annotations, source="annotations"):
@@ -84,20 +97,12 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, image_info):
         """The PIL RGB image of an entry of coco.imgs."""
-        path = os.path.join(self.image_dir, image_info["file_name"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: {path} (image id {image_info['id']})")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot decode image {path}: {error}") from None
+        return open_image(os.path.join(self.image_dir, image_info["file_name"]))
 
     def raw_target(self, image_id, width, height):
         """Target in pixels of the stored image: xyxy boxes clipped to it, crowd and empty boxes dropped."""
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
+        boxes = box_xywh_to_xyxy(torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4))
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         labels = torch.tensor([self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)

@@ -210,10 +210,6 @@ class Transformer(nn.Module):
         Returns (memory [B, S, d], hs [L, B, Nq', d], references [L, B, Nq', 4]);
         Nq' = Nq * max(num_patterns, 1)."""
         memory = self.encoder(src, pos, key_padding_mask)
-        return (memory, *self.decode(memory, pos, key_padding_mask, anchor_logits, bbox_embed))
-
-    def decode(self, memory, pos, key_padding_mask, anchor_logits, bbox_embed):
-        """The decoder on the learned anchors (and patterns): (hs, references) as in forward."""
         B, d = memory.shape[0], memory.shape[-1]
         anchors = anchor_logits.sigmoid()
         if self.patterns is None:
@@ -223,4 +219,4 @@ class Transformer(nn.Module):
             tgt = self.patterns.weight.repeat_interleave(anchors.shape[0], dim=0)[None].expand(B, -1, -1)
             anchors = anchors.repeat(num_patterns, 1)
         anchors = anchors[None].expand(B, -1, -1)
-        return self.decoder(tgt, memory, pos, key_padding_mask, anchors, bbox_embed)
+        return (memory, *self.decoder(tgt, memory, pos, key_padding_mask, anchors, bbox_embed))
