@@ -63,6 +63,7 @@ def add_train_parser(subparsers):
 
 
 def run_train(args):
+    from dabdetr import distributed
     from dabdetr.checkpoint import load_train_checkpoint
     from dabdetr.train_config import TrainConfig, recipe
     from dabdetr.trainer import Trainer
@@ -88,7 +89,10 @@ def run_train(args):
         config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(args.resume)), **overrides})
     else:
         checkpoint, config = None, recipe(args.preset, **overrides)
-    metrics = Trainer(config, resume=args.resume, checkpoint=checkpoint).fit()
+    trainer = Trainer(config, resume=args.resume, checkpoint=checkpoint)
+    metrics = trainer.fit()
+    del trainer  # its DDP model holds the process group
+    distributed.shutdown()
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
         print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "

@@ -43,6 +43,15 @@ def barrier():
         dist.barrier()
 
 
+def shutdown():
+    """Leaves the process group, all processes together (a no-op in one process). Call it after
+    the last collective, once nothing (a DDP model) holds the group any more: a group torn down
+    only at interpreter exit can abort there (gloo's threads)."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(values):
     """Mean over processes of a dict of float scalars (one collective)."""
     if not is_distributed() or not values:

@@ -8,6 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from dabdetr import distributed
 from dabdetr.train_config import recipe
 from dabdetr.trainer import Trainer
 
@@ -28,5 +29,5 @@ if dist.get_rank() == 0:
               "parameters_changed": bool((flat != initial).any())}
     with open(os.path.join(output_dir, "ddp_result.json"), "w") as f:
         json.dump(report, f)
-dist.barrier()  # both ranks leave together: tearing gloo down under a rank still in a collective aborts
-dist.destroy_process_group()
+del trainer  # its DDP model holds the process group: release it while the interpreter is alive
+distributed.shutdown()
