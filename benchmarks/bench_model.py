@@ -1,13 +1,13 @@
 """Benchmark of the whole detector: ops_impl="reference" vs "kernel", with Hugging Face's
 DabDetrForObjectDetection (same architecture, random weights) as a peer on the same input.
 
-Inference at batch 1 and 8, and one training step (forward + backward of a scalar of all
-outputs). Hugging Face's stem and layer1 are frozen as ours are, so the training steps do the
-same work. Images are 800x1066 (the COCO evaluation size, where the attention ops matter; at
-small sizes the ResNet dominates and the peers are within noise); the CPU training step uses
-batch 2. CUDA runs float32 and bfloat16 autocast.
+Inference and one training step (forward + backward of a scalar of all outputs). Hugging Face's
+stem and layer1 are frozen as ours are, so the training steps do the same work. Images are
+800x1066 (the COCO evaluation size, where the attention ops matter; at small sizes the ResNet
+dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2.
+CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory of each call.
 
-    python benchmarks/bench_model.py [--device cuda] [--preset dab_detr_r50]
+    python benchmarks/bench_model.py [--device cuda] [--preset dab_detr_r50] [--size 800x1066] [--batches 2,8]
 """
 
 import argparse
@@ -28,6 +28,14 @@ def huggingface_peer(config, device):
         import transformers
     except ImportError:
         return None
+    try:
+        return _huggingface_model(transformers, config, device)
+    except Exception as error:  # a transformers release whose DAB-DETR API differs: no peer, said why
+        print(f"Hugging Face peer unavailable ({type(error).__name__}: {error})")
+        return None
+
+
+def _huggingface_model(transformers, config, device):
     backbone = transformers.ResNetConfig(out_features=["stage4"], depths={"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}[config.backbone])
     hf_config = transformers.DabDetrConfig(
         use_timm_backbone=False, backbone=None, use_pretrained_backbone=False, backbone_config=backbone,
@@ -76,12 +84,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="dab_detr_r50")
+    parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes of every task")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    height, width = 800, 1066
+    height, width = (int(v) for v in args.size.split("x"))
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+        tasks = [(task, b) for task in ("inference", "train step") for b in batches]
+    elif cuda:
+        tasks = [(task, b) for task in ("inference", "train step") for b in (2, 8)]
+    else:
+        tasks = [("inference", 1), ("inference", 8), ("train step", 2)]
     repeats = args.repeats or (10 if cuda else 3)
     config = preset(args.preset)
     torch.manual_seed(0)
@@ -97,20 +114,24 @@ def main():
 
     rows = []
     for precision, autocast in precisions:
-        for task, batch in (("inference", 1), ("inference", 8), ("train step", 8 if cuda else 2)):
+        for task, batch in tasks:
             images = torch.randn(batch, 3, height, width, device=device)
             mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
             mask[1:, :, width * 3 // 4:] = True  # later images padded, as in a real batch
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():
+                # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.
+                peak = harness.peak_memory_bytes(lambda fn=fns[impl]: fn, (), device) / 2**20 if cuda else None
                 rows.append({"task": task, "batch": batch, "image": f"{height}x{width}", "precision": precision,
                              "impl": impl, "median_ms": ms, "speedup_vs_reference": times["reference"] / ms,
-                             "images_per_s": batch / (ms * 1e-3)})
+                             "images_per_s": batch / (ms * 1e-3), "peak_extra_mb": peak})
             print(f"  {precision} {task} batch {batch}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()))
+            del images, mask, fns
     harness.write_results(
         "model", device, rows,
-        ["task", "batch", "image", "precision", "impl", "median_ms", "speedup_vs_reference", "images_per_s"],
+        ["task", "batch", "image", "precision", "impl", "median_ms", "speedup_vs_reference", "images_per_s",
+         "peak_extra_mb"],
         extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,
     )
 

@@ -1,50 +1,137 @@
 #!/usr/bin/env bash
-# The GPU run, in one command (for the device tool's machines: torch with CUDA, nvcc, pytest and
-# ninja installed, no network): builds the extension from source with its CUDA kernels, runs the
-# whole test suite (CUDA tests included) and both benchmarks on the GPU, writes everything under
-# $OUT (default benchmarks/results) and prints a summary.
+# The GPU run in one command, for the device tool's machines (torch with CUDA, nvcc, pytest and
+# ninja installed, no network). Every phase writes its log under $OUT as it goes, so a run cut off
+# at its time limit still returns what it did. Each phase has a time limit well inside the device
+# tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build demo` a third.
 #
-#   bash benchmarks/run_gpu_suite.sh            # TORCH_CUDA_ARCH_LIST defaults to this GPU's arch
+#   bash benchmarks/run_gpu_suite.sh [--dry-run] [PHASE ...]
+#
+# Phases, in the order given (default: build tests bench):
+#   build   setup.py build_ext --inplace with the CUDA kernels (MAX_JOBS = cores); stops the run at
+#           the first compiler error, printing it. Every other phase needs it (same machine).
+#   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
+#   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
+#   model   bench_model: dab_detr_r50 at 800x1066, batch 2 and 8, fp32 and bf16 autocast.
+#   demo    scripts/demo.sh on the GPU; metrics and pictures under $OUT/demo.
+# --dry-run checks the script on a machine without a GPU: CPU build, the CUDA test files (they
+# skip), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
+#
+# pycocotools is not on the GPU machines: `bash benchmarks/fetch_gpu_wheels.sh` here puts its
+# wheel in .whl/, which the device tool carries (carry: [".whl"]); this script installs it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results}
+
+DRY_RUN=0
+PHASES=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    build|tests|bench|model|demo) PHASES+=("$arg") ;;
+    *) echo "unknown argument: $arg (phases: build tests bench model demo; --dry-run)"; exit 2 ;;
+  esac
+done
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(build tests bench)
+
+OUT=${OUT:-benchmarks/results/gpu_run}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DABDETR_BUILD_CUDA=1
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+LOG="$OUT/gpu_suite.log"
 PY=${PYTHON:-python3}
-if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-  export TORCH_CUDA_ARCH_LIST
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+if [ $DRY_RUN = 1 ]; then
+  DEVICE=cpu
+  export DABDETR_BUILD_CUDA=0 CUDA_VISIBLE_DEVICES=""
+else
+  DEVICE=cuda
+  export DABDETR_BUILD_CUDA=1
 fi
 status=0
 
-echo "== environment" | tee "$OUT/gpu_suite.log"
-$PY - <<'PY' 2>&1 | tee -a "$OUT/gpu_suite.log"
+say() { echo "$*" | tee -a "$LOG"; }
+# run NAME TIMEOUT_S CMD...: the command's output goes to $OUT/NAME.log; a failure is recorded.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  say "   $name: exit $rc in $(( $(date +%s) - start )) s"
+  [ $rc -eq 0 ] || { tail -25 "$OUT/$name.log"; status=1; }
+  return $rc
+}
+
+if [ $DRY_RUN = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+$PY -c "import pycocotools" 2>/dev/null || say "note: pycocotools missing; the tests that need it skip (run benchmarks/fetch_gpu_wheels.sh and carry .whl)"
+
+say "== environment (dry run: $DRY_RUN)"
+$PY - <<'PY' 2>&1 | tee -a "$LOG"
 import datetime, torch
 print("date", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"))
-print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", name)
 PY
-nvcc --version | tail -1 | tee -a "$OUT/gpu_suite.log"
+command -v nvcc >/dev/null && nvcc --version | tail -1 | tee -a "$LOG"
 
-echo "== build (archs $TORCH_CUDA_ARCH_LIST)" | tee -a "$OUT/gpu_suite.log"
-start=$(date +%s)
-if ! $PY setup.py build_ext --inplace >"$OUT/gpu_build.log" 2>&1; then
-  tail -40 "$OUT/gpu_build.log"; echo "BUILD FAILED"; exit 1
-fi
-echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu_suite.log"
-$PY -c "import dabdetr, sys; i = dabdetr.ops.kernel_info(); print(i); sys.exit(0 if i['cuda'] else 'no CUDA kernels')" \
-  2>&1 | tee -a "$OUT/gpu_suite.log" || exit 1
+phase_build() {
+  if [ $DRY_RUN = 0 ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+    export TORCH_CUDA_ARCH_LIST
+  fi
+  say "== build (CUDA: $DABDETR_BUILD_CUDA, archs ${TORCH_CUDA_ARCH_LIST:-none}, $MAX_JOBS jobs)"
+  if ! run build 420 $PY setup.py build_ext --inplace; then
+    say "BUILD FAILED; first errors:"
+    grep -m 20 -E "error|Error" "$OUT/build.log" | tee -a "$LOG"
+    exit 1
+  fi
+  $PY -c "import dabdetr, sys; i = dabdetr.ops.kernel_info(); print(i); sys.exit(0 if i['cuda'] or '$DEVICE' == 'cpu' else 'no CUDA kernels')" \
+    2>&1 | tee -a "$LOG" || exit 1
+}
 
-echo "== tests" | tee -a "$OUT/gpu_suite.log"
-$PY -m pytest -q -p no:cacheprovider tests --junitxml="$OUT/gpu_tests.xml" >"$OUT/gpu_tests.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -30 | tee -a "$OUT/gpu_suite.log"
+phase_tests() {
+  say "== CUDA tests"
+  run tests_cuda 360 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py \
+    tests/test_sine_embed.py -k "cuda" -rs --junitxml="$OUT/tests_cuda.xml"
+  grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_cuda.log" | tail -30 | tee -a "$LOG"
+  [ $status = 0 ] || { say "CUDA tests failed: stopping before the rest"; exit 1; }
+  say "== the rest of the suite"
+  local rest=(tests)
+  [ $DRY_RUN = 1 ] && rest=(tests/test_dispatch.py)
+  run tests_all 300 $PY -m pytest -q -p no:cacheprovider "${rest[@]}" -k "not cuda" -rs --junitxml="$OUT/tests_all.xml"
+  grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_all.log" | tail -30 | tee -a "$LOG"
+}
 
-echo "== benchmarks" | tee -a "$OUT/gpu_suite.log"
-$PY benchmarks/bench_attention.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_attention.log" 2>&1 || status=1
-$PY benchmarks/bench_sine_embed.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_sine.log" 2>&1 || status=1
-$PY benchmarks/bench_model.py --device cuda --out-dir "$OUT" >"$OUT/gpu_bench_model.log" 2>&1 || status=1
-tail -4 "$OUT/gpu_bench_attention.log" "$OUT/gpu_bench_sine.log" "$OUT/gpu_bench_model.log"
+phase_bench() {
+  say "== op benchmarks ($DEVICE)"
+  local quick=()
+  [ $DRY_RUN = 1 ] && quick=(--quick --repeats 2)
+  run bench_attention 300 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT" "${quick[@]}"
+  tail -3 "$OUT/bench_attention.log"
+  local sine=(--dtypes float32,bfloat16)
+  [ $DRY_RUN = 1 ] && sine=(--dtypes float32 --repeats 2)  # the CPU kernels are fp32/fp64
+  run bench_sine_embed 120 $PY benchmarks/bench_sine_embed.py --device "$DEVICE" --out-dir "$OUT" "${sine[@]}"
+  tail -3 "$OUT/bench_sine_embed.log"
+  $PY benchmarks/summarize_targets.py "$OUT" 2>&1 | tee -a "$LOG"
+}
 
-echo "== summary" | tee -a "$OUT/gpu_suite.log"
-$PY benchmarks/summarize_targets.py "$OUT" 2>&1 | tee -a "$OUT/gpu_suite.log" || status=1
+phase_model() {
+  say "== model benchmark ($DEVICE)"
+  local small=()
+  [ $DRY_RUN = 1 ] && small=(--preset demo --size 96x128 --batches 1 --repeats 1)
+  run bench_model 400 $PY benchmarks/bench_model.py --device "$DEVICE" --out-dir "$OUT" "${small[@]}"
+  tail -12 "$OUT/bench_model.log" | tee -a "$LOG"
+}
+
+phase_demo() {
+  say "== demo ($DEVICE)"
+  local short=()
+  [ $DRY_RUN = 1 ] && short=(--set epochs=1 --set synthetic_train_images=16 --set synthetic_val_images=8)
+  DABDETR_NO_VENV=1 DABDETR_OUT="$OUT/demo" run demo 540 bash scripts/demo.sh "${short[@]}"
+  tail -5 "$OUT/demo.log" | tee -a "$LOG"
+}
+
+for phase in "${PHASES[@]}"; do "phase_$phase"; done
+say "== done: status $status"
 exit $status

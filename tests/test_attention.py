@@ -6,6 +6,7 @@ import torch
 from dabdetr.ops import modulated_attention
 from dabdetr.ops import reference
 from op_samples import (
+    AttentionCase,
     ATTENTION_CASES,
     GRADCHECK_CASES,
     assert_error_ratio,
@@ -115,12 +116,18 @@ def test_explicit_scale(device):
     )
 
 
-def test_empty_batch_and_queries(device):
-    for case_kw in ({"B": 0}, {"Nq": 0}):
-        case = ATTENTION_CASES[0].__class__("empty", **case_kw)
-        inputs = attention_inputs(case, device, torch.float32)
-        out = modulated_attention(**inputs, impl="kernel")
-        assert out.shape == (case.B, case.H, case.Nq, case.Dv)
+def test_empty_sizes_match_the_reference(device):
+    for sizes in ({"B": 0}, {"H": 0}, {"Nq": 0}, {"Nk": 0}):
+        case = AttentionCase("empty", mask="random", **sizes)
+        inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
+        leaves = [inputs[n] for n in GRAD_NAMES]
+        cotangent = torch.ones(case.B, case.H, case.Nq, case.Dv, device=device)
+        for impl in ("kernel", "reference"):
+            out = modulated_attention(**inputs, impl=impl)
+            assert out.shape == (case.B, case.H, case.Nq, case.Dv)
+            grads = torch.autograd.grad(out, leaves, cotangent)
+            assert all(g.shape == x.shape and not g.any() for g, x in zip(grads, leaves)), (sizes, impl)
+            assert not out.any(), (sizes, impl)
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=str)

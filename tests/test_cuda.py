@@ -1,5 +1,6 @@
 """CUDA-only checks (skipped without a GPU): 16-bit dtypes against the error-ratio bound of
-design.md at DAB-DETR and odd shapes, streams, head-dim limits, and compute-sanitizer.
+design.md at DAB-DETR and odd shapes, streams, head-dim and grid limits, 64-bit offsets, empty
+sizes, fp16 range, and compute-sanitizer (memcheck, racecheck, synccheck).
 The float32/float64 CUDA checks are the device-parametrized tests of test_attention.py and
 test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""
 
@@ -111,7 +112,97 @@ def test_sine_embed_error_ratio(dtype):
                        anchor_sine_embed(plain.double(), impl="reference"), 2.0, f"{dtype} embed", floor=torch.finfo(dtype).eps)
 
 
-MEMCHECK_SCRIPT = """
+def _free_gib():
+    return torch.cuda.mem_get_info()[0] / 2**30
+
+
+def test_operands_past_element_2_31_of_their_storage():
+    """64-bit offsets on load: batch 1 of every operand lives beyond element 2^31 of one bf16 buffer."""
+    if _free_gib() < 12:
+        pytest.skip("needs about 5 GiB of free GPU memory for the 4.3 GB buffer and its checks")
+    case = AttentionCase("far", B=2, H=2, Nq=37, Nk=70, Dc=32, Dp=32, Dv=32, mask="random")
+    small = attention_inputs(case, "cuda", torch.bfloat16)
+    batch_stride = 2**31 + 1024
+    buffer = torch.empty(batch_stride + 5 * 8192, dtype=torch.bfloat16, device="cuda")
+    far = dict(small)
+    for i, name in enumerate(GRAD_NAMES):
+        t = small[name]
+        view = buffer.as_strided(t.shape, (batch_stride, t.shape[2] * 32, 32, 1), storage_offset=i * 8192)
+        view.copy_(t)
+        far[name] = view.requires_grad_(True)
+        small[name] = t.clone().requires_grad_(True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.bfloat16)
+    del buffer  # the views keep the storage alive
+    for got, want in zip(_forward_backward(far, "kernel", cotangent), _forward_backward(small, "kernel", cotangent)):
+        assert torch.equal(got, want)
+
+
+def test_outputs_past_element_2_31():
+    """64-bit offsets on store: out and dQ of [1, 1025, 65536, 32] bf16; with one key the result
+    is known exactly: out = value, dQ = dK = 0, dV = Nq * dO."""
+    if _free_gib() < 24:
+        pytest.skip("needs about 18 GiB of free GPU memory")
+    B, H, Nq, D = 1, 1025, 65536, 32
+    q = torch.randn(B, H, Nq, D, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+    k = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+    v = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+    out = modulated_attention(q, None, k, None, v, impl="kernel")
+    assert out.numel() > 2**31
+    assert torch.equal(out, v.detach().expand_as(out))
+    grad_q, grad_k, grad_v = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    del out
+    assert not grad_q.any() and not grad_k.any()
+    assert (grad_v == Nq).all()
+
+
+def test_fp16_logits_beyond_the_fp16_range():
+    """Logits above 65504 (the fp16 maximum) stay finite: the kernel never stores them in fp16."""
+    case = AttentionCase("hot", B=1, H=2, Nq=20, Nk=60, Dc=32, Dp=32, Dv=32, mask="random")
+    inputs = attention_inputs(case, "cuda", torch.float16, requires_grad=False)
+    for name in ("q_content", "q_pos", "k_content", "k_pos"):
+        inputs[name] = inputs[name] * 8
+        inputs[name][:, :, 0] = 50.0  # query 0 . key 0 = 64 * 2500 = 160000
+        inputs[name].requires_grad_(True)
+    inputs["value"].requires_grad_(True)
+    inputs["key_padding_mask"][:, 0] = False
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
+    kernel = _forward_backward(inputs, "kernel", cotangent.half())
+    truth = _forward_backward(_upcast(inputs), "reference", cotangent)
+    for name, k, t in zip(["out", *GRAD_NAMES], kernel, truth):
+        assert torch.isfinite(k).all(), name
+        torch.testing.assert_close(k.double(), t, rtol=1e-2, atol=1e-2 * max(1.0, t.abs().max().item()), msg=name)
+
+
+def test_too_many_queries_is_a_clear_error_and_auto_falls_back():
+    limit = kernel_info()["cuda_max_attention_rows"]
+    q = torch.randn(1, 1, limit + 1, 2, device="cuda")
+    k, v = torch.randn(1, 1, 3, 2, device="cuda"), torch.randn(1, 1, 3, 2, device="cuda")
+    with pytest.raises(RuntimeError, match=f"at most {limit} queries and keys per head"):
+        modulated_attention(q, None, k, None, v, impl="kernel")
+    with pytest.raises(RuntimeError, match="modulated_attention: the CUDA kernel serves at most"):
+        torch.ops.dabdetr.modulated_attention(q, None, k, None, v, None, 1.0)
+    torch.testing.assert_close(modulated_attention(q, None, k, None, v),
+                               modulated_attention(q, None, k, None, v, impl="reference"))
+
+
+def test_empty_sizes_launch_nothing_and_match_the_reference():
+    for sizes in ({"B": 0}, {"H": 0}, {"Nq": 0}, {"Nk": 0}):
+        case = AttentionCase("empty", **{**dict(B=2, H=2, Nq=5, Nk=7, Dc=4, Dp=4, Dv=4, mask="random"), **sizes})
+        inputs = attention_inputs(case, "cuda", torch.float32, requires_grad=True)
+        cotangent = torch.ones(case.B, case.H, case.Nq, case.Dv, device="cuda")
+        for got, want in zip(_forward_backward(inputs, "kernel", cotangent),
+                             _forward_backward(inputs, "reference", cotangent)):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want)
+    torch.cuda.synchronize()  # an empty grid would be an invalid-configuration error here
+    boxes = torch.rand(0, 3, 4, device="cuda", requires_grad=True)
+    embed, xy = modulated_anchor_sine_embed(boxes, impl="kernel")
+    assert embed.shape == (0, 3, 512) and xy.shape == (0, 3, 256)
+    (embed.sum() + xy.sum()).backward()
+    assert boxes.grad.shape == boxes.shape
+
+
+KERNELS_SCRIPT = """
 import torch
 from dabdetr.ops import modulated_attention, modulated_anchor_sine_embed
 from op_samples import ATTENTION_CASES, attention_inputs, sine_inputs
@@ -124,19 +215,32 @@ tensors = sine_inputs((37, 4), 16, "cuda", torch.float32, requires_grad=True)
 embed, xy = modulated_anchor_sine_embed(*tensors, num_feats=16, impl="kernel")
 (embed.sum() + xy.sum()).backward()
 torch.cuda.synchronize()
-print("MEMCHECK_RAN")
+print("KERNELS_RAN")
 """
 
 
-def test_compute_sanitizer_memcheck_is_clean():
+def _run_kernels_script(prefix=(), **env):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]), **env)
+    result = subprocess.run([*prefix, sys.executable, "-c", KERNELS_SCRIPT], capture_output=True, text=True,
+                            env=env, timeout=600)
+    log = result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0 and "KERNELS_RAN" in result.stdout, log
+    return result.stdout + result.stderr
+
+
+def test_sync_mode_runs_every_kernel():
+    """DABDETR_CUDA_SYNC=1 synchronizes after each op, so a kernel fault names its op."""
+    _run_kernels_script(DABDETR_CUDA_SYNC="1")
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
+def test_compute_sanitizer_is_clean(tool):
     sanitizer = shutil.which("compute-sanitizer") or os.path.join(
         os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "compute-sanitizer")
     if not os.path.exists(sanitizer):
         pytest.skip("compute-sanitizer not found")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sanitizer, "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-c", MEMCHECK_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0 and "MEMCHECK_RAN" in result.stdout, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "ERROR SUMMARY: 0 errors" in result.stdout + result.stderr
+    # Only our kernels (namespace dabdetr) are instrumented: torch's own are not under test.
+    log = _run_kernels_script(prefix=(sanitizer, "--tool", tool, "--error-exitcode", "3",
+                                      "--kernel-name", "kns=dabdetr"))
+    assert "0 errors" in log, log[-4000:]

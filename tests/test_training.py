@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU machines unless its wheel is carried)")
+
 from dabdetr import from_pretrained
 from dabdetr.checkpoint import load_train_checkpoint
 from dabdetr.cli import main as cli

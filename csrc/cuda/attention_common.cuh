@@ -12,6 +12,7 @@ namespace dabdetr::cuda {
 namespace {
 
 constexpr int kRowsPerBlock = 64;  // threads per block: queries (forward, dQ) or keys (dK/dV)
+static_assert(kMaxAttentionRows == 65535LL * kRowsPerBlock, "launch.h's row limit follows the block size");
 
 // Rows staged in shared memory per step: 32, or 16 for double at width 64 (48 KB static limit).
 template <typename A, int W>
@@ -120,8 +121,9 @@ cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
   });
 }
 
+// The host binding checks these limits with a clear message first; this keeps the launch safe.
 bool grid_fits(const AttentionArgs& a, int64_t rows) {
-  return a.batch * a.heads <= INT32_MAX && ceil_div(rows, kRowsPerBlock) <= 65535;
+  return a.batch * a.heads <= INT32_MAX && rows <= kMaxAttentionRows;
 }
 
 }  // namespace

@@ -13,6 +13,9 @@ enum class Dtype { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 // The kernels are instantiated for head widths 32 and 64: Dc, Dp and Dv up to this are served.
 constexpr int64_t kMaxHeadDim = 64;
+// Queries (and keys) of one (batch, head) are spread over the grid's y dimension, at most 65535
+// blocks of kRowsPerBlock (attention_common.cuh) rows each.
+constexpr int64_t kMaxAttentionRows = 65535LL * 64;
 
 // A [B, H, N, D] operand: element strides of the batch, head and token dims; D is contiguous.
 struct Operand {

@@ -4,9 +4,11 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "checks.h"
 #include "cuda/launch.h"
@@ -26,6 +28,8 @@ pybind11::dict cuda_build_info() {
     start = end + 1;
   }
   info["cuda_archs"] = archs;
+  info["cuda_max_head_dim"] = kMaxHeadDim;
+  info["cuda_max_attention_rows"] = kMaxAttentionRows;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
 }
@@ -58,9 +62,38 @@ Operand operand(const std::optional<at::Tensor>& t) {
   return o;
 }
 
+// With DABDETR_CUDA_SYNC=1 every op synchronizes its stream after its kernels, so a fault inside a
+// kernel is reported by the op that launched it (not by whatever synchronizes next).
+bool sync_after_launch() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("DABDETR_CUDA_SYNC");
+    return value != nullptr && std::string(value) != "" && std::string(value) != "0";
+  }();
+  return enabled;
+}
+
+// Turns a launch's status (and, in sync mode, the kernels' completion) into an error naming the op.
+void check_launch(cudaError_t error, const char* op) {
+  TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
+  if (sync_after_launch()) {
+    error = cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(error));
+  }
+}
+
+// The grid's y dimension (at most 65535 blocks) covers the queries and keys of one (batch, head).
+void check_grid(const AttentionSizes& s, const char* op) {
+  TORCH_CHECK(s.num_queries <= kMaxAttentionRows && s.num_keys <= kMaxAttentionRows, op,
+              ": the CUDA kernel serves at most ", kMaxAttentionRows, " queries and keys per head, got Nq=",
+              s.num_queries, " Nk=", s.num_keys, " (use impl=\"reference\")");
+  TORCH_CHECK(s.batch * s.heads <= INT32_MAX, op, ": batch * heads = ", s.batch * s.heads,
+              " exceeds the CUDA grid (at most ", INT32_MAX, ")");
+}
+
 AttentionArgs attention_args(const AttentionSizes& s, const at::Tensor& q_content, const std::optional<at::Tensor>& q_pos,
                              const at::Tensor& k_content, const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
                              const std::optional<at::Tensor>& key_padding_mask, double scale, const char* op) {
+  check_grid(s, op);
   TORCH_CHECK(std::max({s.dim_content, s.dim_pos, s.dim_value}) <= kMaxHeadDim, op,
               ": the CUDA kernel supports head dims up to ", kMaxHeadDim, ", got Dc=", s.dim_content,
               " Dp=", s.dim_pos, " Dv=", s.dim_value, " (use impl=\"reference\")");
@@ -85,12 +118,6 @@ AttentionArgs attention_args(const AttentionSizes& s, const at::Tensor& q_conten
   a.dim_value = s.dim_value;
   a.scale = scale;
   return a;
-}
-
-void check_launch(cudaError_t error, const char* op) {
-  TORCH_CHECK(error != cudaErrorInvalidConfiguration, op,
-              ": too many queries or keys for one launch (at most 65535 * 64), or batch * heads too large");
-  C10_CUDA_CHECK(error);
 }
 
 std::tuple<at::Tensor, at::Tensor> modulated_attention_cuda(
@@ -169,13 +196,14 @@ std::tuple<at::Tensor, at::Tensor> sine_embed_forward_cuda(const at::Tensor& box
   const at::Tensor boxes = boxes_in.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const at::Tensor frequencies = sine_frequencies(num_feats, temperature, boxes.options().dtype(acc_dtype(boxes)));
-  SineEmbedArgs a = sine_args(boxes, xy_scale, ref_wh, s, num_feats, frequencies, "anchor_sine_embed");
+  const char* op = modulated ? "modulated_anchor_sine_embed" : "anchor_sine_embed";
+  SineEmbedArgs a = sine_args(boxes, xy_scale, ref_wh, s, num_feats, frequencies, op);
   at::Tensor embed = at::empty(with_last_dim(boxes, s.coords * num_feats), boxes.options());
   at::Tensor modulated_xy = modulated ? at::empty(with_last_dim(boxes, 2 * num_feats), boxes.options())
                                       : at::empty({0}, boxes.options());
   a.embed = embed.data_ptr();
   a.modulated_xy = modulated ? modulated_xy.data_ptr() : nullptr;
-  C10_CUDA_CHECK(sine_embed_forward(a, c10::cuda::getCurrentCUDAStream()));
+  check_launch(sine_embed_forward(a, c10::cuda::getCurrentCUDAStream()), op);
   return {embed, modulated_xy};
 }
 
@@ -212,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
   a.grad_boxes = grad_boxes.data_ptr();
   a.grad_xy_scale = xy_scale.has_value() ? grad_xy_scale.data_ptr() : nullptr;
   a.grad_ref_wh = ref_wh.has_value() ? grad_ref_wh.data_ptr() : nullptr;
-  C10_CUDA_CHECK(sine_embed_backward(a, c10::cuda::getCurrentCUDAStream()));
+  check_launch(sine_embed_backward(a, c10::cuda::getCurrentCUDAStream()), "anchor_sine_embed_backward");
   return {grad_boxes, grad_xy_scale, grad_ref_wh};
 }
 

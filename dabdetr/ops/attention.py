@@ -5,7 +5,7 @@ import math
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import kernels_loaded, no_double_backward, use_kernel
+from dabdetr.ops.extension import BUILD_INFO, kernels_loaded, no_double_backward, use_kernel
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -32,7 +32,8 @@ def modulated_attention(
     _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q_content.shape[-1] + (q_pos.shape[-1] if q_pos is not None else 0))
-    if use_kernel(impl, "modulated_attention", q_content.device, q_content.dtype, _unsupported(q_content, q_pos, value)):
+    unsupported = _unsupported(q_content, q_pos, k_content, value)
+    if use_kernel(impl, "modulated_attention", q_content.device, q_content.dtype, unsupported):
         q_content, q_pos, k_content, k_pos, value = (
             _last_dim_contiguous(t) for t in (q_content, q_pos, k_content, k_pos, value)
         )
@@ -43,14 +44,16 @@ def modulated_attention(
     return reference.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale)
 
 
-# The CUDA kernels are instantiated for head widths 32 and 64 (csrc/cuda/launch.h).
-_CUDA_MAX_HEAD_DIM = 64
-
-
-def _unsupported(q_content, q_pos, value):
+def _unsupported(q_content, q_pos, k_content, value):
+    """Why the CUDA kernel cannot serve this call (limits from csrc/cuda/launch.h), or None."""
+    if q_content.device.type != "cuda" or not BUILD_INFO.get("cuda"):
+        return None
     widest = max(q_content.shape[-1], value.shape[-1], q_pos.shape[-1] if q_pos is not None else 0)
-    if q_content.device.type == "cuda" and widest > _CUDA_MAX_HEAD_DIM:
-        return f"no CUDA kernel for head dims above {_CUDA_MAX_HEAD_DIM} (widest is {widest})"
+    if widest > BUILD_INFO["cuda_max_head_dim"]:
+        return f"no CUDA kernel for head dims above {BUILD_INFO['cuda_max_head_dim']} (widest is {widest})"
+    rows = max(q_content.shape[2], k_content.shape[2])
+    if rows > BUILD_INFO["cuda_max_attention_rows"]:
+        return f"the CUDA kernel serves at most {BUILD_INFO['cuda_max_attention_rows']} queries and keys per head, got {rows}"
     return None
 
 
