@@ -1,4 +1,5 @@
-"""Atomic file writes and the training checkpoint format.
+"""Atomic file writes, reading torch checkpoint files with clear errors, and the training
+checkpoint format with the files a run keeps.
 
 A training checkpoint is a dict saved with torch.save, loadable with weights_only=True:
 
@@ -9,14 +10,25 @@ A training checkpoint is a dict saved with torch.save, loadable with weights_onl
     best_ap (float or None); rng (every process's generator states).
 """
 
+import glob
+import json
+import logging
 import os
 import random
+import re
+import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
 
 TRAIN_CHECKPOINT_FORMAT = "dabdetr-train-checkpoint"
+LATEST = "checkpoint.pt"  # the newest state: every epoch's end and every mid-epoch checkpoint
+BEST = "best.pt"
+EPOCH_PATTERN = "checkpoint_epoch{:04d}.pt"  # the state after that many epochs (keep_last of them)
+
+logger = logging.getLogger("dabdetr")
 
 
 def atomic_write(path, write, binary=False):
@@ -68,17 +80,104 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def load_train_checkpoint(path):
-    """A training checkpoint, with a clear error for a missing, corrupt or foreign file."""
+def read_torch_file(path, load=None):
+    """torch.load(path, weights_only=True) on the CPU (or load(path)), with errors that say what is
+    wrong: missing, truncated or corrupt (torch.save writes a zip archive), or unreadable."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no training checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated files and foreign pickles fail in several ways
-        raise ValueError(f"{path}: cannot be read as a training checkpoint "
-                         f"(torch.load(weights_only=True) failed: {error})") from error
+        return load(path) if load else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated archives and foreign pickles fail in several ways
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            is_zip_start = f.read(4) == b"PK\x03\x04"
+        if size == 0 or (is_zip_start and not zipfile.is_zipfile(path)):
+            raise ValueError(f"{path}: the file is truncated or corrupt ({size} bytes; torch.save writes a complete "
+                             "zip archive, this one is cut off)") from error
+        if is_zip_start:
+            try:
+                zipfile.ZipFile(path).testzip()
+            except (zipfile.BadZipFile, OSError, EOFError) as bad:
+                raise ValueError(f"{path}: the file is corrupt ({bad})") from error
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a file that is no archive has none to list
+            unsafe = []
+        advice = (f"; it pickles objects that weights_only loading refuses ({unsafe}): save just its state dict "
+                  "(torch.save(checkpoint['model'], path)) and load that") if unsafe else ""
+        raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}{advice}") from error
+
+
+def describe_directory(path):
+    """What kind of model directory path is, in words, or None."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    try:
+        with open(config) as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if content.get("model_type") == "dab-detr":
+        return "a Hugging Face DAB-DETR model directory"
+    if content.get("format", "").startswith("dabdetr"):
+        return "a dabdetr model directory (save_pretrained)"
+    return None
+
+
+def load_train_checkpoint(path):
+    """A training checkpoint, with a clear error for a missing, truncated, corrupt or foreign file."""
+    if os.path.isdir(path):
+        kind = describe_directory(path) or "a directory"
+        raise ValueError(f"{path} is {kind}, not a training checkpoint: --resume takes the {LATEST} that `dabdetr "
+                         f"train` writes (or 'auto' with --output-dir); to start training from these weights, use "
+                         f"--init {path}")
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != TRAIN_CHECKPOINT_FORMAT:
         kind = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path}: not a dabdetr training checkpoint (top-level keys: {kind}); --resume needs the "
-                         "checkpoint.pt that `dabdetr train` writes. Pretrained weights go to --init instead")
+                         f"{LATEST} that `dabdetr train` writes. Pretrained weights go to --init instead")
     return checkpoint
+
+
+def resume_candidates(output_dir):
+    """The checkpoints of a run, newest first: checkpoint.pt, the epoch checkpoints, best.pt."""
+    epochs = sorted(glob.glob(os.path.join(output_dir, EPOCH_PATTERN.replace("{:04d}", "[0-9]" * 4))), reverse=True)
+    names = [os.path.join(output_dir, LATEST), *epochs, os.path.join(output_dir, BEST)]
+    return [p for p in names if os.path.isfile(p)]
+
+
+def find_resume_checkpoint(output_dir):
+    """(path, checkpoint) of the newest readable training checkpoint in output_dir, or (None, None)
+    when it has none; unreadable ones are skipped with a warning naming them. Raises when there
+    are checkpoints but none is readable (a fresh start would silently throw the run away)."""
+    candidates = resume_candidates(output_dir)
+    for path in candidates:
+        try:
+            return path, load_train_checkpoint(path)
+        except ValueError as error:
+            logger.warning("resume: skipping %s", error)
+    if candidates:
+        raise ValueError(f"{output_dir}: none of its checkpoints can be read ({', '.join(candidates)}); "
+                         "move them away to start over")
+    return None, None
+
+
+def keep_epoch_checkpoint(output_dir, epoch, keep_last):
+    """Keeps the state after `epoch` epochs (the just written checkpoint.pt) as its own file, and
+    deletes all but the newest keep_last of those. A hard link costs no space while checkpoint.pt
+    is the same state; a copy where the file system has no links."""
+    if keep_last <= 0:
+        return
+    path = os.path.join(output_dir, EPOCH_PATTERN.format(epoch))
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    try:
+        os.link(os.path.join(output_dir, LATEST), tmp)
+    except OSError:
+        shutil.copyfile(os.path.join(output_dir, LATEST), tmp)
+    os.replace(tmp, path)
+    kept = sorted(p for p in resume_candidates(output_dir) if re.search(r"checkpoint_epoch\d{4}\.pt$", p))
+    for old in kept[:-keep_last]:
+        os.unlink(old)

@@ -1,6 +1,7 @@
 """The `dabdetr` command: train, eval, predict, convert, bench.
 
     dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
+    dabdetr train --preset demo --output-dir runs/demo --resume auto   # the same run, resumed (or started)
     torchrun --nproc_per_node 8 -m dabdetr.cli train --preset dab_detr_r50 --data-root /data/coco
     dabdetr eval runs/demo/checkpoint.pt                         # its own validation set
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
@@ -41,11 +42,12 @@ def parse_assignments(pairs, what):
 def add_train_parser(subparsers):
     parser = subparsers.add_parser("train", help="train (and evaluate) a model",
                                    description="Trains on COCO (--data-root) or the embedded synthetic shapes.")
-    parser.add_argument("--preset", default="demo", help="model preset and its training recipe (default: demo)")
+    parser.add_argument("--preset", help="model preset and its training recipe (default: demo)")
     parser.add_argument("--data-root", help="COCO root (train2017/, val2017/, annotations/); default: synthetic shapes")
     parser.add_argument("--output-dir", help="default: outputs/train, or the resumed checkpoint's directory")
     parser.add_argument("--resume", help="a checkpoint.pt of an earlier run: continue it exactly (with --epochs, "
-                                         "for longer)")
+                                         "for longer); 'auto': the newest readable checkpoint in --output-dir, "
+                                         "or a new run if it has none")
     parser.add_argument("--init", help="pretrained weights to start from (any format from_pretrained reads)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="per process")
@@ -64,13 +66,13 @@ def add_train_parser(subparsers):
 
 def run_train(args):
     from dabdetr import distributed
-    from dabdetr.checkpoint import load_train_checkpoint
+    from dabdetr.preemption import EXIT_CODE, TrainingPreempted
     from dabdetr.train_config import TrainConfig, recipe
     from dabdetr.trainer import Trainer
 
     overrides = parse_assignments(args.train_overrides, "--set")
     for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "num_workers",
-                 "seed"):
+                 "seed", "preset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     model = parse_assignments(args.model_overrides, "--model")
@@ -78,25 +80,55 @@ def run_train(args):
         overrides["model"] = model
     if args.no_progress:
         overrides["progress"] = False
-    if args.resume:
-        # The run continues with its own settings; only what does not change its course may differ.
-        fixed = sorted(set(overrides) - set(Trainer.RESUMABLE_CHANGES))
-        if fixed:
-            raise SystemExit(f"train --resume: {fixed} cannot change when resuming (only "
-                             f"{list(Trainer.RESUMABLE_CHANGES)} can)")
-        checkpoint = load_train_checkpoint(args.resume)
+    path, checkpoint = resume_checkpoint(args.resume, overrides.get("output_dir", TrainConfig.output_dir))
+    if checkpoint is not None:
         saved = TrainConfig.from_dict(checkpoint["train_config"])
-        config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(args.resume)), **overrides})
+        config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(path)), **overrides})
+        # The run continues with its own settings; only what does not change its course may differ
+        # (repeating the original command line with --resume auto is fine).
+        changed = sorted(k for k in overrides if k not in Trainer.RESUMABLE_CHANGES
+                         and getattr(config, k) != getattr(saved, k))
+        if changed:
+            raise SystemExit(f"train --resume: {changed} cannot change when resuming {path} (only "
+                             f"{list(Trainer.RESUMABLE_CHANGES)} can)")
     else:
-        checkpoint, config = None, recipe(args.preset, **overrides)
-    trainer = Trainer(config, resume=args.resume, checkpoint=checkpoint)
-    metrics = trainer.fit()
+        config = recipe(overrides.pop("preset", "demo"), **overrides)
+    trainer = Trainer(config, resume=path, checkpoint=checkpoint)
+    try:
+        metrics = trainer.fit()
+    except TrainingPreempted as stop:
+        preempted = stop
+    else:
+        preempted = None
     del trainer  # its DDP model holds the process group
     distributed.shutdown()
-    if int(os.environ.get("RANK", 0)) == 0:
+    if preempted is not None:
+        if distributed_rank() == 0:
+            LOG.warning("preempted: %s. Resume with the same command and --resume auto (or: dabdetr train --resume "
+                        "auto --output-dir %s); exit code %d", preempted, config.output_dir, EXIT_CODE)
+        raise SystemExit(EXIT_CODE)
+    if distributed_rank() == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
         print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
               f"{os.path.join(config.output_dir, 'detections.png')}")
+
+
+def distributed_rank():
+    return int(os.environ.get("RANK", 0))
+
+
+def resume_checkpoint(resume, output_dir):
+    """(path, checkpoint) to resume from: --resume PATH, or with 'auto' the newest readable one in
+    output_dir; (None, None) for a new run."""
+    from dabdetr.checkpoint import find_resume_checkpoint, load_train_checkpoint
+
+    if not resume:
+        return None, None
+    if resume != "auto":
+        return resume, load_train_checkpoint(resume)
+    path, checkpoint = find_resume_checkpoint(output_dir)
+    LOG.info("--resume auto: %s", f"resuming from {path}" if path else f"no checkpoint in {output_dir}, a new run")
+    return path, checkpoint
 
 
 # --- eval --------------------------------------------------------------------------------------

@@ -80,12 +80,14 @@ class SetCriterion(nn.Module):
         losses = self.loss_terms(logits, one_hot, outputs["pred_boxes"][valid], boxes[valid], num_boxes)
         return {f"{k}_dn": v for k, v in losses.items()}
 
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, num_boxes=None):
+        """num_boxes: the normalizer of every loss, by default global_num_boxes(targets); gradient
+        accumulation passes the count of the whole accumulated batch."""
         for t in targets:
             if len(t["labels"]) and int(t["labels"].max()) >= self.num_classes:
                 raise ValueError(f"SetCriterion: target label {int(t['labels'].max())} >= num_classes "
                                  f"{self.num_classes}")
-        num_boxes = global_num_boxes(targets)
+        num_boxes = global_num_boxes(targets) if num_boxes is None else num_boxes
         losses = self.layer_losses(outputs, targets, num_boxes)
         if self.aux_loss:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):

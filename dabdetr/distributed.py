@@ -63,6 +63,11 @@ def all_reduce_mean(values):
     return dict(zip(names, (stacked / dist.get_world_size()).tolist()))
 
 
+def all_reduce_sum(value):
+    """Sum over processes of a number (one collective)."""
+    return all_reduce_mean({"value": value})["value"] * world_size()
+
+
 def all_gather_objects(obj):
     """List of every process's obj (picklable), in rank order."""
     if not is_distributed():

@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from dabdetr.checkpoint import TRAIN_CHECKPOINT_FORMAT, atomic_write
+from dabdetr.checkpoint import TRAIN_CHECKPOINT_FORMAT, atomic_write, read_torch_file
 from dabdetr.models import DABDETR, DABDETRConfig
 
 SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection")
@@ -336,17 +336,11 @@ def _config_from_huggingface(hf):
 
 def _torch_load(path):
     """torch.load(weights_only=True), also for official checkpoints that pickle their argparse args."""
-    try:
+    def load(path):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors come in several types
-        unsafe = ""
-        try:
-            unsafe = f"; objects it needs: {torch.serialization.get_unsafe_globals_in_checkpoint(path)}"
-        except Exception:  # noqa: BLE001 - a corrupt file has none to list
-            pass
-        raise ValueError(f"{path}: cannot be read as a checkpoint with torch.load(weights_only=True): {error}{unsafe}. "
-                         "Save just its state dict (torch.save(ckpt['model'], ...)) and load that.") from error
+
+    return read_torch_file(path, load)
 
 
 def _detect(path):

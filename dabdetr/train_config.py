@@ -57,16 +57,22 @@ class TrainConfig(DictConfig):
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch is always evaluated)
     log_every: int = 10  # steps between step records in log.jsonl
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
+    keep_last: int = 1  # epoch checkpoints kept as checkpoint_epochNNNN.pt besides checkpoint.pt and best.pt
+    accumulate_steps: int = 1  # micro-batches of batch_size per optimizer step (effective batch x this)
+    skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping with an error
+    tensorboard: bool = False  # also write TensorBoard scalars and pictures to output_dir/tensorboard
     progress: bool = True  # tqdm bars
 
     def __post_init__(self):
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("epochs", "batch_size", "eval_every", "log_every"):
+        for name in ("epochs", "batch_size", "eval_every", "log_every", "accumulate_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: per epoch only), got {self.checkpoint_every}")
+        if self.keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         self.train_sizes, self.crop_resize_sizes, self.crop_size, self.synthetic_object_size = (
             tuple(self.train_sizes), tuple(self.crop_resize_sizes), tuple(self.crop_size),
             tuple(self.synthetic_object_size))

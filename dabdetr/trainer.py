@@ -2,8 +2,9 @@
 COCO evaluation, logs, curves, atomic checkpoints and exact resume; torchrun DDP.
 
 Files in output_dir (written by rank 0):
-    checkpoint.pt   the latest state (every epoch, and every checkpoint_every steps; --resume
-                    continues from it exactly)
+    checkpoint.pt   the latest state (every epoch, every checkpoint_every steps, and on a
+                    preemption signal; --resume continues from it exactly)
+    checkpoint_epochNNNN.pt  the state after NNNN epochs, the newest keep_last of them
     best.pt         the same at the best AP so far
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
     train.log       the text log
@@ -11,6 +12,7 @@ Files in output_dir (written by rank 0):
     metrics.json    the final evaluation (AP, AP50, AP75, APs, APm, APl as fractions)
     detections.png  predictions on held-out images
     model/          the final model for dabdetr.from_pretrained
+    tensorboard/    with tensorboard=True: the log.jsonl numbers and the evaluation pictures
 """
 
 import itertools
@@ -24,14 +26,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dabdetr import distributed
-from dabdetr.checkpoint import (TRAIN_CHECKPOINT_FORMAT, atomic_torch_save, atomic_write, load_train_checkpoint,
-                                rng_state, set_rng_state)
+from dabdetr.checkpoint import (BEST, LATEST, TRAIN_CHECKPOINT_FORMAT, atomic_torch_save, atomic_write,
+                                keep_epoch_checkpoint, load_train_checkpoint, rng_state, set_rng_state)
 from dabdetr.criterion import SetCriterion
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
 from dabdetr.engine import evaluate, train_one_epoch
 from dabdetr.matcher import HungarianMatcher
 from dabdetr.models import DABDETR
 from dabdetr.models.config import DABDETRConfig, preset
+from dabdetr.preemption import PreemptionRequest, TrainingPreempted, ignore_preemption_signals
 from dabdetr.train_config import TrainConfig
 
 logger = logging.getLogger("dabdetr")
@@ -63,9 +66,10 @@ def build_datasets(config: TrainConfig):
         raise FileNotFoundError(f"data_root {root} is not a directory")
     return tuple(
         CocoDetection(os.path.join(root, annotations), os.path.join(root, images), transforms,
-                      config.label_mapping, seed=config.seed)
-        for annotations, images, transforms in ((config.train_annotations, config.train_images, train_transforms),
-                                                (config.val_annotations, config.val_images, val_transforms)))
+                      config.label_mapping, seed=config.seed, skip_bad_images=skip)
+        for annotations, images, transforms, skip in (
+            (config.train_annotations, config.train_images, train_transforms, config.skip_bad_images),
+            (config.val_annotations, config.val_images, val_transforms, False)))
 
 
 def build_model_config(config: TrainConfig, num_classes):
@@ -91,6 +95,15 @@ def load_initial_weights(model, path):
     if skipped:
         logger.info("init from %s: kept the initialization of %d tensors that do not fit: %s", path, len(skipped),
                     skipped[:10])
+
+
+def peak_memory_mb(device):
+    """Peak memory since the last reset: CUDA allocations, or on the CPU the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class EpochSampler(DistributedSampler):
@@ -124,7 +137,7 @@ class Trainer:
     """
 
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
-                         "checkpoint_every")
+                         "checkpoint_every", "keep_last", "skip_bad_images", "tensorboard")
 
     def __init__(self, config: TrainConfig, resume=None, checkpoint=None):
         if resume and checkpoint is None:
@@ -153,6 +166,10 @@ class Trainer:
             model_config = build_model_config(config, self.train_set.num_classes)
         torch.manual_seed(config.seed)  # the same initial model on every rank
         self.model = DABDETR(model_config).to(self.device)
+        if self.rank > 0:
+            # Then a stream of its own (dropout, denoising noise); rank 0 continues the one above,
+            # so a one-process run is unchanged by the number of processes it could have had.
+            torch.manual_seed(config.seed + 1_000_003 * self.rank)
         if config.init and checkpoint is None:
             load_initial_weights(self.model, config.init)
         self.ddp_model = self.model
@@ -177,15 +194,19 @@ class Trainer:
                                           drop_last=True)
         self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
         workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
-                   "pin_memory": self.device.type == "cuda"}
+                   "pin_memory": self.device.type == "cuda",
+                   "worker_init_fn": ignore_preemption_signals if config.num_workers else None}
         # The loader's own generator (worker seeds only): drawing from the global one at each
         # epoch's start would shift the model's random stream after a mid-epoch resume.
         self.train_loader = DataLoader(self.train_set, config.batch_size, sampler=self.train_sampler, drop_last=True,
                                        generator=torch.Generator().manual_seed(config.seed + self.rank), **workers)
         self.val_loader = DataLoader(self.val_set, config.batch_size, sampler=self.val_sampler, **workers)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"the training set has {len(self.train_set)} images: fewer than one batch of "
-                             f"{config.batch_size} per process x {self.world_size} processes")
+        if len(self.train_loader) < config.accumulate_steps:
+            raise ValueError(f"the training set has {len(self.train_set)} images: fewer than one step of "
+                             f"{config.batch_size} per batch x {config.accumulate_steps} accumulated batches per "
+                             f"process x {self.world_size} processes")
+        self.preemption = None  # a PreemptionRequest while fit() runs
+        self.tensorboard = self._open_tensorboard() if config.tensorboard and self.is_main else None
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -244,19 +265,47 @@ class Trainer:
             logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
                         self.best_ap)
 
+    def _open_tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard=True but the tensorboard package is not installed (pip install "
+                           "'dabdetr[tensorboard]'): no TensorBoard logs, log.jsonl has the same numbers")
+            return None
+        return SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+
     def _log(self, record):
         self.log_records.append(record)
         if self.is_main:
             with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            kind = record["type"]
+            step = record["global_step"] if kind == "train" else record["epoch"]
+            for key, value in record.items():
+                if key not in ("type", "epoch", "step", "global_step") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+            self.tensorboard.flush()
 
     def save_checkpoint(self, epoch, metrics, step=0):
         state = self.state_dict(epoch, step)  # a collective: every rank takes part
         if not self.is_main:
             return
-        atomic_torch_save(state, os.path.join(self.output_dir, "checkpoint.pt"))
+        atomic_torch_save(state, os.path.join(self.output_dir, LATEST))
+        if step == 0:
+            keep_epoch_checkpoint(self.output_dir, epoch, self.config.keep_last)
         if metrics is not None and metrics["AP"] == self.best_ap:
-            atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, "best.pt"))
+            atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, BEST))
+
+    def stop_if_preempted(self, epoch, step):
+        """After a whole step (or epoch): if any process got a preemption signal, all save the
+        state reached (epoch, step) and raise TrainingPreempted together."""
+        if self.preemption is None or not self.preemption.agreed():
+            return
+        if step:  # an epoch's end has just been saved
+            self.save_checkpoint(epoch, None, step=step)
+        distributed.barrier()
+        raise TrainingPreempted(self.preemption.signal_name(), epoch, step, os.path.join(self.output_dir, LATEST))
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -265,8 +314,8 @@ class Trainer:
         config = self.config
         self.train_sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        self.train_sampler.skip = start_step * config.batch_size
-        remaining = len(self.train_loader)
+        self.train_sampler.skip = start_step * config.batch_size * config.accumulate_steps
+        remaining = len(self.train_loader) // config.accumulate_steps
         steps = start_step + remaining
         if start_step == 0:
             self.epoch_totals = {"steps": 0}
@@ -277,15 +326,22 @@ class Trainer:
                            "lr": self.optimizer.param_groups[0]["lr"], **losses})
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
                 self.save_checkpoint(epoch, None, step=step + 1)
+            self.stop_if_preempted(epoch, step + 1)
 
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device, epoch,
                                 config.clip_max_norm, config.amp, self.grad_scaler, after_step,
-                                show_progress=config.progress, start_step=start_step, totals=self.epoch_totals)
+                                show_progress=config.progress, start_step=start_step, totals=self.epoch_totals,
+                                accumulate_steps=config.accumulate_steps)
         self.train_sampler.skip = 0
         elapsed = time.perf_counter() - start
+        images = remaining * config.batch_size * config.accumulate_steps * self.world_size - means["skipped_images"]
+        if means["skipped_images"]:
+            logger.warning("epoch %d: %d unreadable images skipped", epoch, means["skipped_images"])
         self._log({"type": "epoch", "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "time_s": elapsed,
-                   "images_per_s": remaining * config.batch_size * self.world_size / elapsed, **means})
+                   "images_per_s": images / elapsed, "peak_memory_mb": peak_memory_mb(self.device), **means})
         self.scheduler.step()
         logger.info("epoch %d: loss %.4f (ce %.4f, l1 %.4f, giou %.4f), %.0f s", epoch, means["loss"],
                     means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
@@ -296,13 +352,39 @@ class Trainer:
                                     self.device, model_config.num_select, self.config.amp, self.config.progress)
         table = metrics.pop("table")
         self._log({"type": "eval", "epoch": epoch, **metrics})
+        if self.tensorboard is not None:
+            self._add_detection_picture(epoch)
         if metrics["AP"] is not None and (self.best_ap is None or metrics["AP"] > self.best_ap):
             self.best_ap = metrics["AP"]
         logger.info("epoch %d evaluation (%d images):\n%s", epoch, len(self.val_set), table)
         return metrics, results
 
+    def _add_detection_picture(self, epoch):
+        import numpy as np
+        from PIL import Image
+
+        from dabdetr.plots import save_detection_grid
+
+        path = os.path.join(self.output_dir, "tensorboard", f"detections_{epoch:04d}.png")
+        save_detection_grid(self.model, self.val_set, self.device, path)
+        with Image.open(path) as picture:
+            self.tensorboard.add_image("eval/detections", np.asarray(picture.convert("RGB")), epoch,
+                                       dataformats="HWC")
+        os.unlink(path)
+
     def fit(self):
-        """Trains the remaining epochs; returns the last evaluation's metrics."""
+        """Trains the remaining epochs; returns the last evaluation's metrics. On SIGTERM or SIGUSR1
+        it stops after the current step (or evaluation) with the state saved, raising
+        TrainingPreempted (dabdetr.preemption)."""
+        with PreemptionRequest() as self.preemption:
+            try:
+                return self._fit()
+            finally:
+                self.preemption = None
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
+
+    def _fit(self):
         from dabdetr.plots import plot_training_curves  # matplotlib loads only when training
 
         config, metrics = self.config, None
@@ -318,6 +400,8 @@ class Trainer:
             self.save_checkpoint(epoch + 1, metrics)
             if self.is_main:
                 plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
+            if epoch + 1 < config.epochs:
+                self.stop_if_preempted(epoch + 1, 0)
         if metrics is None:  # resumed a finished run: evaluate its final model
             metrics, _ = self.evaluate(config.epochs - 1)
         if self.is_main:

@@ -73,11 +73,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     interrupted = Trainer(tiny_config(tmp_path / "cut"))
     original_forward, calls = SetCriterion.forward, {"n": 0}
 
-    def crash_in_epoch_1(self, outputs, targets):
+    def crash_in_epoch_1(self, outputs, targets, num_boxes=None):
         calls["n"] += 1
         if calls["n"] == 3:  # 2 steps per epoch: the first step of epoch 1
             raise KeyboardInterrupt("simulated crash")
-        return original_forward(self, outputs, targets)
+        return original_forward(self, outputs, targets, num_boxes)
 
     monkeypatch.setattr(SetCriterion, "forward", crash_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
@@ -105,11 +105,11 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     Trainer(tiny_config(tmp_path / "straight", **run)).fit()
     original_forward, calls = SetCriterion.forward, {"n": 0}
 
-    def crash_at_step_3_of_epoch_1(self, outputs, targets):
+    def crash_at_step_3_of_epoch_1(self, outputs, targets, num_boxes=None):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt("simulated crash")
-        return original_forward(self, outputs, targets)
+        return original_forward(self, outputs, targets, num_boxes)
 
     monkeypatch.setattr(SetCriterion, "forward", crash_at_step_3_of_epoch_1)
     with pytest.raises(KeyboardInterrupt):
@@ -154,7 +154,7 @@ def test_resume_rejects_checkpoints_of_another_kind(tmp_path):
         Trainer(tiny_config(tmp_path), resume=str(weights))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x04garbage")
-    with pytest.raises(ValueError, match="cannot be read as a training checkpoint"):
+    with pytest.raises(ValueError, match="corrupt.pt: cannot be read with torch.load"):
         Trainer(tiny_config(tmp_path), resume=str(corrupt))
 
 

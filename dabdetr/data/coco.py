@@ -14,6 +14,7 @@ order ("contiguous", for 80-class heads).
 import contextlib
 import io
 import json
+import logging
 import os
 import random
 
@@ -24,6 +25,8 @@ from pycocotools.coco import COCO
 from dabdetr.box_ops import box_xywh_to_xyxy
 
 LABEL_MAPPINGS = ("category_id", "contiguous")
+
+logger = logging.getLogger("dabdetr")
 
 
 def open_image(path):
@@ -70,9 +73,12 @@ def load_coco(annotations, source="annotations"):
 class CocoDetection(torch.utils.data.Dataset):
     """Images from image_dir with COCO annotations; transforms(image, target, rng) from
     dabdetr.data.transforms. Augmentation randomness is a function of (seed, epoch, index):
-    call set_epoch(epoch) before each epoch."""
+    call set_epoch(epoch) before each epoch. An image file that is missing or cannot be decoded is
+    an error naming it; with skip_bad_images the sample is None instead (with a warning), which
+    collate_detection leaves out of its batch."""
 
-    def __init__(self, annotations, image_dir, transforms, label_mapping="category_id", seed=0):
+    def __init__(self, annotations, image_dir, transforms, label_mapping="category_id", seed=0,
+                 skip_bad_images=False):
         if label_mapping not in LABEL_MAPPINGS:
             raise ValueError(f"label_mapping must be one of {LABEL_MAPPINGS}, got {label_mapping!r}")
         self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
@@ -88,6 +94,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_classes = max(self.label_to_category_id) + 1
         self.class_names = {label: self.coco.cats[c]["name"] for label, c in self.label_to_category_id.items()}
         self.seed, self.epoch = seed, 0
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self):
         return len(self.image_ids)
@@ -113,7 +120,13 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        image = self.load_image(info)
+        try:
+            image = self.load_image(info)
+        except (FileNotFoundError, ValueError) as error:
+            if not self.skip_bad_images:
+                raise
+            logger.warning("skipping an unreadable image (skip_bad_images): %s", error)
+            return None
         if "width" in info and (image.width, image.height) != (info["width"], info.get("height")):
             raise ValueError(f"image {info['file_name']} is {image.width}x{image.height} but its annotation says "
                              f"{info['width']}x{info.get('height')}")

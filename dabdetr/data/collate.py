@@ -6,7 +6,11 @@ import torch
 def collate_detection(samples):
     """samples: list of (image [3, h_i, w_i], target) -> (images [B, 3, H, W], mask [B, H, W] bool
     with True on padding, list of targets), H and W the largest in the batch (no size divisor,
-    as in the published recipe)."""
+    as in the published recipe). None samples (unreadable images a dataset skips) are left out, so
+    B can be smaller than the loader's batch size; the training loop counts the difference."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise ValueError("every image of this batch is unreadable (skip_bad_images left none)")
     images, targets = zip(*samples)
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)
