@@ -22,11 +22,13 @@ trainer.fit()
 flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
+draws = distributed.all_gather_objects(torch.rand(16).tolist())  # the training stream's next numbers
 if dist.get_rank() == 0:
     steps = [json.loads(line) for line in open(os.path.join(output_dir, "log.jsonl"))]
     report = {"world_size": dist.get_world_size(), "steps": sum(r["type"] == "train" for r in steps),
               "max_parameter_difference": max((g - flat).abs().max().item() for g in gathered),
-              "parameters_changed": bool((flat != initial).any())}
+              "parameters_changed": bool((flat != initial).any()),
+              "ranks_draw_differently": draws[0] != draws[1]}
     with open(os.path.join(output_dir, "ddp_result.json"), "w") as f:
         json.dump(report, f)
 del trainer  # its DDP model holds the process group: release it while the interpreter is alive

@@ -176,6 +176,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert report["world_size"] == 2 and report["steps"] >= 2
     assert report["max_parameter_difference"] == 0.0
     assert report["parameters_changed"]
+    assert report["ranks_draw_differently"]  # dropout masks and denoising noise differ per rank
 
 
 def test_cli_train_eval_predict_convert(tmp_path, capsys):
@@ -258,3 +259,270 @@ def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):
         cli(["bench", "everything"])
     with pytest.raises(SystemExit, match="--timm-backbone applies to --to huggingface only"):
         cli(["convert", str(tmp_path / "nowhere.pt"), str(tmp_path / "out.pth"), "--to", "official", "--timm-backbone"])
+
+
+# --- preemption, resume auto, checkpoint files --------------------------------------------------
+
+PREEMPT_RUN = {**TINY_RUN, "synthetic_train_images": 32, "synthetic_image_size": 96, "train_sizes": (96,),
+               "max_size": 96, "eval_size": 96, "epochs": 3, "lr_drop": 2}
+
+
+def cli_train_args(output_dir, run=PREEMPT_RUN):
+    settings = [f"--set={k}={json.dumps(v)}" for k, v in run.items() if k not in ("model", "progress")]
+    return ["train", "--preset", "demo", "--output-dir", str(output_dir), "--no-progress", *settings,
+            *[f"--model={k}={v}" for k, v in TINY_MODEL.items()]]
+
+
+def train_records(output_dir):
+    path = os.path.join(output_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def send_signals_when(process, output_dir, ready, signals):
+    """Sends each of `signals` (10 ms apart) once ready(log records) holds; returns the exit code."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 240
+    while not ready(train_records(output_dir)):
+        assert process.poll() is None, "the run ended before it could be signalled"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for signum in signals:
+        process.send_signal(getattr(signal, signum))
+        time.sleep(0.01)
+    return process.wait(timeout=240)
+
+
+def in_epoch_1(records):
+    return any(r["type"] == "train" and r["epoch"] == 1 for r in records)
+
+
+def assert_same_run(straight, resumed):
+    for epoch in range(PREEMPT_RUN["epochs"]):
+        assert step_losses(straight, epoch) == step_losses(resumed, epoch), epoch
+    a = load_train_checkpoint(str(straight / "checkpoint.pt"))["model"]
+    b = load_train_checkpoint(str(resumed / "checkpoint.pt"))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_auto_continues_exactly(tmp_path):
+    from dabdetr.preemption import EXIT_CODE
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs alike: results depend on the thread count
+    straight = subprocess.run([sys.executable, "-m", "dabdetr", *cli_train_args(tmp_path / "straight")], env=env,
+                              capture_output=True, text=True, timeout=240)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run = tmp_path / "cut"
+    command = [sys.executable, "-m", "dabdetr", *cli_train_args(run)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Twice: the second arrives while the first is being handled or the checkpoint written.
+    code = send_signals_when(process, run, in_epoch_1, ["SIGTERM", "SIGTERM"])
+    output = process.stdout.read()
+    assert code == EXIT_CODE, output[-3000:]
+    assert "preempted: stopped by SIGTERM at epoch 1 step" in output and "--resume auto" in output
+    saved = load_train_checkpoint(str(run / "checkpoint.pt"))
+    assert saved["epoch"] == 1 and 0 < saved["step"] <= 8
+    assert not (run / "metrics.json").exists()
+
+    resumed = subprocess.run(command + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoint.pt'}" in resumed.stderr
+    assert_same_run(tmp_path / "straight", run)
+
+
+def test_sigusr1_between_epochs_stops_at_the_epoch_checkpoint(tmp_path, monkeypatch):
+    import signal
+
+    from dabdetr.preemption import TrainingPreempted
+
+    trainer = Trainer(tiny_config(tmp_path, epochs=3))
+    original_evaluate = Trainer.evaluate
+
+    def signalled_during_evaluation(self, epoch):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return original_evaluate(self, epoch)
+
+    monkeypatch.setattr(Trainer, "evaluate", signalled_during_evaluation)
+    with pytest.raises(TrainingPreempted, match="SIGUSR1 at epoch 1 step 0"):
+        trainer.fit()
+    checkpoint = load_train_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 0)
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone with fit()
+
+
+def test_two_process_preemption_resumes_exactly(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(output_dir, *extra):
+        args = cli_train_args(output_dir)
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(free_port()), "-m", "dabdetr", *args, *extra]
+
+    straight = subprocess.run(torchrun(tmp_path / "straight"), env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    process = subprocess.Popen(torchrun(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    send_signals_when(process, tmp_path / "cut", in_epoch_1, ["SIGTERM"])  # torchrun passes it to both ranks
+    output = process.stdout.read()
+    saved = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
+    assert saved["epoch"] == 1 and saved["step"] > 0 and saved["world_size"] == 2, output[-3000:]
+    assert "preempted: stopped by SIGTERM" in output
+    resumed = subprocess.run(torchrun(tmp_path / "cut", "--resume", "auto"), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_truncated_checkpoints_are_named_and_resume_auto_falls_back(tmp_path, caplog, monkeypatch):
+    from dabdetr.checkpoint import find_resume_checkpoint
+
+    Trainer(tiny_config(tmp_path, epochs=3, keep_last=2)).fit()
+    names = sorted(p.name for p in tmp_path.glob("checkpoint*.pt"))
+    assert names == ["checkpoint.pt", "checkpoint_epoch0002.pt", "checkpoint_epoch0003.pt"]
+    latest = tmp_path / "checkpoint.pt"
+    data = latest.read_bytes()
+    latest.unlink()  # the epoch file is a hard link of it: cut a copy, not the shared inode
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint.pt: the file is truncated or corrupt"):
+        load_train_checkpoint(str(latest))
+    monkeypatch.setattr(logging.getLogger("dabdetr"), "propagate", True)
+    with pytest.raises(SystemExit):
+        cli(["eval", str(latest), "--num-workers", "0"])
+    assert "truncated or corrupt" in caplog.text and "Errno" not in caplog.text
+    path, checkpoint = find_resume_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / "checkpoint_epoch0003.pt") and checkpoint["epoch"] == 3
+    assert "skipping" in caplog.text
+    assert find_resume_checkpoint(str(tmp_path / "empty")) == (None, None)
+    for p in tmp_path.glob("*.pt"):
+        p.write_bytes(b"")
+    with pytest.raises(ValueError, match="none of its checkpoints can be read"):
+        find_resume_checkpoint(str(tmp_path))
+
+
+def test_resume_names_a_model_directory_for_what_it_is(tmp_path):
+    model_dir = tmp_path / "model"
+    DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).save_pretrained(str(model_dir))
+    with pytest.raises(ValueError, match="is a dabdetr model directory .* use --init"):
+        load_train_checkpoint(str(model_dir))
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "dab-detr"}))
+    with pytest.raises(ValueError, match="is a Hugging Face DAB-DETR model directory"):
+        load_train_checkpoint(str(model_dir))
+
+
+def test_resume_auto_without_checkpoints_starts_a_new_run(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("dabdetr"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="dabdetr"):
+        cli(cli_train_args(tmp_path, {**TINY_RUN, "epochs": 1}) + ["--resume", "auto"])
+    assert f"no checkpoint in {tmp_path}, a new run" in caplog.text
+    assert load_train_checkpoint(str(tmp_path / "checkpoint.pt"))["epoch"] == 1
+    # The same command again: nothing left to train, and the unchanged settings are accepted.
+    cli(cli_train_args(tmp_path, {**TINY_RUN, "epochs": 1}) + ["--resume", "auto"])
+    with pytest.raises(SystemExit, match=r"\['lr'\] cannot change when resuming"):
+        cli(cli_train_args(tmp_path, {**TINY_RUN, "epochs": 1}) + ["--resume", "auto", "--lr", "1"])
+
+
+# --- accumulation, bad images, TensorBoard --------------------------------------------------------
+
+def test_two_accumulated_batches_of_one_update_like_one_batch_of_two(tmp_path):
+    # Frozen batch norm, no dropout, no denoising noise: the model treats images independently,
+    # so the only difference is the grouping. Same images (equal size: no padding), same order.
+    model = {**TINY_MODEL, "backbone_norm": "frozen_bn", "dn_groups": 0}
+    run = {"synthetic_train_images": 2, "epochs": 1, "model": model, "clip_max_norm": 0.0}
+    whole = Trainer(tiny_config(tmp_path / "whole", batch_size=2, **run))
+    accumulated = Trainer(tiny_config(tmp_path / "accumulated", batch_size=1, accumulate_steps=2, **run))
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                 accumulated.model.state_dict().values()))
+    whole.train_sampler.shuffle = accumulated.train_sampler.shuffle = False
+    for trainer in (whole, accumulated):
+        trainer.train_epoch(0)
+    # The gradients the one step applied (Adam's first step, lr * g / |g|, would magnify the float
+    # noise of gradients near zero, so those are compared rather than the parameters).
+    pairs = [(name, a.grad, b.grad) for (name, a), b in zip(whole.model.named_parameters(),
+                                                            accumulated.model.parameters()) if a.grad is not None]
+    scale = max(a.abs().max().item() for _, a, _ in pairs)  # gradients that are 0 in exact arithmetic are ~1e-9
+    for name, a, b in pairs:
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * scale, msg=name)
+    assert len(pairs) > 50 and scale > 0
+    assert step_losses(tmp_path / "whole", 0) == pytest.approx(step_losses(tmp_path / "accumulated", 0), rel=1e-5)
+
+
+def write_coco_folder(root, count=6, size=64, bad=()):
+    """A COCO-format folder of synthetic shapes (images/ + annotations.json); indices in `bad` get
+    a file that is not an image."""
+    dataset = SyntheticShapes(count, make_transforms(False, [size], size), image_size=size)
+    os.makedirs(root / "images", exist_ok=True)
+    images = []
+    for index, image_id in enumerate(sorted(dataset.coco.imgs)):
+        info = dict(dataset.coco.imgs[image_id], file_name=f"{image_id:06d}.png")
+        if index in bad:
+            (root / "images" / info["file_name"]).write_bytes(b"not a png")
+        else:
+            dataset.load_image(dataset.coco.imgs[image_id]).save(root / "images" / info["file_name"])
+        images.append(info)
+    content = {"images": images, "annotations": list(dataset.coco.anns.values()),
+               "categories": list(dataset.coco.cats.values())}
+    (root / "annotations.json").write_text(json.dumps(content))
+
+
+def coco_run(root, **overrides):
+    return {"data_root": str(root), "train_images": "images", "val_images": "images",
+            "train_annotations": "annotations.json", "val_annotations": "annotations.json",
+            "label_mapping": "contiguous", **overrides}
+
+
+def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
+    write_coco_folder(tmp_path / "coco", count=8, bad=(3,))
+    with pytest.raises(ValueError, match=r"cannot decode image .*000004\.png"):
+        Trainer(tiny_config(tmp_path / "strict", **coco_run(tmp_path / "coco"))).train_epoch(0)
+    trainer = Trainer(tiny_config(tmp_path / "skip", **coco_run(tmp_path / "coco", skip_bad_images=True)))
+    trainer.train_epoch(0)
+    epoch = [r for r in train_records(tmp_path / "skip") if r["type"] == "epoch"][0]
+    assert epoch["skipped_images"] == 1  # 8 images, 2 batches of 4: one left out, and said so
+    assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
+
+
+def test_coco_training_path_learns(tmp_path):
+    """A few steps through the COCO loader (files on disk, category ids, transforms): the loss falls."""
+    write_coco_folder(tmp_path / "coco", count=4)
+    epochs = 25  # one step each
+    trainer = Trainer(tiny_config(tmp_path / "run", **coco_run(tmp_path / "coco", epochs=epochs, lr_drop=epochs, lr=3e-4,
+                                                                 lr_backbone=3e-4, model={**TINY_MODEL, "dn_groups": 0})))
+    for epoch in range(epochs):
+        trainer.train_epoch(epoch)
+    losses = epoch_mean_losses(tmp_path / "run")
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
+
+
+def test_tensorboard_gets_the_logged_numbers_and_pictures(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_config(tmp_path, epochs=1, tensorboard=True)).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "epoch/images_per_s", "epoch/peak_memory_mb",
+            "eval/AP", "eval/AP50"} <= scalars
+    logged = [r["loss"] for r in train_records(tmp_path) if r["type"] == "train"]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged)
+    assert events.Tags()["images"] == ["eval/detections"]
+
+
+def test_tensorboard_missing_is_one_warning(tmp_path, monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(logging.getLogger("dabdetr"), "propagate", True)
+    trainer = Trainer(tiny_config(tmp_path, epochs=1, tensorboard=True))
+    assert trainer.tensorboard is None
+    assert caplog.text.count("tensorboard package is not installed") == 1
