@@ -7,7 +7,7 @@
 
 namespace dabdetr {
 
-// f_j = 2*pi / temperature^(2j / num_feats) for j < num_feats / 2 (dabdetr-spec.md section 4:
+// f_j = 2*pi / temperature^(2j / num_feats) for j < num_feats / 2 (docs/ops.md, op 2:
 // feature k uses temperature^(2 floor(k/2) / n), so features 2j and 2j+1 share f_j). Computed in
 // double and rounded once to the tensor dtype.
 inline at::Tensor sine_frequencies(int64_t num_feats, double temperature, const at::TensorOptions& options) {

@@ -1,4 +1,4 @@
-"""The DAB-DETR training loss (dabdetr-spec.md section 7.2): sigmoid focal classification, L1 and
+"""The DAB-DETR training loss (docs/training.md): sigmoid focal classification, L1 and
 GIoU box losses on Hungarian-matched pairs, for the final and every auxiliary decoder layer."""
 
 import re

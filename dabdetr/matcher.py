@@ -1,4 +1,4 @@
-"""Hungarian matching of predictions to ground truth (dabdetr-spec.md section 7.1)."""
+"""Hungarian matching of predictions to ground truth (docs/training.md)."""
 
 import torch
 from scipy.optimize import linear_sum_assignment

@@ -1,7 +1,7 @@
 """Loading and saving DAB-DETR checkpoints: ours, Hugging Face, official, MMDetection.
 
-Our parameter names follow the official implementation (dabdetr-spec.md section 10.1), so each
-foreign format is a table of renames (section 10) applied to whole dotted components, in either
+Our parameter names follow the official implementation (docs/checkpoints.md), so each
+foreign format is a table of renames (docs/checkpoints.md) applied to whole dotted components, in either
 direction. Configs are read from the checkpoint where it carries one and inferred from tensor
 shapes otherwise; what weights cannot tell (DC5 dilation, temperatures of an MMDetection
 checkpoint) comes from the caller's overrides.
@@ -259,7 +259,7 @@ def to_huggingface_config(model, class_names=None, timm_backbone=False):
 def save_huggingface(model, directory, class_names=None, timm_backbone=False):
     """Writes a transformers DabDetrForObjectDetection directory: config.json and
     model.safetensors (atomically). Inference differs from this model's where its inverse_sigmoid
-    eps are not Hugging Face's 1e-5 (official checkpoints use 1e-3; dabdetr-spec.md section 9.1),
+    eps are not Hugging Face's 1e-5 (official checkpoints use 1e-3; docs/checkpoints.md, pitfall 1),
     and denoising weights (label_embed) are left out: transformers has no denoising."""
     try:
         from safetensors.torch import save as safetensors_bytes

@@ -10,7 +10,7 @@ COCO_TRAIN_SIZES = tuple(range(480, 801, 32))
 
 @dataclass
 class TrainConfig(DictConfig):
-    """Defaults = the published DAB-DETR recipe (dabdetr-spec.md section 8): AdamW lr 1e-4 with
+    """Defaults = the published DAB-DETR recipe (docs/training.md): AdamW lr 1e-4 with
     the backbone at 1e-5, weight decay 1e-4, 50 epochs with the lr divided by 10 after 40, batch
     2 per process (x 8 GPUs = 16), gradient-norm clip 0.1, DETR's multi-scale augmentation."""
 
@@ -34,6 +34,7 @@ class TrainConfig(DictConfig):
     synthetic_max_objects: int = 5
     synthetic_object_size: tuple = (0.12, 0.45)  # side range, fraction of the image
     synthetic_max_overlap: float = 0.3  # largest IoU between two shapes of an image
+    hflip_prob: float = 0.5  # horizontal flips in training
     train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
     max_size: int = 1333  # longer side cap
     crop_resize_sizes: tuple = (400, 500, 600)  # the random-crop branch; () disables it
@@ -50,10 +51,20 @@ class TrainConfig(DictConfig):
     clip_max_norm: float = 0.1
     amp: str = "off"  # "bf16" | "fp16" autocast, CUDA only
 
+    # Loss weights and matching costs (the published ones; the same for every decoder layer).
+    loss_ce: float = 1.0  # sigmoid focal classification loss
+    loss_bbox: float = 5.0  # L1 of normalized (cx, cy, w, h)
+    loss_giou: float = 2.0  # 1 - GIoU
+    cost_class: float = 2.0  # focal cost of the Hungarian matcher
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    focal_alpha: float = 0.25  # of both the focal loss and the focal cost
+    focal_gamma: float = 2.0
+
     # Running.
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
     num_workers: int = 2
-    seed: int = 42  # + rank for each process's generators; model init uses seed on every rank
+    seed: int = 42  # the initial model on every process; then process r > 0 draws from seed + 1000003 r
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch is always evaluated)
     log_every: int = 10  # steps between step records in log.jsonl
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at the end of each epoch only)

@@ -52,7 +52,7 @@ def resolve_device(name):
 def build_datasets(config: TrainConfig):
     """(train, val) datasets of the config: COCO under data_root, else the synthetic shapes."""
     train_transforms = make_transforms(True, config.train_sizes, config.max_size, config.crop_resize_sizes,
-                                       config.crop_size)
+                                       config.crop_size, hflip_prob=config.hflip_prob)
     val_transforms = make_transforms(False, config.train_sizes, config.max_size, eval_size=config.eval_size)
     if config.data_root is None:
         common = {"image_size": config.synthetic_image_size, "max_objects": config.synthetic_max_objects,
@@ -179,7 +179,10 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids,
                                                      find_unused_parameters=model_config.dn_groups > 0)
 
-        self.criterion = SetCriterion(model_config.num_classes, HungarianMatcher())
+        matcher = HungarianMatcher(config.cost_class, config.cost_bbox, config.cost_giou, config.focal_alpha,
+                                   config.focal_gamma)
+        self.criterion = SetCriterion(model_config.num_classes, matcher, config.loss_ce, config.loss_bbox,
+                                      config.loss_giou, config.focal_alpha, config.focal_gamma)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.lr,
                                            weight_decay=config.weight_decay,
                                            fused=self.device.type in ("cpu", "cuda"))  # one kernel per step

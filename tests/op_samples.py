@@ -128,7 +128,7 @@ def sine_inputs(shape, num_feats=16, device="cpu", dtype=torch.float64, modulate
 
 
 def naive_sine_embed(boxes, num_feats, temperature):
-    """Scalar-by-scalar evaluation of dabdetr-spec.md section 4 with Python's math module."""
+    """Scalar-by-scalar evaluation of docs/ops.md (op 2) with Python's math module."""
     flat = boxes.detach().double().cpu().reshape(-1, boxes.shape[-1]).tolist()
     order = [1, 0, 2, 3][: boxes.shape[-1]]
     rows = []

@@ -1,5 +1,5 @@
 """CUDA-only checks (skipped without a GPU): 16-bit dtypes against the error-ratio bound of
-design.md at DAB-DETR and odd shapes, streams, head-dim and grid limits, 64-bit offsets, empty
+docs/ops.md at DAB-DETR and odd shapes, streams, head-dim and grid limits, 64-bit offsets, empty
 sizes, fp16 range, and compute-sanitizer (memcheck, racecheck, synccheck).
 The float32/float64 CUDA checks are the device-parametrized tests of test_attention.py and
 test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""

@@ -70,7 +70,7 @@ def test_giou_rejects_degenerate_boxes():
 
 
 def cost_by_hand(logits, boxes, label, gt_box):
-    """The matcher's cost of one (prediction, target) pair, from dabdetr-spec 7.1, in python floats."""
+    """The matcher's cost of one (prediction, target) pair, as docs/training.md states it, in python floats."""
     p = 1 / (1 + math.exp(-logits[label]))
     focal = 0.25 * (1 - p) ** 2 * -math.log(p + 1e-8) - 0.75 * p**2 * -math.log(1 - p + 1e-8)
     l1 = sum(abs(x - y) for x, y in zip(boxes, gt_box))

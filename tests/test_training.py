@@ -219,7 +219,7 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "hf"), "--to", "huggingface"])
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert sorted(hf_config["id2label"].values()) == ["cross", "ellipse", "rectangle", "triangle"]
-    # Hugging Face's eps differ from ours (dabdetr-spec.md 9.1); with ours, the same detector.
+    # Hugging Face's eps differ from ours (docs/checkpoints.md, pitfall 1); with ours, the same detector.
     from_hf = from_pretrained(str(tmp_path / "hf"), anchor_update_eps=1e-3, box_head_eps=1e-3)
     images, mask = torch.rand(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""DETR's box-aware image transforms (dabdetr-spec.md section 8), on PIL images.
+"""DETR's box-aware image transforms (docs/training.md), on PIL images.
 
 Every transform is called as transform(image, target, rng): image a PIL RGB image, target a
 dict with boxes [n, 4] (x0, y0, x1, y1 in pixels of the current image), labels [n] and size
@@ -133,8 +133,8 @@ class Compose:
         return image, target
 
 
-def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=None, eval_size=None):
-    """DETR's pipelines. Train: flip, then either resize to one of `sizes` or (with probability 0.5,
+def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=None, eval_size=None, hflip_prob=0.5):
+    """DETR's pipelines. Train: flip (with probability hflip_prob), then either resize to one of `sizes` or (with probability 0.5,
     when crop_resize_sizes and crop_size are given) resize to one of crop_resize_sizes, crop a
     region of crop_size = (min, max), and resize to one of `sizes`. Eval: resize to eval_size
     (default max(sizes)). COCO recipe: sizes 480..800 step 32, max_size 1333, crop_resize_sizes
@@ -147,4 +147,4 @@ def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=No
                                                    RandomResize(sizes, max_size)]))
     else:
         scale = resize_only
-    return Compose([RandomHorizontalFlip(), scale, ToNormalizedTensor()])
+    return Compose([RandomHorizontalFlip(hflip_prob), scale, ToNormalizedTensor()])

@@ -28,7 +28,7 @@ class DictConfig:
 
 @dataclass
 class DABDETRConfig(DictConfig):
-    """Architecture of a DAB-DETR model (dabdetr-spec.md), defaults = DAB-DETR-R50."""
+    """Architecture of a DAB-DETR model (docs/architecture.md), defaults = DAB-DETR-R50."""
 
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: stride 16, layer4 dilated
@@ -50,7 +50,7 @@ class DABDETRConfig(DictConfig):
     pe_temperature_h: float = 20.0  # feature-map sine encoding (10 for the official R50-DC5)
     pe_temperature_w: float = 20.0
     anchor_temperature: float = 10000.0  # anchor sine embedding (every published model)
-    # inverse_sigmoid eps (dabdetr-spec.md section 9.1): official 1e-3 in both places, Hugging Face
+    # inverse_sigmoid eps (docs/checkpoints.md, pitfall 1): official 1e-3 in both places, Hugging Face
     # 1e-5 in both, MMDetection 1e-5 in the decoder's anchor update and 1e-3 in the box head.
     anchor_update_eps: float = 1e-3
     box_head_eps: float = 1e-3
@@ -94,7 +94,7 @@ PRESETS = {
     # The seed recipe (MMDetection R50, 42.3 AP; official 42.2).
     "dab_detr_r50": {},
     "dab_detr_r50_3pat": {"num_patterns": 3},
-    # The official R50-DC5 checkpoint uses feature-map temperature 10 (dabdetr-spec.md section 9.2).
+    # The official R50-DC5 checkpoint uses feature-map temperature 10 (docs/checkpoints.md, pitfall 2).
     "dab_detr_r50_dc5": {"dilation": True, "pe_temperature_h": 10.0, "pe_temperature_w": 10.0},
     "dab_detr_r50_dc5_3pat": {"dilation": True, "num_patterns": 3},
     "dab_detr_r101": {"backbone": "resnet101"},

@@ -1,4 +1,4 @@
-"""Sine positional encoding of the feature map (dabdetr-spec.md section 3)."""
+"""Sine positional encoding of the feature map (docs/architecture.md)."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""DAB-DETR's encoder and decoder (dabdetr-spec.md sections 5 and 6), batch-first.
+"""DAB-DETR's encoder and decoder (docs/architecture.md), batch-first.
 
 Every attention runs through dabdetr.ops.modulated_attention: the encoder's and the decoder's
 self-attention as plain attention, the decoder's cross-attention with its content and
@@ -156,7 +156,7 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The DAB decoder: anchors refined layer by layer (dabdetr-spec.md section 6.3)."""
+    """The DAB decoder: anchors refined layer by layer (docs/architecture.md)."""
 
     def __init__(self, config):
         super().__init__()

@@ -1,7 +1,7 @@
 """Pure-PyTorch specification of the two ops (and their fallback where no kernel serves a call).
 
 Written for clarity, not speed: attention builds the per-head concatenation and the full
-probability matrix; the sine embedding follows dabdetr-spec.md section 4 literally.
+probability matrix; the sine embedding follows docs/ops.md (op 2) literally.
 """
 
 import math
@@ -53,7 +53,7 @@ def anchor_sine_embed(boxes, num_feats, temperature):
 
 def modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, temperature):
     """(embed, modulated_xy): modulated_xy = embed[..., :2n] * xy_scale, then its y block times
-    ref_wh[..., 1] / h and its x block times ref_wh[..., 0] / w (dabdetr-spec.md section 6.3)."""
+    ref_wh[..., 1] / h and its x block times ref_wh[..., 0] / w (docs/ops.md, op 2)."""
     embed = anchor_sine_embed(boxes, num_feats, temperature)
     xy = embed[..., : 2 * num_feats]
     if xy_scale is not None:

@@ -1,4 +1,4 @@
-"""Sine embeddings of anchor boxes (dabdetr-spec.md section 4) and their modulated xy part."""
+"""Sine embeddings of anchor boxes (docs/ops.md, op 2) and their modulated xy part."""
 
 import torch
 
