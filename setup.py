@@ -9,9 +9,18 @@ import glob
 import os
 import shutil
 
-import torch
 from setuptools import setup
-from torch.utils import cpp_extension
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:
+    raise SystemExit(
+        "dabdetr builds its extension against the torch of the environment it is installed into, and that "
+        "environment has no torch. Install torch first (pip install torch), then dabdetr with "
+        "`pip install --no-build-isolation ...` (without that flag pip builds in an isolated environment, "
+        "which has no torch either)."
+    ) from None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"

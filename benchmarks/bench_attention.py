@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-from dabdetr.ops import modulated_attention  # noqa: E402
+import harness
+
+from dabdetr.ops import modulated_attention
 
 HEADS, HEAD_DIM = 8, 32  # Dc = Dp = Dv = 32
 
@@ -38,7 +39,8 @@ class Shape:
 
 
 TARGET = Shape(2, 300, 850, 0.25)  # R50 decoder cross-attention, 800x1066 image
-CPU_SHAPES = [TARGET, Shape(2, 300, 850, 0.0), Shape(8, 300, 850, 0.25), Shape(2, 900, 850, 0.25), Shape(2, 300, 3400, 0.25)]
+CPU_SHAPES = [TARGET, Shape(2, 300, 850, 0.0), Shape(8, 300, 850, 0.25), Shape(2, 900, 850, 0.25),
+              Shape(2, 300, 3400, 0.25)]
 CUDA_SHAPES = [Shape(b, q, k, p) for b in (2, 8) for q in (300, 900) for k in (850, 3400) for p in (0.0, 0.25)]
 MEMORY_SHAPES = [Shape(2, 300, 850, 0.25), Shape(2, 300, 8500, 0.25)]
 
@@ -153,7 +155,8 @@ def build_forward(impl, shape, dtype_name, device_name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default=None, help="comma-separated; default float32 (CPU), float32,bfloat16 (CUDA)")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated; default float32 (CPU), float32,bfloat16 (CUDA)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="only the target shape, no memory probe")
     parser.add_argument("--out-dir", default=None)
@@ -167,7 +170,8 @@ def main():
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         roofline = harness.measure_roofline(device, dtype)
-        print(f"{dtype_name}: measured peak {roofline[0] / 1e12:.2f} TFLOP/s, copy bandwidth {roofline[1] / 1e9:.1f} GB/s")
+        print(f"{dtype_name}: measured peak {roofline[0] / 1e12:.2f} TFLOP/s, "
+              f"copy bandwidth {roofline[1] / 1e9:.1f} GB/s")
         for shape in shapes:
             for backward in (False, True):
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)

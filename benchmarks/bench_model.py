@@ -18,8 +18,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-from dabdetr.models import DABDETR, preset  # noqa: E402
+import harness
+
+from dabdetr.models import DABDETR, preset
 
 
 def huggingface_peer(config, device):
@@ -36,7 +37,8 @@ def huggingface_peer(config, device):
 
 
 def _huggingface_model(transformers, config, device):
-    backbone = transformers.ResNetConfig(out_features=["stage4"], depths={"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}[config.backbone])
+    depths = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}[config.backbone]
+    backbone = transformers.ResNetConfig(out_features=["stage4"], depths=depths)
     hf_config = transformers.DabDetrConfig(
         use_timm_backbone=False, backbone=None, use_pretrained_backbone=False, backbone_config=backbone,
         num_labels=config.num_classes, dropout=0.0, num_queries=config.num_queries, num_patterns=config.num_patterns,

@@ -14,8 +14,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed  # noqa: E402
+import harness
+
+from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed
 
 NUM_FEATS = 128
 

@@ -48,10 +48,12 @@ def main(results_dir):
                 all_ok &= check(f"{dtype} fwd kernel vs reference", ratio(fwd, "reference", "kernel"), 2.0)
                 all_ok &= check(f"{dtype} fwd+bwd kernel vs reference", ratio(both, "reference", "kernel"), 2.0)
                 sdpa = [k for k in fwd if k.startswith("sdpa")]
-                all_ok &= check(f"{dtype} fwd kernel vs fastest SDPA", min(ratio(fwd, s, "kernel") for s in sdpa) if sdpa else None, 1.0)
+                fastest = min(ratio(fwd, s, "kernel") for s in sdpa) if sdpa else None
+                all_ok &= check(f"{dtype} fwd kernel vs fastest SDPA", fastest, 1.0)
             else:
                 all_ok &= check(f"{dtype} fwd+bwd kernel vs reference", ratio(both, "reference", "kernel"), 4.0)
-                all_ok &= check(f"{dtype} fwd+bwd kernel vs SDPA efficient", ratio(both, "sdpa efficient", "kernel"), 1.5)
+                all_ok &= check(f"{dtype} fwd+bwd kernel vs SDPA efficient", ratio(both, "sdpa efficient", "kernel"),
+                                1.5)
                 all_ok &= check(f"{dtype} fwd kernel vs SDPA efficient", ratio(fwd, "sdpa efficient", "kernel"), 1.5)
     for path, data in load(os.path.join(results_dir, "sine_embed_*.json")):
         kind = data["meta"]["device"]["kind"]
@@ -59,7 +61,8 @@ def main(results_dir):
         for dtype in sorted({r["dtype"] for r in data["rows"]}):
             both = times(data["rows"], workload="both workloads", dtype=dtype)
             goal = 3.0 if kind == "cpu" else 5.0
-            all_ok &= check(f"{dtype} fwd+bwd kernel vs reference (both workloads)", ratio(both, "reference", "kernel"), goal)
+            all_ok &= check(f"{dtype} fwd+bwd kernel vs reference (both workloads)",
+                            ratio(both, "reference", "kernel"), goal)
             if kind == "cuda":
                 big = [r for r in data["rows"] if r["workload"] == "1000000 boxes" and r["impl"] == "kernel"
                        and r["dtype"] == dtype and r["pass"] == "fwd"]
@@ -79,4 +82,5 @@ def main(results_dir):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")))
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else default))

@@ -101,7 +101,7 @@ def read_torch_file(path, load=None):
                 raise ValueError(f"{path}: the file is corrupt ({bad})") from error
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: BLE001 - a file that is no archive has none to list
+        except Exception:
             unsafe = []
         advice = (f"; it pickles objects that weights_only loading refuses ({unsafe}): save just its state dict "
                   "(torch.save(checkpoint['model'], path)) and load that") if unsafe else ""

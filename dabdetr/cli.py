@@ -151,7 +151,8 @@ def add_eval_parser(subparsers):
                         help="how logits map to category ids (auto: by id when the head has more logits than the "
                              "largest id, else contiguous)")
     parser.add_argument("--eval-size", type=int, default=None, help="shorter side (default 800, or the checkpoint's)")
-    parser.add_argument("--max-size", type=int, default=None, help="longer side cap (default 1333, or the checkpoint's)")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="longer side cap (default 1333, or the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")

@@ -3,10 +3,10 @@
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image, ImageDraw
 
-from dabdetr.engine import detect_image  # noqa: E402
+from dabdetr.engine import detect_image
 
 LOSS_NAMES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 AP_NAMES = ("AP", "AP50", "AP75")

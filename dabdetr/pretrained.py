@@ -38,15 +38,18 @@ _HF_RULES = [
     ("transformer.encoder.layers.{i}.norm1.", "model.encoder.layers.{i}.self_attn_layer_norm."),
     ("transformer.encoder.layers.{i}.norm2.", "model.encoder.layers.{i}.final_layer_norm."),
     ("transformer.encoder.layers.{i}.activation.", "model.encoder.layers.{i}.activation_fn."),
-    *[(f"transformer.decoder.layers.{{i}}.sa_{ours}_proj.", f"model.decoder.layers.{{i}}.self_attn.self_attn_{theirs}_proj.")
+    *[(f"transformer.decoder.layers.{{i}}.sa_{ours}_proj.",
+       f"model.decoder.layers.{{i}}.self_attn.self_attn_{theirs}_proj.")
       for ours, theirs in (("qcontent", "query_content"), ("qpos", "query_pos"), ("kcontent", "key_content"),
                            ("kpos", "key_pos"), ("v", "value"))],
     ("transformer.decoder.layers.{i}.self_attn.out_proj.", "model.decoder.layers.{i}.self_attn.self_attn.output_proj."),
     ("transformer.decoder.layers.{i}.norm1.", "model.decoder.layers.{i}.self_attn.self_attn_layer_norm."),
-    *[(f"transformer.decoder.layers.{{i}}.ca_{ours}_proj.", f"model.decoder.layers.{{i}}.cross_attn.cross_attn_{theirs}_proj.")
+    *[(f"transformer.decoder.layers.{{i}}.ca_{ours}_proj.",
+       f"model.decoder.layers.{{i}}.cross_attn.cross_attn_{theirs}_proj.")
       for ours, theirs in (("qcontent", "query_content"), ("qpos", "query_pos"), ("kcontent", "key_content"),
                            ("kpos", "key_pos"), ("v", "value"), ("qpos_sine", "query_pos_sine"))],
-    ("transformer.decoder.layers.{i}.cross_attn.out_proj.", "model.decoder.layers.{i}.cross_attn.cross_attn.output_proj."),
+    ("transformer.decoder.layers.{i}.cross_attn.out_proj.",
+     "model.decoder.layers.{i}.cross_attn.cross_attn.output_proj."),
     ("transformer.decoder.layers.{i}.norm2.", "model.decoder.layers.{i}.cross_attn.cross_attn_layer_norm."),
     ("transformer.decoder.layers.{i}.linear1.", "model.decoder.layers.{i}.mlp.fc1."),
     ("transformer.decoder.layers.{i}.linear2.", "model.decoder.layers.{i}.mlp.fc2."),
@@ -125,7 +128,7 @@ def _rename(state, rules, to_ours, offsets=None):
             m = _prefix_pattern(source).match(key)
             if m:
                 values = {name: int(v) + sign * offsets.get(name, 0) for name, v in m.groupdict().items()}
-                key = _PLACEHOLDER.sub(lambda p: str(values[p.group(1)]), target) + key[m.end():]
+                key = _PLACEHOLDER.sub(lambda p, values=values: str(values[p.group(1)]), target) + key[m.end():]
                 break
         out[key] = tensor
     return out
@@ -323,12 +326,14 @@ def _config_from_huggingface(hf):
         "num_decoder_layers": hf.get("decoder_layers", 6), "num_queries": hf.get("num_queries", 300),
         "num_patterns": hf.get("num_patterns", 0), "random_refpoints_xy": hf.get("random_refpoints_xy", False),
         "keep_query_pos": hf.get("keep_query_pos", False), "dilation": hf.get("dilation", False),
-        "pe_temperature_h": float(hf.get("temperature_height", 20)), "pe_temperature_w": float(hf.get("temperature_width", 20)),
+        "pe_temperature_h": float(hf.get("temperature_height", 20)),
+        "pe_temperature_w": float(hf.get("temperature_width", 20)),
         "dropout": hf.get("dropout", 0.0), "anchor_update_eps": 1e-5, "box_head_eps": 1e-5,
         "num_classes": hf.get("num_labels") or len(hf.get("id2label") or {}) or 2,
     }
     if hf.get("activation_function", "prelu") != "prelu":
-        raise ValueError(f"unsupported Hugging Face activation_function {hf['activation_function']!r} (DAB-DETR uses prelu)")
+        raise ValueError(f"unsupported Hugging Face activation_function {hf['activation_function']!r} "
+                         "(DAB-DETR uses prelu)")
     return values
 
 

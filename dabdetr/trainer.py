@@ -26,8 +26,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dabdetr import distributed
-from dabdetr.checkpoint import (BEST, LATEST, TRAIN_CHECKPOINT_FORMAT, atomic_torch_save, atomic_write,
-                                keep_epoch_checkpoint, load_train_checkpoint, rng_state, set_rng_state)
+from dabdetr.checkpoint import (
+    BEST,
+    LATEST,
+    TRAIN_CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    atomic_write,
+    keep_epoch_checkpoint,
+    load_train_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from dabdetr.criterion import SetCriterion
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
 from dabdetr.engine import evaluate, train_one_epoch

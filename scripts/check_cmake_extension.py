@@ -10,6 +10,7 @@ os.environ["DABDETR_DISABLE_KERNELS"] = "1"  # keep the setup.py build out of th
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import torch
+
     from dabdetr.ops import reference
 
 (library,) = glob.glob(os.path.join(sys.argv[1], "_C*.so"))

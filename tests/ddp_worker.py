@@ -13,7 +13,7 @@ from dabdetr.train_config import recipe
 from dabdetr.trainer import Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_training import TINY_RUN  # noqa: E402
+from test_training import TINY_RUN
 
 output_dir = sys.argv[1]
 trainer = Trainer(recipe("demo", output_dir=output_dir, **{**TINY_RUN, "device": "cpu"}))
@@ -24,7 +24,8 @@ gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 draws = distributed.all_gather_objects(torch.rand(16).tolist())  # the training stream's next numbers
 if dist.get_rank() == 0:
-    steps = [json.loads(line) for line in open(os.path.join(output_dir, "log.jsonl"))]
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        steps = [json.loads(line) for line in f]
     report = {"world_size": dist.get_world_size(), "steps": sum(r["type"] == "train" for r in steps),
               "max_parameter_difference": max((g - flat).abs().max().item() for g in gathered),
               "parameters_changed": bool((flat != initial).any()),

@@ -2,18 +2,17 @@
 
 import pytest
 import torch
-
-from dabdetr.ops import modulated_attention
-from dabdetr.ops import reference
 from op_samples import (
-    AttentionCase,
     ATTENTION_CASES,
     GRADCHECK_CASES,
+    AttentionCase,
     assert_error_ratio,
     attention_inputs,
     default_scale,
     naive_attention,
 )
+
+from dabdetr.ops import modulated_attention, reference
 
 GRAD_NAMES = ("q_content", "q_pos", "k_content", "k_pos", "value")
 

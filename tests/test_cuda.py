@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
+from op_samples import ATTENTION_CASES, AttentionCase, assert_error_ratio, attention_inputs, sine_inputs
 
 from dabdetr.ops import anchor_sine_embed, kernel_info, modulated_anchor_sine_embed, modulated_attention
-from op_samples import ATTENTION_CASES, AttentionCase, assert_error_ratio, attention_inputs, sine_inputs
 
 pytestmark = [
     pytest.mark.cuda,
@@ -60,7 +60,8 @@ def test_attention_error_ratio(case, dtype):
     for name, k, r, t in zip(names, kernel, reference, truth):
         assert torch.isfinite(k).all(), name
         factor = 2.0 if name == "out" else 3.0
-        assert_error_ratio(k, r, t, factor, f"{case.name} {dtype} {name}", floor=4 * eps * max(1.0, t.abs().max().item()))
+        floor = 4 * eps * max(1.0, t.abs().max().item())
+        assert_error_ratio(k, r, t, factor, f"{case.name} {dtype} {name}", floor=floor)
 
 
 def test_fully_padded_rows_are_zero_in_half_precision():
@@ -107,9 +108,11 @@ def test_sine_embed_error_ratio(dtype):
     tensors = (boxes, xy_scale, ref_wh)
     truth = run([t.detach().double().requires_grad_() for t in tensors], "reference")
     for i, (k, r, t) in enumerate(zip(run(tensors, "kernel"), run(tensors, "reference"), truth)):
-        assert_error_ratio(k, r, t, 3.0, f"{dtype} output/grad {i}", floor=4 * torch.finfo(dtype).eps * max(1.0, t.abs().max().item()))
+        floor = 4 * torch.finfo(dtype).eps * max(1.0, t.abs().max().item())
+        assert_error_ratio(k, r, t, 3.0, f"{dtype} output/grad {i}", floor=floor)
     assert_error_ratio(anchor_sine_embed(plain, impl="kernel"), anchor_sine_embed(plain, impl="reference"),
-                       anchor_sine_embed(plain.double(), impl="reference"), 2.0, f"{dtype} embed", floor=torch.finfo(dtype).eps)
+                       anchor_sine_embed(plain.double(), impl="reference"), 2.0, f"{dtype} embed",
+                       floor=torch.finfo(dtype).eps)
 
 
 def _free_gib():

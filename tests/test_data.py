@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU machines unless its wheel is carried)")
+pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU "
+                                         "machines unless its wheel is carried)")
 from PIL import Image
 
 from dabdetr.coco_eval import evaluate_detections

@@ -3,9 +3,9 @@ called directly); nothing crashes."""
 
 import pytest
 import torch
+from op_samples import AttentionCase, attention_inputs, sine_inputs
 
 from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed, modulated_attention
-from op_samples import AttentionCase, attention_inputs, sine_inputs
 
 CASE = AttentionCase("errors", B=2, H=2, Nq=3, Nk=5, Dc=4, Dp=4, Dv=4, mask="random")
 

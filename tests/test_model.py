@@ -137,7 +137,8 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "broken.pth"
     torch.save({"model": state}, path)
-    with pytest.raises(ValueError, match=r"missing keys 1: \['class_embed.bias'\].*unexpected keys 1: \['extra.weight'\]"):
+    expected = r"missing keys 1: \['class_embed.bias'\].*unexpected keys 1: \['extra.weight'\]"
+    with pytest.raises(ValueError, match=expected):
         dabdetr.from_pretrained(str(path))
 
 
@@ -178,7 +179,8 @@ def test_kernel_and_reference_ops_agree():
     for m in (kernel, reference):
         m.train()
         out = m(images, mask)
-        loss = out["pred_logits"].sigmoid().sum() + out["pred_boxes"].sum() + sum(a["pred_boxes"].sum() for a in out["aux_outputs"])
+        loss = (out["pred_logits"].sigmoid().sum() + out["pred_boxes"].sum()
+                + sum(a["pred_boxes"].sum() for a in out["aux_outputs"]))
         params = [p for p in m.parameters() if p.requires_grad]
         results.append((out, torch.autograd.grad(loss, params, allow_unused=True)))
     (out_k, grads_k), (out_r, grads_r) = results
@@ -221,17 +223,20 @@ def test_backbone_freezing_and_dc5_stride():
 
 def test_post_process_against_brute_force():
     g = torch.Generator().manual_seed(0)
-    outputs = {"pred_logits": torch.randn(2, 7, 5, generator=g), "pred_boxes": torch.rand(2, 7, 4, generator=g) * 0.5 + 0.2}
+    outputs = {"pred_logits": torch.randn(2, 7, 5, generator=g),
+               "pred_boxes": torch.rand(2, 7, 4, generator=g) * 0.5 + 0.2}
     sizes = torch.tensor([[480, 640], [300, 200]])
     results = post_process(outputs, sizes, num_select=4)
     for b, result in enumerate(results):
         candidates = sorted(((torch.sigmoid(outputs["pred_logits"][b, q, c]).item(), q, c)
                              for q in range(7) for c in range(5)), reverse=True)[:4]
-        for (score, q, c), got_score, got_label, got_box in zip(candidates, result["scores"], result["labels"], result["boxes"]):
+        got = zip(result["scores"], result["labels"], result["boxes"])
+        for (score, q, c), (got_score, got_label, got_box) in zip(candidates, got):
             cx, cy, w, h = outputs["pred_boxes"][b, q].tolist()
             H, W = sizes[b].tolist()
             assert got_label.item() == c and math.isclose(got_score.item(), score, rel_tol=1e-6)
-            torch.testing.assert_close(got_box, torch.tensor([(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H]))
+            expected = [(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H]
+            torch.testing.assert_close(got_box, torch.tensor(expected))
 
 
 def test_presets_build_and_validate():
@@ -251,14 +256,16 @@ def test_huggingface_hub_layout_with_timm_backbone(tmp_path):
     transformers = pytest.importorskip("transformers")
     safetensors_torch = pytest.importorskip("safetensors.torch")
     model = _randomize(build_model("dab_detr_r50", hidden_dim=64, num_heads=4, ffn_dim=128, num_encoder_layers=1,
-                                   num_decoder_layers=2, num_queries=10, anchor_update_eps=1e-5, box_head_eps=1e-5).eval())
+                                   num_decoder_layers=2, num_queries=10, anchor_update_eps=1e-5,
+                                   box_head_eps=1e-5).eval())
     transformers.DabDetrConfig(
         hidden_size=64, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
         encoder_layers=1, decoder_layers=2, num_queries=10, num_labels=91,
     ).save_pretrained(tmp_path)
     state = pretrained.to_huggingface_state_dict(model)
     assert any(k.startswith("model.backbone.conv_encoder.model._backbone.layer4.") for k in state)
-    safetensors_torch.save_file({k: v.clone().contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    weights = {k: v.clone().contiguous() for k, v in state.items()}
+    safetensors_torch.save_file(weights, str(tmp_path / "model.safetensors"))
     loaded = dabdetr.from_pretrained(str(tmp_path))
     assert loaded.config == model.config.replace(dropout=0.1)  # Hugging Face's default dropout
     _assert_same_outputs(model, loaded)

@@ -3,9 +3,9 @@ against the reference."""
 
 import pytest
 import torch
+from op_samples import BOX_SHAPES, assert_error_ratio, naive_sine_embed, sine_inputs
 
 from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed
-from op_samples import BOX_SHAPES, assert_error_ratio, naive_sine_embed, sine_inputs
 
 
 @pytest.mark.parametrize("shape", BOX_SHAPES[:4], ids=str)
@@ -46,7 +46,8 @@ def _cases():
 
 
 def _setup(shape, variant, n, device, dtype, seed=0):
-    boxes, xy_scale, ref_wh = sine_inputs(shape, n, device, dtype, modulated=bool(variant), requires_grad=True, seed=seed)
+    boxes, xy_scale, ref_wh = sine_inputs(shape, n, device, dtype, modulated=bool(variant), requires_grad=True,
+                                          seed=seed)
     if variant == "scale_only":
         ref_wh = None
     if variant == "ref_only":

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU machines unless its wheel is carried)")
+pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU "
+                                         "machines unless its wheel is carried)")
 
 from dabdetr import from_pretrained
 from dabdetr.checkpoint import load_train_checkpoint
@@ -232,12 +233,14 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
 def test_cli_eval_of_a_pretrained_directory_on_a_coco_json(tmp_path, capsys):
     model = DABDETR(preset("demo", num_classes=91, **TINY_MODEL))
     model.save_pretrained(str(tmp_path / "model"))
-    cli(["eval", str(tmp_path / "model"), "--annotations", os.path.join(TINYCOCO, "annotations", "instances_val2017.json"),
+    annotations = os.path.join(TINYCOCO, "annotations", "instances_val2017.json")
+    cli(["eval", str(tmp_path / "model"), "--annotations", annotations,
          "--images", os.path.join(TINYCOCO, "images", "val2017"), "--eval-size", "128", "--max-size", "200",
          "--num-workers", "0", "--output", str(tmp_path / "detections.json")])
     assert "Average Precision" in capsys.readouterr().out
     detections = json.loads((tmp_path / "detections.json").read_text())
-    coco_ids = {c["id"] for c in json.load(open(os.path.join(TINYCOCO, "annotations", "instances_val2017.json")))["categories"]}
+    with open(annotations) as f:
+        coco_ids = {c["id"] for c in json.load(f)["categories"]}
     assert detections and {d["category_id"] for d in detections} <= coco_ids  # logits 0 and unused ids dropped
 
 
@@ -489,8 +492,9 @@ def test_coco_training_path_learns(tmp_path):
     """A few steps through the COCO loader (files on disk, category ids, transforms): the loss falls."""
     write_coco_folder(tmp_path / "coco", count=4)
     epochs = 25  # one step each
-    trainer = Trainer(tiny_config(tmp_path / "run", **coco_run(tmp_path / "coco", epochs=epochs, lr_drop=epochs, lr=3e-4,
-                                                                 lr_backbone=3e-4, model={**TINY_MODEL, "dn_groups": 0})))
+    run = coco_run(tmp_path / "coco", epochs=epochs, lr_drop=epochs, lr=3e-4, lr_backbone=3e-4,
+                   model={**TINY_MODEL, "dn_groups": 0})
+    trainer = Trainer(tiny_config(tmp_path / "run", **run))
     for epoch in range(epochs):
         trainer.train_epoch(epoch)
     losses = epoch_mean_losses(tmp_path / "run")

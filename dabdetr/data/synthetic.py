@@ -112,8 +112,8 @@ class SyntheticShapes(CocoDetection):
 
     def __init__(self, num_images, transforms, image_size=128, max_objects=5, object_size=(0.12, 0.45),
                  max_overlap=0.3, split_seed=0, seed=0):
-        coco = load_coco(synthetic_coco(num_images, image_size, max_objects, *object_size, max_overlap, seed=split_seed),
-                         "synthetic")
+        layouts = synthetic_coco(num_images, image_size, max_objects, *object_size, max_overlap, seed=split_seed)
+        coco = load_coco(layouts, "synthetic")
         super().__init__(coco, None, transforms, label_mapping="contiguous", seed=seed)
 
     def load_image(self, image_info):

@@ -134,9 +134,10 @@ class Compose:
 
 
 def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=None, eval_size=None, hflip_prob=0.5):
-    """DETR's pipelines. Train: flip (with probability hflip_prob), then either resize to one of `sizes` or (with probability 0.5,
-    when crop_resize_sizes and crop_size are given) resize to one of crop_resize_sizes, crop a
-    region of crop_size = (min, max), and resize to one of `sizes`. Eval: resize to eval_size
+    """DETR's pipelines. Train: flip (with probability hflip_prob), then either resize to one of
+    `sizes` or (with probability 0.5, when crop_resize_sizes and crop_size are given) resize to
+    one of crop_resize_sizes, crop a region of crop_size = (min, max), and resize to one of
+    `sizes`. Eval: resize to eval_size
     (default max(sizes)). COCO recipe: sizes 480..800 step 32, max_size 1333, crop_resize_sizes
     (400, 500, 600), crop_size (384, 600)."""
     if not train:

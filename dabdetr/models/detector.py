@@ -67,7 +67,7 @@ class DABDETR(nn.Module):
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
-            "aux_outputs": [{"pred_logits": l, "pred_boxes": b} for l, b in zip(logits[:-1], boxes[:-1])],
+            "aux_outputs": [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])],
         }
 
     def denoise(self, memory, pos, key_padding_mask, targets):
@@ -106,4 +106,4 @@ def post_process(outputs, target_sizes, num_select=300):
     boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
     height, width = target_sizes.to(boxes.dtype).unbind(1)
     boxes = boxes * torch.stack((width, height, width, height), dim=1)[:, None, :]
-    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, boxes)]
+    return [{"scores": s, "labels": c, "boxes": b} for s, c, b in zip(scores, labels, boxes)]

@@ -28,9 +28,11 @@ class PositionEmbeddingSineHW(nn.Module):
         x = not_mask.cumsum(2)
         eps = 1e-6
         points = torch.stack((x / (x[:, :, -1:] + eps), y / (y[:, -1:, :] + eps)), dim=-1).flatten(1, 2)
-        embed_h = anchor_sine_embed(points, num_feats=self.num_feats, temperature=self.temperature_h, impl=self.ops_impl)
+        embed_h = anchor_sine_embed(points, num_feats=self.num_feats, temperature=self.temperature_h,
+                                    impl=self.ops_impl)
         if self.temperature_w == self.temperature_h:
             return embed_h
-        embed_w = anchor_sine_embed(points, num_feats=self.num_feats, temperature=self.temperature_w, impl=self.ops_impl)
+        embed_w = anchor_sine_embed(points, num_feats=self.num_feats, temperature=self.temperature_w,
+                                    impl=self.ops_impl)
         return torch.cat((embed_h[..., : self.num_feats], embed_w[..., self.num_feats :]), dim=-1)
 

@@ -53,7 +53,8 @@ def _unsupported(q_content, q_pos, k_content, value):
         return f"no CUDA kernel for head dims above {BUILD_INFO['cuda_max_head_dim']} (widest is {widest})"
     rows = max(q_content.shape[2], k_content.shape[2])
     if rows > BUILD_INFO["cuda_max_attention_rows"]:
-        return f"the CUDA kernel serves at most {BUILD_INFO['cuda_max_attention_rows']} queries and keys per head, got {rows}"
+        return (f"the CUDA kernel serves at most {BUILD_INFO['cuda_max_attention_rows']} queries and keys per head, "
+                f"got {rows}")
     return None
 
 
@@ -101,7 +102,8 @@ def _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask):
         expect("k_pos", (0, 1, 2, 3), (B, H, Nk, q_pos.shape[3]))
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask).__name__
+            is_tensor = isinstance(key_padding_mask, torch.Tensor)
+            got = key_padding_mask.dtype if is_tensor else type(key_padding_mask).__name__
             raise TypeError(f"modulated_attention: key_padding_mask must be a bool tensor (True = padded), got {got}")
         if tuple(key_padding_mask.shape) != (B, Nk):
             raise ValueError(

@@ -86,7 +86,8 @@ if kernels_loaded():
         return embed, boxes.new_empty((*boxes.shape[:-1], 2 * num_feats))
 
     @torch.library.register_fake("dabdetr::anchor_sine_embed_backward")
-    def _anchor_sine_embed_backward_fake(grad_embed, grad_modulated_xy, embed, boxes, xy_scale, ref_wh, num_feats, temperature):
+    def _anchor_sine_embed_backward_fake(grad_embed, grad_modulated_xy, embed, boxes, xy_scale, ref_wh, num_feats,
+                                         temperature):
         def like(t):
             return t.new_empty(t.shape) if t is not None else boxes.new_empty((0,))
 
