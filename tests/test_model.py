@@ -9,6 +9,7 @@ import torch
 
 import dabdetr
 from dabdetr import pretrained
+from dabdetr.formats import huggingface
 from dabdetr.models import DABDETR, build_model, post_process, preset
 
 
@@ -124,7 +125,7 @@ def test_mmdetection_checkpoint(tmp_path):
 @pytest.mark.parametrize("hf_resnet", [False, True])
 def test_huggingface_key_mapping_round_trips(hf_resnet):
     model = _small()
-    state = pretrained._from_huggingface(pretrained.to_huggingface_state_dict(model, hf_resnet_backbone=hf_resnet))
+    state = huggingface.from_huggingface(pretrained.to_huggingface_state_dict(model, hf_resnet_backbone=hf_resnet))
     reference = model.state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in reference)

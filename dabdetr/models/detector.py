@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from dabdetr.box_ops import box_cxcywh_to_xyxy
+from dabdetr.formats.native import save_pretrained
 from dabdetr.models.backbone import Backbone
 from dabdetr.models.config import DABDETRConfig
 from dabdetr.models.denoising import noised_queries
@@ -86,8 +87,6 @@ class DABDETR(nn.Module):
 
     def save_pretrained(self, directory, class_names=None):
         """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""
-        from dabdetr.pretrained import save_pretrained  # pretrained builds models: import late
-
         save_pretrained(self, directory, class_names)
 
 

@@ -1,0 +1,32 @@
+"""Our model directory: config.json ({"format": "dabdetr", "config": DABDETRConfig fields,
+"class_names": {label: name}}) and model.pt (the state dict). Imports no model code, so the model
+itself can write it (DABDETR.save_pretrained)."""
+
+import json
+import os
+
+import torch
+
+from dabdetr.checkpoint import atomic_write, read_torch_file
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
+FORMAT_TAG = "dabdetr"
+
+
+def save_pretrained(model, directory, class_names=None):
+    """Writes config.json and model.pt (each atomically: a temporary file, then a rename).
+    class_names: optional {label: name}, kept in config.json for `dabdetr predict`."""
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda f: torch.save(model.state_dict(), f), binary=True)
+    config = {"format": FORMAT_TAG, "config": model.config.to_dict()}
+    if class_names:
+        config["class_names"] = {str(label): name for label, name in class_names.items()}
+    atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: json.dump(config, f, indent=1))
+
+
+def read_model_directory(directory):
+    """(state dict, DABDETRConfig fields, {label: name}) of a directory save_pretrained wrote."""
+    with open(os.path.join(directory, CONFIG_FILE)) as f:
+        config = json.load(f)
+    class_names = {int(label): name for label, name in (config.get("class_names") or {}).items()}
+    return read_torch_file(os.path.join(directory, WEIGHTS_FILE)), config["config"], class_names

@@ -1,0 +1,29 @@
+"""The official DAB-DETR checkpoint (IDEA-Research/DAB-DETR): {'model': state dict, 'args': Namespace}.
+Names are ours but for the backbone prefix; its decoder registers the box head a second time."""
+
+import argparse
+
+from dabdetr.formats.renames import drop_shared_box_head, rename
+
+RULES = [("backbone.body.", "backbone.0.body.")]
+
+
+def from_official(state):
+    state = drop_shared_box_head(state, "transformer.decoder.bbox_embed.", "bbox_embed.")
+    return rename(state, RULES, to_ours=True)
+
+
+def to_official_state_dict(model):
+    state = rename(model.state_dict(), RULES, to_ours=False)
+    state.update({"transformer.decoder." + k: v for k, v in model.state_dict().items() if k.startswith("bbox_embed.")})
+    return state
+
+
+def config_from_args(args):
+    if args is None:
+        return {}
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    fields = {"dilation": "dilation", "pe_temperatureH": "pe_temperature_h", "pe_temperatureW": "pe_temperature_w",
+              "random_refpoints_xy": "random_refpoints_xy", "nheads": "num_heads", "dropout": "dropout",
+              "num_select": "num_select"}
+    return {ours: args[theirs] for theirs, ours in fields.items() if theirs in args}
