@@ -1,6 +1,10 @@
 // Every op schema of the extension, and the build information exposed to Python.
 // Backends register their kernels in cpu/ops_cpu.cpp and cuda/ops_cuda.cpp.
+#include <string>
+#include <vector>
+
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
@@ -30,6 +34,10 @@ TORCH_LIBRARY(dabdetr, m) {
       "-> (Tensor, Tensor, Tensor)");
 }
 
+namespace dabdetr::cpu {
+std::vector<std::string> kernel_dtypes();  // cpu/ops_cpu.cpp, beside the check it lists
+}
+
 #ifdef DABDETR_WITH_CUDA
 namespace dabdetr::cuda {
 pybind11::dict cuda_build_info();  // cuda/ops_cuda.cpp
@@ -41,6 +49,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     pybind11::dict info;
     info["cpu"] = true;
     info["cpu_isa"] = dabdetr::cpu::isa_name(dabdetr::cpu::selected_isa());
+    info["cpu_dtypes"] = dabdetr::cpu::kernel_dtypes();
     info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
                             std::to_string(TORCH_VERSION_MINOR) + "." +
                             std::to_string(TORCH_VERSION_PATCH);
@@ -51,6 +60,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     info["cuda"] = false;
     info["cuda_archs"] = pybind11::list();
     info["cuda_version"] = pybind11::none();
+    info["cuda_dtypes"] = pybind11::list();
 #endif
     return info;
   });

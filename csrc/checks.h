@@ -3,12 +3,24 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 namespace dabdetr {
+
+// torch's Python name of a dtype ("float32"), for build_info's lists of kernel dtypes.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(t);
+  }
+}
 
 struct AttentionSizes {
   int64_t batch, heads, num_queries, num_keys, dim_content, dim_pos, dim_value;

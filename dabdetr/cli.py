@@ -1,4 +1,4 @@
-"""The `dabdetr` command: train, eval, predict, convert, bench.
+"""The `dabdetr` command: train, eval, predict, convert (also `python -m dabdetr`).
 
     dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
     dabdetr train --preset demo --output-dir runs/demo --resume auto   # the same run, resumed (or started)
@@ -8,19 +8,22 @@
     dabdetr predict runs/demo/model image1.jpg image2.jpg --output-dir predictions/
     dabdetr convert dab_detr_r50.pth converted/ --to dabdetr
     dabdetr convert runs/demo/model hf_model/ --to huggingface
-    dabdetr bench --device cpu
 """
 
 import argparse
 import json
 import logging
 import os
-import runpy
-import sys
 
 import torch
 
+from dabdetr.data.coco import LABEL_MAPPINGS
+from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE
+from dabdetr.pretrained import SOURCES
+from dabdetr.train_config import AMP_MODES
+
 LOG = logging.getLogger("dabdetr")
+LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(message)s", "%H:%M:%S"
 
 
 def parse_assignments(pairs, what):
@@ -53,7 +56,7 @@ def add_train_parser(subparsers):
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto | cpu | cuda")
-    parser.add_argument("--amp", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--amp", choices=AMP_MODES)
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", dest="train_overrides", action="append", metavar="FIELD=VALUE",
@@ -82,24 +85,24 @@ def run_train(args):
         overrides["progress"] = False
     path, checkpoint = resume_checkpoint(args.resume, overrides.get("output_dir", TrainConfig.output_dir))
     if checkpoint is not None:
-        saved = TrainConfig.from_dict(checkpoint["train_config"])
-        config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(path)), **overrides})
-        # The run continues with its own settings; only what does not change its course may differ
-        # (repeating the original command line with --resume auto is fine).
-        changed = sorted(k for k in overrides if k not in Trainer.RESUMABLE_CHANGES
-                         and getattr(config, k) != getattr(saved, k))
-        if changed:
-            raise SystemExit(f"train --resume: {changed} cannot change when resuming {path} (only "
-                             f"{list(Trainer.RESUMABLE_CHANGES)} can)")
+        try:
+            trainer = Trainer.from_checkpoint(path, checkpoint, **overrides)
+        except ValueError as error:
+            raise SystemExit(f"train --resume: {error}") from None
     else:
-        config = recipe(overrides.pop("preset", "demo"), **overrides)
-    trainer = Trainer(config, resume=path, checkpoint=checkpoint)
+        trainer = Trainer(recipe(overrides.pop("preset", "demo"), **overrides))
+    config = trainer.config
+    log_file = log_to_file(os.path.join(config.output_dir, "train.log")) if distributed_rank() == 0 else None
     try:
         metrics = trainer.fit()
     except TrainingPreempted as stop:
         preempted = stop
     else:
         preempted = None
+    finally:
+        if log_file is not None:
+            LOG.removeHandler(log_file)
+            log_file.close()
     del trainer  # its DDP model holds the process group
     distributed.shutdown()
     if preempted is not None:
@@ -115,6 +118,14 @@ def run_train(args):
 
 def distributed_rank():
     return int(os.environ.get("RANK", 0))
+
+
+def log_to_file(path):
+    """Adds a handler writing the "dabdetr" log to path (appending); returns it."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    LOG.addHandler(handler)
+    return handler
 
 
 def resume_checkpoint(resume, output_dir):
@@ -147,12 +158,13 @@ def add_eval_parser(subparsers):
                                            "MMDetection .pth")
     parser.add_argument("--annotations", help="COCO json; default: the validation set a training checkpoint used")
     parser.add_argument("--images", help="image directory of --annotations")
-    parser.add_argument("--label-mapping", choices=("auto", "category_id", "contiguous"), default="auto",
+    parser.add_argument("--label-mapping", choices=("auto", *LABEL_MAPPINGS), default="auto",
                         help="how logits map to category ids (auto: by id when the head has more logits than the "
                              "largest id, else contiguous)")
-    parser.add_argument("--eval-size", type=int, default=None, help="shorter side (default 800, or the checkpoint's)")
+    parser.add_argument("--eval-size", type=int, default=None,
+                        help=f"shorter side (default {COCO_EVAL_SIZE}, or the checkpoint's)")
     parser.add_argument("--max-size", type=int, default=None,
-                        help="longer side cap (default 1333, or the checkpoint's)")
+                        help=f"longer side cap (default {COCO_MAX_SIZE}, or the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -161,10 +173,10 @@ def add_eval_parser(subparsers):
 
 
 def run_eval(args):
-    from dabdetr.data import CocoDetection, collate_detection, load_coco, make_transforms
+    from dabdetr.data import CocoDetection, build_datasets, collate_detection, load_coco, make_transforms
+    from dabdetr.distributed import resolve_device
     from dabdetr.engine import evaluate
     from dabdetr.train_config import TrainConfig
-    from dabdetr.trainer import build_datasets, resolve_device
 
     device = resolve_device(args.device)
     model, metadata = load_model(args.checkpoint, device)
@@ -181,7 +193,7 @@ def run_eval(args):
         mapping = args.label_mapping
         if mapping == "auto":
             mapping = "category_id" if model.config.num_classes > max(coco.cats) else "contiguous"
-        transforms = make_transforms(False, [args.eval_size or 800], args.max_size or 1333)
+        transforms = make_transforms(False, [args.eval_size or COCO_EVAL_SIZE], args.max_size or COCO_MAX_SIZE)
         dataset = CocoDetection(coco, args.images, transforms, mapping)
         if dataset.num_classes > model.config.num_classes:
             raise SystemExit(f"eval: the model has {model.config.num_classes} logits but the dataset needs "
@@ -205,8 +217,9 @@ def add_predict_parser(subparsers):
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--output-dir", default="predictions")
     parser.add_argument("--threshold", type=float, default=0.3, help="score threshold for the JSON and pictures")
-    parser.add_argument("--size", type=int, default=None, help="shorter side the model sees (default 800; the "
-                                                               "training size for training checkpoints)")
+    parser.add_argument("--size", type=int, default=None, help=f"shorter side the model sees (default "
+                                                               f"{COCO_EVAL_SIZE}; the training size for training "
+                                                               "checkpoints)")
     parser.add_argument("--max-size", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.set_defaults(run=run_predict)
@@ -215,14 +228,14 @@ def add_predict_parser(subparsers):
 def run_predict(args):
     from dabdetr.data.coco import open_image
     from dabdetr.data.transforms import make_transforms
+    from dabdetr.distributed import resolve_device
     from dabdetr.engine import detect_image
     from dabdetr.plots import draw_detections
     from dabdetr.train_config import TrainConfig
-    from dabdetr.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, metadata = load_model(args.checkpoint, device)
-    size, max_size = args.size or 800, args.max_size or 1333
+    size, max_size = args.size or COCO_EVAL_SIZE, args.max_size or COCO_MAX_SIZE
     if metadata["train_config"] is not None and args.size is None:
         train_config = TrainConfig.from_dict(metadata["train_config"])
         size, max_size = train_config.eval_size, args.max_size or train_config.max_size
@@ -260,8 +273,7 @@ def add_convert_parser(subparsers):
     parser.add_argument("source", help="any checkpoint from_pretrained reads")
     parser.add_argument("destination", help="a directory (--to dabdetr, huggingface) or a .pth file")
     parser.add_argument("--to", choices=CONVERT_TARGETS, required=True)
-    parser.add_argument("--source-format", default="auto", help="auto | dabdetr | dabdetr-train | huggingface | "
-                                                                "official | mmdetection")
+    parser.add_argument("--source-format", default="auto", choices=SOURCES)
     parser.add_argument("--timm-backbone", action="store_true",
                         help="--to huggingface: the hub checkpoints' timm ResNet (needed for DC5) instead of "
                              "Hugging Face's own, which loads without timm")
@@ -286,51 +298,22 @@ def run_convert(args):
     print(f"wrote {args.destination} ({args.to})")
 
 
-# --- bench -------------------------------------------------------------------------------------
-
-BENCHMARKS = {"attention": "bench_attention.py", "sine": "bench_sine_embed.py", "model": "bench_model.py"}
-
-
-def add_bench_parser(subparsers):
-    parser = subparsers.add_parser("bench", help="run the op and model benchmarks (from a source checkout)")
-    parser.add_argument("which", nargs="*", help=f"any of {sorted(BENCHMARKS)} (default: attention sine)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out-dir", default="outputs/benchmarks")
-    parser.set_defaults(run=run_bench)
-
-
-def run_bench(args):
-    directory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    if not os.path.isdir(directory):
-        raise SystemExit(f"bench: the benchmarks live in the source checkout ({directory} not found); "
-                         "run from a clone installed with `pip install -e .`")
-    unknown = sorted(set(args.which) - set(BENCHMARKS))
-    if unknown:
-        raise SystemExit(f"bench: unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
-    sys.path.insert(0, directory)
-    for name in args.which or ["attention", "sine"]:
-        script = os.path.join(directory, BENCHMARKS[name])
-        saved = sys.argv
-        sys.argv = [script, "--device", args.device, "--out-dir", args.out_dir]
-        try:
-            runpy.run_path(script, run_name="__main__")
-        finally:
-            sys.argv = saved
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dabdetr", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_convert_parser, add_bench_parser):
+    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_convert_parser):
         add(subparsers)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     try:
         args.run(args)
     except (FileNotFoundError, ValueError) as error:
-        LOG.error("dabdetr %s: %s", args.command, error)
+        if args.debug:
+            raise
+        LOG.error("dabdetr %s: %s (--debug shows where)", args.command, error)
         raise SystemExit(1) from None
 
 

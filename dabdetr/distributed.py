@@ -6,6 +6,16 @@ import torch
 import torch.distributed as dist
 
 
+def resolve_device(name):
+    """torch.device of a config's device: "auto" is CUDA where torch sees it, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
 def init_distributed(device_type):
     """Joins the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK in the environment).
 

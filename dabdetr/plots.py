@@ -1,9 +1,7 @@
 """Pictures: training curves from the log records, and detections drawn on images."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from dabdetr.engine import detect_image
@@ -21,7 +19,10 @@ def plot_training_curves(records, path):
     evals = [r for r in records if r["type"] == "eval"]
     steps_per_epoch = {r["epoch"]: r["step"] + 1 for r in steps}  # the last logged step closes an epoch
     x = [r["epoch"] + r["step"] / steps_per_epoch[r["epoch"]] for r in steps]
-    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # A Figure of our own on the Agg canvas: files only, and the caller's pyplot backend untouched.
+    figure = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(figure)
+    loss_axis, ap_axis = figure.subplots(1, 2)
     for name in LOSS_NAMES:
         loss_axis.plot(x, [r[name] for r in steps], label=name, linewidth=1, alpha=0.8)
     if epochs:
@@ -39,7 +40,6 @@ def plot_training_curves(records, path):
         ap_axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def draw_detections(image, detections, class_names, score_threshold=0.3, ground_truth=None):

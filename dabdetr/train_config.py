@@ -2,10 +2,10 @@
 
 from dataclasses import dataclass, field
 
+from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, COCO_TRAIN_SIZES
 from dabdetr.models.config import DictConfig
 
 AMP_MODES = ("off", "bf16", "fp16")
-COCO_TRAIN_SIZES = tuple(range(480, 801, 32))
 
 
 @dataclass
@@ -36,10 +36,10 @@ class TrainConfig(DictConfig):
     synthetic_max_overlap: float = 0.3  # largest IoU between two shapes of an image
     hflip_prob: float = 0.5  # horizontal flips in training
     train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
-    max_size: int = 1333  # longer side cap
+    max_size: int = COCO_MAX_SIZE  # longer side cap
     crop_resize_sizes: tuple = (400, 500, 600)  # the random-crop branch; () disables it
     crop_size: tuple = (384, 600)
-    eval_size: int = 800
+    eval_size: int = COCO_EVAL_SIZE
 
     # Optimization.
     epochs: int = 50

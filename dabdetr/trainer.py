@@ -38,7 +38,7 @@ from dabdetr.checkpoint import (
     set_rng_state,
 )
 from dabdetr.criterion import SetCriterion
-from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
+from dabdetr.data import build_datasets, collate_detection
 from dabdetr.engine import evaluate, train_one_epoch
 from dabdetr.matcher import HungarianMatcher
 from dabdetr.models import DABDETR
@@ -47,38 +47,6 @@ from dabdetr.preemption import PreemptionRequest, TrainingPreempted, ignore_pree
 from dabdetr.train_config import TrainConfig
 
 logger = logging.getLogger("dabdetr")
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    return device
-
-
-def build_datasets(config: TrainConfig):
-    """(train, val) datasets of the config: COCO under data_root, else the synthetic shapes."""
-    train_transforms = make_transforms(True, config.train_sizes, config.max_size, config.crop_resize_sizes,
-                                       config.crop_size, hflip_prob=config.hflip_prob)
-    val_transforms = make_transforms(False, config.train_sizes, config.max_size, eval_size=config.eval_size)
-    if config.data_root is None:
-        common = {"image_size": config.synthetic_image_size, "max_objects": config.synthetic_max_objects,
-                  "object_size": config.synthetic_object_size, "max_overlap": config.synthetic_max_overlap,
-                  "seed": config.seed}
-        # Different split seeds: the validation images are never seen in training.
-        return (SyntheticShapes(config.synthetic_train_images, train_transforms, split_seed=1, **common),
-                SyntheticShapes(config.synthetic_val_images, val_transforms, split_seed=2, **common))
-    root = config.data_root
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data_root {root} is not a directory")
-    return tuple(
-        CocoDetection(os.path.join(root, annotations), os.path.join(root, images), transforms,
-                      config.label_mapping, seed=config.seed, skip_bad_images=skip)
-        for annotations, images, transforms, skip in (
-            (config.train_annotations, config.train_images, train_transforms, config.skip_bad_images),
-            (config.val_annotations, config.val_images, val_transforms, False)))
 
 
 def build_model_config(config: TrainConfig, num_classes):
@@ -136,28 +104,35 @@ def parameter_groups(model, config: TrainConfig):
 
 
 class Trainer:
-    """Trainer(config, resume=None).fit() trains, evaluates and writes output_dir (module doc).
+    """Trainer(config).fit() trains, evaluates and writes output_dir (module doc); a saved run
+    continues with Trainer.from_checkpoint(path). Logs go to the "dabdetr" logger (the CLI also
+    writes them to output_dir/train.log)."""
 
-    resume: a checkpoint.pt written by a Trainer; training continues at the step after it (an
-    epoch's end, or within an epoch with checkpoint_every) with the same model, optimizer,
-    scheduler, generator states, loss sums and best AP, so the run is the one it would have been
-    without the interruption. The config given here wins over the saved one only in
-    RESUMABLE_CHANGES. checkpoint: resume's content, if already read (load_train_checkpoint).
-    """
-
+    # The settings a resumed run may change: none of them changes what it computes.
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
                          "checkpoint_every", "keep_last", "skip_bad_images", "tensorboard")
 
-    def __init__(self, config: TrainConfig, resume=None, checkpoint=None):
-        if resume and checkpoint is None:
-            checkpoint = load_train_checkpoint(resume)
-        if checkpoint is not None:
-            saved = TrainConfig.from_dict(checkpoint["train_config"])
-            config = saved.replace(**{k: getattr(config, k) for k in self.RESUMABLE_CHANGES})
+    @classmethod
+    def from_checkpoint(cls, path, checkpoint=None, **changes):
+        """The run saved at path (a checkpoint written by a Trainer), continued at the step after
+        it (an epoch's end, or within an epoch) with the same model, optimizer, scheduler,
+        generator states, loss sums and best AP: the run it would have been without the
+        interruption. output_dir defaults to the checkpoint's directory. changes: TrainConfig
+        fields; those outside RESUMABLE_CHANGES must equal the saved values (so the command
+        line that started the run can resume it). checkpoint: path's content, if already read."""
+        checkpoint = load_train_checkpoint(path) if checkpoint is None else checkpoint
+        saved = TrainConfig.from_dict(checkpoint["train_config"])
+        config = saved.replace(**{"output_dir": os.path.dirname(os.path.abspath(path)), **changes})
+        changed = sorted(k for k in changes
+                         if k not in cls.RESUMABLE_CHANGES and getattr(config, k) != getattr(saved, k))
+        if changed:
+            raise ValueError(f"{changed} cannot change when resuming {path} (only {list(cls.RESUMABLE_CHANGES)} can)")
+        return cls(config, _resume=(path, checkpoint))
+
+    def __init__(self, config: TrainConfig, _resume=None):
+        resume_path, checkpoint = _resume or (None, None)
         self.config = config
-        self.device = resolve_device(config.device)
-        if config.amp != "off" and self.device.type != "cuda":
-            raise ValueError(f"amp={config.amp!r} needs a CUDA device; this run is on {self.device}")
+        self.device = distributed.resolve_device(config.device)
         self.rank, self.world_size, local_rank = distributed.init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
@@ -165,7 +140,6 @@ class Trainer:
         self.output_dir = config.output_dir
         if self.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
-            self._setup_logging()
         torch.manual_seed(config.seed + self.rank)
 
         self.train_set, self.val_set = build_datasets(config)
@@ -196,11 +170,11 @@ class Trainer:
                                            weight_decay=config.weight_decay,
                                            fused=self.device.type in ("cpu", "cuda"))  # one kernel per step
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_drop)
-        self.grad_scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
         if checkpoint is not None:
-            self._restore(checkpoint, resume)
+            self._restore(checkpoint, resume_path)
 
         self.train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, shuffle=True, seed=config.seed,
                                           drop_last=True)
@@ -221,19 +195,6 @@ class Trainer:
         self.tensorboard = self._open_tensorboard() if config.tensorboard and self.is_main else None
 
     # --- state ---------------------------------------------------------------------------------
-
-    def _setup_logging(self):
-        """Console and output_dir/train.log handlers on the "dabdetr" logger (replacing those of
-        an earlier Trainer in this process)."""
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # these handlers print it; a root handler (the CLI's) would print it twice
-        for handler in [h for h in logger.handlers if getattr(h, "_dabdetr", False)]:
-            logger.removeHandler(handler)
-            handler.close()
-        for handler in (logging.StreamHandler(), logging.FileHandler(os.path.join(self.output_dir, "train.log"))):
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-            handler._dabdetr = True
-            logger.addHandler(handler)
 
     def state_dict(self, epoch, step=0):
         """The training state after `epoch` whole epochs and `step` steps of the next one."""

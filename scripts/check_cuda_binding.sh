@@ -15,8 +15,15 @@ CACHE=${DABDETR_CUDA_TORCH_CACHE:-$HOME/.cache/dabdetr-cuda-torch}
 OUT=${OUT:-build-cuda-binding}
 ARCH=${ARCH:-90}
 JOBS=${MAX_JOBS:-$(nproc)}
-NVCC=$(command -v nvcc) || { echo "nvcc not found"; exit 1; }
-CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$NVCC")")")
+# The CUDA toolkit: $CUDA_HOME, the one nvcc belongs to, or /usr/local/cuda (nvcc may be a wrapper).
+for candidate in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /)")")")" /usr/local/cuda; do
+  if [ -n "$candidate" ] && [ -f "$candidate/include/cuda_runtime_api.h" ] && [ -x "$candidate/bin/nvcc" ]; then
+    CUDA_HOME=$candidate
+    break
+  fi
+done
+[ -f "${CUDA_HOME:-}/include/cuda_runtime_api.h" ] || { echo "no CUDA toolkit found (set CUDA_HOME)"; exit 1; }
+NVCC="$CUDA_HOME/bin/nvcc"
 read -r TORCH_VERSION PYTAG PY_INCLUDE PY_LIBDIR PY_LIB < <(python - <<'PY'
 import sys, sysconfig, torch
 print(torch.__version__.split("+")[0], f"cp{sys.version_info[0]}{sys.version_info[1]}", sysconfig.get_paths()["include"],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: a fresh virtual environment, the extension built from source with
-# setup.py and with CMake (+ the CUDA compile check where nvcc exists), ruff, the release
+# setup.py and with CMake (+ where nvcc exists, the CUDA compile check and the whole extension
+# compiled and linked against a CUDA build of torch), ruff, the release
 # artifacts (sdist and wheel, each installed into a fresh environment), then the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +10,8 @@ CLEAR=${CLEAR:-1} bash scripts/bootstrap.sh
 echo "== ruff"
 ruff check .
 bash scripts/check_cmake_build.sh
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+  bash scripts/check_cuda_binding.sh  # the whole extension with CUDA, against the registry's CUDA torch
+fi
 bash scripts/check_release.sh
 python -m pytest -q tests "$@"

@@ -29,3 +29,22 @@ def test_detections_below_the_threshold_are_not_drawn():
     drawn = np.asarray(draw_detections(image, detections, {1: "a", 2: "b"}, score_threshold=0.5))
     assert (drawn[45, 5] == PALETTE[1]).all()  # the left edge of the kept box
     assert (drawn[40:62, 33:62] == 128).all()  # nothing where the dropped box was
+
+
+def test_curves_leave_the_pyplot_backend_alone(tmp_path):
+    import importlib
+
+    import matplotlib
+
+    import dabdetr.plots
+
+    matplotlib.use("svg")  # whatever the user chose
+    importlib.reload(dabdetr.plots)
+    records = [{"type": "train", "epoch": 0, "step": s, "loss": 2.0 - s / 10, "loss_ce": 1.0, "loss_bbox": 0.5,
+                "loss_giou": 0.5} for s in range(3)]
+    records += [{"type": "epoch", "epoch": 0, "loss": 1.9}, {"type": "eval", "epoch": 0, "AP": 0.1, "AP50": 0.2,
+                                                              "AP75": 0.05}]
+    dabdetr.plots.plot_training_curves(records, str(tmp_path / "curves.png"))
+    assert matplotlib.get_backend() == "svg"
+    with Image.open(tmp_path / "curves.png") as picture:
+        assert picture.size == (1200, 450)

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "checks.h"
+#include "host_params.h"
 #include "cuda/launch.h"
 #include "sine_frequencies.h"
 
@@ -29,6 +30,9 @@ pybind11::dict cuda_build_info() {
   }
   info["cuda_archs"] = archs;
   info["cuda_max_head_dim"] = kMaxHeadDim;
+  pybind11::list dtypes;
+  for (const auto t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) dtypes.append(dtype_name(t));  // dtype_of's
+  info["cuda_dtypes"] = dtypes;
   info["cuda_max_attention_rows"] = kMaxAttentionRows;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
@@ -51,16 +55,8 @@ at::ScalarType acc_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-Operand operand(const std::optional<at::Tensor>& t) {
-  Operand o;
-  if (t.has_value()) {
-    o.data = t->data_ptr();
-    o.stride_b = t->stride(0);
-    o.stride_h = t->stride(1);
-    o.stride_n = t->stride(2);
-  }
-  return o;
-}
+// The CUDA kernels take type-erased pointers (each .cu dispatches on dtype).
+void* data_of(const at::Tensor& t) { return t.data_ptr(); }
 
 // With DABDETR_CUDA_SYNC=1 every op synchronizes its stream after its kernels, so a fault inside a
 // kernel is reported by the op that launched it (not by whatever synchronizes next).
@@ -99,23 +95,7 @@ AttentionArgs attention_args(const AttentionSizes& s, const at::Tensor& q_conten
               " Dp=", s.dim_pos, " Dv=", s.dim_value, " (use impl=\"reference\")");
   AttentionArgs a;
   a.dtype = dtype_of(q_content, op);
-  a.q_content = operand(q_content);
-  a.q_pos = operand(q_pos);
-  a.k_content = operand(k_content);
-  a.k_pos = operand(k_pos);
-  a.value = operand(value);
-  if (key_padding_mask.has_value()) {
-    a.key_padding_mask = key_padding_mask->data_ptr<bool>();
-    a.mask_stride_b = key_padding_mask->stride(0);
-    a.mask_stride_n = key_padding_mask->stride(1);
-  }
-  a.batch = s.batch;
-  a.heads = s.heads;
-  a.num_queries = s.num_queries;
-  a.num_keys = s.num_keys;
-  a.dim_content = s.dim_content;
-  a.dim_pos = s.dim_pos;
-  a.dim_value = s.dim_value;
+  set_attention_inputs(a, s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, data_of);
   a.scale = scale;
   return a;
 }
@@ -146,45 +126,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
                                    "modulated_attention_backward");
   check_attention_backward_inputs(s, q_content, grad_out, out, lse, acc_dtype(q_content));
   const at::Tensor grad_out_c = grad_out.contiguous(), out_c = out.contiguous(), lse_c = lse.contiguous();
-  const auto options = q_content.options();
-  at::Tensor delta = at::empty({s.batch, s.heads, s.num_queries}, options.dtype(acc_dtype(q_content)));
-  at::Tensor grad_q_content = at::empty({s.batch, s.heads, s.num_queries, s.dim_content}, options);
-  at::Tensor grad_k_content = at::empty({s.batch, s.heads, s.num_keys, s.dim_content}, options);
-  at::Tensor grad_value = at::empty({s.batch, s.heads, s.num_keys, s.dim_value}, options);
-  const bool with_pos = q_pos.has_value();
-  at::Tensor grad_q_pos = with_pos ? at::empty({s.batch, s.heads, s.num_queries, s.dim_pos}, options) : at::empty({0}, options);
-  at::Tensor grad_k_pos = with_pos ? at::empty({s.batch, s.heads, s.num_keys, s.dim_pos}, options) : at::empty({0}, options);
-  if (s.num_queries == 0) {  // no query: nothing flows back to the keys and values
-    grad_k_content.zero_();
-    grad_k_pos.zero_();
-    grad_value.zero_();
-  }
+  at::Tensor delta = at::empty({s.batch, s.heads, s.num_queries}, q_content.options().dtype(acc_dtype(q_content)));
+  AttentionGrads grads(s, q_content.options(), q_pos.has_value());
   a.out = out_c.data_ptr();
   a.lse = lse_c.data_ptr();
   a.grad_out = grad_out_c.data_ptr();
   a.delta = delta.data_ptr();
-  a.grad_q_content = grad_q_content.data_ptr();
-  a.grad_k_content = grad_k_content.data_ptr();
-  a.grad_value = grad_value.data_ptr();
-  a.grad_q_pos = with_pos ? grad_q_pos.data_ptr() : nullptr;
-  a.grad_k_pos = with_pos ? grad_k_pos.data_ptr() : nullptr;
+  grads.set(a, data_of);
   check_launch(attention_backward(a, c10::cuda::getCurrentCUDAStream()), "modulated_attention_backward");
-  return {grad_q_content, grad_q_pos, grad_k_content, grad_k_pos, grad_value};
-}
-
-SineEmbedArgs sine_args(const at::Tensor& boxes, const std::optional<at::Tensor>& xy_scale,
-                        const std::optional<at::Tensor>& ref_wh, const SineEmbedSizes& s, int64_t num_feats,
-                        const at::Tensor& frequencies, const char* op) {
-  SineEmbedArgs a;
-  a.dtype = dtype_of(boxes, op);
-  a.boxes = boxes.data_ptr();
-  a.num_boxes = s.num_boxes;
-  a.coords = s.coords;
-  a.num_feats = num_feats;
-  a.frequencies = frequencies.data_ptr();
-  a.xy_scale = xy_scale.has_value() ? xy_scale->data_ptr() : nullptr;
-  a.ref_wh = ref_wh.has_value() ? ref_wh->data_ptr() : nullptr;
-  return a;
+  return grads.tuple();
 }
 
 std::tuple<at::Tensor, at::Tensor> sine_embed_forward_cuda(const at::Tensor& boxes_in,
@@ -197,14 +147,13 @@ std::tuple<at::Tensor, at::Tensor> sine_embed_forward_cuda(const at::Tensor& box
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const at::Tensor frequencies = sine_frequencies(num_feats, temperature, boxes.options().dtype(acc_dtype(boxes)));
   const char* op = modulated ? "modulated_anchor_sine_embed" : "anchor_sine_embed";
-  SineEmbedArgs a = sine_args(boxes, xy_scale, ref_wh, s, num_feats, frequencies, op);
-  at::Tensor embed = at::empty(with_last_dim(boxes, s.coords * num_feats), boxes.options());
-  at::Tensor modulated_xy = modulated ? at::empty(with_last_dim(boxes, 2 * num_feats), boxes.options())
-                                      : at::empty({0}, boxes.options());
-  a.embed = embed.data_ptr();
-  a.modulated_xy = modulated ? modulated_xy.data_ptr() : nullptr;
+  SineEmbedArgs a;
+  a.dtype = dtype_of(boxes, op);
+  set_sine_embed_inputs(a, s, num_feats, boxes, xy_scale, ref_wh, frequencies, data_of);
+  SineEmbedOutputs outputs(boxes, s, num_feats, modulated);
+  outputs.set(a, modulated, data_of);
   check_launch(sine_embed_forward(a, c10::cuda::getCurrentCUDAStream()), op);
-  return {embed, modulated_xy};
+  return {outputs.embed, outputs.modulated_xy};
 }
 
 at::Tensor anchor_sine_embed_cuda(const at::Tensor& boxes, int64_t num_feats, double temperature) {
@@ -225,23 +174,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
   const c10::cuda::CUDAGuard guard(boxes_in.device());
   check_sine_embed_backward_inputs(boxes_in, s, num_feats, embed, grad_embed, grad_modulated_xy);
-  const auto xy_shape = with_last_dim(boxes_in, 2 * num_feats);
   const at::Tensor boxes = boxes_in.contiguous(), embed_c = embed.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const auto grad_e = contiguous(grad_embed), grad_m = contiguous(grad_modulated_xy);
   const at::Tensor frequencies = sine_frequencies(num_feats, temperature, boxes.options().dtype(acc_dtype(boxes)));
-  SineEmbedArgs a = sine_args(boxes, xy_scale, ref_wh, s, num_feats, frequencies, "anchor_sine_embed_backward");
-  at::Tensor grad_boxes = at::empty(boxes.sizes(), boxes.options());
-  at::Tensor grad_xy_scale = xy_scale.has_value() ? at::zeros(xy_shape, boxes.options()) : at::empty({0}, boxes.options());
-  at::Tensor grad_ref_wh = ref_wh.has_value() ? at::zeros(with_last_dim(boxes, 2), boxes.options()) : at::empty({0}, boxes.options());
-  a.embed = embed_c.data_ptr();
-  a.grad_embed = grad_e.has_value() ? grad_e->data_ptr() : nullptr;
-  a.grad_modulated_xy = grad_m.has_value() ? grad_m->data_ptr() : nullptr;
-  a.grad_boxes = grad_boxes.data_ptr();
-  a.grad_xy_scale = xy_scale.has_value() ? grad_xy_scale.data_ptr() : nullptr;
-  a.grad_ref_wh = ref_wh.has_value() ? grad_ref_wh.data_ptr() : nullptr;
+  SineEmbedArgs a;
+  a.dtype = dtype_of(boxes, "anchor_sine_embed_backward");
+  set_sine_embed_inputs(a, s, num_feats, boxes, xy_scale, ref_wh, frequencies, data_of);
+  SineEmbedGrads grads(boxes, num_feats, xy_scale.has_value(), ref_wh.has_value());
+  grads.set(a, embed_c, grad_e, grad_m, xy_scale.has_value(), ref_wh.has_value(), data_of);
   check_launch(sine_embed_backward(a, c10::cuda::getCurrentCUDAStream()), "anchor_sine_embed_backward");
-  return {grad_boxes, grad_xy_scale, grad_ref_wh};
+  return grads.tuple();
 }
 
 }  // namespace

@@ -15,6 +15,11 @@ from dabdetr.box_ops import box_xyxy_to_cxcywh
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The COCO recipe's sizes (shorter side; longer-side cap), written here once.
+COCO_TRAIN_SIZES = tuple(range(480, 801, 32))
+COCO_EVAL_SIZE = 800
+COCO_MAX_SIZE = 1333
+
 
 PER_OBJECT_FIELDS = ("boxes", "labels", "area", "iscrowd")
 

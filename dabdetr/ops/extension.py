@@ -12,10 +12,6 @@ import torch
 DISABLE_ENV = "DABDETR_DISABLE_KERNELS"
 IMPLS = ("auto", "reference", "kernel")
 
-_KERNEL_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
-    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-}
 
 
 def _load():
@@ -31,6 +27,9 @@ def _load():
 
 _C, _UNAVAILABLE = _load()
 BUILD_INFO = _C.build_info() if _C is not None else {}
+# The dtypes each backend's kernels serve, as the extension reports them.
+_KERNEL_DTYPES = {device: tuple(getattr(torch, name) for name in BUILD_INFO.get(f"{device}_dtypes", ()))
+                  for device in ("cpu", "cuda")}
 if _C is None:
     warnings.warn(
         f"dabdetr: fused kernels unavailable, {_UNAVAILABLE}; all ops use the PyTorch reference",
@@ -87,15 +86,19 @@ def kernel_info():
     """What the extension provides: a dict with keys
 
     extension_loaded (bool), unavailable_reason (str or None), cpu (bool: CPU kernels),
-    cpu_isa (instruction set the CPU kernels run with), cuda (bool: CUDA kernels),
-    cuda_archs (list of str), cuda_version (str or None), torch_version (torch the extension
-    was built against), runtime_torch_version.
+    cpu_isa (instruction set the CPU kernels run with), cpu_dtypes and cuda_dtypes (the dtypes
+    their kernels serve, e.g. "float32"), cuda (bool: CUDA kernels), cuda_archs (list of str),
+    cuda_version (str or None), cuda_max_head_dim and cuda_max_attention_rows (the CUDA
+    kernels' limits, with CUDA only), torch_version (torch the extension was built against),
+    runtime_torch_version.
     """
     info = {
         "extension_loaded": _C is not None,
         "unavailable_reason": _UNAVAILABLE,
         "cpu": False,
         "cpu_isa": None,
+        "cpu_dtypes": [],
+        "cuda_dtypes": [],
         "cuda": False,
         "cuda_archs": [],
         "cuda_version": None,
