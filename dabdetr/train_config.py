@@ -49,7 +49,7 @@ class TrainConfig(DictConfig):
     lr_backbone: float = 1e-5
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
-    amp: str = "off"  # "bf16" | "fp16" autocast, CUDA only
+    amp: str = "off"  # "bf16" | "fp16" autocast (fp16 with a gradient scaler)
 
     # Loss weights and matching costs (the published ones; the same for every decoder layer).
     loss_ce: float = 1.0  # sigmoid focal classification loss

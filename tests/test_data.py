@@ -18,9 +18,6 @@ from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load
 from dabdetr.data import transforms as T
 from dabdetr.data.synthetic import synthetic_coco
 
-TINYCOCO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinycoco")
-needs_tinycoco = pytest.mark.skipif(not os.path.isdir(TINYCOCO), reason=f"tinycoco not found at {TINYCOCO}")
-
 
 def white_boxes_image(width, height, boxes):
     """A black image with white filled rectangles at integer xyxy boxes."""
@@ -114,17 +111,16 @@ def test_synthetic_set_is_deterministic_and_boxes_fit_the_drawn_shapes():
     assert image.shape == (3, 128, 128) and target["labels"].max() < 4 and dataset.num_classes == 4
 
 
-@needs_tinycoco
 @pytest.mark.parametrize("mapping", ["category_id", "contiguous"])
-def test_tinycoco_loads_with_crowds_dropped_and_labels_mapped(mapping):
-    annotation_file = os.path.join(TINYCOCO, "annotations", "instances_val2017.json")
+def test_coco_folders_load_with_crowds_dropped_and_labels_mapped(coco_folder, mapping):
+    annotation_file, image_dir = coco_folder
     with open(annotation_file) as f:
         raw = json.load(f)
-    dataset = CocoDetection(annotation_file, os.path.join(TINYCOCO, "images", "val2017"),
-                            make_transforms(False, [200], 333), mapping)
+    assert any(a["iscrowd"] for a in raw["annotations"])
+    dataset = CocoDetection(annotation_file, image_dir, make_transforms(False, [200], 333), mapping)
     assert len(dataset) == len(raw["images"])
-    assert dataset.num_classes == (91 if mapping == "category_id" else 80)
     category_ids = sorted(c["id"] for c in raw["categories"])
+    assert dataset.num_classes == (max(category_ids) + 1 if mapping == "category_id" else len(category_ids))
     total = 0
     for index in range(len(dataset)):
         image, target = dataset[index]
@@ -140,9 +136,8 @@ def test_tinycoco_loads_with_crowds_dropped_and_labels_mapped(mapping):
     assert total == sum(1 for a in raw["annotations"] if not a["iscrowd"])
 
 
-@needs_tinycoco
-def test_coco_eval_of_the_ground_truth_is_perfect():
-    coco = load_coco(os.path.join(TINYCOCO, "annotations", "instances_val2017.json"))
+def test_coco_eval_of_the_ground_truth_is_perfect(coco_folder):
+    coco = load_coco(coco_folder[0])
     results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
                for a in coco.dataset["annotations"] if not a["iscrowd"]]
     metrics = evaluate_detections(coco, results)
@@ -182,13 +177,12 @@ def test_missing_and_corrupt_images_give_errors_naming_the_file(tmp_path):
         dataset[0]
 
 
-@needs_tinycoco
-def test_image_size_disagreeing_with_its_annotation_is_an_error(tmp_path):
-    annotation_file = os.path.join(TINYCOCO, "annotations", "instances_val2017.json")
+def test_image_size_disagreeing_with_its_annotation_is_an_error(coco_folder, tmp_path):
+    annotation_file, image_dir = coco_folder
     coco = load_coco(annotation_file)
     first = coco.imgs[sorted(coco.imgs)[0]]
-    shutil.copytree(os.path.join(TINYCOCO, "images", "val2017"), tmp_path / "images")
-    Image.new("RGB", (10, 10)).save(tmp_path / "images" / first["file_name"], format="JPEG")
+    shutil.copytree(image_dir, tmp_path / "images")
+    Image.new("RGB", (10, 10)).save(tmp_path / "images" / first["file_name"])
     dataset = CocoDetection(coco, str(tmp_path / "images"), make_transforms(False, [200], 333))
     with pytest.raises(ValueError, match=f"{first['file_name']} is 10x10 but its annotation says"):
         dataset[0]

@@ -179,8 +179,10 @@ class Decoder(nn.Module):
         config, eps = self.config, self.config.anchor_update_eps
         reference, references, hs = anchors, [anchors], []
         for i, layer in enumerate(self.layers):
-            xy_scale = self.query_scale(tgt) if i > 0 else None
-            ref_wh = self.ref_anchor_head(tgt).sigmoid()
+            # The anchor embedding runs in the anchors' dtype (float32 under autocast too, where the
+            # MLPs' outputs come in 16 bits): sines of anchor coordinates need the precision.
+            xy_scale = self.query_scale(tgt).to(reference.dtype) if i > 0 else None
+            ref_wh = self.ref_anchor_head(tgt).sigmoid().to(reference.dtype)
             anchor_embed, query_sine_embed = modulated_anchor_sine_embed(
                 reference, xy_scale, ref_wh, num_feats=config.hidden_dim // 2,
                 temperature=config.anchor_temperature, impl=config.ops_impl,
