@@ -96,7 +96,7 @@ def run_train(args):
     try:
         metrics = trainer.fit()
     except TrainingPreempted as stop:
-        preempted = stop
+        preempted = str(stop)  # not the exception: its traceback holds the Trainer (and its loader workers)
     else:
         preempted = None
     finally:

@@ -45,21 +45,27 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
     progress = tqdm(total=start_step + steps, initial=start_step, desc=f"epoch {epoch}", dynamic_ncols=True,
                     disable=not (show_progress and distributed.is_main_process()), leave=False)
     batches = iter(loader)
-    for step in range(start_step, start_step + steps):
-        micro_batches = [next(batches) for _ in range(accumulate_steps)]
-        logged = train_step(model, criterion, micro_batches, optimizer, device, clip_max_norm, amp, grad_scaler,
-                            where=f"epoch {epoch}, step {step}")
-        skipped = sum(loader.batch_size - len(targets) for _, _, targets in micro_batches)
-        totals["skipped_images"] = totals.get("skipped_images", 0) + distributed.all_reduce_sum(skipped)
-        for k, v in logged.items():
-            totals[k] = totals.get(k, 0.0) + v
-        totals["steps"] += 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{logged['loss']:.3f}", ce=f"{logged['loss_ce']:.3f}",
-                             l1=f"{logged['loss_bbox']:.3f}", giou=f"{logged['loss_giou']:.3f}")
-        if log_step is not None:
-            log_step(step, logged)
-    progress.close()
+    try:
+        for step in range(start_step, start_step + steps):
+            micro_batches = [next(batches) for _ in range(accumulate_steps)]
+            logged = train_step(model, criterion, micro_batches, optimizer, device, clip_max_norm, amp, grad_scaler,
+                                where=f"epoch {epoch}, step {step}")
+            skipped = sum(loader.batch_size - len(targets) for _, _, targets in micro_batches)
+            totals["skipped_images"] = totals.get("skipped_images", 0) + distributed.all_reduce_sum(skipped)
+            for k, v in logged.items():
+                totals[k] = totals.get(k, 0.0) + v
+            totals["steps"] += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{logged['loss']:.3f}", ce=f"{logged['loss_ce']:.3f}",
+                                 l1=f"{logged['loss_bbox']:.3f}", giou=f"{logged['loss_giou']:.3f}")
+            if log_step is not None:
+                log_step(step, logged)
+    finally:
+        # Stops the loader's workers now, also when an exception (a preemption, a non-finite loss)
+        # leaves: its traceback would keep this frame, and with it the workers, alive until exit,
+        # where multiprocessing's join waits for workers that ignore SIGTERM (preemption.py).
+        del batches
+        progress.close()
     means = {k: v / max(totals["steps"], 1) for k, v in totals.items() if k not in ("steps", "skipped_images")}
     return {**means, "skipped_images": int(totals.get("skipped_images", 0))}
 

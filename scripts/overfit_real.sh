@@ -19,6 +19,6 @@ python -m dabdetr train --preset demo --data-root "$DATA" --output-dir "$OUT" --
   --set train_images=images/train2017 --set val_images=images/train2017 \
   --set val_annotations=annotations/instances_train2017.json \
   --set 'train_sizes=[224]' --set max_size=384 --set eval_size=224 --set hflip_prob=0 \
-  --set batch_size=4 --set lr=4e-4 --set lr_backbone=4e-4 --set epochs=300 --set lr_drop=270 \
-  --set eval_every=50 --set log_every=8 --model num_queries=60 --model dn_groups=5 "$@"
+  --set batch_size=4 --set lr=4e-4 --set lr_backbone=4e-4 --set epochs=240 --set lr_drop=215 \
+  --set eval_every=40 --set log_every=8 --model num_queries=60 --model dn_groups=5 "$@"
 echo "== finished in $(( $(date +%s) - start )) s; metrics: $OUT/metrics.json, pictures: $OUT/detections.png"

@@ -269,8 +269,9 @@ def test_cli_errors_are_clear(tmp_path, caplog):
 
 # --- preemption, resume auto, checkpoint files --------------------------------------------------
 
+# With a loader worker: a stopped run must also stop its workers (they ignore the signal).
 PREEMPT_RUN = {**TINY_RUN, "synthetic_train_images": 32, "synthetic_image_size": 96, "train_sizes": (96,),
-               "max_size": 96, "eval_size": 96, "epochs": 3, "lr_drop": 2}
+               "max_size": 96, "eval_size": 96, "epochs": 3, "lr_drop": 2, "num_workers": 1}
 
 
 def cli_train_args(output_dir, run=PREEMPT_RUN):
