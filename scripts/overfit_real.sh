@@ -14,7 +14,8 @@ bash scripts/bootstrap.sh
 . "${VENV:-.venv}/bin/activate"
 start=$(date +%s)
 # No flips (memorizing, not generalizing), one image size, 60 queries (the images hold up to 25
-# objects), 5 denoising groups: settings chosen by shorter runs side by side (README).
+# objects), 5 denoising groups: settings chosen by shorter runs side by side. 240 epochs take
+# 30 min on 2 CPU cores and reach AP50 0.61 (README; the aim was 0.9).
 python -m dabdetr train --preset demo --data-root "$DATA" --output-dir "$OUT" --no-progress \
   --set train_images=images/train2017 --set val_images=images/train2017 \
   --set val_annotations=annotations/instances_train2017.json \
