@@ -64,9 +64,10 @@ def draw_detections(image, detections, class_names, score_threshold=0.3, ground_
     return image
 
 
-def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, score_threshold=0.3, min_side=256):
+def detection_grid(model, dataset, device, num_images=8, columns=4, score_threshold=0.3, min_side=256):
     """Predictions of model on the first num_images of a CocoDetection-like dataset, with its
-    ground truth, as one PNG grid (small images enlarged to about min_side pixels for legibility)."""
+    ground truth, as one PIL image grid (small images enlarged to about min_side pixels for
+    legibility); None for an empty dataset."""
     tiles = []
     for index in range(min(num_images, len(dataset))):
         image_tensor, target = dataset[index]
@@ -78,10 +79,17 @@ def save_detection_grid(model, dataset, device, path, num_images=8, columns=4, s
         truth = dataset.raw_target(target["image_id"], original.width // scale, original.height // scale)["boxes"]
         tiles.append(draw_detections(original, detections, dataset.class_names, score_threshold, truth * scale))
     if not tiles:
-        return
+        return None
     width, height = max(t.width for t in tiles), max(t.height for t in tiles)
     rows = (len(tiles) + columns - 1) // columns
     grid = Image.new("RGB", (min(columns, len(tiles)) * width, rows * height), (0, 0, 0))
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % columns) * width, (i // columns) * height))
-    grid.save(path)
+    return grid
+
+
+def save_detection_grid(model, dataset, device, path, **options):
+    """detection_grid(...) written as a PNG at path (nothing for an empty dataset)."""
+    grid = detection_grid(model, dataset, device, **options)
+    if grid is not None:
+        grid.save(path)

@@ -334,16 +334,12 @@ class Trainer:
 
     def _add_detection_picture(self, epoch):
         import numpy as np
-        from PIL import Image
 
-        from dabdetr.plots import save_detection_grid
+        from dabdetr.plots import detection_grid
 
-        path = os.path.join(self.output_dir, "tensorboard", f"detections_{epoch:04d}.png")
-        save_detection_grid(self.model, self.val_set, self.device, path)
-        with Image.open(path) as picture:
-            self.tensorboard.add_image("eval/detections", np.asarray(picture.convert("RGB")), epoch,
-                                       dataformats="HWC")
-        os.unlink(path)
+        grid = detection_grid(self.model, self.val_set, self.device)
+        if grid is not None:
+            self.tensorboard.add_image("eval/detections", np.asarray(grid), epoch, dataformats="HWC")
 
     def fit(self):
         """Trains the remaining epochs; returns the last evaluation's metrics. On SIGTERM or SIGUSR1
