@@ -11,7 +11,6 @@ A training checkpoint is a dict saved with torch.save, loadable with weights_onl
 """
 
 import glob
-import json
 import logging
 import os
 import random
@@ -108,27 +107,16 @@ def read_torch_file(path, load=None):
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True): {error}{advice}") from error
 
 
-def describe_directory(path):
-    """What kind of model directory path is, in words, or None."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return None
-    try:
-        with open(config) as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if content.get("model_type") == "dab-detr":
-        return "a Hugging Face DAB-DETR model directory"
-    if content.get("format", "").startswith("dabdetr"):
-        return "a dabdetr model directory (save_pretrained)"
-    return None
-
-
 def load_train_checkpoint(path):
     """A training checkpoint, with a clear error for a missing, truncated, corrupt or foreign file."""
     if os.path.isdir(path):
-        kind = describe_directory(path) or "a directory"
+        from dabdetr.pretrained import directory_source  # late: pretrained reads files with this module
+
+        try:
+            kind = {"dabdetr": "a dabdetr model directory (save_pretrained)",
+                    "huggingface": "a Hugging Face DAB-DETR model directory"}[directory_source(path)]
+        except ValueError:
+            kind = "a directory"
         raise ValueError(f"{path} is {kind}, not a training checkpoint: --resume takes the {LATEST} that `dabdetr "
                          f"train` writes (or 'auto' with --output-dir); to start training from these weights, use "
                          f"--init {path}")

@@ -58,21 +58,27 @@ def _torch_load(path):
     return read_torch_file(path, load)
 
 
+def directory_source(path):
+    """"dabdetr" or "huggingface": the format of a model directory, from its config.json; a
+    ValueError saying what is wrong for any other directory."""
+    config_path = os.path.join(path, native.CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise ValueError(f"{path}: a checkpoint directory needs {native.CONFIG_FILE}")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("format") == native.FORMAT_TAG:
+        return "dabdetr"
+    if config.get("model_type") == "dab-detr":
+        return "huggingface"
+    raise ValueError(f"{config_path}: neither a dabdetr config nor a Hugging Face DAB-DETR config "
+                     f"(model_type={config.get('model_type')!r})")
+
+
 def _detect(path):
     """(source, checkpoint): the format of path, and for a single file its loaded content (so it
     is read once)."""
     if os.path.isdir(path):
-        config_path = os.path.join(path, native.CONFIG_FILE)
-        if not os.path.exists(config_path):
-            raise ValueError(f"{path}: a checkpoint directory needs {native.CONFIG_FILE}")
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("format") == native.FORMAT_TAG:
-            return "dabdetr", None
-        if config.get("model_type") == "dab-detr":
-            return "huggingface", None
-        raise ValueError(f"{config_path}: neither a dabdetr config nor a Hugging Face DAB-DETR config "
-                         f"(model_type={config.get('model_type')!r})")
+        return directory_source(path), None
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = _torch_load(path)
