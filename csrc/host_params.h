@@ -112,19 +112,21 @@ struct SineEmbedOutputs {
 // The gradients of the sine-embedding backward: boxes, and xy_scale / ref_wh (zeros where given,
 // empty where not), with the saved embedding and incoming gradients read from.
 struct SineEmbedGrads {
+  bool with_xy_scale, with_ref_wh;
   at::Tensor boxes, xy_scale, ref_wh;
 
-  SineEmbedGrads(const at::Tensor& boxes_in, int64_t num_feats, bool with_xy_scale, bool with_ref_wh)
-      : boxes(at::empty(boxes_in.sizes(), boxes_in.options())),
-        xy_scale(with_xy_scale ? at::zeros(with_last_dim(boxes_in, 2 * num_feats), boxes_in.options())
-                               : at::empty({0}, boxes_in.options())),
-        ref_wh(with_ref_wh ? at::zeros(with_last_dim(boxes_in, 2), boxes_in.options())
-                           : at::empty({0}, boxes_in.options())) {}
+  SineEmbedGrads(const at::Tensor& boxes_in, int64_t num_feats, bool with_xy_scale_, bool with_ref_wh_)
+      : with_xy_scale(with_xy_scale_),
+        with_ref_wh(with_ref_wh_),
+        boxes(at::empty(boxes_in.sizes(), boxes_in.options())),
+        xy_scale(with_xy_scale_ ? at::zeros(with_last_dim(boxes_in, 2 * num_feats), boxes_in.options())
+                                : at::empty({0}, boxes_in.options())),
+        ref_wh(with_ref_wh_ ? at::zeros(with_last_dim(boxes_in, 2), boxes_in.options())
+                            : at::empty({0}, boxes_in.options())) {}
 
   template <typename Params, typename DataOf>
   void set(Params& p, const at::Tensor& embed, const std::optional<at::Tensor>& grad_embed,
-           const std::optional<at::Tensor>& grad_modulated_xy, bool with_xy_scale, bool with_ref_wh,
-           DataOf data_of) {
+           const std::optional<at::Tensor>& grad_modulated_xy, DataOf data_of) {
     p.embed = data_of(embed);
     p.grad_embed = grad_embed.has_value() ? data_of(*grad_embed) : nullptr;
     p.grad_modulated_xy = grad_modulated_xy.has_value() ? data_of(*grad_modulated_xy) : nullptr;

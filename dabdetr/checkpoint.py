@@ -14,7 +14,6 @@ import glob
 import logging
 import os
 import random
-import re
 import shutil
 import tempfile
 import zipfile
@@ -128,10 +127,14 @@ def load_train_checkpoint(path):
     return checkpoint
 
 
+def epoch_checkpoints(output_dir):
+    """The epoch checkpoints of a run, oldest first."""
+    return sorted(glob.glob(os.path.join(output_dir, EPOCH_PATTERN.replace("{:04d}", "[0-9]" * 4))))
+
+
 def resume_candidates(output_dir):
     """The checkpoints of a run, newest first: checkpoint.pt, the epoch checkpoints, best.pt."""
-    epochs = sorted(glob.glob(os.path.join(output_dir, EPOCH_PATTERN.replace("{:04d}", "[0-9]" * 4))), reverse=True)
-    names = [os.path.join(output_dir, LATEST), *epochs, os.path.join(output_dir, BEST)]
+    names = [os.path.join(output_dir, LATEST), *reversed(epoch_checkpoints(output_dir)), os.path.join(output_dir, BEST)]
     return [p for p in names if os.path.isfile(p)]
 
 
@@ -166,6 +169,5 @@ def keep_epoch_checkpoint(output_dir, epoch, keep_last):
     except OSError:
         shutil.copyfile(os.path.join(output_dir, LATEST), tmp)
     os.replace(tmp, path)
-    kept = sorted(p for p in resume_candidates(output_dir) if re.search(r"checkpoint_epoch\d{4}\.pt$", p))
-    for old in kept[:-keep_last]:
+    for old in epoch_checkpoints(output_dir)[:-keep_last]:
         os.unlink(old)

@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "anchor_sine_embed_backward_cpu", [&] {
     cpu::SineEmbedParams<scalar_t> p;
     set_sine_embed_inputs(p, s, num_feats, boxes, xy_scale, ref_wh, frequencies, DataOf<scalar_t>());
-    grads.set(p, embed_c, grad_e, grad_m, xy_scale.has_value(), ref_wh.has_value(), DataOf<scalar_t>());
+    grads.set(p, embed_c, grad_e, grad_m, DataOf<scalar_t>());
     const auto& kernel = cpu::kernels<scalar_t>().sine_embed_backward;
     at::parallel_for(0, s.num_boxes, kBoxesPerTask, [&](int64_t begin, int64_t end) { kernel(p, begin, end); });
   });

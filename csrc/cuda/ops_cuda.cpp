@@ -182,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
   a.dtype = dtype_of(boxes, "anchor_sine_embed_backward");
   set_sine_embed_inputs(a, s, num_feats, boxes, xy_scale, ref_wh, frequencies, data_of);
   SineEmbedGrads grads(boxes, num_feats, xy_scale.has_value(), ref_wh.has_value());
-  grads.set(a, embed_c, grad_e, grad_m, xy_scale.has_value(), ref_wh.has_value(), data_of);
+  grads.set(a, embed_c, grad_e, grad_m, data_of);
   check_launch(sine_embed_backward(a, c10::cuda::getCurrentCUDAStream()), "anchor_sine_embed_backward");
   return grads.tuple();
 }
