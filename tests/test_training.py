@@ -40,16 +40,18 @@ def tiny_config(output_dir, **overrides):
     return recipe("demo", output_dir=str(output_dir), **{**TINY_RUN, **overrides})
 
 
-def step_losses(output_dir, epoch):
+def log_records(output_dir):
+    """The records of output_dir/log.jsonl (a line still being written is left out)."""
     with open(os.path.join(output_dir, "log.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def step_losses(output_dir, epoch):
+    return [r["loss"] for r in log_records(output_dir) if r["type"] == "train" and r["epoch"] == epoch]
 
 
 def epoch_mean_losses(output_dir):
-    with open(os.path.join(output_dir, "log.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [r["loss"] for r in records if r["type"] == "epoch"]
+    return [r["loss"] for r in log_records(output_dir) if r["type"] == "epoch"]
 
 
 def test_a_few_steps_lower_the_loss():
@@ -280,21 +282,13 @@ def cli_train_args(output_dir, run=PREEMPT_RUN):
             *[f"--model={k}={v}" for k, v in TINY_MODEL.items()]]
 
 
-def train_records(output_dir):
-    path = os.path.join(output_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
-
-
 def send_signals_when(process, output_dir, ready, signals):
     """Sends each of `signals` (10 ms apart) once ready(log records) holds; returns the exit code."""
     import signal
     import time
 
     deadline = time.monotonic() + 240
-    while not ready(train_records(output_dir)):
+    while not (os.path.exists(os.path.join(output_dir, "log.jsonl")) and ready(log_records(output_dir))):
         assert process.poll() is None, "the run ended before it could be signalled"
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -467,7 +461,7 @@ def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
         Trainer(tiny_config(tmp_path / "strict", **coco_run(tmp_path / "coco"))).train_epoch(0)
     trainer = Trainer(tiny_config(tmp_path / "skip", **coco_run(tmp_path / "coco", skip_bad_images=True)))
     trainer.train_epoch(0)
-    epoch = [r for r in train_records(tmp_path / "skip") if r["type"] == "epoch"][0]
+    epoch = [r for r in log_records(tmp_path / "skip") if r["type"] == "epoch"][0]
     assert epoch["skipped_images"] == 1  # 8 images, 2 batches of 4: one left out, and said so
     assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
 
@@ -494,7 +488,7 @@ def test_tensorboard_gets_the_logged_numbers_and_pictures(tmp_path):
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "epoch/images_per_s", "epoch/peak_memory_mb",
             "eval/AP", "eval/AP50"} <= scalars
-    logged = [r["loss"] for r in train_records(tmp_path) if r["type"] == "train"]
+    logged = [r["loss"] for r in log_records(tmp_path) if r["type"] == "train"]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged)
     assert events.Tags()["images"] == ["eval/detections"]
 
