@@ -2,7 +2,8 @@
 # The GPU run in one command, for the device tool's machines (torch with CUDA, nvcc, pytest and
 # ninja installed, no network). Every phase writes its log under $OUT as it goes, so a run cut off
 # at its time limit still returns what it did. Each phase has a time limit well inside the device
-# tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build demo` a third.
+# tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build inference demo`
+# a third.
 #
 #   bash benchmarks/run_gpu_suite.sh [--dry-run] [PHASE ...]
 #
@@ -12,6 +13,8 @@
 #   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
 #   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
 #   model   bench_model: dab_detr_r50 at 800x1066, batch 2 and 8, fp32 and bf16 autocast.
+#   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
+#           torch.compile, ONNX Runtime (its CUDA provider where installed), Hugging Face.
 #   demo    scripts/demo.sh on the GPU; metrics and pictures under $OUT/demo.
 # --dry-run checks the script on a machine without a GPU: CPU build, the CUDA test files (they
 # skip), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
@@ -26,8 +29,8 @@ PHASES=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    build|tests|bench|model|demo) PHASES+=("$arg") ;;
-    *) echo "unknown argument: $arg (phases: build tests bench model demo; --dry-run)"; exit 2 ;;
+    build|tests|bench|model|inference|demo) PHASES+=("$arg") ;;
+    *) echo "unknown argument: $arg (phases: build tests bench model inference demo; --dry-run)"; exit 2 ;;
   esac
 done
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(build tests bench)
@@ -122,6 +125,16 @@ phase_model() {
   [ $DRY_RUN = 1 ] && small=(--preset demo --size 96x128 --batches 1 --repeats 1)
   run bench_model 400 $PY benchmarks/bench_model.py --device "$DEVICE" --out-dir "$OUT" "${small[@]}"
   tail -12 "$OUT/bench_model.log" | tee -a "$LOG"
+}
+
+phase_inference() {
+  say "== inference benchmark ($DEVICE)"
+  # The AOTInductor export is compiled for the CPU: not a CUDA row.
+  local args=(--runtimes "eager reference,eager kernel,torch.compile,onnxruntime,huggingface")
+  [ $DRY_RUN = 1 ] && args=(--runtimes "eager reference,eager kernel,onnxruntime" --preset demo --size 96x128
+                            --batches 1 --repeats 1)
+  run bench_inference 420 $PY benchmarks/bench_inference.py --device "$DEVICE" --out-dir "$OUT" "${args[@]}"
+  tail -14 "$OUT/bench_inference.log" | tee -a "$LOG"
 }
 
 phase_demo() {

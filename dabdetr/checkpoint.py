@@ -88,7 +88,11 @@ def read_torch_file(path, load=None):
     except Exception as error:  # truncated archives and foreign pickles fail in several ways
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            is_zip_start = f.read(4) == b"PK\x03\x04"
+            start = f.read(4)
+        is_zip_start = start == b"PK\x03\x04"
+        if size and not is_zip_start and not start.startswith(b"\x80"):  # pickle protocol 2+ opcode
+            raise ValueError(f"{path}: not a checkpoint (torch.save writes a zip archive or a pickle; this file "
+                             f"starts with {start!r})") from error
         if size == 0 or (is_zip_start and not zipfile.is_zipfile(path)):
             raise ValueError(f"{path}: the file is truncated or corrupt ({size} bytes; torch.save writes a complete "
                              "zip archive, this one is cut off)") from error

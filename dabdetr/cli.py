@@ -1,11 +1,13 @@
-"""The `dabdetr` command: train, eval, predict, convert (also `python -m dabdetr`).
+"""The `dabdetr` command: train, eval, predict, export, convert (also `python -m dabdetr`).
 
     dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
     dabdetr train --preset demo --output-dir runs/demo --resume auto   # the same run, resumed (or started)
     torchrun --nproc_per_node 8 -m dabdetr.cli train --preset dab_detr_r50 --data-root /data/coco
     dabdetr eval runs/demo/checkpoint.pt                         # its own validation set
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
-    dabdetr predict runs/demo/model image1.jpg image2.jpg --output-dir predictions/
+    dabdetr predict runs/demo/model photos/ --output-dir predictions/ --save-images
+    dabdetr export runs/demo/model model.onnx --format onnx      # also torch-export, aoti (.pt2)
+    dabdetr predict model.onnx 'photos/*.jpg' --runtime onnx --batch-size 8
     dabdetr convert dab_detr_r50.pth converted/ --to dabdetr
     dabdetr convert runs/demo/model hf_model/ --to huggingface
 """
@@ -152,6 +154,16 @@ def load_model(path, device):
     return model.to(device), metadata
 
 
+def training_eval_sizes(metadata):
+    """(eval_size, max_size) of a training checkpoint's run; (None, None) for other checkpoints."""
+    from dabdetr.train_config import TrainConfig
+
+    if metadata["train_config"] is None:
+        return None, None
+    train_config = TrainConfig.from_dict(metadata["train_config"])
+    return train_config.eval_size, train_config.max_size
+
+
 def add_eval_parser(subparsers):
     parser = subparsers.add_parser("eval", help="COCO box AP of a model on a COCO-format set")
     parser.add_argument("checkpoint", help="training checkpoint, dabdetr/Hugging Face directory, official or "
@@ -212,55 +224,88 @@ def run_eval(args):
 # --- predict -----------------------------------------------------------------------------------
 
 def add_predict_parser(subparsers):
-    parser = subparsers.add_parser("predict", help="detect objects in images: JSON and annotated PNGs")
-    parser.add_argument("checkpoint")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--output-dir", default="predictions")
-    parser.add_argument("--threshold", type=float, default=0.3, help="score threshold for the JSON and pictures")
-    parser.add_argument("--size", type=int, default=None, help=f"shorter side the model sees (default "
-                                                               f"{COCO_EVAL_SIZE}; the training size for training "
-                                                               "checkpoints)")
-    parser.add_argument("--max-size", type=int, default=None)
+    from dabdetr.runtime import RUNTIMES
+
+    parser = subparsers.add_parser("predict", help="detect objects in images: COCO results JSON, annotated PNGs")
+    parser.add_argument("model", help="--runtime eager: any checkpoint from_pretrained reads; otherwise the file "
+                                      "`dabdetr export` wrote")
+    parser.add_argument("images", nargs="+", help="image files, folders and glob patterns")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="eager")
+    parser.add_argument("--output-dir", default="predictions",
+                        help="gets detections.json (COCO results), images.json (their image ids) and, with "
+                             "--save-images, one PNG per image")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="detections kept and drawn")
+    parser.add_argument("--save-images", action="store_true", help="write annotated PNGs")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward (grouped by aspect ratio)")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"shorter side the model sees (default: the training size of a training checkpoint "
+                             f"or an export of one, else {COCO_EVAL_SIZE})")
+    parser.add_argument("--max-size", type=int, default=None, help=f"longer side cap (default {COCO_MAX_SIZE})")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_predict)
 
 
 def run_predict(args):
-    from dabdetr.data.coco import open_image
-    from dabdetr.data.transforms import make_transforms
+    from dabdetr.data.images import list_images
     from dabdetr.distributed import resolve_device
-    from dabdetr.engine import detect_image
-    from dabdetr.plots import draw_detections
-    from dabdetr.train_config import TrainConfig
+    from dabdetr.predict import predict_images
 
+    paths = list_images(args.images)
     device = resolve_device(args.device)
-    model, metadata = load_model(args.checkpoint, device)
-    size, max_size = args.size or COCO_EVAL_SIZE, args.max_size or COCO_MAX_SIZE
-    if metadata["train_config"] is not None and args.size is None:
-        train_config = TrainConfig.from_dict(metadata["train_config"])
-        size, max_size = train_config.eval_size, args.max_size or train_config.max_size
-    names = metadata["class_names"]
-    transforms = make_transforms(False, [size], max_size)
+    detector = load_detector_for(args.model, args.runtime, device)
     os.makedirs(args.output_dir, exist_ok=True)
-    predictions = []
-    for path in args.images:
-        image = open_image(path)  # main() reports its errors
-        target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                  "size": torch.tensor([image.height, image.width])}
-        pixels, _ = transforms(image, target, None)
-        detections = detect_image(model, pixels, (image.height, image.width), device)
-        keep = detections["scores"] >= args.threshold
-        predictions.append({"image": path, "width": image.width, "height": image.height, "detections": [
-            {"label": int(label), "name": names.get(int(label), str(int(label))), "score": round(float(score), 4),
-             "box_xyxy": [round(v, 2) for v in box]}
-            for score, label, box in zip(detections["scores"][keep], detections["labels"][keep],
-                                         detections["boxes"][keep].tolist())]})
-        picture = draw_detections(image, detections, names, args.threshold)
-        picture.save(os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
-    with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
-        json.dump(predictions, f, indent=1)
-    print(f"{sum(len(p['detections']) for p in predictions)} detections in {len(predictions)} images: "
-          f"{args.output_dir}/predictions.json and one PNG per image")
+    picture_dir = args.output_dir if args.save_images else None
+    results, images = predict_images(detector, paths, args.batch_size, args.num_workers, args.score_threshold,
+                                     args.size, args.max_size, picture_dir, progress=not args.no_progress)
+    for name, content in (("detections.json", results), ("images.json", images)):
+        with open(os.path.join(args.output_dir, name), "w") as f:
+            json.dump(content, f)
+    print(f"{len(results)} detections (score >= {args.score_threshold}) in {len(images)} images: "
+          f"{args.output_dir}/detections.json{' and one PNG per image' if args.save_images else ''}")
+
+
+def load_detector_for(path, runtime, device):
+    """A dabdetr.runtime.Detector: the eager model of any checkpoint, or an exported artifact."""
+    from dabdetr.runtime import EagerDetector, load_detector
+
+    if runtime != "eager":
+        return load_detector(path, runtime, device)
+    if path.endswith((".onnx", ".pt2")):
+        raise ValueError(f"{path} is an exported model: run it with --runtime onnx, torch-export or aoti")
+    model, metadata = load_model(path, device)
+    return EagerDetector(model, metadata["class_names"], *training_eval_sizes(metadata))
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def add_export_parser(subparsers):
+    from dabdetr.export import FORMATS
+
+    parser = subparsers.add_parser("export", help="export a model for deployment: ONNX, torch.export, AOTInductor",
+                                   description="Writes one artifact with dynamic batch, height and width; "
+                                               "inputs images [B, 3, H, W] and mask [B, H, W] (True = padding).")
+    parser.add_argument("model", help="any checkpoint from_pretrained reads")
+    parser.add_argument("output", help="the file to write (.onnx for onnx, .pt2 otherwise)")
+    parser.add_argument("--format", choices=FORMATS, required=True,
+                        help="onnx: standard operators (the fused ops lowered to their reference); torch-export: a "
+                             ".pt2 program keeping the dabdetr ops; aoti: an AOTInductor package (compiled, CPU)")
+    parser.add_argument("--with-postprocess", action="store_true",
+                        help="add input orig_sizes [B, 2] and output the top-k scores, labels and xyxy pixel boxes")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args):
+    from dabdetr.export import export
+
+    suffix = ".onnx" if args.format == "onnx" else ".pt2"
+    if not args.output.endswith(suffix):
+        raise ValueError(f"export --format {args.format} writes a {suffix} file; got output {args.output}")
+    model, metadata = load_model(args.model, torch.device("cpu"))
+    export(model, args.output, args.format, metadata["class_names"], *training_eval_sizes(metadata),
+           postprocess=args.with_postprocess)
+    print(f"wrote {args.output} ({args.format}{', with post-processing' if args.with_postprocess else ''})")
 
 
 # --- convert -----------------------------------------------------------------------------------
@@ -304,13 +349,13 @@ def main(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_convert_parser):
+    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser, add_convert_parser):
         add(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
         if args.debug:
             raise
         LOG.error("dabdetr %s: %s (--debug shows where)", args.command, error)

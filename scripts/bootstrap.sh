@@ -18,7 +18,7 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "$TORCH_SPEC"
 fi
 echo "== building dabdetr (torch $(python -c 'import torch; print(torch.__version__)'))"
-python -m pip install -q --no-build-isolation -e ".[test,tensorboard]"
+python -m pip install -q --no-build-isolation -e ".[test,tensorboard,export]"
 python - <<'PY'
 import sys
 import dabdetr

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU "
                                          "machines unless its wheel is carried)")
@@ -207,10 +208,12 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     image_path = tmp_path / "shapes.png"
     dataset.load_image(dataset.coco.imgs[1]).save(image_path)
     cli(["predict", str(run / "model"), str(image_path), "--output-dir", str(tmp_path / "predicted"),
-         "--size", "64", "--max-size", "64", "--threshold", "0"])
-    predictions = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
-    assert predictions[0]["image"] == str(image_path) and predictions[0]["detections"]
-    assert predictions[0]["detections"][0]["name"] in ("ellipse", "rectangle", "triangle", "cross")
+         "--size", "64", "--max-size", "64", "--score-threshold", "0", "--save-images", "--num-workers", "0"])
+    predictions = json.loads((tmp_path / "predicted" / "detections.json").read_text())
+    images = json.loads((tmp_path / "predicted" / "images.json").read_text())
+    assert images == [{"id": 0, "file_name": str(image_path), "height": 64, "width": 64}]
+    assert predictions and {p["image_id"] for p in predictions} == {0}
+    assert {p["category_id"] for p in predictions} <= {0, 1, 2, 3}  # the four shapes' class indices
     assert (tmp_path / "predicted" / "shapes.png").exists()
 
     cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "official.pth"), "--to", "official"])
@@ -253,11 +256,13 @@ def test_cli_errors_are_clear(tmp_path, caplog):
     with pytest.raises(SystemExit):
         cli(["eval", str(tmp_path / "nowhere.pt"), "--annotations", "x.json", "--images", "."])
     assert f"dabdetr eval: no checkpoint at {tmp_path / 'nowhere.pt'}" in caplog.text
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(image)
     with pytest.raises(SystemExit):
-        cli(["predict", str(tmp_path / "nowhere.pt"), "a.png"])
+        cli(["predict", str(tmp_path / "nowhere.pt"), str(image)])
     assert f"dabdetr predict: no checkpoint at {tmp_path / 'nowhere.pt'}" in caplog.text
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):  # --debug: the exception itself
-        cli(["--debug", "predict", str(tmp_path / "nowhere.pt"), "a.png"])
+        cli(["--debug", "predict", str(tmp_path / "nowhere.pt"), str(image)])
     model_dir = tmp_path / "model"
     DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).save_pretrained(str(model_dir))
     with pytest.raises(SystemExit):

@@ -49,27 +49,42 @@ class DABDETR(nn.Module):
     def forward(self, images, mask, targets=None):
         """targets (training with config.dn_groups > 0 only): the criterion's targets, from which
         denoising queries are built; their predictions come back under "dn_outputs"."""
-        features, feature_mask = self.backbone(images, mask)
-        pos = self.position_encoding(feature_mask)  # [B, h*w, d]
-        src = self.input_proj(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
-        key_padding_mask = feature_mask.flatten(1)
-        memory, hs, references = self.transformer(src, pos, key_padding_mask, self.refpoint_embed.weight,
-                                                  self.bbox_embed)
+        memory, pos, key_padding_mask, hs, references = self.encode_decode(images, mask)
         outputs = {**self.heads(hs, references), "references": references}
         if self.training and self.config.dn_groups and targets is not None:
             outputs["dn_outputs"] = self.denoise(memory, pos, key_padding_mask, targets)
         return outputs
 
+    def predict(self, images, mask):
+        """(logits [B, Nq, num_classes], boxes [B, Nq, 4]): pred_logits and pred_boxes of forward()
+        alone, with the heads run on the last decoder layer only (what inference and export need)."""
+        hs, references = self.encode_decode(images, mask)[3:]
+        return self.class_embed(hs[-1]), self.box_head(hs[-1], references[-1])
+
+    def encode_decode(self, images, mask):
+        """Backbone, encoder and decoder: (memory [B, S, d], pos [B, S, d], key_padding_mask [B, S],
+        hs [L, B, Nq, d], references [L, B, Nq, 4]); S = h * w feature-map positions."""
+        features, feature_mask = self.backbone(images, mask)
+        pos = self.position_encoding(feature_mask)
+        src = self.input_proj(features).flatten(2).transpose(1, 2)
+        key_padding_mask = feature_mask.flatten(1)
+        memory, hs, references = self.transformer(src, pos, key_padding_mask, self.refpoint_embed.weight,
+                                                  self.bbox_embed)
+        return memory, pos, key_padding_mask, hs, references
+
     def heads(self, hs, references):
         """Class and box predictions of every decoder layer: the last as pred_logits/pred_boxes,
         the others as aux_outputs."""
-        logits = self.class_embed(hs)
-        boxes = (self.bbox_embed(hs) + inverse_sigmoid(references, self.config.box_head_eps)).sigmoid()
+        logits, boxes = self.class_embed(hs), self.box_head(hs, references)
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
             "aux_outputs": [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])],
         }
+
+    def box_head(self, hs, references):
+        """Boxes (cx, cy, w, h) in (0, 1): the anchors each layer used, refined by bbox_embed."""
+        return (self.bbox_embed(hs) + inverse_sigmoid(references, self.config.box_head_eps)).sigmoid()
 
     def denoise(self, memory, pos, key_padding_mask, targets):
         """Predictions of the denoising queries (models/denoising.py): the heads' dict over
@@ -98,11 +113,19 @@ def post_process(outputs, target_sizes, num_select=300):
     Returns a list of B dicts: scores [k], labels [k] (class index), boxes [k, 4] (x0, y0, x1, y1
     in original-image pixels; not clamped).
     """
-    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    scores, labels, boxes = select_detections(outputs["pred_logits"], outputs["pred_boxes"], target_sizes,
+                                              num_select)
+    return [{"scores": s, "labels": c, "boxes": b} for s, c, b in zip(scores, labels, boxes)]
+
+
+def select_detections(logits, boxes, target_sizes, num_select=300):
+    """post_process as batched tensors (the form an exported graph computes): logits
+    [B, Nq, K], boxes [B, Nq, 4] (cx, cy, w, h normalized), target_sizes [B, 2] (height, width)
+    -> scores [B, k], labels [B, k] int64, boxes [B, k, 4] xyxy pixels; k = min(num_select, Nq * K)."""
     B, Nq, K = logits.shape
     scores, index = logits.sigmoid().flatten(1).topk(min(num_select, Nq * K), dim=1)
     query, labels = index // K, index % K
     boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
     height, width = target_sizes.to(boxes.dtype).unbind(1)
     boxes = boxes * torch.stack((width, height, width, height), dim=1)[:, None, :]
-    return [{"scores": s, "labels": c, "boxes": b} for s, c, b in zip(scores, labels, boxes)]
+    return scores, labels, boxes

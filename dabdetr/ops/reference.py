@@ -47,8 +47,8 @@ def anchor_sine_embed(boxes, num_feats, temperature):
     tau = sine_frequency_divisors(num_feats, temperature, boxes.dtype, boxes.device)
     angles = boxes[..., None] * (2 * math.pi) / tau  # [..., C, n]
     embed = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
-    order = [1, 0, 2, 3][: boxes.shape[-1]]  # y before x, then w, h
-    return embed[..., order, :].flatten(-2)
+    # y before x, then w, h (slices, not an index list, which tracing would make a tensor constant)
+    return torch.cat((embed[..., 1:2, :], embed[..., 0:1, :], embed[..., 2:, :]), dim=-2).flatten(-2)
 
 
 def modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, temperature):

@@ -1,0 +1,186 @@
+"""Export of a DABDETR for deployment: ONNX, a torch.export program (.pt2), an AOTInductor package.
+
+Every artifact computes DABDETR.predict in eval mode, so it holds no training-only part (no
+denoising queries, no auxiliary heads), with a dynamic batch, height and width:
+
+    inputs:  images [B, 3, H, W] float32, mask [B, H, W] bool (True = padding)
+             (+ orig_sizes [B, 2] int64 (height, width) with postprocess)
+    outputs: logits [B, Nq, K], boxes [B, Nq, 4] (cx, cy, w, h normalized by each unpadded image)
+             or, with postprocess: scores [B, k], labels [B, k] int64, boxes [B, k, 4] (x0, y0, x1,
+             y1 in orig_sizes pixels), the top k = num_select over queries x classes.
+
+The fused ops stay opaque custom ops (dabdetr::...) in the torch.export program and the
+AOTInductor package, which run them through the installed dabdetr. ONNX has no such ops: there
+they are replaced by their PyTorch reference (dabdetr.ops.reference), which becomes standard
+operators (MatMul, Softmax, Sin, Cos, ...) that any ONNX runtime, TensorRT included, can run.
+Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessing sizes) for
+dabdetr.runtime.
+"""
+
+import json
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from dabdetr.checkpoint import atomic_write
+from dabdetr.models.detector import select_detections
+from dabdetr.ops import reference
+
+FORMATS = ("onnx", "torch-export", "aoti")
+EXPORT_FORMAT_TAG = "dabdetr-export"
+METADATA_KEY = "dabdetr"  # ONNX metadata_props key, .pt2 extra file stem, AOTInductor metadata key
+ONNX_OPSET = 18
+# Image sides an artifact accepts. At 32 or less a stride-32 feature map has a side of 1, on which
+# torch.export would specialize the graph.
+MIN_SIDE, MAX_SIDE = 33, 8192
+PLAIN_IO = (("images", "mask"), ("logits", "boxes"))
+POSTPROCESS_IO = (("images", "mask", "orig_sizes"), ("scores", "labels", "boxes"))
+EXPORT_EXTRA_HINT = "pip install 'dabdetr[export]' (onnx, onnxruntime, onnxscript)"
+
+
+class DetectorGraph(nn.Module):
+    """What an artifact computes: forward(images, mask) -> (logits, boxes), or with postprocess
+    forward(images, mask, orig_sizes) -> (scores, labels, boxes) (see the module docstring)."""
+
+    def __init__(self, model, postprocess=False):
+        super().__init__()
+        self.model = model.eval()
+        self.postprocess = postprocess
+
+    def forward(self, images, mask, orig_sizes=None):
+        logits, boxes = self.model.predict(images, mask)
+        if not self.postprocess:
+            return logits, boxes
+        return select_detections(logits, boxes, orig_sizes, self.model.config.num_select)
+
+
+def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False):
+    """The dict every artifact carries: what runtime.py needs to feed it and read its outputs."""
+    inputs, outputs = POSTPROCESS_IO if postprocess else PLAIN_IO
+    return {
+        "format": EXPORT_FORMAT_TAG,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "postprocess": postprocess,
+        "class_names": {str(label): name for label, name in (class_names or {}).items()},
+        "eval_size": eval_size,
+        "max_size": max_size,
+        "min_side": MIN_SIDE,
+        "max_side": MAX_SIDE,
+        "model_config": model.config.to_dict(),
+    }
+
+
+def export_program(model, postprocess=False):
+    """torch.export.ExportedProgram of DetectorGraph(model) on the CPU, float32, with dynamic
+    batch, height and width; the fused ops stay dabdetr:: custom ops."""
+    graph = DetectorGraph(model.float().cpu(), postprocess)
+    # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
+    images = torch.zeros(2, 3, 128, 160)
+    mask = torch.zeros(2, *images.shape[2:], dtype=torch.bool)
+    mask[1, :, -32:] = True
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    args = (images, mask)
+    shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
+    if postprocess:
+        args += (torch.tensor([[480, 640], [600, 400]]),)
+        shapes["orig_sizes"] = {0: batch}
+    with torch.no_grad():
+        return torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
+
+
+def _reference_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
+    out = reference.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale)
+    # The op's second output, the log-sum-exp, only serves its backward: inference never reads it
+    # and the exporter drops it, so placeholder zeros of its shape and dtype stand in for it.
+    return out, torch.zeros(out.shape[:-1], dtype=out.dtype, device=out.device)
+
+
+REFERENCE_DECOMPOSITIONS = {
+    "modulated_attention": _reference_attention,
+    "anchor_sine_embed": reference.anchor_sine_embed,
+    "modulated_anchor_sine_embed": reference.modulated_anchor_sine_embed,
+}
+
+
+def decompose_custom_ops(program):
+    """The program with every dabdetr:: op replaced by its PyTorch reference."""
+    table = {getattr(torch.ops.dabdetr, name).default: fn for name, fn in REFERENCE_DECOMPOSITIONS.items()
+             if hasattr(torch.ops.dabdetr, name)}  # without the extension the model never called them
+    return program.run_decompositions(table)
+
+
+def require_packages(what, *modules):
+    """Imports modules, or raises an ImportError naming the [export] extra."""
+    import importlib
+
+    try:
+        return [importlib.import_module(name) for name in modules]
+    except ImportError as error:
+        raise ImportError(f"{what} needs {', '.join(modules)} ({error}): {EXPORT_EXTRA_HINT}") from None
+
+
+def export_onnx(model, path, metadata, opset=ONNX_OPSET):
+    """Writes the ONNX file: opset `opset`, named inputs and outputs, dims named batch, height,
+    width (and queries, detections), metadata under metadata_props["dabdetr"]; checked by
+    onnx.checker."""
+    (onnx,) = require_packages("ONNX export", "onnx", "onnxscript")[:1]
+    program = decompose_custom_ops(export_program(model, metadata["postprocess"]))
+    onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=opset, verbose=False,
+                                     input_names=metadata["inputs"], output_names=metadata["outputs"])
+    proto = onnx_program.model_proto
+    _name_dynamic_dims(proto)
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    onnx.checker.check_model(proto, full_check=True)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()), binary=True)
+
+
+def _name_dynamic_dims(proto):
+    """The exporter names dims after its symbols (s0, s14, ...): renames those of the inputs to
+    batch, height, width everywhere in the graph."""
+    names = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        labels = ("batch", None, "height", "width") if value.name == "images" else ("batch", "height", "width")
+        for dim, label in zip(dims, labels):
+            if label and dim.dim_param:
+                names[dim.dim_param] = label
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def export_torch(model, path, metadata):
+    """Writes the torch.export program (torch.export.save), metadata as extra file dabdetr.json."""
+    program = export_program(model, metadata["postprocess"])
+    extra_files = {f"{METADATA_KEY}.json": json.dumps(metadata)}
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra_files), binary=True)
+
+
+def export_aoti(model, path, metadata):
+    """Compiles the program ahead of time with AOTInductor (C++ here, minutes for R50) into a
+    package; Inductor's freezing folds the frozen batch norms into the convolutions."""
+    program = export_program(model, metadata["postprocess"])
+    configs = {"freezing": True, "aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}}
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        staged = os.path.join(scratch, "model.pt2")
+        torch._inductor.aoti_compile_and_package(program, package_path=staged, inductor_configs=configs)
+        os.replace(staged, path)
+
+
+EXPORTERS = {"onnx": export_onnx, "torch-export": export_torch, "aoti": export_aoti}
+
+
+def export(model, path, format, class_names=None, eval_size=None, max_size=None, postprocess=False):
+    """Writes `model` as an artifact of `format` (one of FORMATS) at path; returns its metadata."""
+    if format not in FORMATS:
+        raise ValueError(f"export format must be one of {FORMATS}, got {format!r}")
+    metadata = export_metadata(model, class_names, eval_size, max_size, postprocess)
+    EXPORTERS[format](model, path, metadata)
+    return metadata

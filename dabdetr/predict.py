@@ -1,0 +1,71 @@
+"""Detection on many image files with any runtime (dabdetr.runtime): a DataLoader of images
+batched by aspect ratio, COCO results, and annotated pictures on request."""
+
+import os
+
+import torch
+from tqdm import tqdm
+
+from dabdetr.coco_eval import to_coco_results
+from dabdetr.data.coco import open_image
+from dabdetr.data.collate import collate_detection
+from dabdetr.data.images import ImageFiles, aspect_ratio_batches
+from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
+from dabdetr.models.detector import select_detections
+from dabdetr.plots import draw_detections
+
+
+def image_id(path, index):
+    """A COCO image id: the file name's number for COCO-style names (000000397133.jpg), else index."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else index
+
+
+def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold=0.3, size=None, max_size=None,
+                   picture_dir=None, progress=True):
+    """Runs detector on every image of paths.
+
+    size / max_size: the shorter side the model sees and the cap of the longer side (default:
+    the detector's metadata, else the COCO evaluation sizes). picture_dir: where to write one
+    annotated PNG per image (None: none).
+    Returns (results, images): COCO results (image_id, category_id = the model's class index,
+    bbox xywh in original pixels, score) at or above score_threshold, and the COCO "images"
+    entries (id, file_name, height, width) that their image ids refer to.
+    """
+    metadata = detector.metadata
+    size = size or metadata["eval_size"] or COCO_EVAL_SIZE
+    max_size = max_size or metadata["max_size"] or COCO_MAX_SIZE
+    dataset = ImageFiles(paths, make_transforms(False, [size], max_size))
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=aspect_ratio_batches(dataset.sizes, batch_size),
+                                         num_workers=num_workers, collate_fn=collate_detection,
+                                         pin_memory=detector.device.type == "cuda")
+    ids = [image_id(path, index) for index, path in enumerate(dataset.paths)]
+    if len(set(ids)) != len(ids):  # numbered names that collide (a/1.jpg, b/1.jpg): number by position
+        ids = list(range(len(ids)))
+    names = {int(label): name for label, name in metadata["class_names"].items()}
+    labels = {label: label for label in range(metadata["model_config"]["num_classes"])}
+    results = []
+    bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    for images, mask, targets in loader:
+        orig_sizes = torch.stack([t["orig_size"] for t in targets])
+        device = detector.device
+        outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+                           orig_sizes.to(device))
+        if metadata["postprocess"]:
+            selected = outputs["scores"], outputs["labels"], outputs["boxes"]
+        else:
+            selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes.to(device),
+                                         metadata["model_config"]["num_select"])
+        for target, scores, classes, boxes in zip(targets, *(t.cpu() for t in selected)):
+            keep = scores >= score_threshold
+            detections = {"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]}
+            results += to_coco_results([ids[target["index"]]], [detections], labels)
+            if picture_dir is not None:
+                path = dataset.paths[target["index"]]
+                picture = draw_detections(open_image(path), detections, names, score_threshold)
+                picture.save(os.path.join(picture_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
+        bar.update(len(targets))
+    bar.close()
+    images = [{"id": i, "file_name": path, "height": h, "width": w}
+              for i, path, (h, w) in zip(ids, dataset.paths, dataset.sizes)]
+    return results, images

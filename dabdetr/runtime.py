@@ -1,0 +1,167 @@
+"""One interface over the ways to run a detector: eager PyTorch, and the artifacts of dabdetr.export
+in ONNX Runtime, as a torch.export program, or as an AOTInductor package.
+
+    detector = load_detector("model.onnx")             # kind from the file: onnx, torch-export, aoti
+    outputs = detector(images, mask)                   # {"logits": ..., "boxes": ...}
+    detector.metadata["class_names"], detector.metadata["eval_size"]
+
+Inputs are checked before they reach a runtime, so a wrong rank, dtype or mask shape is an error
+naming the argument rather than a failure deep inside a graph.
+"""
+
+import json
+import os
+import zipfile
+
+import torch
+
+from dabdetr.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
+
+RUNTIMES = ("eager", "onnx", "torch-export", "aoti")
+
+
+class Detector:
+    """__call__(images [B, 3, H, W] float, mask [B, H, W] bool (True = padding), orig_sizes [B, 2]
+    int64 (height, width; postprocess artifacts only)) -> {output name: tensor} with the names of
+    metadata["outputs"] (dabdetr.export). kind: one of RUNTIMES."""
+
+    kind = None
+
+    def __init__(self, metadata, device="cpu"):
+        self.metadata, self.device = metadata, torch.device(device)
+
+    def __call__(self, images, mask, orig_sizes=None):
+        check_inputs(self.metadata, images, mask, orig_sizes, exported=self.kind != "eager")
+        args = (images, mask) + ((orig_sizes,) if self.metadata["postprocess"] else ())
+        with torch.no_grad():
+            return dict(zip(self.metadata["outputs"], self.run(*args)))
+
+    def run(self, *args):
+        raise NotImplementedError
+
+
+class EagerDetector(Detector):
+    """A DABDETR in eager mode (DABDETR.predict)."""
+
+    kind = "eager"
+
+    def __init__(self, model, class_names=None, eval_size=None, max_size=None):
+        super().__init__(export_metadata(model, class_names, eval_size, max_size), next(model.parameters()).device)
+        self.model = model.eval()
+
+    def run(self, images, mask):
+        return self.model.predict(images, mask)
+
+
+class OnnxDetector(Detector):
+    """An ONNX file in ONNX Runtime: its CUDA provider for device cuda where installed, else the CPU's."""
+
+    kind = "onnx"
+
+    def __init__(self, path, device="cpu"):
+        import onnx
+
+        (ort,) = require_packages("running an ONNX model", "onnxruntime")
+        proto = onnx.load(path, load_external_data=False)
+        super().__init__(_checked_metadata(path, {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)),
+                         device)
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+        self.providers = providers
+        self.session = ort.InferenceSession(path, providers=providers)
+
+    def run(self, *args):
+        feeds = {name: tensor.cpu().numpy() for name, tensor in zip(self.metadata["inputs"], args)}
+        return [torch.from_numpy(array).to(self.device) for array in self.session.run(None, feeds)]
+
+
+class ExportedProgramDetector(Detector):
+    """A torch.export program (.pt2); its dabdetr:: ops run through the installed dabdetr."""
+
+    kind = "torch-export"
+
+    def __init__(self, path):
+        extra_files = {f"{METADATA_KEY}.json": ""}
+        program = torch.export.load(path, extra_files=extra_files)
+        super().__init__(_checked_metadata(path, extra_files[f"{METADATA_KEY}.json"] or None))
+        self.module = program.module()
+
+    def run(self, *args):
+        return self.module(*args)
+
+
+class AotiDetector(Detector):
+    """An AOTInductor package (.pt2), compiled for the CPU."""
+
+    kind = "aoti"
+
+    def __init__(self, path):
+        runner = torch._inductor.aoti_load_package(path)
+        super().__init__(_checked_metadata(path, runner.get_metadata().get(METADATA_KEY)))
+        self.runner = runner
+
+    def run(self, *args):
+        return self.runner(*args)
+
+
+def artifact_kind(path):
+    """"onnx", "torch-export" or "aoti": what dabdetr.export wrote at path (a ValueError otherwise)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no exported model at {path}")
+    if path.endswith(".onnx"):
+        return "onnx"
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an exported model (expected an .onnx file or a .pt2 archive from "
+                         "`dabdetr export`)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return "aoti" if any("/data/aotinductor/" in name for name in names) else "torch-export"
+
+
+def load_detector(path, runtime="auto", device="cpu"):
+    """The Detector of an exported artifact; runtime "auto" reads its kind from the file."""
+    if runtime not in ("auto", *RUNTIMES[1:]):
+        raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES[1:]} for an exported model, got {runtime!r}")
+    kind = artifact_kind(path)
+    if runtime not in ("auto", kind):
+        raise ValueError(f"{path} is a {kind} artifact, not one for runtime {runtime!r}")
+    if kind == "onnx":
+        return OnnxDetector(path, device)
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"{path}: {kind} artifacts are exported for the CPU; run them with device cpu")
+    return ExportedProgramDetector(path) if kind == "torch-export" else AotiDetector(path)
+
+
+def _checked_metadata(path, text):
+    metadata = json.loads(text) if text else None
+    if not isinstance(metadata, dict) or metadata.get("format") != EXPORT_FORMAT_TAG:
+        raise ValueError(f"{path}: no dabdetr export metadata; export models with `dabdetr export`")
+    return metadata
+
+
+def check_inputs(metadata, images, mask, orig_sizes=None, exported=True):
+    """ValueError/TypeError naming the argument whose rank, shape, dtype or device does not fit."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape [B, 3, H, W], got {got}")
+    if not images.dtype.is_floating_point or (exported and images.dtype != torch.float32):
+        raise TypeError(f"images must be float32{'' if exported else ' (or another float type)'}, got {images.dtype}")
+    B, _, H, W = images.shape
+    if exported and not (metadata["min_side"] <= min(H, W) and max(H, W) <= metadata["max_side"]):
+        raise ValueError(f"images: the exported model takes sides {metadata['min_side']} to {metadata['max_side']}, "
+                         f"got H={H}, W={W}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True = padding), got {got}")
+    if tuple(mask.shape) != (B, H, W):
+        raise ValueError(f"mask must have shape [B, H, W] = {(B, H, W)} to match images, got {tuple(mask.shape)}")
+    if mask.device != images.device:
+        raise ValueError(f"mask is on {mask.device} but images is on {images.device}")
+    if not metadata["postprocess"]:
+        return
+    if orig_sizes is None:
+        raise ValueError("orig_sizes [B, 2] (height, width) is an input of this model (exported with postprocess)")
+    if tuple(orig_sizes.shape) != (B, 2) or orig_sizes.dtype != torch.int64:
+        raise ValueError(f"orig_sizes must be int64 of shape [B, 2] = {(B, 2)}, got {orig_sizes.dtype} "
+                         f"{tuple(orig_sizes.shape)}")

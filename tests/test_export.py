@@ -1,0 +1,294 @@
+"""dabdetr.export and dabdetr.runtime: every artifact, loaded in its runtime, against the eager model
+on real photos (tinycoco, where present) and generated images, at three sizes and batch 1 and 3
+from one exported file; post-processing, bad input, and the CLI around them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from coco_fixture import TINYCOCO
+from PIL import Image
+from test_training import TINY_RUN, tiny_config
+
+from dabdetr import export, runtime
+from dabdetr.cli import main as cli
+from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
+from dabdetr.models import DABDETR, post_process, preset
+from dabdetr.pretrained import from_pretrained
+from dabdetr.trainer import Trainer
+
+TOLERANCE = 1e-4  # absolute, on logits and normalized boxes
+SIZES = [(96, 150), (168, 250), (232, 360)]  # (shorter side, longer-side cap): sides not multiples of 32
+onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
+pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
+
+
+def sample_images():
+    """PIL images: tinycoco's photos where present, and images made here (synthetic shapes, and a
+    portrait noise picture), so that a batch mixes aspect ratios."""
+    shapes = SyntheticShapes(2, make_transforms(False, [96], 96), image_size=96)
+    made = [shapes.load_image(shapes.coco.imgs[i]) for i in sorted(shapes.coco.imgs)]
+    noise = np.random.default_rng(0).integers(0, 256, (300, 180, 3), dtype=np.uint8)
+    made.append(Image.fromarray(noise))
+    photo_dir = os.path.join(TINYCOCO, "images", "val2017")
+    photos = [Image.open(os.path.join(photo_dir, name)).convert("RGB")
+              for name in sorted(os.listdir(photo_dir))[:2]] if os.path.isdir(photo_dir) else []
+    return photos + made
+
+
+def batches(images):
+    """(images [B, 3, H, W], mask [B, H, W], orig_sizes [B, 2]) at each of SIZES, B = 1 and 3."""
+    for size, max_size in SIZES:
+        transforms = make_transforms(False, [size], max_size)
+        samples = []
+        for image in images:
+            target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                      "size": torch.tensor([image.height, image.width])}
+            samples.append((transforms(image, target, None)[0], target))
+        for chosen in (samples[:1], [samples[0], samples[-1], samples[-2]]):
+            pixels, mask, targets = collate_detection(chosen)
+            yield pixels, mask, torch.stack([t["size"] for t in targets])
+
+
+@pytest.fixture(scope="module")
+def images():
+    found = sample_images()
+    if not os.path.isdir(TINYCOCO):
+        print(f"tinycoco not found at {TINYCOCO}: generated images only")
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    torch.manual_seed(0)
+    return DABDETR(preset("demo")).eval()
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(demo_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("onnx") / "demo.onnx")
+    export.export(demo_model, path, "onnx", {0: "ellipse"}, eval_size=96, max_size=150)
+    return path
+
+
+def assert_same_outputs(detector, model, images):
+    """detector's logits and boxes equal model.predict's within TOLERANCE on every batch of images."""
+    checked = 0
+    for pixels, mask, _ in batches(images):
+        outputs = detector(pixels, mask)
+        with torch.no_grad():
+            logits, boxes = model.predict(pixels, mask)
+        assert outputs["logits"].shape == logits.shape and outputs["boxes"].shape == boxes.shape
+        torch.testing.assert_close(outputs["logits"], logits, rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(outputs["boxes"], boxes, rtol=0, atol=TOLERANCE)
+        checked += 1
+    assert checked == 2 * len(SIZES)
+
+
+def test_onnx_file_is_valid_with_dynamic_named_dims(demo_onnx):
+    proto = onnx.load(demo_onnx)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 17
+
+    def dims(values):
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    assert dims(proto.graph.input) == {"images": ["batch", 3, "height", "width"], "mask": ["batch", "height", "width"]}
+    assert dims(proto.graph.output) == {"logits": ["batch", 30, 91], "boxes": ["batch", 30, 4]}
+    assert proto.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.BOOL
+    # Standard operators only: the fused ops are lowered to their reference.
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert {"MatMul", "Softmax", "Sin", "Cos"} <= {node.op_type for node in proto.graph.node}
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}["dabdetr"])
+    assert metadata["class_names"] == {"0": "ellipse"} and metadata["eval_size"] == 96
+
+
+def test_onnx_graph_has_no_training_parts(demo_model, demo_onnx):
+    # The demo model has denoising weights (label_embed) and 3 decoder layers with aux heads: the
+    # graph keeps neither, and runs the class head once (on the last layer).
+    assert demo_model.config.dn_groups > 0 and demo_model.config.num_decoder_layers == 3
+    proto = onnx.load(demo_onnx)
+    names = [init.name for init in proto.graph.initializer]
+    assert not [name for name in names if "label_embed" in name]
+    class_bias = [name for name in names if "class_embed.bias" in name]
+    assert len(class_bias) == 1
+    assert sum(class_bias[0] in node.input for node in proto.graph.node) == 1
+
+
+def test_onnx_runtime_matches_eager_demo(demo_model, demo_onnx, images):
+    assert_same_outputs(runtime.load_detector(demo_onnx), demo_model, images)
+
+
+def test_onnx_runtime_matches_eager_r50(images, tmp_path):
+    torch.manual_seed(1)
+    model = DABDETR(preset("dab_detr_r50")).eval()
+    path = str(tmp_path / "r50.onnx")
+    export.export(model, path, "onnx")
+    detector = runtime.load_detector(path)
+    assert detector.kind == "onnx" and detector.metadata["model_config"]["backbone"] == "resnet50"
+    assert_same_outputs(detector, model, images)
+
+
+def test_torch_export_program_keeps_the_custom_ops(demo_model, images, tmp_path):
+    path = str(tmp_path / "demo.pt2")
+    export.export(demo_model, path, "torch-export")
+    program = torch.export.load(path)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"dabdetr.modulated_attention.default", "dabdetr.modulated_anchor_sine_embed.default",
+            "dabdetr.anchor_sine_embed.default"} <= targets
+    detector = runtime.load_detector(path)
+    assert detector.kind == "torch-export"
+    assert_same_outputs(detector, demo_model, images)
+
+
+def test_aoti_package_matches_eager(demo_model, images, tmp_path):
+    path = str(tmp_path / "demo.aoti.pt2")
+    export.export(demo_model, path, "aoti", {0: "ellipse"})
+    detector = runtime.load_detector(path)
+    assert detector.kind == "aoti" and detector.metadata["class_names"] == {"0": "ellipse"}
+    assert_same_outputs(detector, demo_model, images)
+
+
+@pytest.mark.parametrize("format", ["onnx", "torch-export"])
+def test_postprocess_export_gives_post_process_detections(demo_model, images, tmp_path, format):
+    path = str(tmp_path / ("post.onnx" if format == "onnx" else "post.pt2"))
+    export.export(demo_model, path, format, postprocess=True)
+    detector = runtime.load_detector(path)
+    assert detector.metadata["inputs"] == ["images", "mask", "orig_sizes"]
+    for pixels, mask, orig_sizes in batches(images):
+        outputs = detector(pixels, mask, orig_sizes)
+        with torch.no_grad():
+            expected = post_process(demo_model(pixels, mask), orig_sizes, demo_model.config.num_select)
+        for i, detections in enumerate(expected):
+            got = {"scores": outputs["scores"][i], "labels": outputs["labels"][i], "boxes": outputs["boxes"][i]}
+            # Pixel boxes: the normalized tolerance times the image side.
+            assert_same_detections(got, detections, box_tolerance=TOLERANCE * float(orig_sizes.max()))
+
+
+def assert_same_detections(got, expected, box_tolerance):
+    """The same top-k detections, as sets: scores equal within TOLERANCE can come in either order
+    (random weights make many near-ties), and at the k-th score either of a near-tie can be cut."""
+    torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=TOLERANCE)  # both sorted
+    cutoff = float(expected["scores"][-1]) + TOLERANCE
+    unused = list(range(len(got["scores"])))
+    for score, label, box in zip(expected["scores"], expected["labels"], expected["boxes"]):
+        match = next((j for j in unused if got["labels"][j] == label and abs(got["scores"][j] - score) <= TOLERANCE
+                      and (got["boxes"][j] - box).abs().max() <= box_tolerance), None)
+        if match is None:
+            assert score <= cutoff, f"no match for the detection {float(score):.6f} {int(label)} {box.tolist()}"
+        else:
+            unused.remove(match)
+
+
+@pytest.fixture(scope="module")
+def trained_demo(tmp_path_factory):
+    """A training checkpoint of the demo recipe (a small model, two epochs on the synthetic shapes)."""
+    output_dir = tmp_path_factory.mktemp("trained")
+    Trainer(tiny_config(output_dir)).fit()
+    return output_dir / "checkpoint.pt"
+
+
+def test_cli_export_of_a_trained_model_runs_in_onnx_runtime(trained_demo, images, tmp_path, capsys):
+    path = tmp_path / "trained.onnx"
+    cli(["export", str(trained_demo), str(path), "--format", "onnx"])
+    assert f"wrote {path} (onnx)" in capsys.readouterr().out
+    detector = runtime.load_detector(str(path))
+    assert detector.metadata["eval_size"] == TINY_RUN["eval_size"]  # the run's preprocessing travels with it
+    assert sorted(detector.metadata["class_names"].values()) == ["cross", "ellipse", "rectangle", "triangle"]
+    assert_same_outputs(detector, from_pretrained(str(trained_demo)), images)
+
+
+def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path):
+    shapes = SyntheticShapes(5, make_transforms(False, [64], 64), image_size=64, seed=3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image_id in shapes.coco.imgs:
+        image = shapes.load_image(shapes.coco.imgs[image_id])
+        if image_id % 2:  # mixed aspect ratios, so batches group and pad
+            image = image.resize((96, 64))
+        image.save(folder / f"{image_id:06d}.png")
+    onnx_path = tmp_path / "trained.onnx"
+    cli(["export", str(trained_demo), str(onnx_path), "--format", "onnx", "--with-postprocess"])
+    common = ["--size", "64", "--max-size", "128", "--score-threshold", "0", "--batch-size", "2",
+              "--num-workers", "0", "--no-progress"]
+    cli(["predict", str(trained_demo), str(folder), "--output-dir", str(tmp_path / "eager"), "--save-images", *common])
+    cli(["predict", str(onnx_path), str(folder / "*.png"), "--runtime", "onnx", "--output-dir",
+         str(tmp_path / "onnx"), *common])
+    eager = json.loads((tmp_path / "eager" / "detections.json").read_text())
+    exported = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+
+    def per_image(results):
+        by_id = {}
+        for r in sorted(results, key=lambda r: -r["score"]):
+            by_id.setdefault(r["image_id"], []).append(r)
+        return {image_id: {"scores": torch.tensor([r["score"] for r in rs]),
+                           "labels": torch.tensor([r["category_id"] for r in rs]),
+                           "boxes": torch.tensor([r["bbox"] for r in rs])} for image_id, rs in by_id.items()}
+
+    eager, exported = per_image(eager), per_image(exported)
+    assert sorted(eager) == sorted(exported) == sorted(shapes.coco.imgs)
+    for image_id, detections in eager.items():
+        assert_same_detections(exported[image_id], detections, box_tolerance=0.01)
+    images = json.loads((tmp_path / "eager" / "images.json").read_text())
+    assert sorted(i["id"] for i in images) == sorted(shapes.coco.imgs)
+    assert sorted(p.name for p in (tmp_path / "eager").glob("*.png")) == sorted(p.name for p in folder.iterdir())
+
+
+def test_runtime_rejects_bad_inputs_naming_the_argument(demo_onnx, tmp_path):
+    detector = runtime.load_detector(demo_onnx)
+    images, mask = torch.rand(2, 3, 96, 128), torch.zeros(2, 96, 128, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"images must have shape \[B, 3, H, W\], got \(3, 96, 128\)"):
+        detector(images[0], mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, H, W\] = \(2, 96, 128\) .* got \(2, 96, 127\)"):
+        detector(images, mask[..., :-1])
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        detector(images, mask.float())
+    with pytest.raises(TypeError, match="images must be float32"):
+        detector(images.double(), mask)
+    with pytest.raises(ValueError, match="images: the exported model takes sides 33 to"):
+        detector(images[..., :20], mask[..., :20])
+    post = str(tmp_path / "post.pt2")
+    export.export(DABDETR(preset("demo")), post, "torch-export", postprocess=True)
+    with pytest.raises(ValueError, match="orig_sizes .* is an input of this model"):
+        runtime.load_detector(post)(images, mask)
+    with pytest.raises(ValueError, match="orig_sizes must be int64 of shape"):
+        runtime.load_detector(post)(images, mask, torch.ones(2, 2))
+
+
+def test_export_and_load_errors(demo_model, tmp_path, caplog):
+    with pytest.raises(ValueError, match="export format must be one of"):
+        export.export(demo_model, str(tmp_path / "m.tflite"), "tflite")
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        cli(["export", "model", str(tmp_path / "m.tflite"), "--format", "tflite"])
+    picture = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(picture)
+    with pytest.raises(SystemExit):
+        cli(["export", str(picture), str(tmp_path / "m.onnx"), "--format", "onnx"])
+    assert f"{picture}: not a checkpoint" in caplog.text
+    with pytest.raises(SystemExit):
+        cli(["export", str(picture), str(tmp_path / "m.pt2"), "--format", "onnx"])
+    assert "export --format onnx writes a .onnx file" in caplog.text
+    with pytest.raises(ValueError, match="not an exported model"):
+        runtime.load_detector(str(picture))
+    with pytest.raises(ValueError, match="no dabdetr export metadata"):
+        foreign = tmp_path / "foreign.onnx"
+        onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], [])), str(foreign))
+        runtime.load_detector(str(foreign))
+
+
+def test_missing_export_packages_name_the_extra(demo_model, tmp_path, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_onnxscript(name, *args):
+        if name == "onnxscript":
+            raise ImportError("No module named 'onnxscript'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_onnxscript)
+    with pytest.raises(ImportError, match=r"ONNX export needs onnx, onnxscript .*dabdetr\[export\]"):
+        export.export(demo_model, str(tmp_path / "m.onnx"), "onnx")

@@ -1,0 +1,60 @@
+"""Image files for prediction (dabdetr.data.images): listing sources, and aspect-ratio batches."""
+
+import pytest
+from PIL import Image
+
+from dabdetr.data import make_transforms
+from dabdetr.data.collate import collate_detection
+from dabdetr.data.images import ImageFiles, aspect_ratio_batches, list_images
+
+
+def write_images(folder, sizes):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, (width, height) in enumerate(sizes):
+        paths.append(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+        Image.new("RGB", (width, height), (i * 40, 0, 0)).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def test_list_images_takes_files_folders_and_globs(tmp_path):
+    paths = write_images(tmp_path / "photos", [(64, 48), (48, 64), (80, 40)])
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    assert list_images([str(tmp_path / "photos")]) == paths
+    assert list_images([str(tmp_path / "photos" / "*.png")]) == [paths[1]]
+    assert list_images([paths[2], str(tmp_path / "photos"), paths[0]]) == paths  # sorted, no repeats
+    with pytest.raises(FileNotFoundError, match="image file not found: .*missing.jpg"):
+        list_images([str(tmp_path / "missing.jpg")])
+    with pytest.raises(FileNotFoundError, match="no image files .* in .*nothing"):
+        (tmp_path / "nothing").mkdir()
+        list_images([str(tmp_path / "nothing")])
+    with pytest.raises(FileNotFoundError, match=r"no image files .* in .*\*.bmp"):
+        list_images([str(tmp_path / "photos" / "*.bmp")])
+
+
+def test_aspect_ratio_batches_group_similar_shapes():
+    sizes = [(100, 200), (200, 100), (110, 200), (210, 100), (100, 100)]  # (height, width)
+    batches = aspect_ratio_batches(sizes, 2)
+    assert sorted(i for batch in batches for i in batch) == list(range(5))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert batches == [[0, 2], [4, 1], [3]]  # landscapes together, then square + portrait, then the tallest
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        aspect_ratio_batches(sizes, 0)
+
+
+def test_image_files_batch_with_less_padding_when_grouped(tmp_path):
+    paths = write_images(tmp_path / "photos", [(96, 48), (48, 96), (100, 50), (50, 100)])
+    dataset = ImageFiles(paths, make_transforms(False, [48], 100))
+    assert dataset.sizes == [(48, 96), (96, 48), (50, 100), (100, 50)]
+    pixels, target = dataset[1]
+    assert pixels.shape == (3, 96, 48) and target["index"] == 1 and target["orig_size"].tolist() == [96, 48]
+
+    def padding(batches):
+        return sum(int(collate_detection([dataset[i] for i in batch])[1].sum()) for batch in batches)
+
+    grouped, in_order = aspect_ratio_batches(dataset.sizes, 2), [[0, 1], [2, 3]]
+    assert padding(grouped) == 0 < padding(in_order)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot decode image .*bad.jpg"):
+        ImageFiles([str(bad)], make_transforms(False, [48], 100))
