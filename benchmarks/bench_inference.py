@@ -93,9 +93,7 @@ def _huggingface(model, directory, device):
 
 def measure(runtimes, batch, height, width, device, autocast, repeats):
     """One row per runtime (see build_runtimes) on one random batch, later images padded."""
-    images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch)).to(device)
-    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-    mask[1:, :, width * 3 // 4:] = True  # as in a real batch
+    images, mask = harness.image_batch(batch, height, width, device)
 
     def call(fn):
         with torch.no_grad(), autocast():
@@ -122,14 +120,10 @@ def measure(runtimes, batch, height, width, device, autocast, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", default="dab_detr_r50")
-    parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
+    harness.add_model_arguments(parser)
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--runtimes", default=",".join(RUNTIME_NAMES), help="comma-separated subset of " +
                         ", ".join(RUNTIME_NAMES))
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -84,12 +84,8 @@ def step_functions(models, images, mask, train, autocast):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", default="dab_detr_r50")
-    parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
+    harness.add_model_arguments(parser)
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes of every task")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -117,9 +113,7 @@ def main():
     rows = []
     for precision, autocast in precisions:
         for task, batch in tasks:
-            images = torch.randn(batch, 3, height, width, device=device)
-            mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-            mask[1:, :, width * 3 // 4:] = True  # later images padded, as in a real batch
+            images, mask = harness.image_batch(batch, height, width, device)
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():

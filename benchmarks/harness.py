@@ -119,6 +119,24 @@ def floor_ms(flops, bytes_moved, roofline):
     return max(flops / peak_flops, bytes_moved / bandwidth) * 1e3
 
 
+def add_model_arguments(parser):
+    """The arguments of the whole-model benchmarks: --device, --preset, --size, --repeats, --out-dir."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="dab_detr_r50")
+    parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--out-dir", default=None)
+
+
+def image_batch(batch, height, width, device):
+    """(images [batch, 3, H, W], mask [batch, H, W]): random pixels; every image after the first
+    padded on its right quarter, as in a real batch."""
+    images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch)).to(device)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    mask[1:, :, width * 3 // 4:] = True
+    return images, mask
+
+
 def slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 

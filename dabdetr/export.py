@@ -128,7 +128,7 @@ def export_onnx(model, path, metadata, opset=ONNX_OPSET):
     """Writes the ONNX file: opset `opset`, named inputs and outputs, dims named batch, height,
     width (and queries, detections), metadata under metadata_props["dabdetr"]; checked by
     onnx.checker."""
-    (onnx,) = require_packages("ONNX export", "onnx", "onnxscript")[:1]
+    onnx, _ = require_packages("ONNX export", "onnx", "onnxscript")
     program = decompose_custom_ops(export_program(model, metadata["postprocess"]))
     onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=opset, verbose=False,
                                      input_names=metadata["inputs"], output_names=metadata["outputs"])

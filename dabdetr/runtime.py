@@ -59,9 +59,7 @@ class OnnxDetector(Detector):
     kind = "onnx"
 
     def __init__(self, path, device="cpu"):
-        import onnx
-
-        (ort,) = require_packages("running an ONNX model", "onnxruntime")
+        onnx, ort = require_packages("running an ONNX model", "onnx", "onnxruntime")
         proto = onnx.load(path, load_external_data=False)
         super().__init__(_checked_metadata(path, {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)),
                          device)

@@ -150,7 +150,7 @@ def test_unknown_checkpoints_raise(tmp_path):
         dabdetr.from_pretrained(str(path))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.pth: cannot be read"):
+    with pytest.raises(ValueError, match=r"corrupt.pth: not a checkpoint \(torch.save writes a zip archive"):
         dabdetr.from_pretrained(str(corrupt))
     with pytest.raises(FileNotFoundError):
         dabdetr.from_pretrained(str(tmp_path / "missing.pth"))
@@ -238,6 +238,16 @@ def test_post_process_against_brute_force():
             assert got_label.item() == c and math.isclose(got_score.item(), score, rel_tol=1e-6)
             expected = [(cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H]
             torch.testing.assert_close(got_box, torch.tensor(expected))
+
+
+def test_predict_is_forward_without_the_training_outputs():
+    model = _small(num_patterns=2)  # patterns: 40 queries
+    images, mask = _images(height=96, width=128)
+    with torch.no_grad():
+        outputs, (logits, boxes) = model(images, mask), model.predict(images, mask)
+    assert logits.shape == (2, 40, model.config.num_classes) and boxes.shape == (2, 40, 4)
+    torch.testing.assert_close(logits, outputs["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(boxes, outputs["pred_boxes"], rtol=0, atol=0)
 
 
 def test_presets_build_and_validate():
