@@ -1,12 +1,15 @@
-"""Benchmark of modulated_attention at DAB-DETR shapes.
+"""Benchmark of modulated_attention at DAB-DETR shapes: the decoder's cross-attention
+([content | positional] queries and keys, "cross") and the plain self-attention of the encoder
+and the decoder ("self").
 
 Peers per shape: the PyTorch reference; torch SDPA fed the concatenated [content | pos] inputs
 and a mask, under each backend that accepts the shapes (the backend is recorded; "flash, V
 padded" zero-pads V to the q/k head dim, a workaround that makes FlashAttention accept it); and
 the fused kernel. Forward (no grad) and forward+backward (torch.autograd.grad of all inputs).
+dtype "tf32" is float32 with torch.backends.cuda.matmul.allow_tf32 on, for every peer.
 
     python benchmarks/bench_attention.py                 # CPU grid, float32
-    python benchmarks/bench_attention.py --device cuda   # CUDA grid, float32 and bfloat16
+    python benchmarks/bench_attention.py --device cuda   # CUDA grid, float32, tf32 and bfloat16
 """
 
 import argparse
@@ -33,15 +36,25 @@ class Shape:
     num_queries: int
     num_keys: int
     padded: float  # fraction of keys padded
+    kind: str = "cross"  # "cross": q/k of [content | positional] halves; "self": content only
 
     def __str__(self):
-        return f"B{self.batch} Nq{self.num_queries} Nk{self.num_keys} pad{round(self.padded * 100)}%"
+        return f"{self.kind} B{self.batch} Nq{self.num_queries} Nk{self.num_keys} pad{round(self.padded * 100)}%"
+
+    @property
+    def qk_dim(self):
+        return 2 * HEAD_DIM if self.kind == "cross" else HEAD_DIM
 
 
 TARGET = Shape(2, 300, 850, 0.25)  # R50 decoder cross-attention, 800x1066 image
+# Self-attention: the encoder's over the feature map (850 tokens at 800x1066, 3400 for DC5),
+# padded; the decoder's over the queries (300, or 900 with 3 patterns), unpadded.
+SELF_SHAPES = [Shape(b, n, n, p, "self") for b in (2, 8) for n, p in ((850, 0.25), (3400, 0.25), (300, 0.0),
+                                                                       (900, 0.0))]
 CPU_SHAPES = [TARGET, Shape(2, 300, 850, 0.0), Shape(8, 300, 850, 0.25), Shape(2, 900, 850, 0.25),
-              Shape(2, 300, 3400, 0.25)]
-CUDA_SHAPES = [Shape(b, q, k, p) for b in (2, 8) for q in (300, 900) for k in (850, 3400) for p in (0.0, 0.25)]
+              Shape(2, 300, 3400, 0.25), *[s for s in SELF_SHAPES if s.batch == 2 and s.num_keys <= 850]]
+CUDA_SHAPES = [*(Shape(b, q, k, p) for b in (2, 8) for q in (300, 900) for k in (850, 3400) for p in (0.0, 0.25)),
+               *SELF_SHAPES]
 MEMORY_SHAPES = [Shape(2, 300, 850, 0.25), Shape(2, 300, 8500, 0.25)]
 
 
@@ -52,9 +65,11 @@ def make_inputs(shape, device, dtype, requires_grad, seed=0):
         t = torch.randn(shape.batch, HEADS, n, HEAD_DIM, generator=g).to(device, dtype)
         return t.requires_grad_(requires_grad)
 
+    cross = shape.kind == "cross"
     inputs = {
-        "q_content": operand(shape.num_queries), "q_pos": operand(shape.num_queries),
-        "k_content": operand(shape.num_keys), "k_pos": operand(shape.num_keys), "value": operand(shape.num_keys),
+        "q_content": operand(shape.num_queries), "q_pos": operand(shape.num_queries) if cross else None,
+        "k_content": operand(shape.num_keys), "k_pos": operand(shape.num_keys) if cross else None,
+        "value": operand(shape.num_keys),
     }
     mask = torch.rand(shape.batch, shape.num_keys, generator=g) < shape.padded
     mask[:, 0] = False  # no fully padded row: SDPA would return NaN there
@@ -63,8 +78,10 @@ def make_inputs(shape, device, dtype, requires_grad, seed=0):
 
 
 def sdpa_call(inputs, backend, pad_value):
-    query = torch.cat([inputs["q_content"], inputs["q_pos"]], dim=-1)
-    key = torch.cat([inputs["k_content"], inputs["k_pos"]], dim=-1)
+    query, key = inputs["q_content"], inputs["k_content"]
+    if inputs["q_pos"] is not None:
+        query = torch.cat([query, inputs["q_pos"]], dim=-1)
+        key = torch.cat([key, inputs["k_pos"]], dim=-1)
     value = inputs["value"]
     if pad_value:
         value = F.pad(value, (0, query.shape[-1] - value.shape[-1]))
@@ -130,7 +147,7 @@ def _no_grad(fn):
 
 
 def flops(shape, backward):
-    dqk, dv = 2 * HEAD_DIM, HEAD_DIM
+    dqk, dv = shape.qk_dim, HEAD_DIM
     pairs = shape.batch * HEADS * shape.num_queries * shape.num_keys
     forward = 2 * pairs * (dqk + dv)
     # backward: recomputed scores, dV, dP, dQ, dK
@@ -138,7 +155,8 @@ def flops(shape, backward):
 
 
 def bytes_moved(shape, element_size, backward):
-    per_head = (2 * shape.num_queries + 3 * shape.num_keys + shape.num_queries) * HEAD_DIM
+    # q (Dqk), k (Dqk), v (Dv) read, out (Dv) written
+    per_head = (shape.num_queries + shape.num_keys) * shape.qk_dim + (shape.num_keys + shape.num_queries) * HEAD_DIM
     once = shape.batch * HEADS * per_head * element_size
     return once * (3 if backward else 1)  # backward reads inputs, out, grad_out and writes grads
 
@@ -152,31 +170,50 @@ def build_forward(impl, shape, dtype_name, device_name):
     return peer_functions(inputs, sdpa, backward=False)[impl]
 
 
+@contextlib.contextmanager
+def tf32_allowed():
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def dtype_setting(name):
+    """(torch dtype, context it runs in) of a --dtypes entry: "tf32" is float32 under tf32_allowed."""
+    if name == "tf32":
+        return torch.float32, tf32_allowed
+    return getattr(torch, name), contextlib.nullcontext
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default=None,
-                        help="comma-separated; default float32 (CPU), float32,bfloat16 (CUDA)")
+                        help="comma-separated torch dtypes or tf32; default float32 (CPU), float32,tf32,bfloat16 "
+                             "(CUDA)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="only the target shape, no memory probe")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtypes = (args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32")).split(",")
+    dtypes = (args.dtypes or ("float32,tf32,bfloat16" if device.type == "cuda" else "float32")).split(",")
     repeats = args.repeats or (50 if device.type == "cuda" else 15)
     shapes = [TARGET] if args.quick else (CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES)
 
     rows = []
     for dtype_name in dtypes:
-        dtype = getattr(torch, dtype_name)
-        roofline = harness.measure_roofline(device, dtype)
+        dtype, setting = dtype_setting(dtype_name)
+        with setting():
+            roofline = harness.measure_roofline(device, dtype)
         print(f"{dtype_name}: measured peak {roofline[0] / 1e12:.2f} TFLOP/s, "
               f"copy bandwidth {roofline[1] / 1e9:.1f} GB/s")
         for shape in shapes:
             for backward in (False, True):
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)
-                sdpa = sdpa_peers(inputs)
-                with warnings_silenced():
+                with setting(), warnings_silenced():
+                    sdpa = sdpa_peers(inputs)
                     times = harness.time_peers(peer_functions(inputs, sdpa, backward), device, repeats)
                 fl, nbytes = flops(shape, backward), bytes_moved(shape, dtype.itemsize, backward)
                 for impl, ms in times.items():
