@@ -71,8 +71,7 @@ def _compiled(model, device):
 def _exported(model, format, path, device):
     if format == "aoti" and device.type != "cpu":
         raise ValueError("the AOTInductor export is compiled for the CPU")
-    export(model.cpu(), path, format)
-    model.to(device)
+    export(model, path, format)
     detector = runtime.load_detector(path, device=device)
     backend = detector.session.get_providers()[0] if format == "onnx" else "cpu"
     return (lambda images, mask: tuple(detector(images, mask).values())), backend

@@ -17,6 +17,7 @@ Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessin
 dabdetr.runtime.
 """
 
+import copy
 import json
 import os
 import tempfile
@@ -42,7 +43,8 @@ EXPORT_EXTRA_HINT = "pip install 'dabdetr[export]' (onnx, onnxruntime, onnxscrip
 
 class DetectorGraph(nn.Module):
     """What an artifact computes: forward(images, mask) -> (logits, boxes), or with postprocess
-    forward(images, mask, orig_sizes) -> (scores, labels, boxes) (see the module docstring)."""
+    forward(images, mask, orig_sizes) -> (scores, labels, boxes) (see the module docstring).
+    Puts model in eval mode."""
 
     def __init__(self, model, postprocess=False):
         super().__init__()
@@ -75,8 +77,11 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
 
 def export_program(model, postprocess=False):
     """torch.export.ExportedProgram of DetectorGraph(model) on the CPU, float32, with dynamic
-    batch, height and width; the fused ops stay dabdetr:: custom ops."""
-    graph = DetectorGraph(model.float().cpu(), postprocess)
+    batch, height and width; the fused ops stay dabdetr:: custom ops. A model on another device
+    or in another dtype is copied, not moved."""
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()
+    graph = DetectorGraph(model, postprocess)
     # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
     images = torch.zeros(2, 3, 128, 160)
     mask = torch.zeros(2, *images.shape[2:], dtype=torch.bool)
@@ -124,13 +129,12 @@ def require_packages(what, *modules):
         raise ImportError(f"{what} needs {', '.join(modules)} ({error}): {EXPORT_EXTRA_HINT}") from None
 
 
-def export_onnx(model, path, metadata, opset=ONNX_OPSET):
-    """Writes the ONNX file: opset `opset`, named inputs and outputs, dims named batch, height,
-    width (and queries, detections), metadata under metadata_props["dabdetr"]; checked by
-    onnx.checker."""
+def export_onnx(model, path, metadata):
+    """Writes the ONNX file: opset ONNX_OPSET, named inputs and outputs, dynamic dims named batch,
+    height and width, metadata under metadata_props["dabdetr"]; checked by onnx.checker."""
     onnx, _ = require_packages("ONNX export", "onnx", "onnxscript")
     program = decompose_custom_ops(export_program(model, metadata["postprocess"]))
-    onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=opset, verbose=False,
+    onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
                                      input_names=metadata["inputs"], output_names=metadata["outputs"])
     proto = onnx_program.model_proto
     _name_dynamic_dims(proto)

@@ -45,10 +45,10 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     names = {int(label): name for label, name in metadata["class_names"].items()}
     labels = {label: label for label in range(metadata["model_config"]["num_classes"])}
     results = []
+    device = detector.device
     bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     for images, mask, targets in loader:
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
-        device = detector.device
         outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                            orig_sizes.to(device))
         if metadata["postprocess"]:

@@ -144,6 +144,18 @@ def test_torch_export_program_keeps_the_custom_ops(demo_model, images, tmp_path)
     assert_same_outputs(detector, demo_model, images)
 
 
+def test_export_copies_a_model_it_cannot_trace_as_it_is(tmp_path):
+    model = DABDETR(preset("demo")).double().eval()  # the artifact is float32: traced from a copy
+    path = str(tmp_path / "double.pt2")
+    export.export(model, path, "torch-export")
+    assert next(model.parameters()).dtype == torch.float64
+    images, mask = torch.rand(1, 3, 96, 128), torch.zeros(1, 96, 128, dtype=torch.bool)
+    outputs = runtime.load_detector(path)(images, mask)
+    with torch.no_grad():
+        logits, _ = model.predict(images.double(), mask)
+    torch.testing.assert_close(outputs["logits"], logits.float(), rtol=0, atol=TOLERANCE)
+
+
 def test_aoti_package_matches_eager(demo_model, images, tmp_path):
     path = str(tmp_path / "demo.aoti.pt2")
     export.export(demo_model, path, "aoti", {0: "ellipse"})

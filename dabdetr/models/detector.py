@@ -65,7 +65,8 @@ class DABDETR(nn.Module):
         """Backbone, encoder and decoder: (memory [B, S, d], pos [B, S, d], key_padding_mask [B, S],
         hs [L, B, Nq, d], references [L, B, Nq, 4]); S = h * w feature-map positions."""
         features, feature_mask = self.backbone(images, mask)
-        pos = self.position_encoding(feature_mask)
+        # The encoding is computed in float32 from the mask; a float64 model wants it in float64.
+        pos = self.position_encoding(feature_mask).to(self.input_proj.weight.dtype)
         src = self.input_proj(features).flatten(2).transpose(1, 2)
         key_padding_mask = feature_mask.flatten(1)
         memory, hs, references = self.transformer(src, pos, key_padding_mask, self.refpoint_embed.weight,
