@@ -1,6 +1,7 @@
 """dabdetr.export and dabdetr.runtime: every artifact, loaded in its runtime, against the eager model
 on real photos (tinycoco, where present) and generated images, at three sizes and batch 1 and 3
-from one exported file; post-processing, bad input, and the CLI around them."""
+from one exported file (each artifact is exported once per module); post-processing, bad input,
+and the CLI around them."""
 
 import json
 import os
@@ -26,17 +27,22 @@ pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
 
 
-def sample_images():
-    """PIL images: tinycoco's photos where present, and images made here (synthetic shapes, and a
-    portrait noise picture), so that a batch mixes aspect ratios."""
+def generated_images():
+    """PIL images made here: two synthetic-shapes pictures and a portrait of noise."""
     shapes = SyntheticShapes(2, make_transforms(False, [96], 96), image_size=96)
     made = [shapes.load_image(shapes.coco.imgs[i]) for i in sorted(shapes.coco.imgs)]
     noise = np.random.default_rng(0).integers(0, 256, (300, 180, 3), dtype=np.uint8)
-    made.append(Image.fromarray(noise))
+    return [*made, Image.fromarray(noise)]
+
+
+def photos():
+    """Three of tinycoco's COCO val photos, the last turned upright (they are all landscape), so
+    that a batch mixes aspect ratios."""
     photo_dir = os.path.join(TINYCOCO, "images", "val2017")
-    photos = [Image.open(os.path.join(photo_dir, name)).convert("RGB")
-              for name in sorted(os.listdir(photo_dir))[:2]] if os.path.isdir(photo_dir) else []
-    return photos + made
+    if not os.path.isdir(photo_dir):
+        pytest.skip(f"tinycoco photos not found at {photo_dir}")
+    found = [Image.open(os.path.join(photo_dir, name)).convert("RGB") for name in sorted(os.listdir(photo_dir))[:3]]
+    return [*found[:2], found[2].transpose(Image.Transpose.ROTATE_90)]
 
 
 def batches(images):
@@ -50,15 +56,15 @@ def batches(images):
             samples.append((transforms(image, target, None)[0], target))
         for chosen in (samples[:1], [samples[0], samples[-1], samples[-2]]):
             pixels, mask, targets = collate_detection(chosen)
+            assert len(chosen) == 1 or mask.any(), "a batch of 3 must pad"
             yield pixels, mask, torch.stack([t["size"] for t in targets])
 
 
-@pytest.fixture(scope="module")
-def images():
-    found = sample_images()
-    if not os.path.isdir(TINYCOCO):
-        print(f"tinycoco not found at {TINYCOCO}: generated images only")
-    return found
+@pytest.fixture(scope="module", params=["photos", "generated"])
+def images(request):
+    """Every parity test runs on real photos (skipped where tinycoco is missing) and on images
+    made here."""
+    return photos() if request.param == "photos" else generated_images()
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +128,39 @@ def test_onnx_runtime_matches_eager_demo(demo_model, demo_onnx, images):
     assert_same_outputs(runtime.load_detector(demo_onnx), demo_model, images)
 
 
-def test_onnx_runtime_matches_eager_r50(images, tmp_path):
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory):
+    """(dab_detr_r50 with random weights, its ONNX file)."""
     torch.manual_seed(1)
     model = DABDETR(preset("dab_detr_r50")).eval()
-    path = str(tmp_path / "r50.onnx")
+    path = str(tmp_path_factory.mktemp("r50") / "r50.onnx")
     export.export(model, path, "onnx")
+    return model, path
+
+
+def test_onnx_runtime_matches_eager_r50(r50, images):
+    model, path = r50
     detector = runtime.load_detector(path)
     assert detector.kind == "onnx" and detector.metadata["model_config"]["backbone"] == "resnet50"
     assert_same_outputs(detector, model, images)
 
 
-def test_torch_export_program_keeps_the_custom_ops(demo_model, images, tmp_path):
-    path = str(tmp_path / "demo.pt2")
+@pytest.fixture(scope="module")
+def demo_pt2(demo_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pt2") / "demo.pt2")
     export.export(demo_model, path, "torch-export")
-    program = torch.export.load(path)
+    return path
+
+
+def test_torch_export_program_keeps_the_custom_ops(demo_pt2):
+    program = torch.export.load(demo_pt2)
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert {"dabdetr.modulated_attention.default", "dabdetr.modulated_anchor_sine_embed.default",
             "dabdetr.anchor_sine_embed.default"} <= targets
-    detector = runtime.load_detector(path)
+
+
+def test_torch_export_program_matches_eager(demo_model, demo_pt2, images):
+    detector = runtime.load_detector(demo_pt2)
     assert detector.kind == "torch-export"
     assert_same_outputs(detector, demo_model, images)
 
@@ -156,19 +177,28 @@ def test_export_copies_a_model_it_cannot_trace_as_it_is(tmp_path):
     torch.testing.assert_close(outputs["logits"], logits.float(), rtol=0, atol=TOLERANCE)
 
 
-def test_aoti_package_matches_eager(demo_model, images, tmp_path):
-    path = str(tmp_path / "demo.aoti.pt2")
+@pytest.fixture(scope="module")
+def demo_aoti(demo_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("aoti") / "demo.aoti.pt2")
     export.export(demo_model, path, "aoti", {0: "ellipse"})
-    detector = runtime.load_detector(path)
+    return path
+
+
+def test_aoti_package_matches_eager(demo_model, demo_aoti, images):
+    detector = runtime.load_detector(demo_aoti)
     assert detector.kind == "aoti" and detector.metadata["class_names"] == {"0": "ellipse"}
     assert_same_outputs(detector, demo_model, images)
 
 
-@pytest.mark.parametrize("format", ["onnx", "torch-export"])
-def test_postprocess_export_gives_post_process_detections(demo_model, images, tmp_path, format):
-    path = str(tmp_path / ("post.onnx" if format == "onnx" else "post.pt2"))
-    export.export(demo_model, path, format, postprocess=True)
-    detector = runtime.load_detector(path)
+@pytest.fixture(scope="module", params=["onnx", "torch-export"])
+def demo_postprocess(demo_model, tmp_path_factory, request):
+    path = str(tmp_path_factory.mktemp("post") / ("post.onnx" if request.param == "onnx" else "post.pt2"))
+    export.export(demo_model, path, request.param, postprocess=True)
+    return path
+
+
+def test_postprocess_export_gives_post_process_detections(demo_model, demo_postprocess, images):
+    detector = runtime.load_detector(demo_postprocess)
     assert detector.metadata["inputs"] == ["images", "mask", "orig_sizes"]
     for pixels, mask, orig_sizes in batches(images):
         outputs = detector(pixels, mask, orig_sizes)
@@ -203,17 +233,22 @@ def trained_demo(tmp_path_factory):
     return output_dir / "checkpoint.pt"
 
 
-def test_cli_export_of_a_trained_model_runs_in_onnx_runtime(trained_demo, images, tmp_path, capsys):
-    path = tmp_path / "trained.onnx"
+@pytest.fixture(scope="module")
+def trained_onnx(trained_demo, tmp_path_factory):
+    """The trained checkpoint exported by the command line."""
+    path = tmp_path_factory.mktemp("trained_onnx") / "trained.onnx"
     cli(["export", str(trained_demo), str(path), "--format", "onnx"])
-    assert f"wrote {path} (onnx)" in capsys.readouterr().out
-    detector = runtime.load_detector(str(path))
+    return path
+
+
+def test_cli_export_of_a_trained_model_runs_in_onnx_runtime(trained_demo, trained_onnx, images):
+    detector = runtime.load_detector(str(trained_onnx))
     assert detector.metadata["eval_size"] == TINY_RUN["eval_size"]  # the run's preprocessing travels with it
     assert sorted(detector.metadata["class_names"].values()) == ["cross", "ellipse", "rectangle", "triangle"]
     assert_same_outputs(detector, from_pretrained(str(trained_demo)), images)
 
 
-def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path):
+def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path, capsys):
     shapes = SyntheticShapes(5, make_transforms(False, [64], 64), image_size=64, seed=3)
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -224,6 +259,7 @@ def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path):
         image.save(folder / f"{image_id:06d}.png")
     onnx_path = tmp_path / "trained.onnx"
     cli(["export", str(trained_demo), str(onnx_path), "--format", "onnx", "--with-postprocess"])
+    assert f"wrote {onnx_path} (onnx, with post-processing)" in capsys.readouterr().out
     common = ["--size", "64", "--max-size", "128", "--score-threshold", "0", "--batch-size", "2",
               "--num-workers", "0", "--no-progress"]
     cli(["predict", str(trained_demo), str(folder), "--output-dir", str(tmp_path / "eager"), "--save-images", *common])
