@@ -5,7 +5,9 @@ and the decoder ("self").
 Peers per shape: the PyTorch reference; torch SDPA fed the concatenated [content | pos] inputs
 and a mask, under each backend that accepts the shapes (the backend is recorded; "flash, V
 padded" zero-pads V to the q/k head dim, a workaround that makes FlashAttention accept it); and
-the fused kernel. Forward (no grad) and forward+backward (torch.autograd.grad of all inputs).
+the fused kernel ("kernel": its default path; with --tensor-cores, on CUDA in 16 bits, also
+"kernel tensor_core", and with --sweep-splits that path at each forced key-split count). Forward (no grad) and
+forward+backward (torch.autograd.grad of all inputs).
 dtype "tf32" is float32 with torch.backends.cuda.matmul.allow_tf32 on, for every peer.
 
     python benchmarks/bench_attention.py                 # CPU grid, float32
@@ -126,16 +128,60 @@ def warnings_silenced():
         yield
 
 
-def peer_functions(inputs, sdpa, backward):
+def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
+    """{peer name: {environment variable: value}} of the fused kernel: its default path ("kernel"),
+    and where tensor_cores, for 16-bit inputs on an sm_80+ GPU, the tensor-core path by name, with
+    each forced key-split count where sweep_splits (to tune the split choice of ops_cuda.cpp)."""
+    variants = {"kernel": {}}
+    q = inputs["q_content"]
+    if (tensor_cores and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(q.device)[0] >= 8):
+        variants["kernel tensor_core"] = {"DABDETR_ATTENTION_PATH": "tensor_core"}
+        for splits in (1, 2, 4, 8, 16) if sweep_splits else ():
+            variants[f"kernel tensor_core splits={splits}"] = {"DABDETR_ATTENTION_PATH": "tensor_core",
+                                                               "DABDETR_ATTENTION_SPLITS": str(splits)}
+    return variants
+
+
+@contextlib.contextmanager
+def environment(values):
+    """os.environ with `values` set (the kernels read their path settings on every call)."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
+def peer_functions(inputs, sdpa, backward, tensor_cores=False, sweep_splits=False):
     fns = {
         "reference": lambda: modulated_attention(**inputs, impl="reference"),
         **{name: (lambda b=b, p=p: sdpa_call(inputs, b, p)) for name, (b, p) in sdpa.items()},
-        "kernel": lambda: modulated_attention(**inputs, impl="kernel"),
     }
+    settings = kernel_variants(inputs, tensor_cores, sweep_splits)
+    fns.update({name: (lambda: modulated_attention(**inputs, impl="kernel")) for name in settings})
     if not backward:
-        return {name: _no_grad(fn) for name, fn in fns.items()}
-    leaves = [t for t in inputs.values() if t is not None and t.requires_grad]
-    return {name: (lambda fn=fn: torch.autograd.grad(fn().sum(), leaves)) for name, fn in fns.items()}
+        fns = {name: _no_grad(fn) for name, fn in fns.items()}
+    else:
+        leaves = [t for t in inputs.values() if t is not None and t.requires_grad]
+        fns = {name: (lambda fn=fn: torch.autograd.grad(fn().sum(), leaves)) for name, fn in fns.items()}
+    return {name: _in_environment(fn, settings.get(name, {})) for name, fn in fns.items()}
+
+
+def _in_environment(fn, values):
+    if not values:
+        return fn
+
+    def run():
+        with environment(values):
+            return fn()
+
+    return run
 
 
 def _no_grad(fn):
@@ -195,6 +241,10 @@ def main():
                              "(CUDA)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="only the target shape, no memory probe")
+    parser.add_argument("--tensor-cores", action="store_true",
+                        help="also time the tensor-core kernel path by name (CUDA, 16-bit, sm_80+)")
+    parser.add_argument("--sweep-splits", action="store_true",
+                        help="with --tensor-cores: also at each forced key-split count")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -214,7 +264,8 @@ def main():
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)
                 with setting(), warnings_silenced():
                     sdpa = sdpa_peers(inputs)
-                    times = harness.time_peers(peer_functions(inputs, sdpa, backward), device, repeats)
+                    peers = peer_functions(inputs, sdpa, backward, args.tensor_cores, args.sweep_splits)
+                    times = harness.time_peers(peers, device, repeats)
                 fl, nbytes = flops(shape, backward), bytes_moved(shape, dtype.itemsize, backward)
                 for impl, ms in times.items():
                     rows.append({

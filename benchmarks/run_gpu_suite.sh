@@ -2,8 +2,8 @@
 # The GPU run in one command, for the device tool's machines (torch with CUDA, nvcc, pytest and
 # ninja installed, no network). Every phase writes its log under $OUT as it goes, so a run cut off
 # at its time limit still returns what it did. Each phase has a time limit well inside the device
-# tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build inference demo`
-# a third.
+# tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build tensor_core`
+# a third, `build inference demo` a fourth.
 #
 #   bash benchmarks/run_gpu_suite.sh [--dry-run] [PHASE ...]
 #
@@ -11,6 +11,9 @@
 #   build   setup.py build_ext --inplace with the CUDA kernels (MAX_JOBS = cores); stops the run at
 #           the first compiler error, printing it. Every other phase needs it (same machine).
 #   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
+#   tensor_core  the tensor-core attention kernels (not yet the default path): their CUDA tests,
+#           then bench_attention in bf16/fp16 with them and each forced key-split count, under
+#           $OUT/tensor_core. A phase of its own, so a fault there cannot cost the other results.
 #   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
 #   model   bench_model: dab_detr_r50 at 800x1066, batch 2 and 8, fp32 and bf16 autocast.
 #   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
@@ -29,8 +32,8 @@ PHASES=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    build|tests|bench|model|inference|demo) PHASES+=("$arg") ;;
-    *) echo "unknown argument: $arg (phases: build tests bench model inference demo; --dry-run)"; exit 2 ;;
+    build|tests|tensor_core|bench|model|inference|demo) PHASES+=("$arg") ;;
+    *) echo "unknown argument: $arg (phases: build tests tensor_core bench model inference demo; --dry-run)"; exit 2 ;;
   esac
 done
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(build tests bench)
@@ -94,9 +97,9 @@ phase_build() {
 }
 
 phase_tests() {
-  say "== CUDA tests"
+  say "== CUDA tests (the tensor-core kernels: phase tensor_core)"
   run tests_cuda 360 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py \
-    tests/test_sine_embed.py -k "cuda" -rs --junitxml="$OUT/tests_cuda.xml"
+    tests/test_sine_embed.py -k "cuda and not tensor_core" -rs --junitxml="$OUT/tests_cuda.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_cuda.log" | tail -30 | tee -a "$LOG"
   [ $status = 0 ] || { say "CUDA tests failed: stopping before the rest"; exit 1; }
   say "== the rest of the suite"
@@ -104,6 +107,19 @@ phase_tests() {
   [ $DRY_RUN = 1 ] && rest=(tests/test_dispatch.py)
   run tests_all 300 $PY -m pytest -q -p no:cacheprovider "${rest[@]}" -k "not cuda" -rs --junitxml="$OUT/tests_all.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_all.log" | tail -30 | tee -a "$LOG"
+}
+
+phase_tensor_core() {
+  say "== tensor-core attention: tests, then benchmark with every key-split count ($DEVICE)"
+  mkdir -p "$OUT/tensor_core"
+  run tests_tensor_core 300 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
+    --junitxml="$OUT/tensor_core/tests.xml"
+  grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_tensor_core.log" | tail -30 | tee -a "$LOG"
+  local args=(--dtypes bfloat16,float16 --tensor-cores --sweep-splits)
+  [ $DRY_RUN = 1 ] && args=(--quick --repeats 2)
+  run bench_tensor_core 300 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${args[@]}"
+  tail -3 "$OUT/bench_tensor_core.log"
+  $PY benchmarks/summarize_targets.py "$OUT/tensor_core" 2>&1 | tee -a "$LOG"
 }
 
 phase_bench() {

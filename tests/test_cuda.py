@@ -1,5 +1,6 @@
 """CUDA-only checks (skipped without a GPU): 16-bit dtypes against the error-ratio bound of
-docs/ops.md at DAB-DETR and odd shapes, streams, head-dim and grid limits, 64-bit offsets, empty
+docs/ops.md at DAB-DETR and odd shapes, on both attention paths (SIMT and tensor cores: key
+splits, determinism, the path setting), streams, head-dim and grid limits, 64-bit offsets, empty
 sizes, fp16 range, and compute-sanitizer (memcheck, racecheck, synccheck).
 The float32/float64 CUDA checks are the device-parametrized tests of test_attention.py and
 test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""
@@ -27,12 +28,27 @@ DAB_CASES = [
     AttentionCase("dab_dc5_b2", B=2, H=8, Nq=300, Nk=3400, Dc=32, Dp=32, Dv=32, mask="mostly_padded"),
 ]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
+# The attention kernels' paths (DABDETR_ATTENTION_PATH, read on every call): the SIMT kernels serve
+# every dtype, the tensor-core ones the 16-bit dtypes on sm_80+.
+PATHS = ["simt", "tensor_core"]
 
 
 @pytest.fixture(autouse=True)
 def _cuda_kernels_built():
     if not kernel_info()["cuda"]:
         pytest.fail("a CUDA device is present but dabdetr._C was built without CUDA kernels")
+
+
+@pytest.fixture
+def use_path(monkeypatch):
+    """use_path(path): the attention kernels of the rest of the test."""
+
+    def use(path):
+        if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
+            pytest.skip("the tensor-core kernels need sm_80 or newer")
+        monkeypatch.setenv("DABDETR_ATTENTION_PATH", path)
+
+    return use
 
 
 def _forward_backward(inputs, impl, cotangent):
@@ -47,9 +63,11 @@ def _upcast(inputs):
             for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES + [torch.float32], ids=str)
+@pytest.mark.parametrize(("path", "dtype"), [(p, d) for p in PATHS for d in HALF_DTYPES] + [("simt", torch.float32)],
+                         ids=str)
 @pytest.mark.parametrize("case", DAB_CASES + ATTENTION_CASES, ids=str)
-def test_attention_error_ratio(case, dtype):
+def test_attention_error_ratio(case, path, dtype, use_path):
+    use_path(path)
     inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
     truth = _forward_backward(_upcast(inputs), "reference", cotangent)
@@ -61,10 +79,61 @@ def test_attention_error_ratio(case, dtype):
         assert torch.isfinite(k).all(), name
         factor = 2.0 if name == "out" else 3.0
         floor = 4 * eps * max(1.0, t.abs().max().item())
-        assert_error_ratio(k, r, t, factor, f"{case.name} {dtype} {name}", floor=floor)
+        assert_error_ratio(k, r, t, factor, f"{case.name} {path} {dtype} {name}", floor=floor)
 
 
-def test_fully_padded_rows_are_zero_in_half_precision():
+@pytest.mark.parametrize("splits", [1, 2, 5, 16])
+def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypatch):
+    """Every split count of the tensor-core forward (the combine step included) gives out within
+    the error-ratio bound and lse = logsumexp of the scaled logits over the unpadded keys."""
+    use_path("tensor_core")
+    monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", str(splits))
+    case = AttentionCase("split", B=2, H=3, Nq=70, Nk=1000, Dc=32, Dp=32, Dv=32, mask="one_fully_padded")
+    inputs = attention_inputs(case, "cuda", torch.bfloat16)
+    scale = (case.Dc + case.Dp) ** -0.5
+    out, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
+    truth = _upcast(inputs)
+    logits = (truth["q_content"] @ truth["k_content"].mT + truth["q_pos"] @ truth["k_pos"].mT) * scale
+    logits = logits.masked_fill(inputs["key_padding_mask"][:, None, None, :], float("-inf"))
+    expected_lse = torch.logsumexp(logits, dim=-1)
+    assert torch.isneginf(lse[1]).all() and (out[1] == 0).all()  # batch 1: every key padded
+    torch.testing.assert_close(lse[0].double(), expected_lse[0], rtol=0, atol=1e-3)
+    assert_error_ratio(out, modulated_attention(**inputs, impl="reference"),
+                       modulated_attention(**truth, impl="reference"), 2.0, f"splits={splits} out",
+                       floor=4 * torch.finfo(torch.bfloat16).eps)
+
+
+def test_tensor_core_backward_is_deterministic(use_path):
+    use_path("tensor_core")
+    case = DAB_CASES[0]
+    inputs = attention_inputs(case, "cuda", torch.bfloat16, requires_grad=True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.bfloat16)
+    first, second = _forward_backward(inputs, "kernel", cotangent), _forward_backward(inputs, "kernel", cotangent)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_attention_path_setting_errors(use_path, monkeypatch):
+    info = kernel_info()
+    assert info["cuda_attention_paths"] == PATHS and info["cuda_attention_default_path"] in PATHS
+    inputs = attention_inputs(ATTENTION_CASES[1], "cuda", torch.float32)
+    use_path("tensor_core")
+    with pytest.raises(RuntimeError, match="tensor_core serves float16 and bfloat16"):
+        modulated_attention(**inputs, impl="kernel")
+    monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")  # float32: the SIMT kernels
+    torch.testing.assert_close(modulated_attention(**inputs, impl="kernel"),
+                               modulated_attention(**inputs, impl="reference"))
+    monkeypatch.setenv("DABDETR_ATTENTION_PATH", "fast")
+    with pytest.raises(RuntimeError, match="DABDETR_ATTENTION_PATH must be simt, tensor_core or auto, got 'fast'"):
+        modulated_attention(**inputs, impl="kernel")
+    monkeypatch.setenv("DABDETR_ATTENTION_PATH", "tensor_core")
+    monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", "17")
+    with pytest.raises(RuntimeError, match="DABDETR_ATTENTION_SPLITS must be 1..16"):
+        modulated_attention(**attention_inputs(ATTENTION_CASES[1], "cuda", torch.bfloat16), impl="kernel")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_fully_padded_rows_are_zero_in_half_precision(path, use_path):
+    use_path(path)
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     for dtype in HALF_DTYPES:
         inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
@@ -119,8 +188,10 @@ def _free_gib():
     return torch.cuda.mem_get_info()[0] / 2**30
 
 
-def test_operands_past_element_2_31_of_their_storage():
+@pytest.mark.parametrize("path", PATHS)
+def test_operands_past_element_2_31_of_their_storage(path, use_path):
     """64-bit offsets on load: batch 1 of every operand lives beyond element 2^31 of one bf16 buffer."""
+    use_path(path)
     if _free_gib() < 12:
         pytest.skip("needs about 5 GiB of free GPU memory for the 4.3 GB buffer and its checks")
     case = AttentionCase("far", B=2, H=2, Nq=37, Nk=70, Dc=32, Dp=32, Dv=32, mask="random")
@@ -140,9 +211,11 @@ def test_operands_past_element_2_31_of_their_storage():
         assert torch.equal(got, want)
 
 
-def test_outputs_past_element_2_31():
+@pytest.mark.parametrize("path", PATHS)
+def test_outputs_past_element_2_31(path, use_path):
     """64-bit offsets on store: out and dQ of [1, 1025, 65536, 32] bf16; with one key the result
     is known exactly: out = value, dQ = dK = 0, dV = Nq * dO."""
+    use_path(path)
     if _free_gib() < 24:
         pytest.skip("needs about 18 GiB of free GPU memory")
     B, H, Nq, D = 1, 1025, 65536, 32
@@ -158,8 +231,10 @@ def test_outputs_past_element_2_31():
     assert (grad_v == Nq).all()
 
 
-def test_fp16_logits_beyond_the_fp16_range():
+@pytest.mark.parametrize("path", PATHS)
+def test_fp16_logits_beyond_the_fp16_range(path, use_path):
     """Logits above 65504 (the fp16 maximum) stay finite: the kernel never stores them in fp16."""
+    use_path(path)
     case = AttentionCase("hot", B=1, H=2, Nq=20, Nk=60, Dc=32, Dp=32, Dv=32, mask="random")
     inputs = attention_inputs(case, "cuda", torch.float16, requires_grad=False)
     for name in ("q_content", "q_pos", "k_content", "k_pos"):
@@ -232,18 +307,27 @@ def _run_kernels_script(prefix=(), **env):
     return result.stdout + result.stderr
 
 
-def test_sync_mode_runs_every_kernel():
+def _script_path(path):
+    """The script's DABDETR_ATTENTION_PATH for `path`: it also runs float32, which only SIMT serves."""
+    if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need sm_80 or newer")
+    return "auto" if path == "tensor_core" else path
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sync_mode_runs_every_kernel(path):
     """DABDETR_CUDA_SYNC=1 synchronizes after each op, so a kernel fault names its op."""
-    _run_kernels_script(DABDETR_CUDA_SYNC="1")
+    _run_kernels_script(DABDETR_CUDA_SYNC="1", DABDETR_ATTENTION_PATH=_script_path(path))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
-def test_compute_sanitizer_is_clean(tool):
+def test_compute_sanitizer_is_clean(tool, path):
     sanitizer = shutil.which("compute-sanitizer") or os.path.join(
         os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "compute-sanitizer")
     if not os.path.exists(sanitizer):
         pytest.skip("compute-sanitizer not found")
     # Only our kernels (namespace dabdetr) are instrumented: torch's own are not under test.
     log = _run_kernels_script(prefix=(sanitizer, "--tool", tool, "--error-exitcode", "3",
-                                      "--kernel-name", "kns=dabdetr"))
+                                      "--kernel-name", "kns=dabdetr"), DABDETR_ATTENTION_PATH=_script_path(path))
     assert "0 errors" in log, log[-4000:]

@@ -14,16 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_dry_run_of_every_phase(tmp_path):
     pytest.importorskip("pycocotools", reason="the demo phase evaluates with pycocotools")
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
-    result = subprocess.run(["bash", "benchmarks/run_gpu_suite.sh", "--dry-run", "build", "tests", "bench", "model",
-                             "inference", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    phases = ["build", "tests", "tensor_core", "bench", "model", "inference", "demo"]
+    result = subprocess.run(["bash", "benchmarks/run_gpu_suite.sh", "--dry-run", *phases], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
     log = (tmp_path / "gpu_suite.log").read_text()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== done: status 0" in log
-    for phase in ("build", "tests_cuda", "tests_all", "bench_attention", "bench_sine_embed", "bench_model",
-                  "bench_inference", "demo"):
+    for phase in ("build", "tests_cuda", "tests_all", "tests_tensor_core", "bench_tensor_core", "bench_attention",
+                  "bench_sine_embed", "bench_model", "bench_inference", "demo"):
         assert f"   {phase}: exit 0" in log, phase
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["epochs"] == 1
     assert any(p.name.startswith("attention_") and p.suffix == ".json" for p in tmp_path.iterdir())
+    assert any(p.name.startswith("attention_") for p in (tmp_path / "tensor_core").iterdir())
 
 
 def test_unknown_phase_is_refused(tmp_path):

@@ -12,21 +12,6 @@
 namespace dabdetr::cuda {
 namespace {
 
-template <typename T>
-__global__ void delta_kernel(const AttentionArgs a) {
-  using A = Acc<T>;
-  const int64_t rows = a.batch * a.heads * a.num_queries;
-  const T* grad_out = static_cast<const T*>(a.grad_out);
-  const T* out = static_cast<const T*>(a.out);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += int64_t(gridDim.x) * blockDim.x) {
-    A sum = 0;
-    for (int64_t d = 0; d < a.dim_value; ++d)
-      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
-    static_cast<A*>(a.delta)[row] = sum;
-  }
-}
-
 // Shared-memory tiles of queries for the key pass: content, positional, dO, lse and delta.
 template <typename A, int R, int W, bool kHasPos>
 struct QueryTiles {
@@ -148,9 +133,7 @@ __global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const Attenti
 template <typename T, int W, bool kHasPos>
 struct LaunchBackward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
-    const int64_t rows = a.batch * a.heads * a.num_queries;
-    const int threads = 256;
-    delta_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream>>>(a);
+    launch_delta<T>(a, stream);
     if (a.num_keys > 0) {
       const dim3 key_grid(a.batch * a.heads, ceil_div(a.num_keys, kRowsPerBlock));
       key_grad_kernel<T, W, kHasPos><<<key_grid, kRowsPerBlock, 0, stream>>>(a);

@@ -106,6 +106,29 @@ struct QueryRows {
   }
 };
 
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type.
+template <typename T>
+__global__ void delta_kernel(const AttentionArgs a) {
+  using A = Acc<T>;
+  const int64_t rows = a.batch * a.heads * a.num_queries;
+  const T* grad_out = static_cast<const T*>(a.grad_out);
+  const T* out = static_cast<const T*>(a.out);
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    A sum = 0;
+    for (int64_t d = 0; d < a.dim_value; ++d)
+      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
+    static_cast<A*>(a.delta)[row] = sum;
+  }
+}
+
+template <typename T>
+void launch_delta(const AttentionArgs& a, cudaStream_t stream) {
+  const int64_t rows = a.batch * a.heads * a.num_queries;
+  const int threads = 256;
+  delta_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream>>>(a);
+}
+
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
 // positional part, and the storage type.
 template <template <typename, int, bool> class Launch>

@@ -18,6 +18,12 @@ constexpr int64_t kMaxHeadDim = 64;
 // Queries (and keys) of one (batch, head) are spread over the grid's y dimension, at most 65535
 // blocks of kRowsPerBlock (attention_common.cuh) rows each.
 constexpr int64_t kMaxAttentionRows = 65535LL * 64;
+// The tensor-core forward (attention_mma_forward.cu) gives each block kMmaRowsPerBlock queries,
+// stages keys in tiles of kMmaKeyTile, and can split a (batch, head, query block)'s keys over at
+// most kMaxKeySplits blocks.
+constexpr int64_t kMmaRowsPerBlock = 64;
+constexpr int64_t kMmaKeyTile = 64;
+constexpr int kMaxKeySplits = 16;
 
 using Operand = OperandOf<const void*>;
 
@@ -26,7 +32,15 @@ using Operand = OperandOf<const void*>;
 struct AttentionArgs : AttentionParamsOf<const void*, void*, double> {
   Dtype dtype = Dtype::kFloat32;
   void* delta = nullptr;  // backward scratch [B, H, Nq]
+  // Tensor-core forward: keys split over num_splits blocks; with more than one, workspace holds
+  // split_workspace_floats() floats (each split's output and lse).
+  int num_splits = 1;
+  void* workspace = nullptr;
 };
+
+inline int64_t split_workspace_floats(const AttentionArgs& a, int num_splits) {
+  return num_splits > 1 ? num_splits * a.batch * a.heads * a.num_queries * (a.dim_value + 1) : 0;
+}
 
 struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {
   Dtype dtype = Dtype::kFloat32;
@@ -34,6 +48,9 @@ struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {
 
 cudaError_t attention_forward(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t attention_backward(const AttentionArgs& args, cudaStream_t stream);
+// The tensor-core path: bfloat16 and float16 on sm_80+ (ops_cuda.cpp chooses the path).
+cudaError_t attention_forward_mma(const AttentionArgs& args, cudaStream_t stream);
+cudaError_t attention_backward_mma(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t sine_embed_forward(const SineEmbedArgs& args, cudaStream_t stream);
 cudaError_t sine_embed_backward(const SineEmbedArgs& args, cudaStream_t stream);
 

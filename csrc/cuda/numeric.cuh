@@ -64,6 +64,6 @@ cudaError_t dispatch_dtype(Dtype dtype, Fn&& fn) {
   return cudaErrorInvalidValue;
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace dabdetr::cuda

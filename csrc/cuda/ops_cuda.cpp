@@ -3,12 +3,16 @@
 #include <pybind11/pybind11.h>
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "checks.h"
 #include "host_params.h"
@@ -18,22 +22,44 @@
 namespace dabdetr {
 namespace cuda {
 
-pybind11::dict cuda_build_info() {
-  pybind11::dict info;
-  pybind11::list archs;
-  std::string list = DABDETR_CUDA_ARCHS;
+// The attention kernels' paths, chosen per call by attention_path() below: "simt" (any dtype,
+// fp32 FMAs), "tensor_core" (bf16/fp16 on sm_80+, attention_mma_*.cu), or "auto" (the tensor-core
+// path wherever it serves). DABDETR_ATTENTION_PATH overrides the default. The default stays "simt"
+// until the tensor-core kernels have passed their tests on a GPU (they have not run on one yet).
+constexpr const char* kDefaultAttentionPath = "simt";
+
+namespace {
+
+// The architectures the kernels were compiled for ("8.0", "9.0a", ...: TORCH_CUDA_ARCH_LIST).
+std::vector<std::string> cuda_archs() {
+  std::vector<std::string> archs;
+  const std::string list = DABDETR_CUDA_ARCHS;
   for (size_t start = 0; start < list.size();) {
     size_t end = list.find_first_of("; ", start);
     if (end == std::string::npos) end = list.size();
-    if (end > start) archs.append(list.substr(start, end - start));
+    if (end > start) archs.push_back(list.substr(start, end - start));
     start = end + 1;
   }
+  return archs;
+}
+
+}  // namespace
+
+pybind11::dict cuda_build_info() {
+  pybind11::dict info;
+  pybind11::list archs;
+  for (const auto& arch : cuda_archs()) archs.append(arch);
   info["cuda_archs"] = archs;
   info["cuda_max_head_dim"] = kMaxHeadDim;
   pybind11::list dtypes;
   for (const auto t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) dtypes.append(dtype_name(t));  // dtype_of's
   info["cuda_dtypes"] = dtypes;
   info["cuda_max_attention_rows"] = kMaxAttentionRows;
+  pybind11::list paths;
+  paths.append("simt");
+  paths.append("tensor_core");
+  info["cuda_attention_paths"] = paths;
+  info["cuda_attention_default_path"] = kDefaultAttentionPath;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
 }
@@ -86,6 +112,57 @@ void check_grid(const AttentionSizes& s, const char* op) {
               " exceeds the CUDA grid (at most ", INT32_MAX, ")");
 }
 
+enum class AttentionPath { kSimt, kTensorCore };
+
+// An attribute of the current device (cudaDevAttrComputeCapabilityMajor, ...MultiProcessorCount).
+int device_attribute(cudaDeviceAttr attribute) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, c10::cuda::current_device()));
+  return value;
+}
+
+AttentionPath attention_path(const AttentionArgs& a, const char* op) {
+  const char* env = std::getenv("DABDETR_ATTENTION_PATH");
+  const std::string choice = env != nullptr && *env != '\0' ? env : kDefaultAttentionPath;
+  TORCH_CHECK(choice == "simt" || choice == "tensor_core" || choice == "auto", op,
+              ": DABDETR_ATTENTION_PATH must be simt, tensor_core or auto, got '", choice, "'");
+  if (choice == "simt") return AttentionPath::kSimt;
+  // Compiled for an sm_80+ architecture: the kernels built for older ones hold a trap instead.
+  static const bool built = [] {
+    const auto archs = cuda_archs();
+    return std::any_of(archs.begin(), archs.end(), [](const std::string& arch) { return std::atoi(arch.c_str()) >= 8; });
+  }();
+  const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  const bool half = a.dtype == Dtype::kFloat16 || a.dtype == Dtype::kBFloat16;
+  const bool served = half && major >= 8 && built;
+  TORCH_CHECK(served || choice == "auto", op, ": DABDETR_ATTENTION_PATH=tensor_core serves float16 and bfloat16 on ",
+              "sm_80 or newer with the extension built for it, got ", half ? "a 16-bit dtype" : "float32/float64",
+              " on sm_", major, device_attribute(cudaDevAttrComputeCapabilityMinor), " (built for ", DABDETR_CUDA_ARCHS,
+              ")");
+  return served ? AttentionPath::kTensorCore : AttentionPath::kSimt;
+}
+
+// Splits of the keys for the tensor-core forward. A (batch, head, 64-query) block per SM keeps
+// a small problem (batch 1-2 at DAB-DETR's 8 heads x 300 queries: 40-80 blocks for 132 SMs)
+// from filling an H100, so its keys are split over several blocks until the grid reaches about
+// two blocks per SM, each split keeping at least 4 key tiles (256 keys) so the combine pass stays
+// small beside it. A first choice from the shapes, not yet measured: DABDETR_ATTENTION_SPLITS=n
+// forces n for the benchmark that will tune it.
+int key_splits(const AttentionArgs& a) {
+  if (const char* env = std::getenv("DABDETR_ATTENTION_SPLITS"); env != nullptr && *env != '\0') {
+    const int forced = std::atoi(env);
+    TORCH_CHECK(forced >= 1 && forced <= kMaxKeySplits, "DABDETR_ATTENTION_SPLITS must be 1..", kMaxKeySplits,
+                ", got '", env, "'");
+    return forced;
+  }
+  const int64_t blocks = a.batch * a.heads * ((a.num_queries + kMmaRowsPerBlock - 1) / kMmaRowsPerBlock);
+  const int64_t target = 2 * int64_t(device_attribute(cudaDevAttrMultiProcessorCount));
+  if (blocks >= target) return 1;
+  const int64_t by_keys = (a.num_keys + kMmaKeyTile - 1) / kMmaKeyTile / 4;
+  const int64_t by_grid = (target + blocks - 1) / blocks;
+  return static_cast<int>(std::clamp<int64_t>(std::min(by_keys, by_grid), 1, kMaxKeySplits));
+}
+
 AttentionArgs attention_args(const AttentionSizes& s, const at::Tensor& q_content, const std::optional<at::Tensor>& q_pos,
                              const at::Tensor& k_content, const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
                              const std::optional<at::Tensor>& key_padding_mask, double scale, const char* op) {
@@ -112,7 +189,18 @@ std::tuple<at::Tensor, at::Tensor> modulated_attention_cuda(
   at::Tensor lse = at::empty({s.batch, s.heads, s.num_queries}, q_content.options().dtype(acc_dtype(q_content)));
   a.out = out.data_ptr();
   a.lse = lse.data_ptr();
-  check_launch(attention_forward(a, c10::cuda::getCurrentCUDAStream()), "modulated_attention");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (attention_path(a, "modulated_attention") == AttentionPath::kSimt) {
+    check_launch(attention_forward(a, stream), "modulated_attention");
+    return {out, lse};
+  }
+  a.num_splits = a.dim_value > 0 ? key_splits(a) : 1;  // the combine step runs per output element
+  at::Tensor workspace;
+  if (a.num_splits > 1) {
+    workspace = at::empty({split_workspace_floats(a, a.num_splits)}, q_content.options().dtype(at::kFloat));
+    a.workspace = workspace.data_ptr();
+  }
+  check_launch(attention_forward_mma(a, stream), "modulated_attention");
   return {out, lse};
 }
 
@@ -133,7 +221,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   a.grad_out = grad_out_c.data_ptr();
   a.delta = delta.data_ptr();
   grads.set(a, data_of);
-  check_launch(attention_backward(a, c10::cuda::getCurrentCUDAStream()), "modulated_attention_backward");
+  const bool tensor_cores = attention_path(a, "modulated_attention_backward") == AttentionPath::kTensorCore;
+  check_launch((tensor_cores ? attention_backward_mma : attention_backward)(a, c10::cuda::getCurrentCUDAStream()),
+               "modulated_attention_backward");
   return grads.tuple();
 }
 

@@ -1,0 +1,175 @@
+// Shared by the tensor-core attention kernels (attention_mma_forward.cu, attention_mma_backward.cu):
+// block shape, shared-memory tiles, the softmax step and the dispatch over instantiations.
+//
+// Every block has 4 warps; each warp owns 16 rows (queries in the forward and dQ pass, keys in the
+// dK/dV pass) and multiplies them against tiles of the other side staged in shared memory. The
+// logit of a (query, key) pair is one reduction over the content dims and then the positional
+// dims, each read from its own tile: nothing is concatenated in memory. Operand widths are padded
+// with zeros to W (32 or 64) in shared memory; dims below W skip their all-zero steps.
+#pragma once
+
+#include "cuda/attention_common.cuh"
+#include "cuda/mma.cuh"
+
+namespace dabdetr::cuda {
+namespace {
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaBlockRows = 16 * kMmaWarps;  // rows a block owns
+static_assert(kMmaBlockRows == kMmaRowsPerBlock, "launch.h's block rows follow the warps");
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Rows of the other side staged per step: 64, or 32 where a 64-wide head would overflow the 48 KB
+// of static shared memory (the backward keeps three 64-row tiles of its own side resident).
+template <int W>
+__host__ __device__ constexpr int mma_tile_rows() { return W == 64 ? 32 : 64; }
+
+// Key-side tiles: content, positional, values and an additive mask (0, or -inf for a padded key
+// or one past Nk).
+template <int W, int R, bool kHasPos>
+struct MmaKeyTiles {
+  __align__(16) SmemRows16<W> content[R];
+  __align__(16) SmemRows16<W> pos[kHasPos ? R : 1];
+  __align__(16) SmemRows16<W> value[R];
+  float bias[R];
+
+  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t k0, bool vectorized) {
+    load_rows16<R, W>(content, head_rows<uint16_t>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys,
+                      a.dim_content, vectorized);
+    if constexpr (kHasPos)
+      load_rows16<R, W>(pos, head_rows<uint16_t>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos,
+                        vectorized);
+    load_rows16<R, W>(value, head_rows<uint16_t>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value,
+                      vectorized);
+    for (int r = threadIdx.x; r < R; r += blockDim.x) bias[r] = key_is_valid(a, b, k0 + r) ? 0.f : -INFINITY;
+  }
+};
+
+// Query-side tiles: content, positional and (backward) dO, with per-row lse and delta in the
+// log2 domain (lse2 = +inf for a row past Nq or with every key padded, so its exp2 is 0).
+template <int W, int R, bool kHasPos, bool kBackward>
+struct MmaQueryTiles {
+  __align__(16) SmemRows16<W> content[R];
+  __align__(16) SmemRows16<W> pos[kHasPos ? R : 1];
+  __align__(16) SmemRows16<W> grad_out[kBackward ? R : 1];
+  float lse2[kBackward ? R : 1];
+  float delta[kBackward ? R : 1];
+
+  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t q0, bool vectorized) {
+    load_rows16<R, W>(content, head_rows<uint16_t>(a.q_content, b, h), a.q_content.stride_n, q0, a.num_queries,
+                      a.dim_content, vectorized);
+    if constexpr (kHasPos)
+      load_rows16<R, W>(pos, head_rows<uint16_t>(a.q_pos, b, h), a.q_pos.stride_n, q0, a.num_queries, a.dim_pos,
+                        vectorized);
+    if constexpr (kBackward) {
+      const int64_t bh = b * a.heads + h;
+      load_rows16<R, W>(grad_out, static_cast<const uint16_t*>(a.grad_out) + bh * a.num_queries * a.dim_value,
+                        a.dim_value, q0, a.num_queries, a.dim_value, vectorized);
+      for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        const int64_t q = q0 + r;
+        const float lse = q < a.num_queries ? static_cast<const float*>(a.lse)[bh * a.num_queries + q] : -INFINITY;
+        lse2[r] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        delta[r] = q < a.num_queries ? static_cast<const float*>(a.delta)[bh * a.num_queries + q] : 0.f;
+      }
+    }
+  }
+};
+
+// 16-byte loads serve every operand when each row starts 16-byte aligned: aligned base pointers,
+// strides and dims in multiples of 8 elements. Otherwise the tiles are filled element by element.
+inline bool rows_aligned(const void* data, int64_t stride_b, int64_t stride_h, int64_t stride_n, int64_t dim) {
+  return reinterpret_cast<uintptr_t>(data) % 16 == 0 && stride_b % 8 == 0 && stride_h % 8 == 0 &&
+         stride_n % 8 == 0 && dim % 8 == 0;
+}
+
+inline bool operands_vectorized(const AttentionArgs& a) {
+  auto fits = [](const Operand& o, int64_t dim) {
+    return o.data == nullptr || rows_aligned(o.data, o.stride_b, o.stride_h, o.stride_n, dim);
+  };
+  // dO is contiguous [B, H, Nq, Dv] (backward only), but may start anywhere in its storage.
+  const bool grad_out_fits = a.grad_out == nullptr || reinterpret_cast<uintptr_t>(a.grad_out) % 16 == 0;
+  return fits(a.q_content, a.dim_content) && fits(a.k_content, a.dim_content) && fits(a.q_pos, a.dim_pos) &&
+         fits(a.k_pos, a.dim_pos) && fits(a.value, a.dim_value) && a.dim_value % 8 == 0 && grad_out_fits;
+}
+
+// The head's product widths: k-steps of 16 over each operand, and 8-wide output tiles (even).
+struct MmaWidths {
+  int steps_content, steps_pos, steps_value, tiles_content, tiles_pos, tiles_value;
+
+  __device__ explicit MmaWidths(const AttentionArgs& a)
+      : steps_content(static_cast<int>(ceil_div(a.dim_content, 16))),
+        steps_pos(static_cast<int>(ceil_div(a.dim_pos, 16))),
+        steps_value(static_cast<int>(ceil_div(a.dim_value, 16))),
+        tiles_content(2 * steps_content),
+        tiles_pos(2 * steps_pos),
+        tiles_value(2 * steps_value) {}
+};
+
+// C-tile coordinates of this thread: rows g and g + 8 of its warp's 16, columns 2t and 2t + 1
+// of each 8-wide tile.
+__device__ __forceinline__ int frag_row() { return (threadIdx.x % 32) / 4; }
+__device__ __forceinline__ int frag_col() { return 2 * (threadIdx.x % 4); }
+
+// Max (or sum) over the 4 threads that share a row of a C tile.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Element (i, j) of a row pair stored with one 2-element store where the dim allows it.
+template <typename T>
+__device__ __forceinline__ void store_two(T* row, int col, int64_t dim, float x, float y) {
+  if (col + 1 < dim && dim % 2 == 0) {
+    store_pair<T>(row + col, x, y);
+  } else {
+    if (col < dim) row[col] = from_acc<T>(x);
+    if (col + 1 < dim) row[col + 1] = from_acc<T>(y);
+  }
+}
+
+// Rows [row0, row0 + 16) of a warp's accumulators to a contiguous [rows, dim] output (rows past
+// num_rows skipped), each value times row_scale[0] (rows g) or row_scale[1] (rows g + 8). A scale
+// of 0 writes zeros whatever the accumulator holds (a padded key's may be inf).
+template <typename T, int N>
+__device__ void store_rows(T* out, const Accum (&acc)[N], int64_t row0, int64_t num_rows, int64_t dim,
+                           const float (&row_scale)[2]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = row0 + frag_row() + 8 * half;
+    if (row >= num_rows) continue;
+    const float scale = row_scale[half];
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      store_two(out + row * dim, j * 8 + frag_col(), dim, scale == 0.f ? 0.f : acc[j].v[2 * half] * scale,
+                scale == 0.f ? 0.f : acc[j].v[2 * half + 1] * scale);
+  }
+}
+
+// Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
+// positional part, bf16 or fp16.
+template <template <typename, int, bool> class Launch>
+cudaError_t dispatch_mma(const AttentionArgs& a, cudaStream_t stream) {
+  const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
+  if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
+  const bool has_pos = a.q_pos.data != nullptr;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    if (widest <= 32)
+      return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
+    return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
+  };
+  switch (a.dtype) {
+    case Dtype::kBFloat16: return run(__nv_bfloat16{});
+    case Dtype::kFloat16: return run(__half{});
+    default: return cudaErrorInvalidValue;  // the tensor-core kernels serve the 16-bit types only
+  }
+}
+
+}  // namespace
+}  // namespace dabdetr::cuda
