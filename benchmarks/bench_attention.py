@@ -143,21 +143,6 @@ def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
     return variants
 
 
-@contextlib.contextmanager
-def environment(values):
-    """os.environ with `values` set (the kernels read their path settings on every call)."""
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
-
-
 def peer_functions(inputs, sdpa, backward, tensor_cores=False, sweep_splits=False):
     fns = {
         "reference": lambda: modulated_attention(**inputs, impl="reference"),
@@ -170,18 +155,7 @@ def peer_functions(inputs, sdpa, backward, tensor_cores=False, sweep_splits=Fals
     else:
         leaves = [t for t in inputs.values() if t is not None and t.requires_grad]
         fns = {name: (lambda fn=fn: torch.autograd.grad(fn().sum(), leaves)) for name, fn in fns.items()}
-    return {name: _in_environment(fn, settings.get(name, {})) for name, fn in fns.items()}
-
-
-def _in_environment(fn, values):
-    if not values:
-        return fn
-
-    def run():
-        with environment(values):
-            return fn()
-
-    return run
+    return {name: harness.in_environment(fn, settings.get(name, {})) for name, fn in fns.items()}
 
 
 def _no_grad(fn):

@@ -6,6 +6,8 @@ stem and layer1 are frozen as ours are, so the training steps do the same work. 
 800x1066 (the COCO evaluation size, where the attention ops matter; at small sizes the ResNet
 dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2.
 CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory of each call.
+The kernel rows also give the share of the call spent in the attention ops (torch.profiler);
+--tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA).
 
     python benchmarks/bench_model.py [--device cuda] [--preset dab_detr_r50] [--size 800x1066] [--batches 2,8]
 """
@@ -21,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 from dabdetr.models import DABDETR, preset
+
+TENSOR_CORES = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 
 
 def huggingface_peer(config, device):
@@ -82,10 +86,35 @@ def step_functions(models, images, mask, train, autocast):
     return fns
 
 
+def attention_share(fn, device):
+    """Fraction of one call's time spent in the modulated attention ops, forward and backward (one
+    profiled call after a warm-up): on CUDA their kernels' time (the kernels taking AttentionArgs)
+    over every kernel's; on the CPU the self time of the dabdetr::modulated_attention* ops over
+    every op's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    fn()
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        fn()
+        harness.synchronize(device)
+    events = prof.key_averages()
+    if cuda:
+        kernels = [e for e in events if e.self_device_time_total > 0]
+        total = sum(e.self_device_time_total for e in kernels)
+        ours = sum(e.self_device_time_total for e in kernels if "AttentionArgs" in e.key)
+    else:
+        total = sum(e.self_cpu_time_total for e in events)
+        ours = sum(e.self_cpu_time_total for e in events if e.key.startswith("dabdetr::modulated_attention"))
+    return ours / total if total else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_model_arguments(parser)
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes of every task")
+    parser.add_argument("--tensor-cores", action="store_true",
+                        help="CUDA: also the kernel model with the tensor-core attention path, in bf16 autocast")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -115,19 +144,22 @@ def main():
         for task, batch in tasks:
             images, mask = harness.image_batch(batch, height, width, device)
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
+            if args.tensor_cores and cuda and precision != "float32":
+                fns["kernel tensor_core"] = harness.in_environment(fns["kernel"], TENSOR_CORES)
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():
                 # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.
                 peak = harness.peak_memory_bytes(lambda fn=fns[impl]: fn, (), device) / 2**20 if cuda else None
+                share = attention_share(fns[impl], device) if impl.startswith("kernel") else None
                 rows.append({"task": task, "batch": batch, "image": f"{height}x{width}", "precision": precision,
                              "impl": impl, "median_ms": ms, "speedup_vs_reference": times["reference"] / ms,
-                             "images_per_s": batch / (ms * 1e-3), "peak_extra_mb": peak})
+                             "images_per_s": batch / (ms * 1e-3), "peak_extra_mb": peak, "attention_share": share})
             print(f"  {precision} {task} batch {batch}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()))
             del images, mask, fns
     harness.write_results(
         "model", device, rows,
         ["task", "batch", "image", "precision", "impl", "median_ms", "speedup_vs_reference", "images_per_s",
-         "peak_extra_mb"],
+         "peak_extra_mb", "attention_share"],
         extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,
     )
 

@@ -7,6 +7,7 @@ growth of the peak resident set (VmHWM) of a fresh process that holds only the i
 allocator keeps no statistics).
 """
 
+import contextlib
 import datetime
 import json
 import multiprocessing
@@ -24,6 +25,33 @@ import dabdetr
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def environment(values):
+    """os.environ with `values` set (the CUDA kernels read their path settings on every call)."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
+def in_environment(fn, values):
+    """fn, run with os.environ holding `values` (fn itself where there are none)."""
+    if not values:
+        return fn
+
+    def run():
+        with environment(values):
+            return fn()
+
+    return run
 
 
 def time_peers(peers, device, repeats, warmup=3):

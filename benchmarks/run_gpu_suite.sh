@@ -12,8 +12,9 @@
 #           the first compiler error, printing it. Every other phase needs it (same machine).
 #   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
 #   tensor_core  the tensor-core attention kernels (not yet the default path): their CUDA tests,
-#           then bench_attention in bf16/fp16 with them and each forced key-split count, under
-#           $OUT/tensor_core. A phase of its own, so a fault there cannot cost the other results.
+#           bench_attention in bf16/fp16 with them and each forced key-split count, and bench_model
+#           at batch 8 with them (attention's share of the step), under $OUT/tensor_core. A phase of
+#           its own, so a fault there cannot cost the other results.
 #   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
 #   model   bench_model: dab_detr_r50 at 800x1066, batch 2 and 8, fp32 and bf16 autocast.
 #   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
@@ -112,13 +113,17 @@ phase_tests() {
 phase_tensor_core() {
   say "== tensor-core attention: tests, then benchmark with every key-split count ($DEVICE)"
   mkdir -p "$OUT/tensor_core"
-  run tests_tensor_core 300 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
+  run tests_tensor_core 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
     --junitxml="$OUT/tensor_core/tests.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_tensor_core.log" | tail -30 | tee -a "$LOG"
-  local args=(--dtypes bfloat16,float16 --tensor-cores --sweep-splits)
+  local args=(--dtypes bfloat16,float16 --tensor-cores --sweep-splits --repeats 20)
   [ $DRY_RUN = 1 ] && args=(--quick --repeats 2)
-  run bench_tensor_core 300 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${args[@]}"
+  run bench_tensor_core 200 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${args[@]}"
   tail -3 "$OUT/bench_tensor_core.log"
+  local model=(--tensor-cores --batches 8)
+  [ $DRY_RUN = 1 ] && model=(--preset demo --size 96x128 --batches 1 --repeats 1)
+  run bench_model_tensor_core 150 $PY benchmarks/bench_model.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${model[@]}"
+  tail -12 "$OUT/bench_model_tensor_core.log" | tee -a "$LOG"
   $PY benchmarks/summarize_targets.py "$OUT/tensor_core" 2>&1 | tee -a "$LOG"
 }
 
