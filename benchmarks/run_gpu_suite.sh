@@ -11,7 +11,8 @@
 #   build   setup.py build_ext --inplace with the CUDA kernels (MAX_JOBS = cores); stops the run at
 #           the first compiler error, printing it. Every other phase needs it (same machine).
 #   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
-#   tensor_core  the tensor-core attention kernels (not yet the default path): their CUDA tests,
+#   tensor_core  the tensor-core attention kernels (not yet the default path): diagnose_attention.py
+#           (where their outputs and gradients differ from fp64, by fragment residue), their CUDA tests,
 #           bench_attention in bf16/fp16 with them and each forced key-split count, and bench_model
 #           at batch 8 with them (attention's share of the step), under $OUT/tensor_core. A phase of
 #           its own, so a fault there cannot cost the other results.
@@ -113,6 +114,11 @@ phase_tests() {
 phase_tensor_core() {
   say "== tensor-core attention: tests, then benchmark with every key-split count ($DEVICE)"
   mkdir -p "$OUT/tensor_core"
+  local diagnose=(--dtype bfloat16)
+  [ $DRY_RUN = 1 ] && diagnose=(--dtype float32)
+  run diagnose_tensor_core 60 env DABDETR_ATTENTION_PATH=tensor_core $PY benchmarks/diagnose_attention.py \
+    --device "$DEVICE" "${diagnose[@]}"
+  grep -E "BAD|worst|bad fraction|tolerance|Error" "$OUT/diagnose_tensor_core.log" | head -40 | tee -a "$LOG"
   run tests_tensor_core 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
     --junitxml="$OUT/tensor_core/tests.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_tensor_core.log" | tail -30 | tee -a "$LOG"

@@ -20,7 +20,7 @@ def test_dry_run_of_every_phase(tmp_path):
     log = (tmp_path / "gpu_suite.log").read_text()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== done: status 0" in log
-    for phase in ("build", "tests_cuda", "tests_all", "tests_tensor_core", "bench_tensor_core",
+    for phase in ("build", "tests_cuda", "tests_all", "diagnose_tensor_core", "tests_tensor_core", "bench_tensor_core",
                   "bench_model_tensor_core", "bench_attention",
                   "bench_sine_embed", "bench_model", "bench_inference", "demo"):
         assert f"   {phase}: exit 0" in log, phase
