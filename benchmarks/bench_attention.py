@@ -136,9 +136,9 @@ def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
     q = inputs["q_content"]
     if (tensor_cores and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and torch.cuda.get_device_capability(q.device)[0] >= 8):
-        variants["kernel tensor_core"] = {"DABDETR_ATTENTION_PATH": "tensor_core"}
+        variants["kernel tensor_core"] = harness.TENSOR_CORE_PATH
         for splits in (1, 2, 4, 8, 16) if sweep_splits else ():
-            variants[f"kernel tensor_core splits={splits}"] = {"DABDETR_ATTENTION_PATH": "tensor_core",
+            variants[f"kernel tensor_core splits={splits}"] = {**harness.TENSOR_CORE_PATH,
                                                                "DABDETR_ATTENTION_SPLITS": str(splits)}
     return variants
 

@@ -24,8 +24,6 @@ import harness
 
 from dabdetr.models import DABDETR, preset
 
-TENSOR_CORES = {"DABDETR_ATTENTION_PATH": "tensor_core"}
-
 
 def huggingface_peer(config, device):
     """HF's DAB-DETR with the same architecture, or None where transformers is not installed."""
@@ -145,7 +143,7 @@ def main():
             images, mask = harness.image_batch(batch, height, width, device)
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
             if args.tensor_cores and cuda and precision != "float32":
-                fns["kernel tensor_core"] = harness.in_environment(fns["kernel"], TENSOR_CORES)
+                fns["kernel tensor_core"] = harness.in_environment(fns["kernel"], harness.TENSOR_CORE_PATH)
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():
                 # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.

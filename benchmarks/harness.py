@@ -27,6 +27,10 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+# The environment that puts the CUDA attention on its tensor-core kernels (not yet the default).
+TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
+
+
 @contextlib.contextmanager
 def environment(values):
     """os.environ with `values` set (the CUDA kernels read their path settings on every call)."""

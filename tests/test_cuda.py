@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from op_samples import ATTENTION_CASES, AttentionCase, assert_error_ratio, attention_inputs, sine_inputs
+from op_samples import ATTENTION_CASES, AttentionCase, assert_error_ratio, attention_inputs, default_scale, sine_inputs
 
 from dabdetr.ops import anchor_sine_embed, kernel_info, modulated_anchor_sine_embed, modulated_attention
 
@@ -39,13 +39,17 @@ def _cuda_kernels_built():
         pytest.fail("a CUDA device is present but dabdetr._C was built without CUDA kernels")
 
 
+def _skip_unserved(path):
+    if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need sm_80 or newer")
+
+
 @pytest.fixture
 def use_path(monkeypatch):
     """use_path(path): the attention kernels of the rest of the test."""
 
     def use(path):
-        if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
-            pytest.skip("the tensor-core kernels need sm_80 or newer")
+        _skip_unserved(path)
         monkeypatch.setenv("DABDETR_ATTENTION_PATH", path)
 
     return use
@@ -90,7 +94,7 @@ def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypat
     monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", str(splits))
     case = AttentionCase("split", B=2, H=3, Nq=70, Nk=1000, Dc=32, Dp=32, Dv=32, mask="one_fully_padded")
     inputs = attention_inputs(case, "cuda", torch.bfloat16)
-    scale = (case.Dc + case.Dp) ** -0.5
+    scale = default_scale(case)
     out, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
     truth = _upcast(inputs)
     logits = (truth["q_content"] @ truth["k_content"].mT + truth["q_pos"] @ truth["k_pos"].mT) * scale
@@ -309,8 +313,7 @@ def _run_kernels_script(prefix=(), **env):
 
 def _script_path(path):
     """The script's DABDETR_ATTENTION_PATH for `path`: it also runs float32, which only SIMT serves."""
-    if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("the tensor-core kernels need sm_80 or newer")
+    _skip_unserved(path)
     return "auto" if path == "tensor_core" else path
 
 

@@ -130,18 +130,28 @@ void launch_delta(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
-// positional part, and the storage type.
-template <template <typename, int, bool> class Launch>
+// positional part, and the storage type: any of the four, or with kSixteenBitOnly (the
+// tensor-core kernels) bf16 and fp16 only, the others never instantiated.
+template <template <typename, int, bool> class Launch, bool kSixteenBitOnly = false>
 cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
   if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
   const bool has_pos = a.q_pos.data != nullptr;
-  return dispatch_dtype(a.dtype, [&](auto tag) {
+  auto run = [&](auto tag) {
     using T = decltype(tag);
     if (widest <= 32)
       return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
     return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
-  });
+  };
+  if constexpr (kSixteenBitOnly) {
+    switch (a.dtype) {
+      case Dtype::kBFloat16: return run(__nv_bfloat16{});
+      case Dtype::kFloat16: return run(__half{});
+      default: return cudaErrorInvalidValue;
+    }
+  } else {
+    return dispatch_dtype(a.dtype, run);
+  }
 }
 
 // The host binding checks these limits with a clear message first; this keeps the launch safe.

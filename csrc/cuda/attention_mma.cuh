@@ -151,25 +151,5 @@ __device__ void store_rows(T* out, const Accum (&acc)[N], int64_t row0, int64_t 
   }
 }
 
-// Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
-// positional part, bf16 or fp16.
-template <template <typename, int, bool> class Launch>
-cudaError_t dispatch_mma(const AttentionArgs& a, cudaStream_t stream) {
-  const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
-  if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
-  const bool has_pos = a.q_pos.data != nullptr;
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    if (widest <= 32)
-      return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
-    return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
-  };
-  switch (a.dtype) {
-    case Dtype::kBFloat16: return run(__nv_bfloat16{});
-    case Dtype::kFloat16: return run(__half{});
-    default: return cudaErrorInvalidValue;  // the tensor-core kernels serve the 16-bit types only
-  }
-}
-
 }  // namespace
 }  // namespace dabdetr::cuda

@@ -144,7 +144,7 @@ struct LaunchMmaBackward {
 cudaError_t attention_backward_mma(const AttentionArgs& a, cudaStream_t stream) {
   if (a.batch * a.heads == 0 || a.num_queries == 0) return cudaSuccess;
   if (!grid_fits(a, a.num_queries) || !grid_fits(a, a.num_keys)) return cudaErrorInvalidConfiguration;
-  return dispatch_mma<LaunchMmaBackward>(a, stream);
+  return dispatch<LaunchMmaBackward, true>(a, stream);
 }
 
 }  // namespace dabdetr::cuda

@@ -153,7 +153,7 @@ cudaError_t attention_forward_mma(const AttentionArgs& a, cudaStream_t stream) {
   if (!grid_fits(a, a.num_queries) || a.num_splits < 1 || a.num_splits > kMaxKeySplits ||
       (a.num_splits > 1 && a.workspace == nullptr))
     return cudaErrorInvalidConfiguration;
-  return dispatch_mma<LaunchMmaForward>(a, stream);
+  return dispatch<LaunchMmaForward, true>(a, stream);
 }
 
 }  // namespace dabdetr::cuda

@@ -38,8 +38,8 @@ struct AttentionArgs : AttentionParamsOf<const void*, void*, double> {
   void* workspace = nullptr;
 };
 
-inline int64_t split_workspace_floats(const AttentionArgs& a, int num_splits) {
-  return num_splits > 1 ? num_splits * a.batch * a.heads * a.num_queries * (a.dim_value + 1) : 0;
+inline int64_t split_workspace_floats(const AttentionArgs& a) {
+  return a.num_splits > 1 ? a.num_splits * a.batch * a.heads * a.num_queries * (a.dim_value + 1) : 0;
 }
 
 struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {

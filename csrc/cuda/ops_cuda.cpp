@@ -197,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> modulated_attention_cuda(
   a.num_splits = a.dim_value > 0 ? key_splits(a) : 1;  // the combine step runs per output element
   at::Tensor workspace;
   if (a.num_splits > 1) {
-    workspace = at::empty({split_workspace_floats(a, a.num_splits)}, q_content.options().dtype(at::kFloat));
+    workspace = at::empty({split_workspace_floats(a)}, q_content.options().dtype(at::kFloat));
     a.workspace = workspace.data_ptr();
   }
   check_launch(attention_forward_mma(a, stream), "modulated_attention");
