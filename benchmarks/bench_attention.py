@@ -130,12 +130,14 @@ def warnings_silenced():
 
 def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
     """{peer name: {environment variable: value}} of the fused kernel: its default path ("kernel"),
-    and where tensor_cores, for 16-bit inputs on an sm_80+ GPU, the tensor-core path by name, with
-    each forced key-split count where sweep_splits (to tune the split choice of ops_cuda.cpp)."""
+    and where tensor_cores, for the inputs that path serves on an sm_80+ GPU (16-bit, or float32
+    while TF32 is allowed), the tensor-core path by name, with each forced key-split count where
+    sweep_splits (to tune the split choice of ops_cuda.cpp)."""
     variants = {"kernel": {}}
     q = inputs["q_content"]
-    if (tensor_cores and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(q.device)[0] >= 8):
+    served = q.dtype in (torch.float16, torch.bfloat16) or (
+        q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest")
+    if tensor_cores and served and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 8:
         variants["kernel tensor_core"] = harness.TENSOR_CORE_PATH
         for splits in (1, 2, 4, 8, 16) if sweep_splits else ():
             variants[f"kernel tensor_core splits={splits}"] = {**harness.TENSOR_CORE_PATH,

@@ -6,7 +6,10 @@ tolerance is summarized by the (b, h, row, col) of its largest error and by the 
 elements per row % 16 and column % 8: the residues of the tensor-core fragments, so a layout
 mistake shows up as a pattern (one row group, every odd column...) rather than as one number.
 
-    DABDETR_ATTENTION_PATH=tensor_core python benchmarks/diagnose_attention.py [--dtype bfloat16]
+    DABDETR_ATTENTION_PATH=tensor_core python benchmarks/diagnose_attention.py [--dtype bfloat16|float16|tf32]
+
+--dtype tf32 is float32 with torch.backends.cuda.matmul.allow_tf32 on (the tensor-core path's
+float32 mode), judged with the tf32 epsilon 2^-10.
 """
 
 import argparse
@@ -49,8 +52,13 @@ def main():
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
-    tolerance = 16 * torch.finfo(dtype).eps  # relative to each tensor's largest true value
+    if args.dtype == "tf32":
+        dtype, eps = torch.float32, 2.0**-10
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        dtype = getattr(torch, args.dtype)
+        eps = torch.finfo(dtype).eps
+    tolerance = 16 * eps  # relative to each tensor's largest true value
     print(f"path {os.environ.get('DABDETR_ATTENTION_PATH', 'default')}, {args.dtype}, tolerance {tolerance:.3g}")
     clean = True
     for case in CASES:

@@ -12,8 +12,9 @@
 #           the first compiler error, printing it. Every other phase needs it (same machine).
 #   tests   the CUDA tests first (they stop the run if they fail), then the rest of the suite.
 #   tensor_core  the tensor-core attention kernels (not yet the default path): diagnose_attention.py
-#           (where their outputs and gradients differ from fp64, by fragment residue), their CUDA tests,
-#           bench_attention in bf16/fp16 with them and each forced key-split count, and bench_model
+#           in bf16 and tf32 (where their outputs and gradients differ from fp64, by fragment residue),
+#           their CUDA tests, bench_attention in bf16/fp16 with them and each forced key-split count
+#           and in float32/tf32 at the target shape, and bench_model
 #           at batch 8 with them (attention's share of the step), under $OUT/tensor_core. A phase of
 #           its own, so a fault there cannot cost the other results.
 #   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
@@ -114,11 +115,13 @@ phase_tests() {
 phase_tensor_core() {
   say "== tensor-core attention: tests, then benchmark with every key-split count ($DEVICE)"
   mkdir -p "$OUT/tensor_core"
-  local diagnose=(--dtype bfloat16)
-  [ $DRY_RUN = 1 ] && diagnose=(--dtype float32)
-  run diagnose_tensor_core 60 env DABDETR_ATTENTION_PATH=tensor_core $PY benchmarks/diagnose_attention.py \
-    --device "$DEVICE" "${diagnose[@]}"
-  grep -E "BAD|worst|bad fraction|tolerance|Error" "$OUT/diagnose_tensor_core.log" | head -40 | tee -a "$LOG"
+  local dtypes=(bfloat16 tf32)
+  [ $DRY_RUN = 1 ] && dtypes=(float32)
+  for dtype in "${dtypes[@]}"; do
+    run "diagnose_tensor_core_$dtype" 60 env DABDETR_ATTENTION_PATH=tensor_core $PY benchmarks/diagnose_attention.py \
+      --device "$DEVICE" --dtype "$dtype"
+    grep -E "BAD|worst|bad fraction|tolerance|Error" "$OUT/diagnose_tensor_core_$dtype.log" | head -40 | tee -a "$LOG"
+  done
   run tests_tensor_core 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
     --junitxml="$OUT/tensor_core/tests.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_tensor_core.log" | tail -30 | tee -a "$LOG"
@@ -126,6 +129,12 @@ phase_tensor_core() {
   [ $DRY_RUN = 1 ] && args=(--quick --repeats 2)
   run bench_tensor_core 200 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${args[@]}"
   tail -3 "$OUT/bench_tensor_core.log"
+  # float32 with TF32 allowed, against float32's SDPA (its target), at the target shape only.
+  args=(--dtypes float32,tf32 --tensor-cores --quick --repeats 20)
+  [ $DRY_RUN = 1 ] && args=(--dtypes float32 --quick --repeats 2)
+  run bench_tensor_core_tf32 100 $PY benchmarks/bench_attention.py --device "$DEVICE" --out-dir "$OUT/tensor_core/tf32" \
+    "${args[@]}"
+  tail -3 "$OUT/bench_tensor_core_tf32.log"
   local model=(--tensor-cores --batches 8)
   [ $DRY_RUN = 1 ] && model=(--preset demo --size 96x128 --batches 1 --repeats 1)
   run bench_model_tensor_core 150 $PY benchmarks/bench_model.py --device "$DEVICE" --out-dir "$OUT/tensor_core" "${model[@]}"

@@ -1,7 +1,8 @@
-"""CUDA-only checks (skipped without a GPU): 16-bit dtypes against the error-ratio bound of
-docs/ops.md at DAB-DETR and odd shapes, on both attention paths (SIMT and tensor cores: key
-splits, determinism, the path setting), streams, head-dim and grid limits, 64-bit offsets, empty
-sizes, fp16 range, and compute-sanitizer (memcheck, racecheck, synccheck).
+"""CUDA-only checks (skipped without a GPU): 16-bit dtypes (and float32 with TF32 allowed) against
+the error-ratio bound of docs/ops.md at DAB-DETR and odd shapes, on both attention paths (SIMT and
+tensor cores: key splits, determinism, the path setting, TF32 only where torch allows it),
+streams, head-dim and grid limits, 64-bit offsets, empty sizes, fp16 range, and compute-sanitizer
+(memcheck, racecheck, synccheck).
 The float32/float64 CUDA checks are the device-parametrized tests of test_attention.py and
 test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""
 
@@ -29,8 +30,9 @@ DAB_CASES = [
 ]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
 # The attention kernels' paths (DABDETR_ATTENTION_PATH, read on every call): the SIMT kernels serve
-# every dtype, the tensor-core ones the 16-bit dtypes on sm_80+.
+# every dtype, the tensor-core ones the 16-bit dtypes on sm_80+, and float32 where TF32 is allowed.
 PATHS = ["simt", "tensor_core"]
+TF32_EPS = 2.0**-10  # 10 mantissa bits
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +57,12 @@ def use_path(monkeypatch):
     return use
 
 
+@pytest.fixture
+def allow_tf32(monkeypatch):
+    """allow_tf32(): float32 matmuls (torch's and the tensor-core path's) in TF32 for the rest of the test."""
+    return lambda: monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+
+
 def _forward_backward(inputs, impl, cotangent):
     out = modulated_attention(**inputs, impl=impl)
     leaves = [inputs[n] for n in GRAD_NAMES if inputs[n] is not None]
@@ -67,18 +75,23 @@ def _upcast(inputs):
             for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize(("path", "dtype"), [(p, d) for p in PATHS for d in HALF_DTYPES] + [("simt", torch.float32)],
-                         ids=str)
+@pytest.mark.parametrize(("path", "dtype"), [(p, d) for p in PATHS for d in HALF_DTYPES]
+                         + [("simt", torch.float32), ("tensor_core", "tf32")], ids=str)
 @pytest.mark.parametrize("case", DAB_CASES + ATTENTION_CASES, ids=str)
-def test_attention_error_ratio(case, path, dtype, use_path):
+def test_attention_error_ratio(case, path, dtype, use_path, allow_tf32):
+    """"tf32": float32 with TF32 allowed, so the same-dtype reference runs its matmuls in TF32 too
+    and sets that mode's error bound."""
     use_path(path)
+    eps = TF32_EPS if dtype == "tf32" else torch.finfo(dtype).eps
+    if dtype == "tf32":
+        allow_tf32()
+        dtype = torch.float32
     inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
     truth = _forward_backward(_upcast(inputs), "reference", cotangent)
     kernel = _forward_backward(inputs, "kernel", cotangent.to(dtype))
     reference = _forward_backward(inputs, "reference", cotangent.to(dtype))
     names = ["out"] + [n for n in GRAD_NAMES if inputs[n] is not None]
-    eps = torch.finfo(dtype).eps
     for name, k, r, t in zip(names, kernel, reference, truth):
         assert torch.isfinite(k).all(), name
         factor = 2.0 if name == "out" else 3.0
@@ -119,10 +132,14 @@ def test_tensor_core_backward_is_deterministic(use_path):
 def test_attention_path_setting_errors(use_path, monkeypatch):
     info = kernel_info()
     assert info["cuda_attention_paths"] == PATHS and info["cuda_attention_default_path"] in PATHS
+    assert info["cuda_tensor_core_dtypes"] == ["float16", "bfloat16", "float32"]
     inputs = attention_inputs(ATTENTION_CASES[1], "cuda", torch.float32)
     use_path("tensor_core")
-    with pytest.raises(RuntimeError, match="tensor_core serves float16 and bfloat16"):
+    with pytest.raises(RuntimeError, match="tensor_core serves float16 and bfloat16, and float32 where torch allows "
+                                           "TF32 .* got float32 with TF32 not allowed"):
         modulated_attention(**inputs, impl="kernel")
+    with pytest.raises(RuntimeError, match="got float64"):
+        modulated_attention(**attention_inputs(ATTENTION_CASES[1], "cuda", torch.float64), impl="kernel")
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")  # float32: the SIMT kernels
     torch.testing.assert_close(modulated_attention(**inputs, impl="kernel"),
                                modulated_attention(**inputs, impl="reference"))
@@ -133,6 +150,26 @@ def test_attention_path_setting_errors(use_path, monkeypatch):
     monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", "17")
     with pytest.raises(RuntimeError, match="DABDETR_ATTENTION_SPLITS must be 1..16"):
         modulated_attention(**attention_inputs(ATTENTION_CASES[1], "cuda", torch.bfloat16), impl="kernel")
+
+
+def test_float32_takes_tf32_tensor_cores_only_where_torch_allows_tf32(monkeypatch):
+    """Under "auto", float32 stays exact at torch's default precision ("highest") and moves to the
+    tensor cores (an error at tf32's scale, far above float32's) with set_float32_matmul_precision("high")."""
+    _skip_unserved("tensor_core")
+    monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")
+    inputs = attention_inputs(DAB_CASES[0], "cuda", torch.float32)
+    truth = modulated_attention(**_upcast(inputs), impl="reference")
+    scale = truth.abs().max().item()
+    assert torch.get_float32_matmul_precision() == "highest"
+    exact = (modulated_attention(**inputs, impl="kernel").double() - truth).abs().max().item()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        tf32 = (modulated_attention(**inputs, impl="kernel").double() - truth).abs().max().item()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert exact < 16 * torch.finfo(torch.float32).eps * scale
+    assert 16 * torch.finfo(torch.float32).eps * scale < tf32 < 16 * TF32_EPS * scale
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -289,8 +326,9 @@ import torch
 from dabdetr.ops import modulated_attention, modulated_anchor_sine_embed
 from op_samples import ATTENTION_CASES, attention_inputs, sine_inputs
 for case in ATTENTION_CASES[:5]:
-    for dtype in (torch.float32, torch.bfloat16):
-        inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
+    for dtype in (torch.float32, torch.bfloat16, "tf32"):  # tf32: float32 on the tensor cores under "auto"
+        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+        inputs = attention_inputs(case, "cuda", torch.float32 if dtype == "tf32" else dtype, requires_grad=True)
         out = modulated_attention(**inputs, impl="kernel")
         out.float().sum().backward()
 tensors = sine_inputs((37, 4), 16, "cuda", torch.float32, requires_grad=True)
@@ -312,7 +350,7 @@ def _run_kernels_script(prefix=(), **env):
 
 
 def _script_path(path):
-    """The script's DABDETR_ATTENTION_PATH for `path`: it also runs float32, which only SIMT serves."""
+    """The script's DABDETR_ATTENTION_PATH for `path`: it also runs exact float32, which only SIMT serves."""
     _skip_unserved(path)
     return "auto" if path == "tensor_core" else path
 

@@ -130,9 +130,9 @@ void launch_delta(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
-// positional part, and the storage type: any of the four, or with kSixteenBitOnly (the
-// tensor-core kernels) bf16 and fp16 only, the others never instantiated.
-template <template <typename, int, bool> class Launch, bool kSixteenBitOnly = false>
+// positional part, and the storage type: any of the four, or with kTensorCore (the tensor-core
+// kernels) bf16, fp16 and float32 (as tf32), float64 never instantiated.
+template <template <typename, int, bool> class Launch, bool kTensorCore = false>
 cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
   if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
@@ -143,10 +143,11 @@ cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
       return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
     return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
   };
-  if constexpr (kSixteenBitOnly) {
+  if constexpr (kTensorCore) {
     switch (a.dtype) {
       case Dtype::kBFloat16: return run(__nv_bfloat16{});
       case Dtype::kFloat16: return run(__half{});
+      case Dtype::kFloat32: return run(float{});
       default: return cudaErrorInvalidValue;
     }
   } else {

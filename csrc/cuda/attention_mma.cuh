@@ -11,6 +11,8 @@
 #include "cuda/attention_common.cuh"
 #include "cuda/mma.cuh"
 
+#include <initializer_list>
+
 namespace dabdetr::cuda {
 namespace {
 
@@ -21,52 +23,76 @@ static_assert(kMmaBlockRows == kMmaRowsPerBlock, "launch.h's block rows follow t
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Rows of the other side staged per step: 64, or 32 where a 64-wide head would overflow the 48 KB
-// of static shared memory (the backward keeps three 64-row tiles of its own side resident).
+// Rows of the other side staged per step in the backward: 64, or 32 for 64-wide heads, whose
+// three gradient accumulators of 64 columns (96 registers a thread) leave no room for 64-column
+// logits and dS.
 template <int W>
 __host__ __device__ constexpr int mma_tile_rows() { return W == 64 ? 32 : 64; }
 
+// The kernels' tiles live in dynamic shared memory (float32 ones outgrow the 48 KB of static
+// shared memory: 87 KB for the 64-wide forward), within the 99 KB every sm_80+ GPU grants a block.
+constexpr size_t kMaxMmaSharedBytes = 99 * 1024;
+
+template <typename Tiles>
+__device__ __forceinline__ Tiles& shared_tiles() {
+  extern __shared__ __align__(16) unsigned char mma_shared[];
+  return *reinterpret_cast<Tiles*>(mma_shared);
+}
+
+// Launches kernel with sizeof(Tiles) bytes of dynamic shared memory, first raising the kernel's
+// limit where that is past the default 48 KB.
+template <typename Tiles, typename... Args>
+cudaError_t launch_with_tiles(void (*kernel)(Args...), dim3 grid, cudaStream_t stream, Args... args) {
+  static_assert(sizeof(Tiles) <= kMaxMmaSharedBytes, "tiles beyond the shared memory of sm_86/sm_89");
+  if constexpr (sizeof(Tiles) > 48 * 1024) {
+    const cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sizeof(Tiles)));
+    if (error != cudaSuccess) return error;
+  }
+  kernel<<<grid, kMmaThreads, sizeof(Tiles), stream>>>(args...);
+  return cudaGetLastError();
+}
+
 // Key-side tiles: content, positional, values and an additive mask (0, or -inf for a padded key
 // or one past Nk).
-template <int W, int R, bool kHasPos>
+template <typename T, int W, int R, bool kHasPos>
 struct MmaKeyTiles {
-  __align__(16) SmemRows16<W> content[R];
-  __align__(16) SmemRows16<W> pos[kHasPos ? R : 1];
-  __align__(16) SmemRows16<W> value[R];
+  __align__(16) SmemRows<T, W> content[R];
+  __align__(16) SmemRows<T, W> pos[kHasPos ? R : 1];
+  __align__(16) SmemRows<T, W> value[R];
   float bias[R];
 
   __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t k0, bool vectorized) {
-    load_rows16<R, W>(content, head_rows<uint16_t>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys,
-                      a.dim_content, vectorized);
+    load_rows<T, R, W>(content, head_rows<T>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys,
+                       a.dim_content, vectorized);
     if constexpr (kHasPos)
-      load_rows16<R, W>(pos, head_rows<uint16_t>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos,
-                        vectorized);
-    load_rows16<R, W>(value, head_rows<uint16_t>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value,
-                      vectorized);
+      load_rows<T, R, W>(pos, head_rows<T>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos, vectorized);
+    load_rows<T, R, W>(value, head_rows<T>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value,
+                       vectorized);
     for (int r = threadIdx.x; r < R; r += blockDim.x) bias[r] = key_is_valid(a, b, k0 + r) ? 0.f : -INFINITY;
   }
 };
 
 // Query-side tiles: content, positional and (backward) dO, with per-row lse and delta in the
 // log2 domain (lse2 = +inf for a row past Nq or with every key padded, so its exp2 is 0).
-template <int W, int R, bool kHasPos, bool kBackward>
+template <typename T, int W, int R, bool kHasPos, bool kBackward>
 struct MmaQueryTiles {
-  __align__(16) SmemRows16<W> content[R];
-  __align__(16) SmemRows16<W> pos[kHasPos ? R : 1];
-  __align__(16) SmemRows16<W> grad_out[kBackward ? R : 1];
+  __align__(16) SmemRows<T, W> content[R];
+  __align__(16) SmemRows<T, W> pos[kHasPos ? R : 1];
+  __align__(16) SmemRows<T, W> grad_out[kBackward ? R : 1];
   float lse2[kBackward ? R : 1];
   float delta[kBackward ? R : 1];
 
   __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t q0, bool vectorized) {
-    load_rows16<R, W>(content, head_rows<uint16_t>(a.q_content, b, h), a.q_content.stride_n, q0, a.num_queries,
-                      a.dim_content, vectorized);
+    load_rows<T, R, W>(content, head_rows<T>(a.q_content, b, h), a.q_content.stride_n, q0, a.num_queries,
+                       a.dim_content, vectorized);
     if constexpr (kHasPos)
-      load_rows16<R, W>(pos, head_rows<uint16_t>(a.q_pos, b, h), a.q_pos.stride_n, q0, a.num_queries, a.dim_pos,
-                        vectorized);
+      load_rows<T, R, W>(pos, head_rows<T>(a.q_pos, b, h), a.q_pos.stride_n, q0, a.num_queries, a.dim_pos,
+                         vectorized);
     if constexpr (kBackward) {
       const int64_t bh = b * a.heads + h;
-      load_rows16<R, W>(grad_out, static_cast<const uint16_t*>(a.grad_out) + bh * a.num_queries * a.dim_value,
-                        a.dim_value, q0, a.num_queries, a.dim_value, vectorized);
+      load_rows<T, R, W>(grad_out, static_cast<const T*>(a.grad_out) + bh * a.num_queries * a.dim_value,
+                         a.dim_value, q0, a.num_queries, a.dim_value, vectorized);
       for (int r = threadIdx.x; r < R; r += blockDim.x) {
         const int64_t q = q0 + r;
         const float lse = q < a.num_queries ? static_cast<const float*>(a.lse)[bh * a.num_queries + q] : -INFINITY;
@@ -78,20 +104,21 @@ struct MmaQueryTiles {
 };
 
 // 16-byte loads serve every operand when each row starts 16-byte aligned: aligned base pointers,
-// strides and dims in multiples of 8 elements. Otherwise the tiles are filled element by element.
-inline bool rows_aligned(const void* data, int64_t stride_b, int64_t stride_h, int64_t stride_n, int64_t dim) {
-  return reinterpret_cast<uintptr_t>(data) % 16 == 0 && stride_b % 8 == 0 && stride_h % 8 == 0 &&
-         stride_n % 8 == 0 && dim % 8 == 0;
-}
-
-inline bool operands_vectorized(const AttentionArgs& a) {
-  auto fits = [](const Operand& o, int64_t dim) {
-    return o.data == nullptr || rows_aligned(o.data, o.stride_b, o.stride_h, o.stride_n, dim);
+// strides and dims in multiples of the chunk (8 16-bit or 4 float32 elements). Otherwise the
+// tiles are filled element by element.
+template <typename T>
+bool operands_vectorized(const AttentionArgs& a) {
+  auto aligned = [](const void* data, std::initializer_list<int64_t> counts) {
+    return reinterpret_cast<uintptr_t>(data) % 16 == 0 &&
+           std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n % kChunk<T> == 0; });
+  };
+  auto fits = [&](const Operand& o, int64_t dim) {
+    return o.data == nullptr || aligned(o.data, {o.stride_b, o.stride_h, o.stride_n, dim});
   };
   // dO is contiguous [B, H, Nq, Dv] (backward only), but may start anywhere in its storage.
-  const bool grad_out_fits = a.grad_out == nullptr || reinterpret_cast<uintptr_t>(a.grad_out) % 16 == 0;
+  const bool grad_out_fits = a.grad_out == nullptr || aligned(a.grad_out, {a.dim_value});
   return fits(a.q_content, a.dim_content) && fits(a.k_content, a.dim_content) && fits(a.q_pos, a.dim_pos) &&
-         fits(a.k_pos, a.dim_pos) && fits(a.value, a.dim_value) && a.dim_value % 8 == 0 && grad_out_fits;
+         fits(a.k_pos, a.dim_pos) && fits(a.value, a.dim_value) && grad_out_fits;
 }
 
 // The head's product widths: k-steps of 16 over each operand, and 8-wide output tiles (even).

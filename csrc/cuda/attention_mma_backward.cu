@@ -19,9 +19,9 @@ namespace {
 // (dO V^T, or its transpose V dO^T in the key pass).
 template <typename T, bool kHasPos, int N, int L>
 __device__ __forceinline__ void logits_and_grad_probs(Accum (&logits)[N], Accum (&grad_probs)[N],
-                                                      const uint16_t (*rows_content)[L], const uint16_t (*rows_pos)[L],
-                                                      const uint16_t (*rows_value)[L], const uint16_t (*cols_content)[L],
-                                                      const uint16_t (*cols_pos)[L], const uint16_t (*cols_value)[L],
+                                                      const Bits<T> (*rows_content)[L], const Bits<T> (*rows_pos)[L],
+                                                      const Bits<T> (*rows_value)[L], const Bits<T> (*cols_content)[L],
+                                                      const Bits<T> (*cols_pos)[L], const Bits<T> (*cols_value)[L],
                                                       const MmaWidths& width) {
   zero(logits);
   zero(grad_probs);
@@ -31,10 +31,21 @@ __device__ __forceinline__ void logits_and_grad_probs(Accum (&logits)[N], Accum 
 }
 
 template <typename T, int W, bool kHasPos>
+struct KeyGradTiles {
+  MmaKeyTiles<T, W, kMmaBlockRows, kHasPos> keys;  // this block's keys, resident
+  MmaQueryTiles<T, W, mma_tile_rows<W>(), kHasPos, true> queries;
+};
+
+template <typename T, int W, bool kHasPos>
+struct QueryGradTiles {
+  MmaQueryTiles<T, W, kMmaBlockRows, kHasPos, true> queries;  // this block's queries, resident
+  MmaKeyTiles<T, W, mma_tile_rows<W>(), kHasPos> keys;
+};
+
+template <typename T, int W, bool kHasPos>
 __global__ void __launch_bounds__(kMmaThreads) mma_key_grad_kernel(const AttentionArgs a, bool vectorized) {
   constexpr int BQ = mma_tile_rows<W>();
-  __shared__ MmaKeyTiles<W, kMmaBlockRows, kHasPos> keys;  // this block's keys, resident
-  __shared__ MmaQueryTiles<W, BQ, kHasPos, true> queries;
+  auto& [keys, queries] = shared_tiles<KeyGradTiles<T, W, kHasPos>>();
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
   const int64_t k0 = int64_t(blockIdx.y) * kMmaBlockRows;
   const int warp = threadIdx.x / 32;
@@ -81,8 +92,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_key_grad_kernel(const Attenti
 template <typename T, int W, bool kHasPos>
 __global__ void __launch_bounds__(kMmaThreads) mma_query_grad_kernel(const AttentionArgs a, bool vectorized) {
   constexpr int BN = mma_tile_rows<W>();
-  __shared__ MmaQueryTiles<W, kMmaBlockRows, kHasPos, true> queries;  // this block's queries, resident
-  __shared__ MmaKeyTiles<W, BN, kHasPos> keys;
+  auto& [queries, keys] = shared_tiles<QueryGradTiles<T, W, kHasPos>>();
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
   const int64_t q0 = int64_t(blockIdx.y) * kMmaBlockRows;
   const int warp = threadIdx.x / 32;
@@ -127,15 +137,17 @@ __global__ void __launch_bounds__(kMmaThreads) mma_query_grad_kernel(const Atten
 template <typename T, int W, bool kHasPos>
 struct LaunchMmaBackward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
-    const bool vectorized = operands_vectorized(a);
+    const bool vectorized = operands_vectorized<T>(a);
     launch_delta<T>(a, stream);
     if (a.num_keys > 0) {
       const dim3 key_grid(a.batch * a.heads, ceil_div(a.num_keys, kMmaBlockRows));
-      mma_key_grad_kernel<T, W, kHasPos><<<key_grid, kMmaThreads, 0, stream>>>(a, vectorized);
+      const cudaError_t error = launch_with_tiles<KeyGradTiles<T, W, kHasPos>>(mma_key_grad_kernel<T, W, kHasPos>,
+                                                                               key_grid, stream, a, vectorized);
+      if (error != cudaSuccess) return error;
     }
     const dim3 query_grid(a.batch * a.heads, ceil_div(a.num_queries, kMmaBlockRows));
-    mma_query_grad_kernel<T, W, kHasPos><<<query_grid, kMmaThreads, 0, stream>>>(a, vectorized);
-    return cudaGetLastError();
+    return launch_with_tiles<QueryGradTiles<T, W, kHasPos>>(mma_query_grad_kernel<T, W, kHasPos>, query_grid, stream,
+                                                             a, vectorized);
   }
 };
 

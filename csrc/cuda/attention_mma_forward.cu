@@ -1,5 +1,5 @@
-// Tensor-core modulated attention, forward: bf16/fp16 operands, fp32 accumulators and softmax
-// statistics (the layout and helpers are attention_mma.cuh's).
+// Tensor-core modulated attention, forward: bf16/fp16 (or tf32) operands, fp32 accumulators and
+// softmax statistics (the layout and helpers are attention_mma.cuh's).
 //
 // Grid: batch*heads x query blocks of 64 x key splits. Each warp keeps its 16 queries' output
 // accumulators and running max / sum in registers and walks the key tiles of its split: the
@@ -53,10 +53,15 @@ __device__ __forceinline__ void softmax_step(Accum (&s)[N], const float* bias, f
 }
 
 template <typename T, int W, bool kHasPos>
+struct ForwardTiles {
+  MmaQueryTiles<T, W, kMmaBlockRows, kHasPos, false> queries;
+  MmaKeyTiles<T, W, kMmaKeyTile, kHasPos> keys;
+};
+
+template <typename T, int W, bool kHasPos>
 __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttentionArgs a, bool vectorized) {
   constexpr int BN = kMmaKeyTile;
-  __shared__ MmaQueryTiles<W, kMmaBlockRows, kHasPos, false> queries;
-  __shared__ MmaKeyTiles<W, BN, kHasPos> keys;
+  auto& [queries, keys] = shared_tiles<ForwardTiles<T, W, kHasPos>>();
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
   const int64_t q0 = int64_t(blockIdx.y) * kMmaBlockRows;
   const int warp = threadIdx.x / 32;
@@ -136,7 +141,9 @@ template <typename T, int W, bool kHasPos>
 struct LaunchMmaForward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
     const dim3 grid(a.batch * a.heads, ceil_div(a.num_queries, kMmaBlockRows), a.num_splits);
-    mma_forward_kernel<T, W, kHasPos><<<grid, kMmaThreads, 0, stream>>>(a, operands_vectorized(a));
+    const cudaError_t error = launch_with_tiles<ForwardTiles<T, W, kHasPos>>(mma_forward_kernel<T, W, kHasPos>, grid,
+                                                                             stream, a, operands_vectorized<T>(a));
+    if (error != cudaSuccess) return error;
     if (a.num_splits > 1) {
       const int64_t elements = a.batch * a.heads * a.num_queries * a.dim_value;
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(elements, 256), 65535));

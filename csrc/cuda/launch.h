@@ -48,7 +48,7 @@ struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {
 
 cudaError_t attention_forward(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t attention_backward(const AttentionArgs& args, cudaStream_t stream);
-// The tensor-core path: bfloat16 and float16 on sm_80+ (ops_cuda.cpp chooses the path).
+// The tensor-core path on sm_80+: bfloat16, float16, and float32 as tf32 (ops_cuda.cpp chooses the path).
 cudaError_t attention_forward_mma(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t attention_backward_mma(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t sine_embed_forward(const SineEmbedArgs& args, cudaStream_t stream);

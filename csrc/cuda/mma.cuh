@@ -1,30 +1,44 @@
-// Warp-level tensor-core building blocks of the attention kernels (attention_mma_*.cu): the
-// sm_80 mma.sync m16n8k16 with fp32 accumulators on bf16/fp16 operands, ldmatrix loads from
-// shared memory, and the 16-bit shared-memory tiles they read.
+// Warp-level tensor-core building blocks of the attention kernels (attention_mma_*.cu): sm_80
+// mma.sync with fp32 accumulators, m16n8k16 on bf16/fp16 operands (read by ldmatrix) and m16n8k8
+// on tf32 operands (float32 inputs where TF32 is allowed; read element by element), and the
+// shared-memory tiles they read.
 //
-// Fragment layouts (PTX ISA, "mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
-//   A (16x16, row-major) 4 regs: (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)
-//   B (16x8, "col")      2 regs: (k 2t..2t+1, n g), (k 2t+8.., n g)
-//   C (16x8, fp32)       4 floats: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
-// Two C tiles side by side (16x16) hold exactly the values of one A fragment, which is how the
-// probabilities computed by one product feed the next one without leaving registers.
-#pragma once
-
-#include <cstdint>
-#include <type_traits>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// Fragment layouts (PTX ISA, "mma.m16n8k16" and "mma.m16n8k8"), with g = lane / 4, t = lane % 4:
+//   16-bit A (16x16, row-major) 4 regs: (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)
+//   16-bit B (16x8, "col")      2 regs: (k 2t..2t+1, n g), (k 2t+8.., n g)
+//   tf32 A (16x8)               4 regs: (g, t), (g+8, t), (g, t+4), (g+8, t+4)
+//   tf32 B (8x8)                2 regs: (k t, n g), (k t+4, n g)
+//   C (16x8, fp32)              4 floats: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
+// Two C tiles side by side (16x16) hold exactly the values of one 16-bit A fragment, which is how
+// the probabilities computed by one product feed the next one without leaving registers. For
+// tf32 one C tile is one A fragment once k is renumbered: the thread's columns 2t and 2t+1 enter
+// as k = t and t+4, and the B operand is read with the same renumbering (rows 2t and 2t+1).
 namespace dabdetr::cuda {
 namespace {
 
-// Shared-memory rows are padded by 8 elements (16 bytes), so the 8 row addresses of one ldmatrix
-// fall in 8 different 16-byte bank groups: strides of 80 or 144 bytes, never a multiple of 128.
-constexpr int kRowPad = 8;
+// How the operands of storage type T sit in shared memory: as Bits (the raw 16 bits of bf16/fp16,
+// or float32 rounded to tf32 in 32 bits), kChunk to a 16-byte copy, and rows padded by kPad
+// elements. 16-bit: 16 bytes, so the 8 row addresses of one ldmatrix fall in 8 different 16-byte
+// bank groups (strides of 80 or 144 bytes, never a multiple of 128). tf32: 4 words, so the
+// element-wise fragment reads of a warp (rows g, or rows 2t and 2t+1, at stride W + 4 words) hit
+// 32 different banks.
+template <typename T>
+struct MmaFormat {
+  using Bits = uint16_t;
+  static constexpr int kPad = 8;
+};
+template <>
+struct MmaFormat<float> {
+  using Bits = uint32_t;
+  static constexpr int kPad = 4;
+};
+template <typename T>
+using Bits = typename MmaFormat<T>::Bits;
+template <typename T>
+constexpr int kChunk = 16 / sizeof(Bits<T>);
 
-template <int W>
-using SmemRows16 = uint16_t[W + kRowPad];  // one row of a 16-bit tile (raw bits of T)
+template <typename T, int W>
+using SmemRows = Bits<T>[W + MmaFormat<T>::kPad];  // one row of a tile
 
 struct Accum {
   float v[4];
@@ -90,49 +104,100 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
+// c += a . b on tensor cores in tf32 (operands already rounded by tf32()).
+__device__ __forceinline__ void mma_m16n8k8_tf32(Accum& c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef DABDETR_MMA_AVAILABLE
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(c.v[0]), "+f"(c.v[1]), "+f"(c.v[2]), "+f"(c.v[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+// x rounded to the nearest tf32 (10 mantissa bits), as torch's TF32 matmuls round their inputs.
+__device__ __forceinline__ uint32_t tf32(float x) {
+#ifdef DABDETR_MMA_AVAILABLE
+  uint32_t bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
+  return bits;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
 // acc[j] (16 x 8 tile j) += A[16 x K] . B[8N x K]^T, with A rows a_rows[0..15] and B rows
-// b_rows[0..8N) of two shared-memory tiles (rows of L = W + kRowPad elements), K = 16 * k_steps from column col0. Both operands are
-// row-major with K contiguous, as queries and keys are stored: the logits Q K^T (and dO V^T).
+// b_rows[0..8N) of two shared-memory tiles (rows of L = W + kPad elements), K = 16 * k_steps.
+// Both operands are row-major with K contiguous, as queries and keys are stored: the logits
+// Q K^T (and dO V^T).
 template <typename T, int N, int L>
-__device__ __forceinline__ void mma_rows_rows(Accum (&acc)[N], const uint16_t (*a_rows)[L],
-                                              const uint16_t (*b_rows)[L], int k_steps) {
+__device__ __forceinline__ void mma_rows_rows(Accum (&acc)[N], const Bits<T> (*a_rows)[L], const Bits<T> (*b_rows)[L],
+                                              int k_steps) {
   static_assert(N % 2 == 0, "B tiles are loaded in pairs");
   const int lane = threadIdx.x % 32;
   for (int kk = 0; kk < k_steps; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, &a_rows[lane % 16][kk * 16 + (lane / 16) * 8]);
+    if constexpr (std::is_same_v<T, float>) {
+      const int g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int j = 0; j < N; j += 2) {
-      uint32_t b[4];  // matrices: (n j, k lo), (n j, k hi), (n j+1, k lo), (n j+1, k hi)
-      ldmatrix_x4(b, &b_rows[j * 8 + (lane / 16) * 8 + lane % 8][kk * 16 + ((lane / 8) % 2) * 8]);
-      mma_m16n8k16<T>(acc[j], a, b[0], b[1]);
-      mma_m16n8k16<T>(acc[j + 1], a, b[2], b[3]);
+      for (int half = 0; half < 2; ++half) {
+        const int k = kk * 16 + half * 8 + t;
+        const uint32_t a[4] = {a_rows[g][k], a_rows[g + 8][k], a_rows[g][k + 4], a_rows[g + 8][k + 4]};
+#pragma unroll
+        for (int j = 0; j < N; ++j) mma_m16n8k8_tf32(acc[j], a, b_rows[j * 8 + g][k], b_rows[j * 8 + g][k + 4]);
+      }
+    } else {
+      uint32_t a[4];
+      ldmatrix_x4(a, &a_rows[lane % 16][kk * 16 + (lane / 16) * 8]);
+#pragma unroll
+      for (int j = 0; j < N; j += 2) {
+        uint32_t b[4];  // matrices: (n j, k lo), (n j, k hi), (n j+1, k lo), (n j+1, k hi)
+        ldmatrix_x4(b, &b_rows[j * 8 + (lane / 16) * 8 + lane % 8][kk * 16 + ((lane / 8) % 2) * 8]);
+        mma_m16n8k16<T>(acc[j], a, b[0], b[1]);
+        mma_m16n8k16<T>(acc[j + 1], a, b[2], b[3]);
+      }
     }
   }
 }
 
 // acc[j] (16 x 8 tile j of the output's columns) += P[16 x K] . B[K x 8N]: P is a 16 x K block of
-// accumulators (K / 8 C tiles, rounded to T here), B is K rows of a row-major shared tile with N
-// contiguous (values, dO, queries or keys), read transposed by ldmatrix.trans. Only the first
+// accumulators (K / 8 C tiles, rounded to T's operand format here), B is K rows of a row-major
+// shared tile with N contiguous (values, dO, queries or keys), read transposed. Only the first
 // n_tiles output tiles (the operand's width, rounded up to 16) are computed.
 template <typename T, int N, int K, int L>
-__device__ __forceinline__ void mma_accum_rows(Accum (&acc)[N], const Accum (&p)[K / 8],
-                                               const uint16_t (*b_rows)[L], int n_tiles) {
+__device__ __forceinline__ void mma_accum_rows(Accum (&acc)[N], const Accum (&p)[K / 8], const Bits<T> (*b_rows)[L],
+                                               int n_tiles) {
   static_assert(K % 16 == 0 && N % 2 == 0, "whole 16 x 16 steps");
   const int lane = threadIdx.x % 32;
+  if constexpr (std::is_same_v<T, float>) {
+    const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    const uint32_t a[4] = {pack2<T>(p[2 * kk].v[0], p[2 * kk].v[1]),
-                           pack2<T>(p[2 * kk].v[2], p[2 * kk].v[3]),
-                           pack2<T>(p[2 * kk + 1].v[0], p[2 * kk + 1].v[1]),
-                           pack2<T>(p[2 * kk + 1].v[2], p[2 * kk + 1].v[3])};
+    for (int kk = 0; kk < K / 8; ++kk) {
+      // Column 2t of the C tile is k = t, column 2t + 1 is k = t + 4 (mma.cuh's header).
+      const uint32_t a[4] = {tf32(p[kk].v[0]), tf32(p[kk].v[2]), tf32(p[kk].v[1]), tf32(p[kk].v[3])};
+      const Bits<T>* even = b_rows[kk * 8 + 2 * t];
+      const Bits<T>* odd = b_rows[kk * 8 + 2 * t + 1];
 #pragma unroll
-    for (int j = 0; j < N; j += 2) {
-      if (j >= n_tiles) break;
-      uint32_t b[4];  // matrices: (k lo, n j), (k hi, n j), (k lo, n j+1), (k hi, n j+1)
-      ldmatrix_x4_trans(b, &b_rows[kk * 16 + ((lane / 8) % 2) * 8 + lane % 8][j * 8 + (lane / 16) * 8]);
-      mma_m16n8k16<T>(acc[j], a, b[0], b[1]);
-      mma_m16n8k16<T>(acc[j + 1], a, b[2], b[3]);
+      for (int j = 0; j < N; ++j) {
+        if (j >= n_tiles) break;
+        mma_m16n8k8_tf32(acc[j], a, even[j * 8 + g], odd[j * 8 + g]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+      const uint32_t a[4] = {pack2<T>(p[2 * kk].v[0], p[2 * kk].v[1]), pack2<T>(p[2 * kk].v[2], p[2 * kk].v[3]),
+                             pack2<T>(p[2 * kk + 1].v[0], p[2 * kk + 1].v[1]),
+                             pack2<T>(p[2 * kk + 1].v[2], p[2 * kk + 1].v[3])};
+#pragma unroll
+      for (int j = 0; j < N; j += 2) {
+        if (j >= n_tiles) break;
+        uint32_t b[4];  // matrices: (k lo, n j), (k hi, n j), (k lo, n j+1), (k hi, n j+1)
+        ldmatrix_x4_trans(b, &b_rows[kk * 16 + ((lane / 8) % 2) * 8 + lane % 8][j * 8 + (lane / 16) * 8]);
+        mma_m16n8k16<T>(acc[j], a, b[0], b[1]);
+        mma_m16n8k16<T>(acc[j + 1], a, b[2], b[3]);
+      }
     }
   }
 }
@@ -143,31 +208,41 @@ __device__ __forceinline__ void zero(Accum (&acc)[N]) {
   for (int j = 0; j < N; ++j) acc[j] = Accum{{0.f, 0.f, 0.f, 0.f}};
 }
 
-// dst[r][0..W) = the first `dim` elements of source row row0 + r (zero past num_rows and dim).
-// vectorized: every row start is 16-byte aligned and dim % 8 == 0 (checked by the launcher), so
-// whole 8-element chunks are copied with one 16-byte load.
-template <int R, int W>
-__device__ void load_rows16(SmemRows16<W>* dst, const void* base, int64_t stride_n, int64_t row0,
-                            int64_t num_rows, int64_t dim, bool vectorized) {
-  const uint16_t* rows = static_cast<const uint16_t*>(base);
-  constexpr int kChunks = W / 8;
+// An element of T as the tensor cores read it: bf16/fp16 bits as they are, float32 rounded to tf32.
+template <typename T>
+__device__ __forceinline__ Bits<T> operand_bits(Bits<T> raw) {
+  if constexpr (std::is_same_v<T, float>)
+    return tf32(__uint_as_float(raw));
+  else
+    return raw;
+}
+
+// dst[r][0..W) = the first `dim` elements of source row row0 + r (zero past num_rows and dim), in
+// T's operand format. vectorized: every row start is 16-byte aligned and dim % kChunk<T> == 0
+// (operands_vectorized), so whole chunks are copied with one 16-byte load.
+template <typename T, int R, int W>
+__device__ void load_rows(SmemRows<T, W>* dst, const void* base, int64_t stride_n, int64_t row0, int64_t num_rows,
+                          int64_t dim, bool vectorized) {
+  using B = Bits<T>;
+  constexpr int kC = kChunk<T>, kChunks = W / kC;
+  const B* rows = static_cast<const B*>(base);
   for (int idx = threadIdx.x; idx < R * kChunks; idx += blockDim.x) {
-    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const int r = idx / kChunks, c = (idx % kChunks) * kC;
     const int64_t row = row0 + r;
-    uint4 chunk = make_uint4(0, 0, 0, 0);
+    alignas(16) B chunk[kC] = {};
     if (row < num_rows && c < dim) {
-      const uint16_t* src = rows + row * stride_n + c;
+      const B* src = rows + row * stride_n + c;
       if (vectorized) {
-        chunk = *reinterpret_cast<const uint4*>(src);
+        *reinterpret_cast<uint4*>(chunk) = *reinterpret_cast<const uint4*>(src);
       } else {
-        uint16_t e[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) e[i] = c + i < dim ? src[i] : uint16_t(0);
-        chunk = make_uint4(e[0] | (uint32_t(e[1]) << 16), e[2] | (uint32_t(e[3]) << 16),
-                           e[4] | (uint32_t(e[5]) << 16), e[6] | (uint32_t(e[7]) << 16));
+        for (int i = 0; i < kC; ++i)
+          if (c + i < dim) chunk[i] = src[i];
       }
+#pragma unroll
+      for (int i = 0; i < kC; ++i) chunk[i] = operand_bits<T>(chunk[i]);
     }
-    *reinterpret_cast<uint4*>(&dst[r][c]) = chunk;
+    *reinterpret_cast<uint4*>(&dst[r][c]) = *reinterpret_cast<const uint4*>(chunk);
   }
 }
 

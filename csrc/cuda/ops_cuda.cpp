@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -23,9 +24,10 @@ namespace dabdetr {
 namespace cuda {
 
 // The attention kernels' paths, chosen per call by attention_path() below: "simt" (any dtype,
-// fp32 FMAs), "tensor_core" (bf16/fp16 on sm_80+, attention_mma_*.cu), or "auto" (the tensor-core
-// path wherever it serves). DABDETR_ATTENTION_PATH overrides the default. The default stays "simt"
-// until the tensor-core kernels have passed their tests on a GPU (they have not run on one yet).
+// fp32 FMAs), "tensor_core" (attention_mma_*.cu on sm_80+: bf16/fp16, and float32 as tf32 where
+// torch allows TF32 matmuls), or "auto" (the tensor-core path wherever it serves).
+// DABDETR_ATTENTION_PATH overrides the default. The default stays "simt" until the tensor-core
+// kernels have passed their tests on a GPU (they have not run on one yet).
 constexpr const char* kDefaultAttentionPath = "simt";
 
 namespace {
@@ -60,6 +62,9 @@ pybind11::dict cuda_build_info() {
   paths.append("tensor_core");
   info["cuda_attention_paths"] = paths;
   info["cuda_attention_default_path"] = kDefaultAttentionPath;
+  pybind11::list tensor_core_dtypes;  // float32 only where TF32 is allowed (attention_path)
+  for (const auto t : {at::kHalf, at::kBFloat16, at::kFloat}) tensor_core_dtypes.append(dtype_name(t));
+  info["cuda_tensor_core_dtypes"] = tensor_core_dtypes;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
 }
@@ -121,6 +126,11 @@ int device_attribute(cudaDeviceAttr attribute) {
   return value;
 }
 
+// float32 takes the tensor cores (in tf32: 10 mantissa bits) only where torch's own float32
+// matmuls do: torch.backends.cuda.matmul.allow_tf32 = True or set_float32_matmul_precision("high"
+// or "medium"). Otherwise float32 stays exact.
+bool tf32_allowed() { return at::globalContext().allowTF32CuBLAS(); }
+
 AttentionPath attention_path(const AttentionArgs& a, const char* op) {
   const char* env = std::getenv("DABDETR_ATTENTION_PATH");
   const std::string choice = env != nullptr && *env != '\0' ? env : kDefaultAttentionPath;
@@ -134,11 +144,16 @@ AttentionPath attention_path(const AttentionArgs& a, const char* op) {
   }();
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
   const bool half = a.dtype == Dtype::kFloat16 || a.dtype == Dtype::kBFloat16;
-  const bool served = half && major >= 8 && built;
-  TORCH_CHECK(served || choice == "auto", op, ": DABDETR_ATTENTION_PATH=tensor_core serves float16 and bfloat16 on ",
-              "sm_80 or newer with the extension built for it, got ", half ? "a 16-bit dtype" : "float32/float64",
-              " on sm_", major, device_attribute(cudaDevAttrComputeCapabilityMinor), " (built for ", DABDETR_CUDA_ARCHS,
-              ")");
+  const bool tf32 = a.dtype == Dtype::kFloat32 && tf32_allowed();
+  const bool served = (half || tf32) && major >= 8 && built;
+  const char* dtype = half ? "a 16-bit dtype"
+                      : a.dtype == Dtype::kFloat64 ? "float64"
+                      : tf32 ? "float32 with TF32 allowed"
+                             : "float32 with TF32 not allowed";
+  TORCH_CHECK(served || choice == "auto", op, ": DABDETR_ATTENTION_PATH=tensor_core serves float16 and bfloat16, ",
+              "and float32 where torch allows TF32 (torch.backends.cuda.matmul.allow_tf32 = True), on sm_80 or newer ",
+              "with the extension built for it, got ", dtype, " on sm_", major,
+              device_attribute(cudaDevAttrComputeCapabilityMinor), " (built for ", DABDETR_CUDA_ARCHS, ")");
   return served ? AttentionPath::kTensorCore : AttentionPath::kSimt;
 }
 
