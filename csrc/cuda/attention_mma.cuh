@@ -23,14 +23,15 @@ static_assert(kMmaBlockRows == kMmaRowsPerBlock, "launch.h's block rows follow t
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Rows of the other side staged per step in the backward: 64, or 32 for 64-wide heads, whose
-// three gradient accumulators of 64 columns (96 registers a thread) leave no room for 64-column
-// logits and dS.
+// Rows of the other side staged per step in the backward: 64, or 32 for 64-wide heads, whose three
+// gradient accumulators of 64 columns hold 96 registers a thread already (ptxas: about 165 in
+// all for the key pass at 32 rows); 64 rows would add 32 more for the logits and dS. A choice
+// from register counts, to be measured.
 template <int W>
 __host__ __device__ constexpr int mma_tile_rows() { return W == 64 ? 32 : 64; }
 
-// The kernels' tiles live in dynamic shared memory (float32 ones outgrow the 48 KB of static
-// shared memory: 87 KB for the 64-wide forward), within the 99 KB every sm_80+ GPU grants a block.
+// The kernels' tiles live in dynamic shared memory: float32 ones outgrow the 48 KiB of static
+// shared memory (85 KiB for the 64-wide forward), within the 99 KiB every sm_80+ GPU grants a block.
 constexpr size_t kMaxMmaSharedBytes = 99 * 1024;
 
 template <typename Tiles>
@@ -43,7 +44,7 @@ __device__ __forceinline__ Tiles& shared_tiles() {
 // limit where that is past the default 48 KB.
 template <typename Tiles, typename... Args>
 cudaError_t launch_with_tiles(void (*kernel)(Args...), dim3 grid, cudaStream_t stream, Args... args) {
-  static_assert(sizeof(Tiles) <= kMaxMmaSharedBytes, "tiles beyond the shared memory of sm_86/sm_89");
+  static_assert(sizeof(Tiles) <= kMaxMmaSharedBytes, "tiles beyond the 99 KiB of shared memory of sm_86/sm_89");
   if constexpr (sizeof(Tiles) > 48 * 1024) {
     const cudaError_t error =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sizeof(Tiles)));

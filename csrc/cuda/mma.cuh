@@ -13,6 +13,14 @@
 // the probabilities computed by one product feed the next one without leaving registers. For
 // tf32 one C tile is one A fragment once k is renumbered: the thread's columns 2t and 2t+1 enter
 // as k = t and t+4, and the B operand is read with the same renumbering (rows 2t and 2t+1).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 namespace dabdetr::cuda {
 namespace {
 

@@ -89,9 +89,10 @@ def kernel_info():
     cpu_isa (instruction set the CPU kernels run with), cpu_dtypes and cuda_dtypes (the dtypes
     their kernels serve, e.g. "float32"), cuda (bool: CUDA kernels), cuda_archs (list of str),
     cuda_version (str or None), cuda_max_head_dim and cuda_max_attention_rows (the CUDA
-    kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]) and
-    cuda_attention_default_path (the one used unless DABDETR_ATTENTION_PATH says otherwise; with
-    CUDA only), torch_version (torch the extension was built against), runtime_torch_version.
+    kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
+    cuda_attention_default_path (the one used unless DABDETR_ATTENTION_PATH says otherwise) and
+    cuda_tensor_core_dtypes (the tensor-core path's: float32 only where TF32 is allowed; with CUDA
+    only), torch_version (torch the extension was built against), runtime_torch_version.
     """
     info = {
         "extension_loaded": _C is not None,
