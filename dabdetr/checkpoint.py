@@ -3,7 +3,9 @@ checkpoint format with the files a run keeps.
 
 A training checkpoint is a dict saved with torch.save, loadable with weights_only=True:
 
-    format "dabdetr-train-checkpoint"; model (state dict); model_config, train_config (dicts);
+    format "dabdetr-train-checkpoint"; model (state dict); ema_model (the state dict of the
+    weights' moving average, None without ema_decay) and ema_updates (the steps it averaged);
+    model_config, train_config (dicts);
     optimizer, scheduler, grad_scaler (state dicts, grad_scaler None without fp16 AMP);
     epoch (the number of finished epochs); step (the steps of the next epoch already done: 0, or
     more in a mid-epoch checkpoint) and epoch_totals (their loss sums, "steps" their count);

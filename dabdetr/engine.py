@@ -50,7 +50,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
             micro_batches = [next(batches) for _ in range(accumulate_steps)]
             logged = train_step(model, criterion, micro_batches, optimizer, device, clip_max_norm, amp, grad_scaler,
                                 where=f"epoch {epoch}, step {step}")
-            skipped = sum(loader.batch_size - len(targets) for _, _, targets in micro_batches)
+            skipped = sum(loader.batch_sampler.batch_size - len(targets) for _, _, targets in micro_batches)
             totals["skipped_images"] = totals.get("skipped_images", 0) + distributed.all_reduce_sum(skipped)
             for k, v in logged.items():
                 totals[k] = totals.get(k, 0.0) + v

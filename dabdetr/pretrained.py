@@ -117,7 +117,8 @@ def _load_source(path, source, checkpoint=None):
             raise ValueError(f"{path}: source='dabdetr-train' expects a checkpoint written by `dabdetr train`")
         metadata = {"class_names": _class_names(checkpoint.get("class_names")),
                     "train_config": checkpoint["train_config"]}
-        return checkpoint["model"], checkpoint["model_config"], metadata
+        # A run with ema_decay evaluated (and chose best.pt by) its moving average: serve that.
+        return checkpoint.get("ema_model") or checkpoint["model"], checkpoint["model_config"], metadata
     key = "model" if source == "official" else "state_dict"
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")

@@ -34,6 +34,7 @@ class TrainConfig(DictConfig):
     synthetic_max_objects: int = 5
     synthetic_object_size: tuple = (0.12, 0.45)  # side range, fraction of the image
     synthetic_max_overlap: float = 0.3  # largest IoU between two shapes of an image
+    group_by_aspect_ratio: bool = True  # training batches of landscape or portrait images only (less padding)
     hflip_prob: float = 0.5  # horizontal flips in training
     train_sizes: tuple = COCO_TRAIN_SIZES  # shorter side, drawn per image
     max_size: int = COCO_MAX_SIZE  # longer side cap
@@ -50,6 +51,8 @@ class TrainConfig(DictConfig):
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     amp: str = "off"  # "bf16" | "fp16" autocast (fp16 with a gradient scaler)
+    ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights,
+    # updated after every optimizer step (ema = decay * ema + (1 - decay) * weights); 0: off
 
     # Loss weights and matching costs (the published ones; the same for every decoder layer).
     loss_ce: float = 1.0  # sigmoid focal classification loss
@@ -82,6 +85,8 @@ class TrainConfig(DictConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: per epoch only), got {self.checkpoint_every}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         self.train_sizes, self.crop_resize_sizes, self.crop_size, self.synthetic_object_size = (

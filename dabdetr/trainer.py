@@ -15,7 +15,6 @@ Files in output_dir (written by rank 0):
     tensorboard/    with tensorboard=True: the log.jsonl numbers and the evaluation pictures
 """
 
-import itertools
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dabdetr import distributed
@@ -39,6 +39,7 @@ from dabdetr.checkpoint import (
 )
 from dabdetr.criterion import SetCriterion
 from dabdetr.data import build_datasets, collate_detection
+from dabdetr.data.batching import TrainBatchSampler
 from dabdetr.engine import evaluate, train_one_epoch
 from dabdetr.matcher import HungarianMatcher
 from dabdetr.models import DABDETR
@@ -81,19 +82,6 @@ def peak_memory_mb(device):
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch after its first `skip` indices: a mid-epoch
-    resume continues the epoch's own order (which depends on the seed and epoch only)."""
-
-    skip = 0
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self):
-        return super().__len__() - self.skip
 
 
 def parameter_groups(model, config: TrainConfig):
@@ -171,20 +159,25 @@ class Trainer:
                                            fused=self.device.type in ("cpu", "cuda"))  # one kernel per step
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_drop)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
+        # The weights evaluated and exported: the model's, or their moving average.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay else None)
+        self.eval_model = self.ema.module if self.ema is not None else self.model
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
         if checkpoint is not None:
             self._restore(checkpoint, resume_path)
 
-        self.train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, shuffle=True, seed=config.seed,
-                                          drop_last=True)
+        portrait = self.train_set.portrait_flags() if config.group_by_aspect_ratio else None
+        self.train_batches = TrainBatchSampler(self.train_set, config.batch_size, self.world_size, self.rank,
+                                               config.seed, portrait)
         self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
         workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
                    "pin_memory": self.device.type == "cuda",
                    "worker_init_fn": ignore_preemption_signals if config.num_workers else None}
         # The loader's own generator (worker seeds only): drawing from the global one at each
         # epoch's start would shift the model's random stream after a mid-epoch resume.
-        self.train_loader = DataLoader(self.train_set, config.batch_size, sampler=self.train_sampler, drop_last=True,
+        self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_batches,
                                        generator=torch.Generator().manual_seed(config.seed + self.rank), **workers)
         self.val_loader = DataLoader(self.val_set, config.batch_size, sampler=self.val_sampler, **workers)
         if len(self.train_loader) < config.accumulate_steps:
@@ -201,6 +194,8 @@ class Trainer:
         return {
             "format": TRAIN_CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
+            "ema_model": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
             "model_config": self.model.config.to_dict(),
             "train_config": self.config.to_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -217,6 +212,9 @@ class Trainer:
 
     def _restore(self, checkpoint, path):
         self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(checkpoint["ema_model"])
+            self.ema.n_averaged.fill_(checkpoint["ema_updates"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.grad_scaler is not None and checkpoint["grad_scaler"] is not None:
@@ -285,15 +283,17 @@ class Trainer:
     def train_epoch(self, epoch, start_step=0):
         """Trains epoch `epoch` from its step start_step (> 0: a mid-epoch resume)."""
         config = self.config
-        self.train_sampler.set_epoch(epoch)
+        self.train_batches.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        self.train_sampler.skip = start_step * config.batch_size * config.accumulate_steps
+        self.train_batches.skip = start_step * config.accumulate_steps
         remaining = len(self.train_loader) // config.accumulate_steps
         steps = start_step + remaining
         if start_step == 0:
             self.epoch_totals = {"steps": 0}
 
         def after_step(step, losses):
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if step % config.log_every == 0 or step == steps - 1:
                 self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * steps + step,
                            "lr": self.optimizer.param_groups[0]["lr"], **losses})
@@ -308,7 +308,7 @@ class Trainer:
                                 config.clip_max_norm, config.amp, self.grad_scaler, after_step,
                                 show_progress=config.progress, start_step=start_step, totals=self.epoch_totals,
                                 accumulate_steps=config.accumulate_steps)
-        self.train_sampler.skip = 0
+        self.train_batches.skip = 0
         elapsed = time.perf_counter() - start
         images = remaining * config.batch_size * config.accumulate_steps * self.world_size - means["skipped_images"]
         if means["skipped_images"]:
@@ -321,7 +321,7 @@ class Trainer:
 
     def evaluate(self, epoch):
         model_config = self.model.config
-        metrics, results = evaluate(self.model, self.val_loader, self.val_set.coco, self.val_set.label_to_category_id,
+        metrics, results = evaluate(self.eval_model, self.val_loader, self.val_set.coco, self.val_set.label_to_category_id,
                                     self.device, model_config.num_select, self.config.amp, self.config.progress)
         table = metrics.pop("table")
         self._log({"type": "eval", "epoch": epoch, **metrics})
@@ -337,7 +337,7 @@ class Trainer:
 
         from dabdetr.plots import detection_grid
 
-        grid = detection_grid(self.model, self.val_set, self.device)
+        grid = detection_grid(self.eval_model, self.val_set, self.device)
         if grid is not None:
             self.tensorboard.add_image("eval/detections", np.asarray(grid), epoch, dataformats="HWC")
 
@@ -382,11 +382,11 @@ class Trainer:
         """metrics.json, detections.png and model/ at the end of training."""
         from dabdetr.plots import save_detection_grid
 
-        self.model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
+        self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
         summary = {**metrics, "epochs": self.config.epochs, "preset": self.config.preset,
                    "dataset": self.config.data_root or "synthetic", "val_images": len(self.val_set),
                    "train_time_s": sum(r["time_s"] for r in self.log_records if r["type"] == "epoch"),
                    "device": str(self.device), "world_size": self.world_size}
         atomic_write(os.path.join(self.output_dir, "metrics.json"), lambda f: json.dump(summary, f, indent=1))
-        save_detection_grid(self.model, self.val_set, self.device, os.path.join(self.output_dir, "detections.png"))
+        save_detection_grid(self.eval_model, self.val_set, self.device, os.path.join(self.output_dir, "detections.png"))
         logger.info("wrote %s/{metrics.json, curves.png, detections.png, model/}", self.output_dir)

@@ -106,8 +106,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     # 3 steps per epoch; checkpoints every 2 steps; the run dies at the last step of epoch 1,
     # after the checkpoint of its step 2, and resumes from there (the straight run writes only
-    # per-epoch checkpoints, so writing them changes nothing either).
-    run = {"synthetic_train_images": 12, "epochs": 2}
+    # per-epoch checkpoints, so writing them changes nothing either). With a weight average, which
+    # must resume too.
+    run = {"synthetic_train_images": 12, "epochs": 2, "ema_decay": 0.9}
     Trainer(tiny_config(tmp_path / "straight", **run)).fit()
     original_forward, calls = SetCriterion.forward, {"n": 0}
 
@@ -128,12 +129,36 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     for epoch in (0, 1):
         assert len(step_losses(tmp_path / "straight", epoch)) == 3
         assert step_losses(tmp_path / "straight", epoch) == step_losses(tmp_path / "cut", epoch)
-    straight = load_train_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["model"]
-    resumed = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))["model"]
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    straight, resumed = (load_train_checkpoint(str(tmp_path / name / "checkpoint.pt")) for name in ("straight", "cut"))
+    for key in ("model", "ema_model"):
+        assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key]), key
+    assert straight["ema_updates"] == resumed["ema_updates"] == 6
+    assert [r for r in log_records(tmp_path / "straight") if r["type"] == "eval"] == [
+        r for r in log_records(tmp_path / "cut") if r["type"] == "eval"]
 
     straight_means, cut_means = (epoch_mean_losses(tmp_path / name) for name in ("straight", "cut"))
     assert len(straight_means) == 2 and straight_means == cut_means  # the means span the resume
+
+
+def test_ema_weights_average_the_steps_and_are_what_is_evaluated_and_served(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, epochs=1, eval_every=1, ema_decay=0.7))
+    after_steps = []
+    trainer.optimizer.register_step_post_hook(
+        lambda *_: after_steps.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
+    trainer.fit()
+    assert len(after_steps) == 2  # 8 images, batch 4
+    # The first update copies the weights; each later one moves 30% of the way to them.
+    expected = {k: 0.7 * after_steps[0][k] + 0.3 * after_steps[1][k] for k in after_steps[0]
+                if after_steps[0][k].is_floating_point()}
+    averaged = trainer.ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(averaged[k], v, rtol=1e-6, atol=1e-7, msg=k)
+    assert any(not torch.equal(after_steps[0][k], after_steps[1][k]) for k in expected)
+    # best.pt and model/ hold the average: what the logged evaluation measured.
+    served = from_pretrained(str(tmp_path / "best.pt")).state_dict()
+    exported = from_pretrained(str(tmp_path / "model")).state_dict()
+    for k, v in averaged.items():
+        assert torch.equal(served[k], v) and torch.equal(exported[k], v), k
 
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
@@ -440,7 +465,7 @@ def test_two_accumulated_batches_of_one_update_like_one_batch_of_two(tmp_path):
     accumulated = Trainer(tiny_config(tmp_path / "accumulated", batch_size=1, accumulate_steps=2, **run))
     assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
                                                  accumulated.model.state_dict().values()))
-    whole.train_sampler.shuffle = accumulated.train_sampler.shuffle = False
+    whole.train_batches.sampler.shuffle = accumulated.train_batches.sampler.shuffle = False
     for trainer in (whole, accumulated):
         trainer.train_epoch(0)
     # The gradients the one step applied (Adam's first step, lr * g / |g|, would magnify the float

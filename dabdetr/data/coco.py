@@ -102,6 +102,11 @@ class CocoDetection(torch.utils.data.Dataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
+    def portrait_flags(self):
+        """Per image: taller than wide, by its annotation's size (False where it gives none)."""
+        infos = (self.coco.imgs[image_id] for image_id in self.image_ids)
+        return [info.get("height", 0) > info.get("width", 0) for info in infos]
+
     def load_image(self, image_info):
         """The PIL RGB image of an entry of coco.imgs."""
         return open_image(os.path.join(self.image_dir, image_info["file_name"]))
