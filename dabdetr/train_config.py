@@ -51,6 +51,7 @@ class TrainConfig(DictConfig):
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     amp: str = "off"  # "bf16" | "fp16" autocast (fp16 with a gradient scaler)
+    channels_last: bool = False  # the backbone's weights and activations in NHWC layout (faster CPU convolutions)
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights,
     # updated after every optimizer step (ema = decay * ema + (1 - decay) * weights); 0: off
 

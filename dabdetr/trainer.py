@@ -8,7 +8,7 @@ Files in output_dir (written by rank 0):
     best.pt         the same at the best AP so far
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
     train.log       the text log
-    curves.png      losses and AP over epochs
+    curves.png      losses and AP over epochs (after each evaluation, else at most once a minute)
     metrics.json    the final evaluation (AP, AP50, AP75, APs, APm, APl as fractions)
     detections.png  predictions on held-out images
     model/          the final model for dabdetr.from_pretrained
@@ -84,6 +84,9 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+CURVES_INTERVAL_S = 60
+
+
 def parameter_groups(model, config: TrainConfig):
     """AdamW groups: the backbone at lr_backbone, the rest at lr (weight decay on all, as published)."""
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
@@ -137,6 +140,8 @@ class Trainer:
             model_config = build_model_config(config, self.train_set.num_classes)
         torch.manual_seed(config.seed)  # the same initial model on every rank
         self.model = DABDETR(model_config).to(self.device)
+        if config.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)  # its activations follow the weights
         if self.rank > 0:
             # Then a stream of its own (dropout, denoising noise); rank 0 continues the one above,
             # so a one-process run is unchanged by the number of processes it could have had.
@@ -321,8 +326,9 @@ class Trainer:
 
     def evaluate(self, epoch):
         model_config = self.model.config
-        metrics, results = evaluate(self.eval_model, self.val_loader, self.val_set.coco, self.val_set.label_to_category_id,
-                                    self.device, model_config.num_select, self.config.amp, self.config.progress)
+        metrics, results = evaluate(self.eval_model, self.val_loader, self.val_set.coco,
+                                    self.val_set.label_to_category_id, self.device, model_config.num_select,
+                                    self.config.amp, self.config.progress)
         table = metrics.pop("table")
         self._log({"type": "eval", "epoch": epoch, **metrics})
         if self.tensorboard is not None:
@@ -356,7 +362,7 @@ class Trainer:
     def _fit(self):
         from dabdetr.plots import plot_training_curves  # matplotlib loads only when training
 
-        config, metrics = self.config, None
+        config, metrics, curves_time = self.config, None, time.monotonic()
         if self.is_main:
             logger.info("training %s on %s for epochs %d..%d on %s x%d; output in %s", config.preset,
                         config.data_root or "synthetic shapes", self.start_epoch, config.epochs - 1, self.device,
@@ -367,8 +373,11 @@ class Trainer:
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 metrics, _ = self.evaluate(epoch)
             self.save_checkpoint(epoch + 1, metrics)
-            if self.is_main:
+            # After each evaluation, and otherwise at most every CURVES_INTERVAL_S (a plot costs
+            # about 0.3 s: much of a short epoch).
+            if self.is_main and (metrics is not None or time.monotonic() - curves_time >= CURVES_INTERVAL_S):
                 plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
+                curves_time = time.monotonic()
             if epoch + 1 < config.epochs:
                 self.stop_if_preempted(epoch + 1, 0)
         if metrics is None:  # resumed a finished run: evaluate its final model

@@ -161,6 +161,27 @@ def test_ema_weights_average_the_steps_and_are_what_is_evaluated_and_served(tmp_
         assert torch.equal(served[k], v) and torch.equal(exported[k], v), k
 
 
+def test_ema_decay_outside_its_range_is_refused(tmp_path):
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+            tiny_config(tmp_path, ema_decay=decay)
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    trainers = {}
+    for layout in (False, True):  # one after the other: each seeds the global generator it draws from
+        trainers[layout] = Trainer(tiny_config(tmp_path / str(layout), epochs=1, channels_last=layout))
+        trainers[layout].train_epoch(0)
+    convs = [p for p in trainers[True].model.backbone.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # 1x1 kernels are both; the 3x3 ones are not
+    # The same arithmetic in another order: float32 rounding apart, the same step.
+    assert step_losses(tmp_path / "True", 0) == pytest.approx(step_losses(tmp_path / "False", 0), rel=1e-5)
+    for (name, a), b in zip(trainers[False].model.state_dict().items(), trainers[True].model.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, epochs=1))
     original_forward, calls = DABDETR.forward, {"n": 0}
