@@ -17,8 +17,8 @@ def orientation_batches(indices, portrait, batch_size):
         if len(group) == batch_size:
             batches.append(group.copy())
             group.clear()
-    position = {index: k for k, index in enumerate(indices)}
-    rest = sorted(filling[False] + filling[True], key=position.__getitem__)
+    left_over = set(filling[False] + filling[True])
+    rest = [index for index in indices if index in left_over]
     batches += [rest[start:start + batch_size] for start in range(0, len(rest) - batch_size + 1, batch_size)]
     return batches
 
