@@ -6,6 +6,7 @@ from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, COCO_TRAIN_SI
 from dabdetr.models.config import DictConfig
 
 AMP_MODES = ("off", "bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -44,7 +45,9 @@ class TrainConfig(DictConfig):
 
     # Optimization.
     epochs: int = 50
-    lr_drop: int = 40  # StepLR: lr x 0.1 from this epoch on
+    lr_schedule: str = "step"  # "step": lr x 0.1 from epoch lr_drop on; "cosine": from lr down to 0
+    # along half a cosine over the epochs (lr_drop unused)
+    lr_drop: int = 40
     batch_size: int = 2  # per process
     lr: float = 1e-4
     lr_backbone: float = 1e-5
@@ -81,6 +84,8 @@ class TrainConfig(DictConfig):
     def __post_init__(self):
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "eval_every", "log_every", "accumulate_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -94,6 +94,13 @@ def parameter_groups(model, config: TrainConfig):
     return [{"params": rest, "lr": config.lr}, {"params": backbone, "lr": config.lr_backbone}]
 
 
+def lr_scheduler(optimizer, config: TrainConfig):
+    """The epoch-wise lr schedule of config.lr_schedule (stepped after each epoch)."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_drop)
+
+
 class Trainer:
     """Trainer(config).fit() trains, evaluates and writes output_dir (module doc); a saved run
     continues with Trainer.from_checkpoint(path). Logs go to the "dabdetr" logger (the CLI also
@@ -118,6 +125,9 @@ class Trainer:
                          if k not in cls.RESUMABLE_CHANGES and getattr(config, k) != getattr(saved, k))
         if changed:
             raise ValueError(f"{changed} cannot change when resuming {path} (only {list(cls.RESUMABLE_CHANGES)} can)")
+        if config.lr_schedule == "cosine" and config.epochs != saved.epochs:
+            raise ValueError(f"epochs cannot change when resuming {path}: its cosine lr schedule spans its "
+                             f"{saved.epochs} epochs")
         return cls(config, _resume=(path, checkpoint))
 
     def __init__(self, config: TrainConfig, _resume=None):
@@ -162,7 +172,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.lr,
                                            weight_decay=config.weight_decay,
                                            fused=self.device.type in ("cpu", "cuda"))  # one kernel per step
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_drop)
+        self.scheduler = lr_scheduler(self.optimizer, config)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         # The weights evaluated and exported: the model's, or their moving average.
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)

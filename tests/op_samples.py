@@ -31,6 +31,8 @@ ATTENTION_CASES = [
     AttentionCase("one_key", B=2, H=2, Nq=5, Nk=1),
     AttentionCase("content_only", B=2, H=4, Nq=9, Nk=50, Dc=32, Dp=0, Dv=32, mask="random"),
     AttentionCase("dc_ne_dv", B=1, H=2, Nq=17, Nk=70, Dc=64, Dp=32, Dv=48),
+    # Head dims of single vectors plus a tail (the demo model's head dim is 16).
+    AttentionCase("vectors_and_tail", B=2, H=2, Nq=37, Nk=150, Dc=16, Dp=24, Dv=20, mask="random"),
     AttentionCase("mostly_padded", B=2, H=2, Nq=6, Nk=140, Dc=16, Dp=16, Dv=16, mask="mostly_padded"),
     AttentionCase("one_fully_padded", B=3, H=2, Nq=7, Nk=30, Dc=8, Dp=8, Dv=8, mask="one_fully_padded"),
     AttentionCase("views", B=2, H=4, Nq=35, Nk=140, Dc=32, Dp=32, Dv=32, mask="random", views=True),

@@ -61,6 +61,26 @@ def test_kernel_matches_reference_fp32(case, device):
         assert_error_ratio(grads[name], ref_grads[name], truth_grads[name], 3.0, name, floor=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+def test_kernel_matches_reference_half(case, dtype, device):
+    # The CPU computes 16-bit inputs in float32 and rounds the results once; CUDA's default path
+    # likewise accumulates in float32. Both within the error-ratio bound of the 16-bit reference.
+    inputs = attention_inputs(case, device, dtype, requires_grad=True)
+    truth_inputs = {k: (v.detach().double().requires_grad_() if v is not None and v.is_floating_point() else v)
+                    for k, v in inputs.items()}
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    truth, truth_grads = _run(truth_inputs, "reference", cotangent)
+    out, grads = _run(inputs, "kernel", cotangent.to(dtype))
+    ref_out, ref_grads = _run(inputs, "reference", cotangent.to(dtype))
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads.values())
+    eps = torch.finfo(dtype).eps
+    assert_error_ratio(out, ref_out, truth, 2.0, "out", floor=4 * eps * max(1.0, truth.abs().max().item()))
+    for name in grads:
+        floor = 4 * eps * max(1.0, truth_grads[name].abs().max().item())
+        assert_error_ratio(grads[name], ref_grads[name], truth_grads[name], 3.0, name, floor=floor)
+
+
 def test_fully_padded_rows_give_zeros_and_zero_grads(device):
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)

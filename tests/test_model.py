@@ -340,3 +340,30 @@ def test_denoising_queries_only_in_training():
     assert torch.isfinite(dn["pred_boxes"]).all()
     assert "dn_outputs" not in model.eval()(images, mask, targets)
     assert not hasattr(build_model("dab_detr_r50"), "label_embed")  # off by default: the published weights
+
+
+def test_memory_repeats_decode_like_a_memory_copy_per_query_entry():
+    # The denoising groups share their image's memory projections; decoding them must equal
+    # decoding every group against its own copy of the memory, values and gradients.
+    torch.manual_seed(0)
+    model = build_model("demo", num_queries=10, num_classes=5).double()
+    decoder, bbox_embed = model.transformer.decoder, model.bbox_embed
+    groups, B, S, Nq, d = 3, 2, 24, 4, decoder.config.hidden_dim
+    memory, pos = (torch.randn(B, S, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    mask[1, 16:] = True
+    tgt = torch.randn(B * groups, Nq, d, dtype=torch.float64)
+    anchors = torch.rand(B * groups, Nq, 4, dtype=torch.float64) * 0.5 + 0.25
+    padding = torch.zeros(B * groups, Nq, dtype=torch.bool)
+    padding[groups:, 3] = True
+
+    def repeat(x):
+        return x.repeat_interleave(groups, dim=0)
+
+    shared = decoder(tgt, memory, pos, mask, anchors, bbox_embed, padding, memory_repeats=groups)
+    copied = decoder(tgt, repeat(memory), repeat(pos), repeat(mask), anchors, bbox_embed, padding)
+    for a, b in zip(shared, copied):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    grads = [torch.autograd.grad(out[0].square().sum(), (memory, pos)) for out in (shared, copied)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -167,6 +167,23 @@ def test_ema_decay_outside_its_range_is_refused(tmp_path):
             tiny_config(tmp_path, ema_decay=decay)
 
 
+def test_cosine_schedule_follows_half_a_cosine_over_the_epochs(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, epochs=4, eval_every=4, lr_schedule="cosine", lr=1e-3,
+                                  lr_backbone=2e-4))
+    seen = []
+    trainer.optimizer.register_step_post_hook(
+        lambda optimizer, *_: seen.append([group["lr"] for group in optimizer.param_groups]))
+    trainer.fit()
+    assert len(seen) == 8  # 2 steps per epoch
+    for step, lrs in enumerate(seen):
+        factor = (1 + math.cos(math.pi * (step // 2) / 4)) / 2
+        assert lrs == pytest.approx([1e-3 * factor, 2e-4 * factor], rel=1e-9), step
+    with pytest.raises(ValueError, match="epochs cannot change.*cosine lr schedule spans its 4 epochs"):
+        Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt"), epochs=6)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        tiny_config(tmp_path, lr_schedule="linear")
+
+
 def test_channels_last_trains_like_the_default_layout(tmp_path):
     trainers = {}
     for layout in (False, True):  # one after the other: each seeds the global generator it draws from

@@ -1,6 +1,8 @@
 // CPU registrations of the dabdetr ops: validate, allocate, split the work with
 // at::parallel_for and run the kernels of the instruction set chosen at load time.
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -15,7 +17,9 @@
 namespace dabdetr {
 namespace cpu {
 
-std::vector<std::string> kernel_dtypes() { return {dtype_name(at::kFloat), dtype_name(at::kDouble)}; }
+std::vector<std::string> kernel_dtypes() {
+  return {dtype_name(at::kFloat), dtype_name(at::kDouble), dtype_name(at::kHalf), dtype_name(at::kBFloat16)};
+}
 
 }  // namespace cpu
 
@@ -23,8 +27,21 @@ namespace {
 
 void check_cpu_dtype(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": the CPU kernel supports float32 and float64, got ", t.scalar_type(),
+              ": the CPU kernel supports float32, float64, float16 and bfloat16, got ", t.scalar_type(),
               " (use impl=\"reference\" for other dtypes)");
+}
+
+// float16 and bfloat16 run the float32 kernels on float32 copies, with the results rounded back
+// (the attention's lse stays float32, as on CUDA): a CPU gains nothing from 16-bit arithmetic
+// in these loops, and the copies are O(N D) beside the attention's O(Nq Nk D).
+bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+at::Tensor to_float(const at::Tensor& t) { return t.to(at::kFloat); }
+std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
+template <typename... Tensors>
+std::tuple<Tensors...> rounded_to(at::ScalarType dtype, const std::tuple<Tensors...>& results) {
+  return std::apply([dtype](const auto&... t) { return std::tuple<Tensors...>(t.to(dtype)...); }, results);
 }
 
 // The CPU kernels take typed pointers.
@@ -38,6 +55,11 @@ std::tuple<at::Tensor, at::Tensor> modulated_attention_cpu(
     const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, double scale) {
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
+  if (is_half(q_content)) {
+    auto [out, lse] = modulated_attention_cpu(to_float(q_content), to_float(q_pos), to_float(k_content),
+                                              to_float(k_pos), to_float(value), key_padding_mask, scale);
+    return {out.to(q_content.scalar_type()), lse};
+  }
   check_cpu_dtype(q_content, "modulated_attention");
   at::Tensor out = at::empty({s.batch, s.heads, s.num_queries, s.dim_value}, q_content.options());
   at::Tensor lse = at::empty({s.batch, s.heads, s.num_queries}, q_content.options());
@@ -62,6 +84,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
     const std::optional<at::Tensor>& key_padding_mask, const at::Tensor& out, const at::Tensor& lse,
     double scale) {
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
+  if (is_half(q_content)) {
+    check_attention_backward_inputs(s, q_content, grad_out, out, lse, at::kFloat);
+    return rounded_to(q_content.scalar_type(),
+                      modulated_attention_backward_cpu(to_float(grad_out), to_float(q_content), to_float(q_pos),
+                                                       to_float(k_content), to_float(k_pos), to_float(value),
+                                                       key_padding_mask, to_float(out), lse, scale));
+  }
   check_cpu_dtype(q_content, "modulated_attention_backward");
   check_attention_backward_inputs(s, q_content, grad_out, out, lse, q_content.scalar_type());
   const at::Tensor grad_out_c = grad_out.contiguous(), out_c = out.contiguous(), lse_c = lse.contiguous();
@@ -91,6 +120,10 @@ std::tuple<at::Tensor, at::Tensor> sine_embed_forward(const at::Tensor& boxes_in
                                                       const std::optional<at::Tensor>& ref_wh_in,
                                                       int64_t num_feats, double temperature, bool modulated) {
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
+  if (is_half(boxes_in))
+    return rounded_to(boxes_in.scalar_type(), sine_embed_forward(to_float(boxes_in), to_float(xy_scale_in),
+                                                                 to_float(ref_wh_in), num_feats, temperature,
+                                                                 modulated));
   check_cpu_dtype(boxes_in, "anchor_sine_embed");
   const at::Tensor boxes = boxes_in.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
@@ -122,8 +155,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cpu(
     const at::Tensor& embed, const at::Tensor& boxes_in, const std::optional<at::Tensor>& xy_scale_in,
     const std::optional<at::Tensor>& ref_wh_in, int64_t num_feats, double temperature) {
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
-  check_cpu_dtype(boxes_in, "anchor_sine_embed_backward");
   check_sine_embed_backward_inputs(boxes_in, s, num_feats, embed, grad_embed, grad_modulated_xy);
+  if (is_half(boxes_in))
+    return rounded_to(boxes_in.scalar_type(),
+                      anchor_sine_embed_backward_cpu(to_float(grad_embed), to_float(grad_modulated_xy),
+                                                     to_float(embed), to_float(boxes_in), to_float(xy_scale_in),
+                                                     to_float(ref_wh_in), num_feats, temperature));
+  check_cpu_dtype(boxes_in, "anchor_sine_embed_backward");
   const at::Tensor boxes = boxes_in.contiguous(), embed_c = embed.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const auto grad_e = contiguous(grad_embed), grad_m = contiguous(grad_modulated_xy);

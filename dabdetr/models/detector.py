@@ -96,9 +96,8 @@ class DABDETR(nn.Module):
             return None
         labels, anchors, padding = noised_queries(targets, config.dn_groups, config.num_classes,
                                                   config.dn_label_noise, config.dn_box_noise)
-        repeat = lambda x: x.repeat_interleave(config.dn_groups, dim=0)  # noqa: E731
-        hs, references = self.transformer.decoder(self.label_embed(labels), repeat(memory), repeat(pos),
-                                                  repeat(key_padding_mask), anchors, self.bbox_embed, padding)
+        hs, references = self.transformer.decoder(self.label_embed(labels), memory, pos, key_padding_mask, anchors,
+                                                  self.bbox_embed, padding, memory_repeats=config.dn_groups)
         return {**self.heads(hs, references), "padding": padding, "groups": config.dn_groups}
 
     def save_pretrained(self, directory, class_names=None):

@@ -21,16 +21,17 @@ def modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_m
         key = torch.cat([k_content, k_pos], dim=-1)
     else:
         query, key = q_content, k_content
-    logits = torch.matmul(query, key.transpose(-2, -1)) * scale
+    # The scale goes on the [Nq, D] query rather than the [Nq, Nk] logits: a full-size pass fewer,
+    # forward and backward (this path is also the fallback where no kernel serves a dtype).
+    logits = torch.matmul(query * scale, key.transpose(-2, -1))
     if key_padding_mask is None:
         return torch.matmul(logits.softmax(dim=-1), value)
-    padded = key_padding_mask[:, None, None, :]
-    all_padded = key_padding_mask.all(dim=-1)[:, None, None, None]
-    # A fully padded row would be softmax(-inf, ..., -inf) = NaN: give it finite logits and
-    # zero its probabilities afterwards, so neither values nor gradients see a NaN.
-    logits = logits.masked_fill(padded & ~all_padded, float("-inf"))
-    probs = logits.softmax(dim=-1).masked_fill(all_padded, 0.0)
-    return torch.matmul(probs, value)
+    all_padded = key_padding_mask.all(dim=-1)  # [B]
+    # A fully padded row would be softmax(-inf, ..., -inf) = NaN: its keys stay unmasked, and its
+    # output is zeroed instead (on the small [Nq, Dv] output), which zeroes its gradients too.
+    padded = (key_padding_mask & ~all_padded[:, None])[:, None, None, :]
+    probs = logits.masked_fill(padded, float("-inf")).softmax(dim=-1)
+    return torch.matmul(probs, value).masked_fill(all_padded[:, None, None, None], 0.0)
 
 
 def sine_frequency_divisors(num_feats, temperature, dtype, device):
