@@ -161,9 +161,10 @@ def test_gradcheck(case, device):
     assert torch.autograd.gradcheck(fn, [inputs[n] for n in names], eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)  # bf16: a float32 lse
 @pytest.mark.parametrize("case", GRADCHECK_CASES + [ATTENTION_CASES[1]], ids=str)
-def test_opcheck(case, device):
-    inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
+def test_opcheck(case, dtype, device):
+    inputs = attention_inputs(case, device, dtype, requires_grad=True)
     args = (
         inputs["q_content"], inputs["q_pos"], inputs["k_content"], inputs["k_pos"], inputs["value"],
         inputs["key_padding_mask"], default_scale(case),
