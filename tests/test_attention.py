@@ -81,6 +81,26 @@ def test_kernel_matches_reference_half(case, dtype, device):
         assert_error_ratio(grads[name], ref_grads[name], truth_grads[name], 3.0, name, floor=floor)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cpu_half_is_the_float32_kernel_rounded_once(dtype):
+    case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
+    inputs = attention_inputs(case, "cpu", dtype, requires_grad=True)
+    widened = {k: (v.detach().float().requires_grad_() if v is not None and v.is_floating_point() else v)
+               for k, v in inputs.items()}
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=dtype)
+    half_out, half_grads = _run(inputs, "kernel", cotangent)
+    out, grads = _run(widened, "kernel", cotangent.float())
+    _, lse = torch.ops.dabdetr.modulated_attention(*(inputs[n] for n in (*GRAD_NAMES, "key_padding_mask")), 0.25)
+    assert lse.dtype == torch.float32  # the softmax statistics stay in float32, as on CUDA
+    assert half_out.dtype == dtype and torch.equal(half_out, out.to(dtype))
+    # The backward reads the saved 16-bit output, so its gradients are within a few 16-bit ulps.
+    eps = torch.finfo(dtype).eps
+    for name in grads:
+        assert half_grads[name].dtype == dtype, name
+        torch.testing.assert_close(half_grads[name].float(), grads[name], rtol=4 * eps,
+                                   atol=4 * eps * grads[name].abs().max().item(), msg=name)
+
+
 def test_fully_padded_rows_give_zeros_and_zero_grads(device):
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)

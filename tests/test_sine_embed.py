@@ -96,6 +96,25 @@ def test_kernel_matches_reference_fp32(shape, variant, device):
         assert_error_ratio(k, r, t, 3.0, f"output/grad {i}", floor=2e-6 * max(1.0, t.abs().max().item()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,variant", list(_cases()))
+def test_cpu_half_is_the_float32_kernel_rounded_once(shape, variant, dtype):
+    n = 16
+    tensors = [t.detach().to(dtype).requires_grad_() if t is not None else None
+               for t in _setup(shape, variant, n, "cpu", torch.float32)]
+    widened = [t.detach().float().requires_grad_() if t is not None else None for t in tensors]
+    cots = _cotangents(shape, n, variant, "cpu", dtype)
+    half = _forward_backward(_fn(variant, n, "kernel"), tensors, cots)
+    single = _forward_backward(_fn(variant, n, "kernel"), widened, [c.float() for c in cots])
+    for h, s in zip(half[0], single[0]):
+        assert h.dtype == dtype and torch.equal(h, s.to(dtype))
+    # The backward reads the saved 16-bit embedding, so its gradients are within a few 16-bit ulps.
+    eps = torch.finfo(dtype).eps
+    for h, s in zip(half[1], single[1]):
+        assert h.dtype == dtype
+        torch.testing.assert_close(h.float(), s, rtol=4 * eps, atol=4 * eps * s.abs().max().item())
+
+
 def test_gradcheck(device):
     n = 4
     for variant in (False, True, "scale_only", "ref_only"):
