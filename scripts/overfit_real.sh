@@ -18,8 +18,9 @@ start=$(date +%s)
 # runs on 2 CPU cores (README, "Real photos"): no loader workers (on 2 cores a worker competes
 # with the step's threads), bf16 autocast and channels-last convolutions (fast on CPUs with AMX;
 # elsewhere drop --amp bf16 and epochs), the weights' moving average, and the epochs that fit in
-# 30 minutes there: AP50 0.826 with 430 epochs (2026-11-30); the faster steps of the next
-# session fit 460 (lr drop moved along, so the last 30 epochs still run at the low lr). Worse in
+# 30 minutes there: AP50 0.826 with 430 epochs (2026-11-30); with the faster steps after it, 460
+# epochs (drop at 430) took 23.6 min and reached 0.785: runs of one recipe differ by a few
+# hundredths, and about 580 epochs would fill the 30 minutes (not yet run). Worse in
 # the 240-epoch float32 runs before: the lr drop at 150 instead of 215 (AP50 0.55 against 0.61),
 # batch 2 with lr 8e-4 (behind at every evaluation). And in this recipe: no denoising groups
 # (2.5 s an epoch instead of 3.9, but AP50 0.24 at epoch 235 against 0.49 at 214, behind in time
