@@ -144,6 +144,13 @@ def naive_sine_embed(boxes, num_feats, temperature):
     return torch.tensor(rows, dtype=torch.float64).reshape(*boxes.shape[:-1], -1)
 
 
+def retyped(inputs, dtype):
+    """The same (already rounded) inputs as new leaves of dtype: the fp64 truth of a 16-bit or
+    fp32 run, or the float32 widening of a 16-bit one."""
+    return {k: (v.detach().to(dtype).requires_grad_(v.requires_grad) if v is not None and v.is_floating_point()
+                else v) for k, v in inputs.items()}
+
+
 def assert_error_ratio(candidate, same_dtype_reference, truth, factor, what, floor=0.0):
     """The candidate's max error against the fp64 truth is at most `factor` times the error of
     the reference computed in the candidate's dtype (plus `floor`, for exact references)."""

@@ -13,7 +13,15 @@ import sys
 
 import pytest
 import torch
-from op_samples import ATTENTION_CASES, AttentionCase, assert_error_ratio, attention_inputs, default_scale, sine_inputs
+from op_samples import (
+    ATTENTION_CASES,
+    AttentionCase,
+    assert_error_ratio,
+    attention_inputs,
+    default_scale,
+    retyped,
+    sine_inputs,
+)
 
 from dabdetr.ops import anchor_sine_embed, kernel_info, modulated_anchor_sine_embed, modulated_attention
 
@@ -69,12 +77,6 @@ def _forward_backward(inputs, impl, cotangent):
     return [out, *torch.autograd.grad(out, leaves, cotangent)]
 
 
-def _upcast(inputs):
-    """The same (already rounded) inputs in float64: the truth both candidates are measured against."""
-    return {k: (v.detach().double().requires_grad_(v.requires_grad) if v is not None and v.is_floating_point() else v)
-            for k, v in inputs.items()}
-
-
 @pytest.mark.parametrize(("path", "dtype"), [(p, d) for p in PATHS for d in HALF_DTYPES]
                          + [("simt", torch.float32), ("tensor_core", "tf32")], ids=str)
 @pytest.mark.parametrize("case", DAB_CASES + ATTENTION_CASES, ids=str)
@@ -88,7 +90,7 @@ def test_attention_error_ratio(case, path, dtype, use_path, allow_tf32):
         dtype = torch.float32
     inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
-    truth = _forward_backward(_upcast(inputs), "reference", cotangent)
+    truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
     kernel = _forward_backward(inputs, "kernel", cotangent.to(dtype))
     reference = _forward_backward(inputs, "reference", cotangent.to(dtype))
     names = ["out"] + [n for n in GRAD_NAMES if inputs[n] is not None]
@@ -109,7 +111,7 @@ def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypat
     inputs = attention_inputs(case, "cuda", torch.bfloat16)
     scale = default_scale(case)
     out, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
-    truth = _upcast(inputs)
+    truth = retyped(inputs, torch.float64)
     logits = (truth["q_content"] @ truth["k_content"].mT + truth["q_pos"] @ truth["k_pos"].mT) * scale
     logits = logits.masked_fill(inputs["key_padding_mask"][:, None, None, :], float("-inf"))
     expected_lse = torch.logsumexp(logits, dim=-1)
@@ -158,7 +160,7 @@ def test_float32_takes_tf32_tensor_cores_only_where_torch_allows_tf32(monkeypatc
     _skip_unserved("tensor_core")
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")
     inputs = attention_inputs(DAB_CASES[0], "cuda", torch.float32)
-    truth = modulated_attention(**_upcast(inputs), impl="reference")
+    truth = modulated_attention(**retyped(inputs, torch.float64), impl="reference")
     scale = truth.abs().max().item()
     assert torch.get_float32_matmul_precision() == "highest"
     exact = (modulated_attention(**inputs, impl="kernel").double() - truth).abs().max().item()
@@ -286,7 +288,7 @@ def test_fp16_logits_beyond_the_fp16_range(path, use_path):
     inputs["key_padding_mask"][:, 0] = False
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
     kernel = _forward_backward(inputs, "kernel", cotangent.half())
-    truth = _forward_backward(_upcast(inputs), "reference", cotangent)
+    truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
     for name, k, t in zip(["out", *GRAD_NAMES], kernel, truth):
         assert torch.isfinite(k).all(), name
         torch.testing.assert_close(k.double(), t, rtol=1e-2, atol=1e-2 * max(1.0, t.abs().max().item()), msg=name)
