@@ -71,10 +71,12 @@ class TrainConfig(DictConfig):
     # Running.
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
     num_workers: int = 2
+    cache_images: bool = False  # keep decoded COCO images in memory (per loader process): for small datasets
     seed: int = 42  # the initial model on every process; then process r > 0 draws from seed + 1000003 r
     eval_every: int = 1  # epochs between COCO evaluations (the last epoch is always evaluated)
     log_every: int = 10  # steps between step records in log.jsonl
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at the end of each epoch only)
+    checkpoint_epochs: int = 1  # epochs between end-of-epoch checkpoints; evaluated, last and preempted epochs save too
     keep_last: int = 1  # epoch checkpoints kept as checkpoint_epochNNNN.pt besides checkpoint.pt and best.pt
     accumulate_steps: int = 1  # micro-batches of batch_size per optimizer step (effective batch x this)
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping with an error
@@ -86,7 +88,7 @@ class TrainConfig(DictConfig):
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        for name in ("epochs", "batch_size", "eval_every", "log_every", "accumulate_steps"):
+        for name in ("epochs", "batch_size", "eval_every", "log_every", "accumulate_steps", "checkpoint_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0:

@@ -2,8 +2,9 @@
 COCO evaluation, logs, curves, atomic checkpoints and exact resume; torchrun DDP.
 
 Files in output_dir (written by rank 0):
-    checkpoint.pt   the latest state (every epoch, every checkpoint_every steps, and on a
-                    preemption signal; --resume continues from it exactly)
+    checkpoint.pt   the latest state (every checkpoint_epochs epochs and each evaluated one, every
+                    checkpoint_every steps, and on a preemption signal; --resume continues from it
+                    exactly)
     checkpoint_epochNNNN.pt  the state after NNNN epochs, the newest keep_last of them
     best.pt         the same at the best AP so far
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
@@ -108,7 +109,8 @@ class Trainer:
 
     # The settings a resumed run may change: none of them changes what it computes.
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
-                         "checkpoint_every", "keep_last", "skip_bad_images", "tensorboard")
+                         "checkpoint_every", "checkpoint_epochs", "keep_last", "skip_bad_images", "tensorboard",
+                         "cache_images")
 
     @classmethod
     def from_checkpoint(cls, path, checkpoint=None, **changes):
@@ -182,6 +184,8 @@ class Trainer:
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
         if checkpoint is not None:
             self._restore(checkpoint, resume_path)
+        elif self.is_main:
+            self._start_new_log()
 
         portrait = self.train_set.portrait_flags() if config.group_by_aspect_ratio else None
         self.train_batches = TrainBatchSampler(self.train_set, config.batch_size, self.world_size, self.rank,
@@ -251,6 +255,17 @@ class Trainer:
             logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
                         self.best_ap)
 
+    def _start_new_log(self):
+        """A new run starts an empty log.jsonl; an earlier run found in output_dir is named in a
+        warning (its log goes now, its checkpoints as this run saves its own)."""
+        log_path = os.path.join(self.output_dir, "log.jsonl")
+        found = [name for name in (LATEST, "log.jsonl") if os.path.exists(os.path.join(self.output_dir, name))]
+        if found:
+            logger.warning("%s holds an earlier run (%s): this new run replaces its log now and its checkpoints as "
+                           "it saves its own (--resume auto would have continued it)", self.output_dir,
+                           ", ".join(found))
+            atomic_write(log_path, lambda f: None)
+
     def _open_tensorboard(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -283,12 +298,12 @@ class Trainer:
         if metrics is not None and metrics["AP"] == self.best_ap:
             atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, BEST))
 
-    def stop_if_preempted(self, epoch, step):
+    def stop_if_preempted(self, epoch, step, saved=False):
         """After a whole step (or epoch): if any process got a preemption signal, all save the
-        state reached (epoch, step) and raise TrainingPreempted together."""
+        state reached (epoch, step), unless it was just saved, and raise TrainingPreempted together."""
         if self.preemption is None or not self.preemption.agreed():
             return
-        if step:  # an epoch's end has just been saved
+        if not saved:
             self.save_checkpoint(epoch, None, step=step)
         distributed.barrier()
         raise TrainingPreempted(self.preemption.signal_name(), epoch, step, os.path.join(self.output_dir, LATEST))
@@ -312,9 +327,10 @@ class Trainer:
             if step % config.log_every == 0 or step == steps - 1:
                 self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * steps + step,
                            "lr": self.optimizer.param_groups[0]["lr"], **losses})
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+            saved = bool(config.checkpoint_every) and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps
+            if saved:
                 self.save_checkpoint(epoch, None, step=step + 1)
-            self.stop_if_preempted(epoch, step + 1)
+            self.stop_if_preempted(epoch, step + 1, saved)
 
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -382,14 +398,16 @@ class Trainer:
             metrics = None
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 metrics, _ = self.evaluate(epoch)
-            self.save_checkpoint(epoch + 1, metrics)
+            saved = (epoch + 1) % config.checkpoint_epochs == 0 or metrics is not None or epoch + 1 == config.epochs
+            if saved:
+                self.save_checkpoint(epoch + 1, metrics)
             # After each evaluation, and otherwise at most every CURVES_INTERVAL_S (a plot costs
             # about 0.3 s: much of a short epoch).
             if self.is_main and (metrics is not None or time.monotonic() - curves_time >= CURVES_INTERVAL_S):
                 plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
                 curves_time = time.monotonic()
             if epoch + 1 < config.epochs:
-                self.stop_if_preempted(epoch + 1, 0)
+                self.stop_if_preempted(epoch + 1, 0, saved)
         if metrics is None:  # resumed a finished run: evaluate its final model
             metrics, _ = self.evaluate(config.epochs - 1)
         if self.is_main:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from dabdetr.coco_eval import evaluate_detections
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load_coco, make_transforms
+from dabdetr.data import coco as coco_module
 from dabdetr.data import transforms as T
 from dabdetr.data.synthetic import synthetic_coco
 
@@ -134,6 +135,22 @@ def test_coco_folders_load_with_crowds_dropped_and_labels_mapped(coco_folder, ma
         assert sorted(target["labels"].tolist()) == expected
         total += len(anns)
     assert total == sum(1 for a in raw["annotations"] if not a["iscrowd"])
+
+
+def test_cached_images_give_the_samples_of_fresh_reads_and_are_decoded_once(coco_folder, monkeypatch):
+    annotation_file, image_dir = coco_folder
+    transforms = make_transforms(True, [160, 200], 333, (150,), (100, 140))  # random: flips, sizes, crops
+    fresh, cached = (CocoDetection(annotation_file, image_dir, transforms, cache_images=c) for c in (False, True))
+    decoded = []
+    real_open = coco_module.open_image
+    monkeypatch.setattr(coco_module, "open_image", lambda path: decoded.append(path) or real_open(path))
+    for epoch in range(3):
+        for dataset in (fresh, cached):
+            dataset.set_epoch(epoch)
+        for index in range(len(fresh)):
+            (image_a, target_a), (image_b, target_b) = fresh[index], cached[index]
+            assert torch.equal(image_a, image_b) and torch.equal(target_a["boxes"], target_b["boxes"])
+    assert len(decoded) == 3 * len(fresh) + len(cached)  # the cached dataset: once per image
 
 
 def test_coco_eval_of_the_ground_truth_is_perfect(coco_folder):

@@ -342,9 +342,10 @@ def test_denoising_queries_only_in_training():
     assert not hasattr(build_model("dab_detr_r50"), "label_embed")  # off by default: the published weights
 
 
-def test_memory_repeats_decode_like_a_memory_copy_per_query_entry():
-    # The denoising groups share their image's memory projections; decoding them must equal
-    # decoding every group against its own copy of the memory, values and gradients.
+def test_shared_memory_decodes_like_a_memory_copy_per_query_entry():
+    # The denoising groups share their image's memory (its projections computed once, the groups'
+    # cross-attention queries folded into one row); decoding them must equal decoding every
+    # group against its own copy of the memory, values and gradients.
     torch.manual_seed(0)
     model = build_model("demo", num_queries=10, num_classes=5).double()
     decoder, bbox_embed = model.transformer.decoder, model.bbox_embed
@@ -360,10 +361,12 @@ def test_memory_repeats_decode_like_a_memory_copy_per_query_entry():
     def repeat(x):
         return x.repeat_interleave(groups, dim=0)
 
-    shared = decoder(tgt, memory, pos, mask, anchors, bbox_embed, padding, memory_repeats=groups)
+    shared = decoder(tgt, memory, pos, mask, anchors, bbox_embed, padding)
     copied = decoder(tgt, repeat(memory), repeat(pos), repeat(mask), anchors, bbox_embed, padding)
     for a, b in zip(shared, copied):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     grads = [torch.autograd.grad(out[0].square().sum(), (memory, pos)) for out in (shared, copied)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="2 memory entries cannot serve 5 query entries"):
+        decoder(tgt[:5], memory, pos, mask, anchors[:5], bbox_embed, padding[:5])

@@ -403,6 +403,39 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_auto_continues_exactly(tmp_p
     assert_same_run(tmp_path / "straight", run)
 
 
+def test_checkpoint_epochs_saves_every_nth_and_evaluated_epochs_and_a_preempted_one(tmp_path, monkeypatch):
+    import signal
+
+    from dabdetr.preemption import TrainingPreempted
+
+    Trainer(tiny_config(tmp_path / "run", epochs=4, checkpoint_epochs=3, eval_every=2, keep_last=5)).fit()
+    assert sorted(f for f in os.listdir(tmp_path / "run") if f.startswith("checkpoint_epoch")) == [
+        "checkpoint_epoch0002.pt", "checkpoint_epoch0003.pt", "checkpoint_epoch0004.pt"]
+
+    trainer = Trainer(tiny_config(tmp_path / "cut", epochs=3, checkpoint_epochs=3, eval_every=3))
+    original_train_epoch = Trainer.train_epoch
+
+    def signalled_at_the_epoch_end(self, epoch, start_step=0):
+        original_train_epoch(self, epoch, start_step)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(Trainer, "train_epoch", signalled_at_the_epoch_end)
+    with pytest.raises(TrainingPreempted, match="SIGUSR1 at epoch 1 step 0"):
+        trainer.fit()
+    checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 0)  # saved by the signal: epoch 1 is not a 3rd
+
+
+def test_a_new_run_in_an_earlier_runs_directory_says_so_and_logs_only_itself(tmp_path, caplog):
+    Trainer(tiny_config(tmp_path, epochs=1)).fit()
+    first = log_records(tmp_path)
+    Trainer(tiny_config(tmp_path, epochs=1, seed=7)).fit()
+    assert f"{tmp_path} holds an earlier run (checkpoint.pt, log.jsonl)" in caplog.text
+    second = log_records(tmp_path)
+    assert [r["type"] for r in second] == [r["type"] for r in first]  # not both runs' records
+    assert second != first
+
+
 def test_sigusr1_between_epochs_stops_at_the_epoch_checkpoint(tmp_path, monkeypatch):
     import signal
 

@@ -24,7 +24,7 @@ def build_datasets(config):
         raise FileNotFoundError(f"data_root {root} is not a directory")
     return tuple(
         CocoDetection(os.path.join(root, annotations), os.path.join(root, images), transforms,
-                      config.label_mapping, seed=config.seed, skip_bad_images=skip)
+                      config.label_mapping, seed=config.seed, skip_bad_images=skip, cache_images=config.cache_images)
         for annotations, images, transforms, skip in (
             (config.train_annotations, config.train_images, train_transforms, config.skip_bad_images),
             (config.val_annotations, config.val_images, val_transforms, False)))

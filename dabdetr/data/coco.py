@@ -75,10 +75,11 @@ class CocoDetection(torch.utils.data.Dataset):
     dabdetr.data.transforms. Augmentation randomness is a function of (seed, epoch, index):
     call set_epoch(epoch) before each epoch. An image file that is missing or cannot be decoded is
     an error naming it; with skip_bad_images the sample is None instead (with a warning), which
-    collate_detection leaves out of its batch."""
+    collate_detection leaves out of its batch. cache_images keeps every decoded image in memory
+    (in each loader process): for datasets small enough to hold, read many times."""
 
     def __init__(self, annotations, image_dir, transforms, label_mapping="category_id", seed=0,
-                 skip_bad_images=False):
+                 skip_bad_images=False, cache_images=False):
         if label_mapping not in LABEL_MAPPINGS:
             raise ValueError(f"label_mapping must be one of {LABEL_MAPPINGS}, got {label_mapping!r}")
         self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
@@ -95,6 +96,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = {label: self.coco.cats[c]["name"] for label, c in self.label_to_category_id.items()}
         self.seed, self.epoch = seed, 0
         self.skip_bad_images = skip_bad_images
+        self.image_cache = {} if cache_images else None
 
     def __len__(self):
         return len(self.image_ids)
@@ -109,7 +111,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, image_info):
         """The PIL RGB image of an entry of coco.imgs."""
-        return open_image(os.path.join(self.image_dir, image_info["file_name"]))
+        if self.image_cache is None:
+            return open_image(os.path.join(self.image_dir, image_info["file_name"]))
+        if image_info["id"] not in self.image_cache:
+            self.image_cache[image_info["id"]] = open_image(os.path.join(self.image_dir, image_info["file_name"]))
+        return self.image_cache[image_info["id"]].copy()  # transforms get an image of their own
 
     def raw_target(self, image_id, width, height):
         """Target in pixels of the stored image: xyxy boxes clipped to it, crowd and empty boxes dropped."""

@@ -97,7 +97,7 @@ class DABDETR(nn.Module):
         labels, anchors, padding = noised_queries(targets, config.dn_groups, config.num_classes,
                                                   config.dn_label_noise, config.dn_box_noise)
         hs, references = self.transformer.decoder(self.label_embed(labels), memory, pos, key_padding_mask, anchors,
-                                                  self.bbox_embed, padding, memory_repeats=config.dn_groups)
+                                                  self.bbox_embed, padding)
         return {**self.heads(hs, references), "padding": padding, "groups": config.dn_groups}
 
     def save_pretrained(self, directory, class_names=None):

@@ -126,11 +126,11 @@ class DecoderLayer(nn.Module):
         self.activation = nn.PReLU()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask=None,
-                memory_repeats=1):
-        """tgt, query_pos, query_sine_embed [B, Nq, d]; memory, pos [B / memory_repeats, S, d]; mask [B, S];
-        query_padding_mask [B, Nq] (True = a padding query, which no query attends to) or None;
-        memory_repeats: consecutive query batch entries per memory entry (the denoising groups)."""
+    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask=None):
+        """tgt, query_pos, query_sine_embed [B, Nq, d]; memory, pos [M, S, d]; key_padding_mask [M, S];
+        query_padding_mask [B, Nq] (True = a padding query, which no query attends to) or None.
+        M divides B: memory entry m serves the B / M consecutive query entries from m * B / M (the
+        denoising groups of an image)."""
         heads = self.num_heads
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
         k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
@@ -144,14 +144,17 @@ class DecoderLayer(nn.Module):
         if self.is_first or self.keep_query_pos:
             q_content = q_content + self.ca_qpos_proj(query_pos)
             k_content = k_content + k_pos
-        if memory_repeats > 1:  # projected once per memory entry, then copied: a fraction of the work
-            k_content, k_pos, value = (x.repeat_interleave(memory_repeats, dim=0) for x in (k_content, k_pos, value))
         q_sine = self.ca_qpos_sine_proj(query_sine_embed)
+        # The query entries of one memory entry (its denoising groups) attend to it as one longer
+        # row of queries: a query's softmax is over keys alone, and no key is copied per group.
+        M, Nq = memory.shape[0], q_content.shape[0] * q_content.shape[1] // memory.shape[0]
         ca = modulated_attention(
-            split_heads(q_content, heads), split_heads(q_sine, heads), split_heads(k_content, heads),
-            split_heads(k_pos, heads), split_heads(value, heads), key_padding_mask, impl=self.ops_impl,
+            split_heads(q_content.reshape(M, Nq, -1), heads), split_heads(q_sine.reshape(M, Nq, -1), heads),
+            split_heads(k_content, heads), split_heads(k_pos, heads), split_heads(value, heads), key_padding_mask,
+            impl=self.ops_impl,
         )  # scale 1/sqrt(2 * head_dim), as the official per-head concatenation
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn.out_proj(merge_heads(ca))))
+        ca = merge_heads(ca).reshape(tgt.shape)
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn.out_proj(ca)))
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(ffn))
@@ -170,21 +173,21 @@ class Decoder(nn.Module):
         self.ref_point_head = MLP(2 * d, d, d, 2)
         self.ref_anchor_head = MLP(d, d, 2, 2)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_padding_mask=None,
-                memory_repeats=1):
+    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_padding_mask=None):
         """tgt [B, Nq, d]; memory, pos [M, S, d]; key_padding_mask [M, S]; anchors [B, Nq, 4]
         (cx, cy, w, h) in (0, 1); bbox_embed: the box head, shared with the detector;
-        query_padding_mask [B, Nq] or None: queries hidden from self-attention (denoising padding);
-        memory_repeats: B / M, the consecutive query batch entries each memory entry serves (the
+        query_padding_mask [B, Nq] or None: queries hidden from self-attention (denoising padding).
+        M divides B: memory entry m serves the B / M consecutive query entries from m * B / M (the
         denoising groups of an image).
 
         Returns hs [L, B, Nq, d] (every layer's output after the shared norm) and references
         [L, B, Nq, 4] (the anchors each layer used; the first not detached).
         """
+        if tgt.shape[0] % memory.shape[0]:
+            raise ValueError(f"decoder: {memory.shape[0]} memory entries cannot serve {tgt.shape[0]} query entries "
+                             "(their number must divide it)")
         config, eps = self.config, self.config.anchor_update_eps
         reference, references, hs = anchors, [anchors], []
-        if memory_repeats > 1:
-            key_padding_mask = key_padding_mask.repeat_interleave(memory_repeats, dim=0)
         for i, layer in enumerate(self.layers):
             # The anchor embedding runs in the anchors' dtype (float32 under autocast too, where the
             # MLPs' outputs come in 16 bits): sines of anchor coordinates need the precision.
@@ -195,8 +198,7 @@ class Decoder(nn.Module):
                 temperature=config.anchor_temperature, impl=config.ops_impl,
             )
             query_pos = self.ref_point_head(anchor_embed)
-            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask,
-                        memory_repeats)
+            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask)
             new_reference = (bbox_embed(tgt) + inverse_sigmoid(reference, eps)).sigmoid()
             if i < len(self.layers) - 1:
                 references.append(new_reference)
