@@ -342,31 +342,42 @@ def test_denoising_queries_only_in_training():
     assert not hasattr(build_model("dab_detr_r50"), "label_embed")  # off by default: the published weights
 
 
-def test_shared_memory_decodes_like_a_memory_copy_per_query_entry():
-    # The denoising groups share their image's memory (its projections computed once, the groups'
-    # cross-attention queries folded into one row); decoding them must equal decoding every
-    # group against its own copy of the memory, values and gradients.
+def test_query_blocks_decode_like_separate_decoder_passes():
+    # Training decodes the matching queries and the denoising groups in one pass, with
+    # self-attention confined to each block; that must equal decoding the matching queries alone
+    # and every group as its own batch entry against a copy of its image's memory, values and
+    # gradients.
     torch.manual_seed(0)
     model = build_model("demo", num_queries=10, num_classes=5).double()
     decoder, bbox_embed = model.transformer.decoder, model.bbox_embed
-    groups, B, S, Nq, d = 3, 2, 24, 4, decoder.config.hidden_dim
+    groups, B, S, Nq, n, d = 3, 2, 24, 5, 4, decoder.config.hidden_dim
     memory, pos = (torch.randn(B, S, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
     mask = torch.zeros(B, S, dtype=torch.bool)
     mask[1, 16:] = True
-    tgt = torch.randn(B * groups, Nq, d, dtype=torch.float64)
-    anchors = torch.rand(B * groups, Nq, 4, dtype=torch.float64) * 0.5 + 0.25
-    padding = torch.zeros(B * groups, Nq, dtype=torch.bool)
+    tgt = torch.randn(B, Nq + groups * n, d, dtype=torch.float64)
+    anchors = torch.rand(B, Nq + groups * n, 4, dtype=torch.float64) * 0.5 + 0.25
+    padding = torch.zeros(B * groups, n, dtype=torch.bool)
     padding[groups:, 3] = True
+
+    joint = decoder(tgt, memory, pos, mask, anchors, bbox_embed, [(1, Nq, None), (groups, n, padding)])
+    matching = decoder(tgt[:, :Nq], memory, pos, mask, anchors[:, :Nq], bbox_embed)
+
+    def per_group(x):
+        return x[:, Nq:].reshape(B * groups, n, -1)
 
     def repeat(x):
         return x.repeat_interleave(groups, dim=0)
 
-    shared = decoder(tgt, memory, pos, mask, anchors, bbox_embed, padding)
-    copied = decoder(tgt, repeat(memory), repeat(pos), repeat(mask), anchors, bbox_embed, padding)
-    for a, b in zip(shared, copied):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    grads = [torch.autograd.grad(out[0].square().sum(), (memory, pos)) for out in (shared, copied)]
+    grouped = decoder(per_group(tgt), repeat(memory), repeat(pos), repeat(mask), per_group(anchors), bbox_embed,
+                      [(1, n, padding)])
+    for a, m, g in zip(joint, matching, grouped):
+        torch.testing.assert_close(a[:, :, :Nq], m, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a[:, :, Nq:].reshape(len(a), B * groups, n, -1), g, rtol=1e-10, atol=1e-12)
+    grads = [torch.autograd.grad(out, (memory, pos)) for out in
+             (joint[0].square().sum(), matching[0].square().sum() + grouped[0].square().sum())]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="2 memory entries cannot serve 5 query entries"):
-        decoder(tgt[:5], memory, pos, mask, anchors[:5], bbox_embed, padding[:5])
+    with pytest.raises(ValueError, match=r"query blocks \[\(1, 5\), \(3, 3\)\] .* do not cover the 17 queries"):
+        decoder(tgt, memory, pos, mask, anchors, bbox_embed, [(1, Nq, None), (groups, 3, padding[:, :3])])
+    with pytest.raises(ValueError, match=r"padding of 3 blocks of 4 queries has shape \(3, 4\), expected \(6, 4\)"):
+        decoder(tgt, memory, pos, mask, anchors, bbox_embed, [(1, Nq, None), (groups, n, padding[:3])])

@@ -4,10 +4,11 @@ Ground-truth boxes with noise become extra decoder anchors, their (possibly flip
 content queries; each such query must reconstruct its own object, with no matching, which gives
 the decoder and backbone a stable signal from the first step and speeds up convergence.
 
-Simplification of DN-DETR: each of the `groups` noised copies of an image's objects is decoded
-as a separate batch entry over the same encoder memory, so the denoising queries see their own
-group only (DN-DETR's attention mask also lets them see the matching queries), and the matching
-queries never see them (as in DN-DETR). At inference nothing changes.
+The detector decodes the `groups` noised copies of an image's objects in one pass with its
+matching queries, each group and the matching queries a separate self-attention block
+(transformer.blockwise_self_attention): the denoising queries see their own group only (DN-DETR's
+attention mask also lets them see the matching queries), and the matching queries never see them
+(as in DN-DETR). At inference nothing changes.
 """
 
 import torch

@@ -21,7 +21,8 @@ class DABDETR(nn.Module):
     pred_boxes [B, Nq, 4] (cx, cy, w, h), normalized by each image's unpadded size;
     aux_outputs: a list of {"pred_logits", "pred_boxes"} for decoder layers 0 .. L-2;
     references [L, B, Nq, 4]: the anchors each decoder layer used (cx, cy, w, h);
-    dn_outputs (training with denoising only): see denoise().
+    dn_outputs (training with denoising, when the batch has objects): the same for the denoising
+    queries, over [B * dn_groups, n] of them, plus "padding" [B * dn_groups, n] and "groups".
     """
 
     def __init__(self, config: DABDETRConfig):
@@ -49,60 +50,66 @@ class DABDETR(nn.Module):
     def forward(self, images, mask, targets=None):
         """targets (training with config.dn_groups > 0 only): the criterion's targets, from which
         denoising queries are built; their predictions come back under "dn_outputs"."""
-        memory, pos, key_padding_mask, hs, references = self.encode_decode(images, mask)
-        outputs = {**self.heads(hs, references), "references": references}
-        if self.training and self.config.dn_groups and targets is not None:
-            outputs["dn_outputs"] = self.denoise(memory, pos, key_padding_mask, targets)
+        config = self.config
+        denoising = self.training and config.dn_groups and targets is not None
+        dn = self.denoising_queries(targets) if denoising else None
+        hs, references = self.encode_decode(images, mask, dn["queries"] if dn else None)
+        logits, boxes = self.class_embed(hs), self.box_head(hs, references)
+        Nq = config.num_queries * max(config.num_patterns, 1)  # the matching queries come first
+        outputs = {**layer_outputs(logits[:, :, :Nq], boxes[:, :, :Nq]), "references": references[:, :, :Nq]}
+        if dn is not None:  # [L, B, G * n, .] -> [L, B * G, n, .]
+            dn_logits, dn_boxes = (x[:, :, Nq:].reshape(len(x), *dn["padding"].shape, -1) for x in (logits, boxes))
+            outputs["dn_outputs"] = {**layer_outputs(dn_logits, dn_boxes), "padding": dn["padding"],
+                                     "groups": config.dn_groups}
         return outputs
 
     def predict(self, images, mask):
         """(logits [B, Nq, num_classes], boxes [B, Nq, 4]): pred_logits and pred_boxes of forward()
         alone, with the heads run on the last decoder layer only (what inference and export need)."""
-        hs, references = self.encode_decode(images, mask)[3:]
+        hs, references = self.encode_decode(images, mask)
         return self.class_embed(hs[-1]), self.box_head(hs[-1], references[-1])
 
-    def encode_decode(self, images, mask):
-        """Backbone, encoder and decoder: (memory [B, S, d], pos [B, S, d], key_padding_mask [B, S],
-        hs [L, B, Nq, d], references [L, B, Nq, 4]); S = h * w feature-map positions."""
+    def encode_decode(self, images, mask, extra_queries=None):
+        """Backbone, encoder and decoder: hs [L, B, N, d], references [L, B, N, 4]: the Nq matching
+        queries, then the extra_queries (Transformer.forward) if any."""
         features, feature_mask = self.backbone(images, mask)
         # The encoding is computed in float32 from the mask; a float64 model wants it in float64.
         pos = self.position_encoding(feature_mask).to(self.input_proj.weight.dtype)
         src = self.input_proj(features).flatten(2).transpose(1, 2)
-        key_padding_mask = feature_mask.flatten(1)
-        memory, hs, references = self.transformer(src, pos, key_padding_mask, self.refpoint_embed.weight,
-                                                  self.bbox_embed)
-        return memory, pos, key_padding_mask, hs, references
-
-    def heads(self, hs, references):
-        """Class and box predictions of every decoder layer: the last as pred_logits/pred_boxes,
-        the others as aux_outputs."""
-        logits, boxes = self.class_embed(hs), self.box_head(hs, references)
-        return {
-            "pred_logits": logits[-1],
-            "pred_boxes": boxes[-1],
-            "aux_outputs": [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])],
-        }
+        return self.transformer(src, pos, feature_mask.flatten(1), self.refpoint_embed.weight, self.bbox_embed,
+                                extra_queries)
 
     def box_head(self, hs, references):
         """Boxes (cx, cy, w, h) in (0, 1): the anchors each layer used, refined by bbox_embed."""
         return (self.bbox_embed(hs) + inverse_sigmoid(references, self.config.box_head_eps)).sigmoid()
 
-    def denoise(self, memory, pos, key_padding_mask, targets):
-        """Predictions of the denoising queries (models/denoising.py): the heads' dict over
-        [B * dn_groups, n] queries, plus "padding" [B * dn_groups, n] and "groups"; None when the
-        batch has no objects."""
+    def denoising_queries(self, targets):
+        """The denoising groups of the batch (models/denoising.py) as the transformer's extra queries,
+        or None when the batch has no objects: {"queries": (tgt [B, G * n, d], anchors [B, G * n, 4],
+        query_blocks), "padding": [B * G, n]}, G = dn_groups, n = the most objects in an image."""
         config = self.config
         if not any(len(t["labels"]) for t in targets):
             return None
         labels, anchors, padding = noised_queries(targets, config.dn_groups, config.num_classes,
                                                   config.dn_label_noise, config.dn_box_noise)
-        hs, references = self.transformer.decoder(self.label_embed(labels), memory, pos, key_padding_mask, anchors,
-                                                  self.bbox_embed, padding)
-        return {**self.heads(hs, references), "padding": padding, "groups": config.dn_groups}
+        B, n = len(targets), padding.shape[1]
+        tgt = self.label_embed(labels).reshape(B, config.dn_groups * n, -1)
+        queries = (tgt, anchors.reshape(B, config.dn_groups * n, 4), [(config.dn_groups, n, padding)])
+        return {"queries": queries, "padding": padding}
 
     def save_pretrained(self, directory, class_names=None):
         """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""
         save_pretrained(self, directory, class_names)
+
+
+def layer_outputs(logits, boxes):
+    """Every decoder layer's logits [L, ..., K] and boxes [L, ..., 4]: the last as pred_logits and
+    pred_boxes, the others as aux_outputs."""
+    return {
+        "pred_logits": logits[-1],
+        "pred_boxes": boxes[-1],
+        "aux_outputs": [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1])],
+    }
 
 
 @torch.no_grad()

@@ -46,6 +46,25 @@ def merge_heads(x):
     return x.transpose(1, 2).reshape(B, N, H * D)
 
 
+def blockwise_self_attention(q, k, v, query_blocks, num_heads, impl):
+    """Self-attention within blocks of queries: q, k, v [B, N, H*D] -> [B, N, H*D].
+
+    query_blocks: (count, length, padding) triples covering the N queries in order: `count`
+    consecutive blocks of `length` queries, each query attending to its own block only; padding
+    [B * count, length] bool (True = a query no other attends to) or None. [(1, N, None)] is plain
+    self-attention. The matching queries and each denoising group are blocks: one decoder pass
+    serves them all, with DN-DETR's attention mask as separate attention calls.
+    """
+    B, outputs, start = q.shape[0], [], 0
+    for count, length, padding in query_blocks:
+        span = slice(start, start + count * length)
+        q_b, k_b, v_b = (split_heads(x[:, span].reshape(B * count, length, -1), num_heads) for x in (q, k, v))
+        out = modulated_attention(q_b, None, k_b, None, v_b, padding, impl=impl)
+        outputs.append(merge_heads(out).reshape(B, count * length, -1))
+        start += count * length
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
 class EncoderSelfAttention(nn.Module):
     """Standard multi-head attention with packed input projections (in_proj_weight rows q|k|v)."""
 
@@ -126,35 +145,27 @@ class DecoderLayer(nn.Module):
         self.activation = nn.PReLU()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask=None):
-        """tgt, query_pos, query_sine_embed [B, Nq, d]; memory, pos [M, S, d]; key_padding_mask [M, S];
-        query_padding_mask [B, Nq] (True = a padding query, which no query attends to) or None.
-        M divides B: memory entry m serves the B / M consecutive query entries from m * B / M (the
-        denoising groups of an image)."""
-        heads = self.num_heads
+    def forward(self, tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_blocks):
+        """tgt, query_pos, query_sine_embed [B, N, d]; memory, pos [B, S, d]; key_padding_mask [B, S];
+        query_blocks: which queries see each other in self-attention (blockwise_self_attention)."""
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
         k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_pos)
         v = self.sa_v_proj(tgt)
-        sa = modulated_attention(split_heads(q, heads), None, split_heads(k, heads), None, split_heads(v, heads),
-                                 query_padding_mask, impl=self.ops_impl)
-        tgt = self.norm1(tgt + self.dropout(self.self_attn.out_proj(merge_heads(sa))))
+        sa = blockwise_self_attention(q, k, v, query_blocks, self.num_heads, self.ops_impl)
+        tgt = self.norm1(tgt + self.dropout(self.self_attn.out_proj(sa)))
 
+        heads = self.num_heads
         q_content = self.ca_qcontent_proj(tgt)
         k_content, k_pos, value = self.ca_kcontent_proj(memory), self.ca_kpos_proj(pos), self.ca_v_proj(memory)
         if self.is_first or self.keep_query_pos:
             q_content = q_content + self.ca_qpos_proj(query_pos)
             k_content = k_content + k_pos
         q_sine = self.ca_qpos_sine_proj(query_sine_embed)
-        # The query entries of one memory entry (its denoising groups) attend to it as one longer
-        # row of queries: a query's softmax is over keys alone, and no key is copied per group.
-        M, Nq = memory.shape[0], q_content.shape[0] * q_content.shape[1] // memory.shape[0]
         ca = modulated_attention(
-            split_heads(q_content.reshape(M, Nq, -1), heads), split_heads(q_sine.reshape(M, Nq, -1), heads),
-            split_heads(k_content, heads), split_heads(k_pos, heads), split_heads(value, heads), key_padding_mask,
-            impl=self.ops_impl,
+            split_heads(q_content, heads), split_heads(q_sine, heads), split_heads(k_content, heads),
+            split_heads(k_pos, heads), split_heads(value, heads), key_padding_mask, impl=self.ops_impl,
         )  # scale 1/sqrt(2 * head_dim), as the official per-head concatenation
-        ca = merge_heads(ca).reshape(tgt.shape)
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn.out_proj(ca)))
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn.out_proj(merge_heads(ca))))
 
         ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(ffn))
@@ -173,19 +184,24 @@ class Decoder(nn.Module):
         self.ref_point_head = MLP(2 * d, d, d, 2)
         self.ref_anchor_head = MLP(d, d, 2, 2)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_padding_mask=None):
-        """tgt [B, Nq, d]; memory, pos [M, S, d]; key_padding_mask [M, S]; anchors [B, Nq, 4]
+    def forward(self, tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_blocks=None):
+        """tgt [B, N, d]; memory, pos [B, S, d]; key_padding_mask [B, S]; anchors [B, N, 4]
         (cx, cy, w, h) in (0, 1); bbox_embed: the box head, shared with the detector;
-        query_padding_mask [B, Nq] or None: queries hidden from self-attention (denoising padding).
-        M divides B: memory entry m serves the B / M consecutive query entries from m * B / M (the
-        denoising groups of an image).
+        query_blocks: which queries see each other in self-attention (blockwise_self_attention;
+        None: all of them).
 
-        Returns hs [L, B, Nq, d] (every layer's output after the shared norm) and references
-        [L, B, Nq, 4] (the anchors each layer used; the first not detached).
+        Returns hs [L, B, N, d] (every layer's output after the shared norm) and references
+        [L, B, N, 4] (the anchors each layer used; the first not detached).
         """
-        if tgt.shape[0] % memory.shape[0]:
-            raise ValueError(f"decoder: {memory.shape[0]} memory entries cannot serve {tgt.shape[0]} query entries "
-                             "(their number must divide it)")
+        B, N = tgt.shape[:2]
+        query_blocks = query_blocks or [(1, N, None)]
+        if sum(count * length for count, length, _ in query_blocks) != N:
+            raise ValueError(f"decoder: query blocks {[(c, n) for c, n, _ in query_blocks]} (count, length) do not "
+                             f"cover the {N} queries")
+        for count, length, padding in query_blocks:
+            if padding is not None and padding.shape != (B * count, length):
+                raise ValueError(f"decoder: padding of {count} blocks of {length} queries has shape "
+                                 f"{tuple(padding.shape)}, expected {(B * count, length)}")
         config, eps = self.config, self.config.anchor_update_eps
         reference, references, hs = anchors, [anchors], []
         for i, layer in enumerate(self.layers):
@@ -198,7 +214,7 @@ class Decoder(nn.Module):
                 temperature=config.anchor_temperature, impl=config.ops_impl,
             )
             query_pos = self.ref_point_head(anchor_embed)
-            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_padding_mask)
+            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos, query_sine_embed, query_blocks)
             new_reference = (bbox_embed(tgt) + inverse_sigmoid(reference, eps)).sigmoid()
             if i < len(self.layers) - 1:
                 references.append(new_reference)
@@ -217,10 +233,12 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
         self.patterns = nn.Embedding(config.num_patterns, config.hidden_dim) if config.num_patterns > 0 else None
 
-    def forward(self, src, pos, key_padding_mask, anchor_logits, bbox_embed):
-        """src, pos [B, S, d]; key_padding_mask [B, S]; anchor_logits [Nq, 4] (unsigmoided).
-        Returns (memory [B, S, d], hs [L, B, Nq', d], references [L, B, Nq', 4]);
-        Nq' = Nq * max(num_patterns, 1)."""
+    def forward(self, src, pos, key_padding_mask, anchor_logits, bbox_embed, extra_queries=None):
+        """src, pos [B, S, d]; key_padding_mask [B, S]; anchor_logits [Nq, 4] (unsigmoided);
+        extra_queries: None, or (tgt [B, Ne, d], anchors [B, Ne, 4], query_blocks): queries decoded
+        in the same pass after the Nq' matching queries, in self-attention seeing only their own
+        block of query_blocks (the denoising groups).
+        Returns (hs [L, B, Nq' + Ne, d], references [L, B, Nq' + Ne, 4]); Nq' = Nq * max(num_patterns, 1)."""
         memory = self.encoder(src, pos, key_padding_mask)
         B, d = memory.shape[0], memory.shape[-1]
         anchors = anchor_logits.sigmoid()
@@ -231,4 +249,9 @@ class Transformer(nn.Module):
             tgt = self.patterns.weight.repeat_interleave(anchors.shape[0], dim=0)[None].expand(B, -1, -1)
             anchors = anchors.repeat(num_patterns, 1)
         anchors = anchors[None].expand(B, -1, -1)
-        return (memory, *self.decoder(tgt, memory, pos, key_padding_mask, anchors, bbox_embed))
+        query_blocks = [(1, tgt.shape[1], None)]
+        if extra_queries is not None:
+            extra_tgt, extra_anchors, extra_blocks = extra_queries
+            tgt, anchors = torch.cat([tgt, extra_tgt], 1), torch.cat([anchors, extra_anchors], 1)
+            query_blocks += extra_blocks
+        return self.decoder(tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_blocks)
