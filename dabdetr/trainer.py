@@ -49,6 +49,7 @@ from dabdetr.preemption import PreemptionRequest, TrainingPreempted, ignore_pree
 from dabdetr.train_config import TrainConfig
 
 logger = logging.getLogger("dabdetr")
+LOG = "log.jsonl"  # in output_dir: one JSON record per logged step, epoch and evaluation
 
 
 def build_model_config(config: TrainConfig, num_classes):
@@ -244,7 +245,7 @@ class Trainer:
         rng = checkpoint["rng"]
         set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         # The log keeps what led to this state; records of steps after it are dropped.
-        log_path = os.path.join(self.output_dir, "log.jsonl")
+        log_path = os.path.join(self.output_dir, LOG)
         if os.path.exists(log_path):
             with open(log_path) as f:
                 records = [json.loads(line) for line in f if line.strip()]
@@ -258,8 +259,8 @@ class Trainer:
     def _start_new_log(self):
         """A new run starts an empty log.jsonl; an earlier run found in output_dir is named in a
         warning (its log goes now, its checkpoints as this run saves its own)."""
-        log_path = os.path.join(self.output_dir, "log.jsonl")
-        found = [name for name in (LATEST, "log.jsonl") if os.path.exists(os.path.join(self.output_dir, name))]
+        log_path = os.path.join(self.output_dir, LOG)
+        found = [name for name in (LATEST, LOG) if os.path.exists(os.path.join(self.output_dir, name))]
         if found:
             logger.warning("%s holds an earlier run (%s): this new run replaces its log now and its checkpoints as "
                            "it saves its own (--resume auto would have continued it)", self.output_dir,
@@ -278,7 +279,7 @@ class Trainer:
     def _log(self, record):
         self.log_records.append(record)
         if self.is_main:
-            with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
+            with open(os.path.join(self.output_dir, LOG), "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
             kind = record["type"]

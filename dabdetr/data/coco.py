@@ -111,10 +111,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, image_info):
         """The PIL RGB image of an entry of coco.imgs."""
+        path = os.path.join(self.image_dir, image_info["file_name"])
         if self.image_cache is None:
-            return open_image(os.path.join(self.image_dir, image_info["file_name"]))
+            return open_image(path)
         if image_info["id"] not in self.image_cache:
-            self.image_cache[image_info["id"]] = open_image(os.path.join(self.image_dir, image_info["file_name"]))
+            self.image_cache[image_info["id"]] = open_image(path)
         return self.image_cache[image_info["id"]].copy()  # transforms get an image of their own
 
     def raw_target(self, image_id, width, height):
