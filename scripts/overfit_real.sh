@@ -20,10 +20,11 @@ start=$(date +%s)
 # convolutions (fast on CPUs with AMX; elsewhere drop --amp bf16 and epochs), the weights'
 # moving average, a checkpoint every 50 epochs (not every 2.5-s epoch), and about as many epochs
 # as fit in 30 minutes there, with the lr drop 100 before the end. AP50 was 0.877 to 0.906 in
-# runs of 680 to 720 epochs (README, "Real photos"); this VM's speed varies from day to day (2.2
-# to 3.1 s an epoch), so the time does too. 680 epochs with ema_decay=0.99: AP50 0.886 in 32.5
-# min on a slow day, 25.9 min on a fast one (2026-12-01). Measured worse: no denoising groups; an earlier lr drop;
-# lr_schedule=cosine; 256-pixel images; batch 2 with lr 8e-4. Without the moving average: 0.877.
+# runs of 680 to 720 epochs (README, "Real photos"); this VM's speed varies within a day (2.2 to
+# 3.1 s an epoch), so the time does too: 680 epochs with ema_decay=0.99 reached AP50 0.886 in
+# 32.5 min at the slow end; the same training (with 0.98) took 25.9 min at the fast end. Measured
+# worse: no denoising groups; an earlier lr drop; lr_schedule=cosine; 256-pixel images; batch 2
+# with lr 8e-4. Without the moving average: 0.877.
 python -m dabdetr train --preset demo --data-root "$DATA" --output-dir "$OUT" --no-progress \
   --set train_images=images/train2017 --set val_images=images/train2017 \
   --set val_annotations=annotations/instances_train2017.json \
