@@ -142,6 +142,7 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
         self.is_main = self.rank == 0
         self.output_dir = config.output_dir
+        self.log_path = os.path.join(self.output_dir, LOG)
         if self.is_main:
             os.makedirs(self.output_dir, exist_ok=True)
         torch.manual_seed(config.seed + self.rank)
@@ -245,27 +246,25 @@ class Trainer:
         rng = checkpoint["rng"]
         set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
         # The log keeps what led to this state; records of steps after it are dropped.
-        log_path = os.path.join(self.output_dir, LOG)
-        if os.path.exists(log_path):
-            with open(log_path) as f:
+        if os.path.exists(self.log_path):
+            with open(self.log_path) as f:
                 records = [json.loads(line) for line in f if line.strip()]
             self.log_records = [r for r in records if r["epoch"] < self.start_epoch or (
                 r["epoch"] == self.start_epoch and r["type"] == "train" and r["step"] < self.start_step)]
         if self.is_main:
-            atomic_write(log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
+            atomic_write(self.log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
             logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
                         self.best_ap)
 
     def _start_new_log(self):
         """A new run starts an empty log.jsonl; an earlier run found in output_dir is named in a
         warning (its log goes now, its checkpoints as this run saves its own)."""
-        log_path = os.path.join(self.output_dir, LOG)
         found = [name for name in (LATEST, LOG) if os.path.exists(os.path.join(self.output_dir, name))]
         if found:
             logger.warning("%s holds an earlier run (%s): this new run replaces its log now and its checkpoints as "
                            "it saves its own (--resume auto would have continued it)", self.output_dir,
                            ", ".join(found))
-            atomic_write(log_path, lambda f: None)
+            atomic_write(self.log_path, lambda f: None)
 
     def _open_tensorboard(self):
         try:
@@ -279,7 +278,7 @@ class Trainer:
     def _log(self, record):
         self.log_records.append(record)
         if self.is_main:
-            with open(os.path.join(self.output_dir, LOG), "a") as f:
+            with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
             kind = record["type"]

@@ -249,9 +249,9 @@ class Transformer(nn.Module):
             tgt = self.patterns.weight.repeat_interleave(anchors.shape[0], dim=0)[None].expand(B, -1, -1)
             anchors = anchors.repeat(num_patterns, 1)
         anchors = anchors[None].expand(B, -1, -1)
-        query_blocks = [(1, tgt.shape[1], None)]
+        query_blocks = None  # the decoder's default: one block of all queries
         if extra_queries is not None:
             extra_tgt, extra_anchors, extra_blocks = extra_queries
+            query_blocks = [(1, tgt.shape[1], None), *extra_blocks]
             tgt, anchors = torch.cat([tgt, extra_tgt], 1), torch.cat([anchors, extra_anchors], 1)
-            query_blocks += extra_blocks
         return self.decoder(tgt, memory, pos, key_padding_mask, anchors, bbox_embed, query_blocks)
