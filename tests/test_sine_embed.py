@@ -55,11 +55,11 @@ def _setup(shape, variant, n, device, dtype, seed=0):
     return boxes, xy_scale, ref_wh
 
 
-def _fn(variant, n, impl, temperature=10000.0):
+def _fn(variant, n, impl, **options):
     if not variant:
-        return lambda boxes, *_: anchor_sine_embed(boxes, num_feats=n, temperature=temperature, impl=impl)
+        return lambda boxes, *_: anchor_sine_embed(boxes, num_feats=n, impl=impl, **options)
     return lambda boxes, xy_scale, ref_wh: modulated_anchor_sine_embed(
-        boxes, xy_scale, ref_wh, num_feats=n, temperature=temperature, impl=impl)
+        boxes, xy_scale, ref_wh, num_feats=n, impl=impl, **options)
 
 
 def _cotangents(shape, n, variant, device, dtype):
@@ -89,8 +89,8 @@ def test_kernel_matches_reference_at_other_temperatures(variant, temperature, de
     n = 64
     tensors = _setup((2, 7, 4), variant, n, device, torch.float64)
     cots = _cotangents((2, 7, 4), n, variant, device, torch.float64)
-    outs, grads = _forward_backward(_fn(variant, n, "kernel", temperature), tensors, cots)
-    ref_outs, ref_grads = _forward_backward(_fn(variant, n, "reference", temperature), tensors, cots)
+    outs, grads = _forward_backward(_fn(variant, n, "kernel", temperature=temperature), tensors, cots)
+    ref_outs, ref_grads = _forward_backward(_fn(variant, n, "reference", temperature=temperature), tensors, cots)
     for o, r in zip(outs + grads, ref_outs + ref_grads):
         torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
     default = _forward_backward(_fn(variant, n, "kernel"), tensors, cots)[0][0]
