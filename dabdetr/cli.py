@@ -1,10 +1,12 @@
-"""The `dabdetr` command: train, eval, predict, export, convert (also `python -m dabdetr`).
+"""The `dabdetr` command: train, eval, zoo, predict, export, convert (also `python -m dabdetr`).
 
     dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
     dabdetr train --preset demo --output-dir runs/demo --resume auto   # the same run, resumed (or started)
     torchrun --nproc_per_node 8 -m dabdetr.cli train --preset dab_detr_r50 --data-root /data/coco
     dabdetr eval runs/demo/checkpoint.pt                         # its own validation set
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
+    dabdetr zoo                                                  # the published checkpoints
+    dabdetr eval dab-detr-r50 --data-root /data/coco             # one of them on COCO val2017
     dabdetr predict runs/demo/model photos/ --output-dir predictions/ --save-images
     dabdetr export runs/demo/model model.onnx --format onnx      # also torch-export, aoti (.pt2)
     dabdetr predict model.onnx 'photos/*.jpg' --runtime onnx --batch-size 8
@@ -53,7 +55,8 @@ def add_train_parser(subparsers):
     parser.add_argument("--resume", help="a checkpoint.pt of an earlier run: continue it exactly (with --epochs, "
                                          "for longer); 'auto': the newest readable checkpoint in --output-dir, "
                                          "or a new run if it has none")
-    parser.add_argument("--init", help="pretrained weights to start from (any format from_pretrained reads)")
+    parser.add_argument("--init", help="a DAB-DETR checkpoint to start from: any from_pretrained reads (a path, a "
+                                       "published model's name, a hub id, a URL)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float)
@@ -166,8 +169,11 @@ def training_eval_sizes(metadata):
 
 def add_eval_parser(subparsers):
     parser = subparsers.add_parser("eval", help="COCO box AP of a model on a COCO-format set")
-    parser.add_argument("checkpoint", help="training checkpoint, dabdetr/Hugging Face directory, official or "
-                                           "MMDetection .pth")
+    parser.add_argument("checkpoint", help="any checkpoint from_pretrained reads: a training checkpoint, a "
+                                           "dabdetr/Hugging Face directory, an official or MMDetection .pth, a "
+                                           "published model's name (dabdetr zoo), a Hugging Face hub id, a URL")
+    parser.add_argument("--data-root", help="a COCO root: evaluates on its val2017/ with "
+                                            "annotations/instances_val2017.json")
     parser.add_argument("--annotations", help="COCO json; default: the validation set a training checkpoint used")
     parser.add_argument("--images", help="image directory of --annotations")
     parser.add_argument("--label-mapping", choices=("auto", *LABEL_MAPPINGS), default="auto",
@@ -192,6 +198,12 @@ def run_eval(args):
 
     device = resolve_device(args.device)
     model, metadata = load_model(args.checkpoint, device)
+    if args.data_root is not None:
+        if args.annotations or args.images:
+            raise SystemExit("eval: --data-root names the annotations and images; give it or them, not both")
+        defaults = TrainConfig()
+        args.annotations = os.path.join(args.data_root, defaults.val_annotations)
+        args.images = os.path.join(args.data_root, defaults.val_images)
     if args.annotations is None:
         if metadata["train_config"] is None:
             raise SystemExit("eval: --annotations is needed unless the checkpoint is a training checkpoint")
@@ -219,6 +231,22 @@ def run_eval(args):
     with open(args.output, "w") as f:
         json.dump(results, f)
     print(f"{len(results)} detections on {len(dataset)} images written to {args.output}")
+
+
+# --- zoo ---------------------------------------------------------------------------------------
+
+def add_zoo_parser(subparsers):
+    parser = subparsers.add_parser("zoo", help="the published DAB-DETR checkpoints, by the names the other commands "
+                                               "take")
+    parser.set_defaults(run=run_zoo)
+
+
+def run_zoo(args):
+    from dabdetr import zoo
+
+    print(zoo.table(), end="")
+    print("Evaluate one with: dabdetr eval NAME --data-root COCO_ROOT; weights are fetched once into the Hugging "
+          "Face or torch cache.")
 
 
 # --- predict -----------------------------------------------------------------------------------
@@ -349,7 +377,8 @@ def main(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser, add_convert_parser):
+    for add in (add_train_parser, add_eval_parser, add_zoo_parser, add_predict_parser, add_export_parser,
+                add_convert_parser):
         add(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)

@@ -1,7 +1,8 @@
 """Loading DAB-DETR checkpoints of every format this library knows (dabdetr.formats: ours,
-Hugging Face, official, MMDetection): detection of a path's format, the config (read where the
-checkpoint carries one, inferred from tensor shapes otherwise; what weights cannot tell, such as
-DC5 dilation, comes from the caller's overrides), and the model.
+Hugging Face, official, MMDetection) from wherever they are (a path, a published model's name in
+dabdetr.zoo, a Hugging Face hub id, a URL: dabdetr.hub): detection of the format, the config
+(read where the checkpoint carries one, inferred from tensor shapes otherwise; what weights
+cannot tell, such as DC5 dilation, comes from the caller's overrides), and the model.
 """
 
 import argparse
@@ -10,6 +11,7 @@ import os
 
 import torch
 
+from dabdetr import hub, zoo
 from dabdetr.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_torch_file
 from dabdetr.formats import huggingface, mmdetection, native, official
 from dabdetr.formats.huggingface import save_huggingface, to_huggingface_config, to_huggingface_state_dict
@@ -109,7 +111,8 @@ def _load_source(path, source, checkpoint=None):
         with open(os.path.join(path, native.CONFIG_FILE)) as f:
             hf = json.load(f)
         state = huggingface.from_huggingface(huggingface.read_weights(path))
-        return state, _infer_config(state, **huggingface.config_from_huggingface(hf)), no_metadata
+        metadata = {**no_metadata, "class_names": huggingface.class_names_from_huggingface(hf)}
+        return state, _infer_config(state, **huggingface.config_from_huggingface(hf)), metadata
     if checkpoint is None:
         checkpoint = _torch_load(path)
     if source == "dabdetr-train":
@@ -139,28 +142,44 @@ def _load_state(model, state, path):
                          f"unexpected keys {listing(result.unexpected_keys)}")
 
 
-def from_pretrained(path, source="auto", **overrides):
+def from_pretrained(path, source="auto", revision=None, **overrides):
     """A ready model (eval mode) from a checkpoint.
 
     path: a dabdetr directory (save_pretrained), a training checkpoint of `dabdetr train`
     (checkpoint.pt, best.pt), a Hugging Face DabDetr directory (config.json +
     model.safetensors or pytorch_model.bin), an official DAB-DETR .pth ('model' key) or an
-    MMDetection .pth ('state_dict' key, 80-class head).
+    MMDetection .pth ('state_dict' key, 80-class head); or, where no such path exists, a
+    published model's name (`dabdetr zoo`), a Hugging Face hub id ("IDEA-Research/dab-detr-resnet-50",
+    "org/name@revision") or a URL, fetched once into the hub's or torch's cache (dabdetr.hub).
     source: "auto" (detected) or one of "dabdetr", "dabdetr-train", "huggingface", "official",
     "mmdetection".
+    revision: of a hub id: a branch, tag or commit.
     overrides: DABDETRConfig fields, e.g. dilation=True for a DC5 checkpoint that carries no
     config, or ops_impl="reference".
     """
-    return load_pretrained(path, source, **overrides)[0]
+    return load_pretrained(path, source, revision, **overrides)[0]
 
 
-def load_pretrained(path, source="auto", **overrides):
+def resolve_checkpoint(path, source="auto", revision=None):
+    """(local path, source, config overrides) of what from_pretrained takes: a published model's
+    name brings its location, format and overrides (dabdetr.zoo); hub ids and URLs are fetched."""
+    published = zoo.PUBLISHED.get(path) if not os.path.exists(path) else None
+    if published is None:
+        return hub.resolve(path, revision), source, {}
+    source = published.format if source == "auto" else source
+    return hub.resolve(published.location, revision), source, published.overrides
+
+
+def load_pretrained(path, source="auto", revision=None, **overrides):
     """(model, metadata): from_pretrained's model, with the checkpoint read once, and what it
-    says besides the weights: metadata["class_names"] {label: name} (stored by dabdetr; {}
-    otherwise) and metadata["train_config"] (a TrainConfig dict for training checkpoints, else None).
+    says besides the weights: metadata["class_names"] {label: name} (stored by dabdetr or in a
+    Hugging Face config; {} otherwise) and metadata["train_config"] (a TrainConfig dict for
+    training checkpoints, else None).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    path, source, published_overrides = resolve_checkpoint(path, source, revision)
+    overrides = {**published_overrides, **overrides}
     checkpoint = None
     if source == "auto":
         source, checkpoint = _detect(path)

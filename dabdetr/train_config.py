@@ -20,6 +20,9 @@ class TrainConfig(DictConfig):
     output_dir: str = "outputs/train"
     init: str | None = None  # pretrained weights to start from (from_pretrained path); the class head is
     # kept only where its shape fits the dataset's classes
+    # A model with frozen batch norm or frozen stages needs pretrained weights (the model's
+    # backbone_weights, or init); True runs it without (random frozen layers: for tests and timing).
+    allow_random_backbone: bool = False
 
     # Data: COCO under data_root ({train,val}_images/ and the two annotation files), or, without a
     # data_root, the embedded synthetic shapes.

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dabdetr import distributed
+from dabdetr.backbone_weights import NONE, load_backbone_weights
 from dabdetr.checkpoint import (
     BEST,
     LATEST,
@@ -60,6 +61,20 @@ def build_model_config(config: TrainConfig, num_classes):
         raise ValueError(f"model num_classes={model_config.num_classes} is smaller than the dataset's "
                          f"{num_classes} labels")
     return model_config
+
+
+def check_backbone_start(model_config: DABDETRConfig, config: TrainConfig):
+    """Refuses a new run whose backbone would stay random where it is frozen: frozen batch norm
+    or frozen stages with neither backbone weights nor init (unless allow_random_backbone)."""
+    frozen = (model_config.backbone_norm == "frozen_bn" or model_config.backbone_frozen_stages
+              or not model_config.train_backbone)
+    if frozen and model_config.backbone_weights == NONE and not config.init and not config.allow_random_backbone:
+        raise ValueError(
+            f"the model freezes its backbone's batch norm{' and stem + layer1' * model_config.backbone_frozen_stages} "
+            "but starts from random weights (backbone_weights='none'), which could never train. Start from "
+            "pretrained weights (--model backbone_weights=imagenet, a URL or a file; or --init a DAB-DETR checkpoint), "
+            "or train the backbone from scratch (--model backbone_norm=batch_norm --model backbone_frozen_stages=0), "
+            "or run it as it is with --set allow_random_backbone=true")
 
 
 def load_initial_weights(model, path):
@@ -111,7 +126,7 @@ class Trainer:
     # The settings a resumed run may change: none of them changes what it computes.
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
                          "checkpoint_every", "checkpoint_epochs", "keep_last", "skip_bad_images", "tensorboard",
-                         "cache_images")
+                         "cache_images", "allow_random_backbone")
 
     @classmethod
     def from_checkpoint(cls, path, checkpoint=None, **changes):
@@ -147,6 +162,8 @@ class Trainer:
             os.makedirs(self.output_dir, exist_ok=True)
         torch.manual_seed(config.seed + self.rank)
 
+        if checkpoint is None:  # before the datasets, which can take a while to load
+            check_backbone_start(preset(config.preset, **config.model), config)
         self.train_set, self.val_set = build_datasets(config)
         if checkpoint is not None:
             model_config = DABDETRConfig.from_dict(checkpoint["model_config"])
@@ -160,8 +177,11 @@ class Trainer:
             # Then a stream of its own (dropout, denoising noise); rank 0 continues the one above,
             # so a one-process run is unchanged by the number of processes it could have had.
             torch.manual_seed(config.seed + 1_000_003 * self.rank)
-        if config.init and checkpoint is None:
-            load_initial_weights(self.model, config.init)
+        if checkpoint is None:
+            if config.init:
+                load_initial_weights(self.model, config.init)
+            else:
+                self._load_backbone_weights(local_rank)
         self.ddp_model = self.model
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -230,6 +250,18 @@ class Trainer:
             "class_names": {str(label): name for label, name in self.train_set.class_names.items()},
             "rng": distributed.all_gather_objects(rng_state()),  # every rank's generators
         }
+
+    def _load_backbone_weights(self, local_rank):
+        """The model's backbone_weights, fetched by one process per machine while the others wait
+        and then read the cached file (or, if the fetch failed, fail the same way: none hangs)."""
+        first = local_rank == 0
+        if self.world_size > 1 and not first:
+            torch.distributed.barrier()
+        try:
+            load_backbone_weights(self.model, progress=self.config.progress and first)
+        finally:
+            if self.world_size > 1 and first:
+                torch.distributed.barrier()
 
     def _restore(self, checkpoint, path):
         self.model.load_state_dict(checkpoint["model"])

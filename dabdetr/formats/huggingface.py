@@ -189,6 +189,11 @@ def config_from_huggingface(hf):
     return values
 
 
+def class_names_from_huggingface(hf):
+    """{label: name} of a config's id2label, without transformers' placeholder names (LABEL_n)."""
+    return {int(label): name for label, name in (hf.get("id2label") or {}).items() if name != f"LABEL_{label}"}
+
+
 def read_weights(directory):
     safetensors_path = os.path.join(directory, "model.safetensors")
     if os.path.exists(safetensors_path):

@@ -16,10 +16,11 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+            raise ValueError(f"unknown {cls.__name__} field{'s' * (len(unknown) > 1)} {', '.join(unknown)}; the fields "
+                             f"are {', '.join(known)}")
         return cls(**values)
 
     def replace(self, **overrides):
@@ -37,6 +38,9 @@ class DABDETRConfig(DictConfig):
     train_backbone: bool = True  # False freezes the whole backbone
     backbone_frozen_stages: int = 1  # 1: stem and layer1 frozen (the recipe); 0: nothing frozen
     backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights) | "batch_norm" (from scratch)
+    # The backbone's initial weights when a model is built for training (dabdetr/backbone_weights.py):
+    # "imagenet" (torchvision's, as every published recipe), a URL, a file, a hub id, or "none".
+    backbone_weights: str = "imagenet"
     hidden_dim: int = 256
     num_heads: int = 8
     ffn_dim: int = 2048
@@ -78,6 +82,9 @@ class DABDETRConfig(DictConfig):
             raise ValueError(f"backbone_stage must be 2, 3 or 4, got {self.backbone_stage}")
         if self.dilation and self.backbone_stage != 4:
             raise ValueError("dilation (DC5) dilates stage 4: it needs backbone_stage=4")
+        if not isinstance(self.backbone_weights, str) or not self.backbone_weights:
+            raise ValueError("backbone_weights must be 'imagenet', 'none', a URL, a file or a hub id, got "
+                             f"{self.backbone_weights!r}")
         if self.backbone_frozen_stages not in (0, 1):
             raise ValueError(f"backbone_frozen_stages must be 0 or 1, got {self.backbone_frozen_stages}")
         if self.backbone_norm == "batch_norm" and self.backbone_frozen_stages:
@@ -100,6 +107,8 @@ PRESETS = {
     # The official R50-DC5 checkpoint uses feature-map temperature 10 (docs/checkpoints.md, pitfall 2).
     "dab_detr_r50_dc5": {"dilation": True, "pe_temperature_h": 10.0, "pe_temperature_w": 10.0},
     "dab_detr_r50_dc5_3pat": {"dilation": True, "num_patterns": 3},
+    # Fixed random anchor centres (paper, Table 8).
+    "dab_detr_r50_dc5_fixxy": {"dilation": True, "random_refpoints_xy": True},
     "dab_detr_r101": {"backbone": "resnet101"},
     # Small enough to train from scratch on a laptop CPU (the synthetic-shapes demo): trainable
     # batch norm and no frozen stage (no pretrained weights to keep), C4 features (stride 16: an
@@ -108,7 +117,8 @@ PRESETS = {
     # queries mostly copy their label, and AP was 0.01-0.03 after 3 epochs; with 0.5 they must
     # classify from the image, and AP was 0.25-0.29 after 3 epochs.
     "demo": {
-        "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "backbone_stage": 3,
+        "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0, "backbone_weights": "none",
+        "backbone_stage": 3,
         "hidden_dim": 128, "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3,
         "num_queries": 30, "num_select": 100, "dn_groups": 3, "dn_label_noise": 0.5,
     },
@@ -119,4 +129,4 @@ def preset(name, **overrides):
     """DABDETRConfig of a named preset, with field overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
-    return DABDETRConfig(**{**PRESETS[name], **overrides})
+    return DABDETRConfig.from_dict({**PRESETS[name], **overrides})
