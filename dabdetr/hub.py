@@ -47,7 +47,7 @@ def resolve(location, revision=None, hub_files=("config.json",), progress=True):
         return download(location, progress=progress)
     match = HUB_ID.match(location)
     if match is None:
-        raise FileNotFoundError(f"{location}: no such file or directory (and not a URL or a Hugging Face hub id "
+        raise FileNotFoundError(f"no file or directory at {location} (and it is not a URL or a Hugging Face hub id "
                                 "'org/name')")
     return hub_snapshot(match["repo"], revision or match["revision"], hub_files)
 

@@ -103,7 +103,7 @@ def test_hub_id_without_huggingface_hub_names_the_package(monkeypatch):
 
 
 def test_a_missing_path_that_is_no_hub_id_is_a_missing_file():
-    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+    with pytest.raises(FileNotFoundError, match="no file or directory at /nonexistent/dir/model"):
         dabdetr.from_pretrained("/nonexistent/dir/model")
 
 

@@ -133,14 +133,14 @@ __global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const Attenti
 template <typename T, int W, bool kHasPos>
 struct LaunchBackward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
-    launch_delta<T>(a, stream);
-    if (a.num_keys > 0) {
+    cudaError_t error = launch_delta<T>(a, stream);
+    if (error == cudaSuccess && a.num_keys > 0) {
       const dim3 key_grid(a.batch * a.heads, ceil_div(a.num_keys, kRowsPerBlock));
-      key_grad_kernel<T, W, kHasPos><<<key_grid, kRowsPerBlock, 0, stream>>>(a);
+      error = launch_kernel<key_grad_kernel<T, W, kHasPos>>(key_grid, kRowsPerBlock, 0, stream, a);
     }
+    if (error != cudaSuccess) return error;
     const dim3 query_grid(a.batch * a.heads, ceil_div(a.num_queries, kRowsPerBlock));
-    query_grad_kernel<T, W, kHasPos><<<query_grid, kRowsPerBlock, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel<query_grad_kernel<T, W, kHasPos>>(query_grid, kRowsPerBlock, 0, stream, a);
   }
 };
 

@@ -2,6 +2,7 @@
 // compile in parallel): tiles, row helpers and the dispatch over instantiations.
 #pragma once
 
+#include "cuda/execution.cuh"
 #include "cuda/launch.h"
 #include "cuda/numeric.cuh"
 
@@ -123,10 +124,11 @@ __global__ void delta_kernel(const AttentionArgs a) {
 }
 
 template <typename T>
-void launch_delta(const AttentionArgs& a, cudaStream_t stream) {
+cudaError_t launch_delta(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t rows = a.batch * a.heads * a.num_queries;
   const int threads = 256;
-  delta_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream>>>(a);
+  return launch_kernel<delta_kernel<T>>(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)),
+                                        threads, 0, stream, a);
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the

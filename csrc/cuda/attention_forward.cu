@@ -67,8 +67,7 @@ template <typename T, int W, bool kHasPos>
 struct LaunchForward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
     const dim3 grid(a.batch * a.heads, ceil_div(a.num_queries, kRowsPerBlock));
-    forward_kernel<T, W, kHasPos><<<grid, kRowsPerBlock, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel<forward_kernel<T, W, kHasPos>>(grid, kRowsPerBlock, 0, stream, a);
   }
 };
 

@@ -36,22 +36,20 @@ constexpr size_t kMaxMmaSharedBytes = 99 * 1024;
 
 template <typename Tiles>
 __device__ __forceinline__ Tiles& shared_tiles() {
-  extern __shared__ __align__(16) unsigned char mma_shared[];
-  return *reinterpret_cast<Tiles*>(mma_shared);
+  return *reinterpret_cast<Tiles*>(dynamic_shared_memory());
 }
 
-// Launches kernel with sizeof(Tiles) bytes of dynamic shared memory, first raising the kernel's
+// Launches kKernel with sizeof(Tiles) bytes of dynamic shared memory, first raising the kernel's
 // limit where that is past the default 48 KB.
-template <typename Tiles, typename... Args>
-cudaError_t launch_with_tiles(void (*kernel)(Args...), dim3 grid, cudaStream_t stream, Args... args) {
+template <typename Tiles, auto kKernel, typename... Args>
+cudaError_t launch_with_tiles(dim3 grid, cudaStream_t stream, Args... args) {
   static_assert(sizeof(Tiles) <= kMaxMmaSharedBytes, "tiles beyond the 99 KiB of shared memory of sm_86/sm_89");
   if constexpr (sizeof(Tiles) > 48 * 1024) {
     const cudaError_t error =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sizeof(Tiles)));
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sizeof(Tiles)));
     if (error != cudaSuccess) return error;
   }
-  kernel<<<grid, kMmaThreads, sizeof(Tiles), stream>>>(args...);
-  return cudaGetLastError();
+  return launch_kernel<kKernel>(grid, kMmaThreads, sizeof(Tiles), stream, args...);
 }
 
 // Key-side tiles: content, positional, values and an additive mask (0, or -inf for a padded key

@@ -138,16 +138,16 @@ template <typename T, int W, bool kHasPos>
 struct LaunchMmaBackward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
     const bool vectorized = operands_vectorized<T>(a);
-    launch_delta<T>(a, stream);
-    if (a.num_keys > 0) {
+    cudaError_t error = launch_delta<T>(a, stream);
+    if (error == cudaSuccess && a.num_keys > 0) {
       const dim3 key_grid(a.batch * a.heads, ceil_div(a.num_keys, kMmaBlockRows));
-      const cudaError_t error = launch_with_tiles<KeyGradTiles<T, W, kHasPos>>(mma_key_grad_kernel<T, W, kHasPos>,
-                                                                               key_grid, stream, a, vectorized);
-      if (error != cudaSuccess) return error;
+      error = launch_with_tiles<KeyGradTiles<T, W, kHasPos>, mma_key_grad_kernel<T, W, kHasPos>>(key_grid, stream, a,
+                                                                                                 vectorized);
     }
+    if (error != cudaSuccess) return error;
     const dim3 query_grid(a.batch * a.heads, ceil_div(a.num_queries, kMmaBlockRows));
-    return launch_with_tiles<QueryGradTiles<T, W, kHasPos>>(mma_query_grad_kernel<T, W, kHasPos>, query_grid, stream,
-                                                             a, vectorized);
+    return launch_with_tiles<QueryGradTiles<T, W, kHasPos>, mma_query_grad_kernel<T, W, kHasPos>>(query_grid, stream,
+                                                                                                   a, vectorized);
   }
 };
 

@@ -141,15 +141,12 @@ template <typename T, int W, bool kHasPos>
 struct LaunchMmaForward {
   static cudaError_t run(const AttentionArgs& a, cudaStream_t stream) {
     const dim3 grid(a.batch * a.heads, ceil_div(a.num_queries, kMmaBlockRows), a.num_splits);
-    const cudaError_t error = launch_with_tiles<ForwardTiles<T, W, kHasPos>>(mma_forward_kernel<T, W, kHasPos>, grid,
-                                                                             stream, a, operands_vectorized<T>(a));
-    if (error != cudaSuccess) return error;
-    if (a.num_splits > 1) {
-      const int64_t elements = a.batch * a.heads * a.num_queries * a.dim_value;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(elements, 256), 65535));
-      combine_kernel<T><<<blocks, 256, 0, stream>>>(a);
-    }
-    return cudaGetLastError();
+    const cudaError_t error = launch_with_tiles<ForwardTiles<T, W, kHasPos>, mma_forward_kernel<T, W, kHasPos>>(
+        grid, stream, a, operands_vectorized<T>(a));
+    if (error != cudaSuccess || a.num_splits == 1) return error;
+    const int64_t elements = a.batch * a.heads * a.num_queries * a.dim_value;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(elements, 256), 65535));
+    return launch_kernel<combine_kernel<T>>(blocks, 256, 0, stream, a);
   }
 };
 

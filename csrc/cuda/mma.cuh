@@ -21,6 +21,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#ifdef DABDETR_CUDA_EMULATOR
+#include "dabdetr_cuda_emulator.h"
+#endif
+
 namespace dabdetr::cuda {
 namespace {
 
@@ -52,7 +56,11 @@ struct Accum {
   float v[4];
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// The instructions: PTX on sm_80+, the emulator's (csrc/cuda_emulator, from the PTX ISA's fragment
+// tables) in the emulated build, a trap on older GPUs.
+#if defined(DABDETR_CUDA_EMULATOR)
+#define DABDETR_MMA_EMULATED 1
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define DABDETR_MMA_AVAILABLE 1
 #endif
 
@@ -62,7 +70,9 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 
 // Four 8x8 matrices; lane l gives the row address of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-#ifdef DABDETR_MMA_AVAILABLE
+#if defined(DABDETR_MMA_EMULATED)
+  dabdetr_cuda_emulator::ldmatrix_x4(r, row, /*transpose=*/false);
+#elif defined(DABDETR_MMA_AVAILABLE)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_address(row)));
@@ -72,7 +82,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-#ifdef DABDETR_MMA_AVAILABLE
+#if defined(DABDETR_MMA_EMULATED)
+  dabdetr_cuda_emulator::ldmatrix_x4(r, row, /*transpose=*/true);
+#elif defined(DABDETR_MMA_AVAILABLE)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_address(row)));
@@ -84,7 +96,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // c += a . b on tensor cores, T = __nv_bfloat16 or __half.
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(Accum& c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef DABDETR_MMA_AVAILABLE
+#if defined(DABDETR_MMA_EMULATED)
+  const uint32_t b[2] = {b0, b1};
+  dabdetr_cuda_emulator::mma(std::is_same_v<T, __half> ? dabdetr_cuda_emulator::MmaType::kFloat16
+                                                        : dabdetr_cuda_emulator::MmaType::kBFloat16,
+                             c.v, a, b);
+#elif defined(DABDETR_MMA_AVAILABLE)
 #define DABDETR_MMA_SYNC(PTX_TYPE)                                                                          \
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE                                \
                ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"                     \
@@ -114,7 +131,10 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 // c += a . b on tensor cores in tf32 (operands already rounded by tf32()).
 __device__ __forceinline__ void mma_m16n8k8_tf32(Accum& c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef DABDETR_MMA_AVAILABLE
+#if defined(DABDETR_MMA_EMULATED)
+  const uint32_t b[2] = {b0, b1};
+  dabdetr_cuda_emulator::mma(dabdetr_cuda_emulator::MmaType::kTf32, c.v, a, b);
+#elif defined(DABDETR_MMA_AVAILABLE)
   asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                "{%0, %1, %2, %3};\n"
                : "+f"(c.v[0]), "+f"(c.v[1]), "+f"(c.v[2]), "+f"(c.v[3])
@@ -126,7 +146,9 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(Accum& c, const uint32_t (&a)[4
 
 // x rounded to the nearest tf32 (10 mantissa bits), as torch's TF32 matmuls round their inputs.
 __device__ __forceinline__ uint32_t tf32(float x) {
-#ifdef DABDETR_MMA_AVAILABLE
+#if defined(DABDETR_MMA_EMULATED)
+  return dabdetr_cuda_emulator::cvt_rna_tf32(x);
+#elif defined(DABDETR_MMA_AVAILABLE)
   uint32_t bits;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
   return bits;

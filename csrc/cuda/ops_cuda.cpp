@@ -1,13 +1,13 @@
 // CUDA registrations of the dabdetr ops: validate, allocate, fill the torch-free launch structs
-// of launch.h and launch on torch's current stream of the inputs' device.
+// of launch.h and launch on torch's current stream of the inputs' device. The CUDA emulator's build
+// (DABDETR_CUDA_EMULATOR) compiles this same file to register the dabdetr_emulated ops for CPU
+// tensors: the path, the key splits and the workspace are chosen by this one host code either way.
+#ifndef DABDETR_CUDA_EMULATOR
 #include <pybind11/pybind11.h>
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 #include "checks.h"
 #include "host_params.h"
 #include "cuda/launch.h"
+#include "cuda/torch_device.h"
 #include "sine_frequencies.h"
 
 namespace dabdetr {
@@ -47,6 +48,7 @@ std::vector<std::string> cuda_archs() {
 
 }  // namespace
 
+#ifndef DABDETR_CUDA_EMULATOR
 pybind11::dict cuda_build_info() {
   pybind11::dict info;
   pybind11::list archs;
@@ -68,6 +70,7 @@ pybind11::dict cuda_build_info() {
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
 }
+#endif
 
 namespace {
 
@@ -103,7 +106,7 @@ bool sync_after_launch() {
 void check_launch(cudaError_t error, const char* op) {
   TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(error));
   if (sync_after_launch()) {
-    error = cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream());
+    error = cudaStreamSynchronize(current_stream());
     TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(error));
   }
 }
@@ -122,7 +125,7 @@ enum class AttentionPath { kSimt, kTensorCore };
 // An attribute of the current device (cudaDevAttrComputeCapabilityMajor, ...MultiProcessorCount).
 int device_attribute(cudaDeviceAttr attribute) {
   int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, c10::cuda::current_device()));
+  DABDETR_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, current_device()));
   return value;
 }
 
@@ -197,14 +200,14 @@ std::tuple<at::Tensor, at::Tensor> modulated_attention_cuda(
     const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, double scale) {
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
-  const c10::cuda::CUDAGuard guard(q_content.device());
+  const DeviceGuard guard(q_content.device());
   AttentionArgs a = attention_args(s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale,
                                    "modulated_attention");
   at::Tensor out = at::empty({s.batch, s.heads, s.num_queries, s.dim_value}, q_content.options());
   at::Tensor lse = at::empty({s.batch, s.heads, s.num_queries}, q_content.options().dtype(acc_dtype(q_content)));
   a.out = out.data_ptr();
   a.lse = lse.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   if (attention_path(a, "modulated_attention") == AttentionPath::kSimt) {
     check_launch(attention_forward(a, stream), "modulated_attention");
     return {out, lse};
@@ -224,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
     const at::Tensor& k_content, const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, const at::Tensor& out, const at::Tensor& lse, double scale) {
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
-  const c10::cuda::CUDAGuard guard(q_content.device());
+  const DeviceGuard guard(q_content.device());
   AttentionArgs a = attention_args(s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale,
                                    "modulated_attention_backward");
   check_attention_backward_inputs(s, q_content, grad_out, out, lse, acc_dtype(q_content));
@@ -237,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   a.delta = delta.data_ptr();
   grads.set(a, data_of);
   const bool tensor_cores = attention_path(a, "modulated_attention_backward") == AttentionPath::kTensorCore;
-  check_launch((tensor_cores ? attention_backward_mma : attention_backward)(a, c10::cuda::getCurrentCUDAStream()),
+  check_launch((tensor_cores ? attention_backward_mma : attention_backward)(a, current_stream()),
                "modulated_attention_backward");
   return grads.tuple();
 }
@@ -247,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> sine_embed_forward_cuda(const at::Tensor& box
                                                            const std::optional<at::Tensor>& ref_wh_in,
                                                            int64_t num_feats, double temperature, bool modulated) {
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
-  const c10::cuda::CUDAGuard guard(boxes_in.device());
+  const DeviceGuard guard(boxes_in.device());
   const at::Tensor boxes = boxes_in.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
   const at::Tensor frequencies = sine_frequencies(num_feats, temperature, boxes.options().dtype(acc_dtype(boxes)));
@@ -257,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor> sine_embed_forward_cuda(const at::Tensor& box
   set_sine_embed_inputs(a, s, num_feats, boxes, xy_scale, ref_wh, frequencies, data_of);
   SineEmbedOutputs outputs(boxes, s, num_feats, modulated);
   outputs.set(a, modulated, data_of);
-  check_launch(sine_embed_forward(a, c10::cuda::getCurrentCUDAStream()), op);
+  check_launch(sine_embed_forward(a, current_stream()), op);
   return {outputs.embed, outputs.modulated_xy};
 }
 
@@ -277,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
     const at::Tensor& embed, const at::Tensor& boxes_in, const std::optional<at::Tensor>& xy_scale_in,
     const std::optional<at::Tensor>& ref_wh_in, int64_t num_feats, double temperature) {
   const SineEmbedSizes s = check_sine_embed_inputs(boxes_in, xy_scale_in, ref_wh_in, num_feats);
-  const c10::cuda::CUDAGuard guard(boxes_in.device());
+  const DeviceGuard guard(boxes_in.device());
   check_sine_embed_backward_inputs(boxes_in, s, num_feats, embed, grad_embed, grad_modulated_xy);
   const at::Tensor boxes = boxes_in.contiguous(), embed_c = embed.contiguous();
   const auto xy_scale = contiguous(xy_scale_in), ref_wh = contiguous(ref_wh_in);
@@ -288,13 +291,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
   set_sine_embed_inputs(a, s, num_feats, boxes, xy_scale, ref_wh, frequencies, data_of);
   SineEmbedGrads grads(boxes, num_feats, xy_scale.has_value(), ref_wh.has_value());
   grads.set(a, embed_c, grad_e, grad_m, data_of);
-  check_launch(sine_embed_backward(a, c10::cuda::getCurrentCUDAStream()), "anchor_sine_embed_backward");
+  check_launch(sine_embed_backward(a, current_stream()), "anchor_sine_embed_backward");
   return grads.tuple();
 }
 
 }  // namespace
 
+#ifdef DABDETR_CUDA_EMULATOR
+TORCH_LIBRARY_IMPL(dabdetr_emulated, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(dabdetr, CUDA, m) {
+#endif
   m.impl("modulated_attention", &modulated_attention_cuda);
   m.impl("modulated_attention_backward", &modulated_attention_backward_cuda);
   m.impl("anchor_sine_embed", &anchor_sine_embed_cuda);

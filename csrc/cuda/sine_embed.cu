@@ -6,6 +6,7 @@
 // Backward: one warp per box; lanes stride over feature pairs, reading the saved embedding
 // (d sin / du = f cos, d cos / du = -f sin), and reduce with shuffles; lane 0 writes the box's
 // gradient, so every output element has exactly one writer.
+#include "cuda/execution.cuh"
 #include "cuda/launch.h"
 #include "cuda/numeric.cuh"
 
@@ -125,16 +126,14 @@ cudaError_t sine_embed_forward(const SineEmbedArgs& a, cudaStream_t stream) {
   const int64_t total = a.num_boxes * a.coords * (a.num_feats / 2);
   if (total == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto tag) {
-    forward_kernel<decltype(tag)><<<blocks_for(total), kThreads, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel<forward_kernel<decltype(tag)>>(blocks_for(total), kThreads, 0, stream, a);
   });
 }
 
 cudaError_t sine_embed_backward(const SineEmbedArgs& a, cudaStream_t stream) {
   if (a.num_boxes == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto tag) {
-    backward_kernel<decltype(tag)><<<blocks_for(a.num_boxes * 32), kThreads, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel<backward_kernel<decltype(tag)>>(blocks_for(a.num_boxes * 32), kThreads, 0, stream, a);
   });
 }
 

@@ -1,0 +1,585 @@
+// The CUDA emulator's execution model (dabdetr_cuda_emulator.h): launches, fibers, barriers and
+// warp collectives, the emulated matrix instructions, and the runtime calls of the stand-in
+// cuda_runtime_api.h.
+//
+// A block's threads are ucontext fibers on the launching thread, each with its own stack. The
+// scheduler runs every runnable fiber in turn until it blocks (at __syncthreads or a warp
+// collective) or exits; a barrier opens when every live thread of the block waits at it, a warp
+// collective completes when every lane of its mask has arrived, and then the scheduler computes its
+// result from what the lanes deposited. Blocks run one after another. What the hardware leaves
+// undefined is an error here: a thread that exits while others wait at a barrier, a warp collective
+// that a lane of its mask leaves (or meets at another collective), a block in which nothing can run
+// any more.
+#include "dabdetr_cuda_emulator.h"
+#include "cuda_fp16.h"
+#include "cuda_runtime_api.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace dabdetr_cuda_emulator {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kStackBytes = 256 * 1024;  // the kernels keep a few KB of registers in local arrays
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+
+enum class State { kRunnable, kAtBarrier, kAtWarpOp, kExited, kFailed };
+enum class WarpOpKind { kShfl, kLdmatrix, kLdmatrixTrans, kMma };
+
+const char* op_name(WarpOpKind kind) {
+  switch (kind) {
+    case WarpOpKind::kShfl: return "__shfl_xor_sync";
+    case WarpOpKind::kLdmatrix: return "ldmatrix.x4";
+    case WarpOpKind::kLdmatrixTrans: return "ldmatrix.x4.trans";
+    case WarpOpKind::kMma: return "mma.sync";
+  }
+  return "?";
+}
+
+// What a lane brings to a warp collective, and what it takes away.
+struct WarpOp {
+  WarpOpKind kind;
+  unsigned mask;
+  uint64_t bits;  // shfl
+  int lane_mask, width;
+  const unsigned char* row;  // ldmatrix
+  MmaType type;              // mma
+  uint32_t a[4], b[2];
+  float c[4];
+  uint64_t out_bits;
+  uint32_t out_r[4];
+};
+
+struct Fiber {
+  ucontext_t context;
+  void* stack = nullptr;
+  State state = State::kExited;
+  uint3 index{};
+  WarpOp op{};
+};
+
+struct Stack {
+  void* memory;
+  explicit Stack() : memory(mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {
+    if (memory == MAP_FAILED) {
+      std::perror("dabdetr cuda emulator: fiber stack");
+      std::abort();
+    }
+  }
+  ~Stack() { munmap(memory, kStackBytes); }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+};
+
+// One launch in progress on this OS thread.
+struct Launch {
+  const char* kernel;
+  dim3 grid, block;
+  const std::function<void()>* body;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  Fiber* current = nullptr;
+  int live = 0, at_barrier = 0;
+  std::unique_ptr<unsigned char[]> shared;
+  size_t shared_size = 0;
+  std::string failure;
+};
+
+thread_local Launch* g_launch = nullptr;
+thread_local cudaError_t g_last_error = cudaSuccess;
+thread_local std::string g_failure;
+thread_local std::vector<std::unique_ptr<Stack>> g_stacks;  // reused from launch to launch
+
+// Static __shared__ variables are process-wide statics: one launch at a time.
+std::mutex g_launch_mutex;
+std::mutex g_attribute_mutex;
+std::map<const void*, int> g_max_dynamic_shared;
+
+int linear(const uint3& i, const dim3& d) { return static_cast<int>(i.x + i.y * d.x + i.z * d.x * d.y); }
+
+std::string where(const Launch& l, const Fiber* f) {
+  std::ostringstream s;
+  s << l.kernel << " block (" << blockIdx.x << ", " << blockIdx.y << ", " << blockIdx.z << ")";
+  if (f != nullptr) s << " thread (" << f->index.x << ", " << f->index.y << ", " << f->index.z << ")";
+  return s.str();
+}
+
+void record_failure(Launch& l, const Fiber* f, const std::string& what) {
+  if (l.failure.empty()) l.failure = where(l, f) + ": " + what;
+}
+
+void fiber_main() {
+  Launch& l = *g_launch;
+  (*l.body)();
+  l.current->state = State::kExited;
+  // returning resumes uc_link: the scheduler
+}
+
+void set_builtins(const Fiber& f) { threadIdx = f.index; }
+
+// Blocks the running fiber until the scheduler resumes it.
+void yield(State state) {
+  Launch& l = *g_launch;
+  Fiber* f = l.current;
+  f->state = state;
+  swapcontext(&f->context, &l.scheduler);
+  set_builtins(*f);
+}
+
+int lanes_in_block(const Launch& l, int warp) {
+  const int threads = static_cast<int>(l.block.x * l.block.y * l.block.z);
+  return std::min(kWarpSize, threads - warp * kWarpSize);
+}
+
+// ---- the emulated matrix instructions: fragment maps of the PTX ISA ---------------------------
+// groupID = laneid >> 2, threadID_in_group = laneid % 4 ("Matrix Fragments for mma.m16n8k16" and
+// "mma.m16n8k8" with .tf32); element i of a fragment sits at (row, col) of its matrix.
+
+struct RowCol {
+  int row, col;
+};
+
+// m16n8k16, .f16/.bf16 A (16 x 16, 8 elements in 4 registers of two).
+RowCol a16_element(int lane, int i) {
+  const int group = lane >> 2, thread = lane % 4;
+  const int row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
+  const int col = thread * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+  return {row, col};
+}
+// m16n8k16, .f16/.bf16 B (16 x 8, 4 elements in 2 registers).
+RowCol b16_element(int lane, int i) {
+  const int group = lane >> 2, thread = lane % 4;
+  return {thread * 2 + (i & 1) + (i >= 2 ? 8 : 0), group};
+}
+// m16n8k8, .tf32 A (16 x 8, 4 registers) and B (8 x 8, 2 registers).
+RowCol a_tf32_element(int lane, int i) {
+  const int group = lane >> 2, thread = lane % 4;
+  return {(i == 0 || i == 2) ? group : group + 8, (i < 2) ? thread : thread + 4};
+}
+RowCol b_tf32_element(int lane, int i) {
+  const int group = lane >> 2, thread = lane % 4;
+  return {i == 0 ? thread : thread + 4, group};
+}
+// C and D of both shapes (16 x 8 .f32, 4 elements).
+RowCol c_element(int lane, int i) {
+  const int group = lane >> 2, thread = lane % 4;
+  return {i < 2 ? group : group + 8, thread * 2 + (i & 1)};
+}
+
+float half_bits_to_float(uint16_t bits, MmaType type) {
+  if (type == MmaType::kFloat16) return __half2float(__half{bits});
+  const uint32_t wide = uint32_t(bits) << 16;
+  return bit_cast_to<float>(&wide);
+}
+
+// tf32 operands as the tensor cores read them: the low 13 mantissa bits ignored.
+float tf32_bits_to_float(uint32_t bits) {
+  const uint32_t kept = bits & 0xffffe000u;
+  return bit_cast_to<float>(&kept);
+}
+
+void run_mma(Fiber* lanes[kWarpSize]) {
+  const MmaType type = lanes[0]->op.type;
+  const int k_dim = type == MmaType::kTf32 ? 8 : 16;
+  float A[16][16] = {}, B[16][8] = {}, C[16][8] = {};
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const WarpOp& op = lanes[lane]->op;
+    if (type == MmaType::kTf32) {
+      for (int i = 0; i < 4; ++i) {
+        const RowCol e = a_tf32_element(lane, i);
+        A[e.row][e.col] = tf32_bits_to_float(op.a[i]);
+      }
+      for (int i = 0; i < 2; ++i) {
+        const RowCol e = b_tf32_element(lane, i);
+        B[e.row][e.col] = tf32_bits_to_float(op.b[i]);
+      }
+    } else {
+      for (int i = 0; i < 8; ++i) {
+        const RowCol e = a16_element(lane, i);
+        A[e.row][e.col] = half_bits_to_float(static_cast<uint16_t>(op.a[i / 2] >> (16 * (i % 2))), type);
+      }
+      for (int i = 0; i < 4; ++i) {
+        const RowCol e = b16_element(lane, i);
+        B[e.row][e.col] = half_bits_to_float(static_cast<uint16_t>(op.b[i / 2] >> (16 * (i % 2))), type);
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      const RowCol e = c_element(lane, i);
+      C[e.row][e.col] = op.c[i];
+    }
+  }
+  // Products exact and summed in double, rounded once: the hardware's own fp32 accumulation order
+  // is not specified (only a GPU shows it).
+  float D[16][8];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double sum = C[i][j];
+      for (int k = 0; k < k_dim; ++k) sum += double(A[i][k]) * double(B[k][j]);
+      D[i][j] = static_cast<float>(sum);
+    }
+  for (int lane = 0; lane < kWarpSize; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const RowCol e = c_element(lane, i);
+      std::memcpy(&lanes[lane]->op.out_r[i], &D[e.row][e.col], 4);
+    }
+}
+
+// ldmatrix .m8n8 .x4 .b16 (PTX ISA, "ldmatrix"): lanes 8i..8i+7 give the addresses of rows 0..7 of
+// matrix i; lane l receives in register i the 32 bits holding row l / 4, columns 2 (l % 4) and
+// 2 (l % 4) + 1 of matrix i, or with .trans the elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4).
+bool run_ldmatrix(Launch& l, Fiber* lanes[kWarpSize], bool transpose) {
+  uint16_t m[4][8][8];
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const unsigned char* row = lanes[lane]->op.row;
+    const unsigned char* base = l.shared.get();
+    if (base == nullptr || row < base || row + 16 > base + l.shared_size) {
+      record_failure(l, lanes[lane], std::string(op_name(lanes[lane]->op.kind)) +
+                                         ": a row address outside the block's shared memory");
+      return false;
+    }
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+      record_failure(l, lanes[lane], std::string(op_name(lanes[lane]->op.kind)) + ": a row address not 16-byte aligned");
+      return false;
+    }
+    std::memcpy(m[lane / 8][lane % 8], row, 16);
+  }
+  for (int lane = 0; lane < kWarpSize; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const int r = lane / 4, c = 2 * (lane % 4);
+      const uint16_t lo = transpose ? m[i][c][r] : m[i][r][c];
+      const uint16_t hi = transpose ? m[i][c + 1][r] : m[i][r][c + 1];
+      lanes[lane]->op.out_r[i] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+  return true;
+}
+
+// Completes warp `warp`'s collective if every lane of its mask has arrived; false on a failure.
+bool try_warp_op(Launch& l, int warp) {
+  const int count = lanes_in_block(l, warp);
+  Fiber* lanes[kWarpSize] = {};
+  for (int lane = 0; lane < count; ++lane) lanes[lane] = &l.fibers[warp * kWarpSize + lane];
+  const Fiber* first = nullptr;
+  for (int lane = 0; lane < count; ++lane)
+    if (lanes[lane]->state == State::kAtWarpOp) {
+      first = lanes[lane];
+      break;
+    }
+  if (first == nullptr) return true;
+  const unsigned mask = first->op.kind == WarpOpKind::kShfl ? first->op.mask : 0xffffffffu;
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    if (!(mask >> lane & 1u)) continue;
+    if (lane >= count) {
+      record_failure(l, first, std::string(op_name(first->op.kind)) + ": the mask names lane " + std::to_string(lane) +
+                                   ", which this block does not have");
+      return false;
+    }
+    const Fiber* f = lanes[lane];
+    if (f->state == State::kExited) {
+      record_failure(l, first, std::string(op_name(first->op.kind)) + ": lane " + std::to_string(lane) +
+                                   " of the mask has exited");
+      return false;
+    }
+    if (f->state != State::kAtWarpOp) return true;  // not there yet
+    if (f->op.kind != first->op.kind || f->op.mask != first->op.mask ||
+        (f->op.kind == WarpOpKind::kMma && f->op.type != first->op.type)) {
+      record_failure(l, f, std::string("lanes of warp ") + std::to_string(warp) + " meet at different collectives: " +
+                               op_name(f->op.kind) + " and " + op_name(first->op.kind) + " (or other masks or types)");
+      return false;
+    }
+  }
+  switch (first->op.kind) {
+    case WarpOpKind::kShfl:
+      for (int lane = 0; lane < kWarpSize; ++lane) {
+        if (!(mask >> lane & 1u)) continue;
+        const WarpOp& op = lanes[lane]->op;
+        const int source = lane ^ op.lane_mask;
+        const int segment_end = (lane / op.width + 1) * op.width;
+        if (source >= segment_end) {
+          lanes[lane]->op.out_bits = op.bits;
+        } else if (!(mask >> source & 1u)) {
+          record_failure(l, lanes[lane], "__shfl_xor_sync: reads lane " + std::to_string(source) +
+                                             ", which is not in the mask");
+          return false;
+        } else {
+          lanes[lane]->op.out_bits = lanes[source]->op.bits;
+        }
+      }
+      break;
+    case WarpOpKind::kLdmatrix:
+    case WarpOpKind::kLdmatrixTrans:
+      if (!run_ldmatrix(l, lanes, first->op.kind == WarpOpKind::kLdmatrixTrans)) return false;
+      break;
+    case WarpOpKind::kMma:
+      run_mma(lanes);
+      break;
+  }
+  for (int lane = 0; lane < kWarpSize; ++lane)
+    if (mask >> lane & 1u) lanes[lane]->state = State::kRunnable;
+  return true;
+}
+
+// What the scheduler does after fiber f stopped running; false on a failure.
+bool after_run(Launch& l, Fiber& f) {
+  switch (f.state) {
+    case State::kFailed:
+      return false;
+    case State::kExited: {
+      --l.live;
+      if (l.at_barrier > 0) {
+        record_failure(l, &f, "exited while " + std::to_string(l.at_barrier) +
+                                  " threads of its block wait at __syncthreads (barrier divergence)");
+        return false;
+      }
+      return try_warp_op(l, linear(f.index, l.block) / kWarpSize);
+    }
+    case State::kAtBarrier:
+      if (++l.at_barrier == l.live) {
+        for (auto& g : l.fibers)
+          if (g.state == State::kAtBarrier) g.state = State::kRunnable;
+        l.at_barrier = 0;
+      }
+      return true;
+    case State::kAtWarpOp:
+      return try_warp_op(l, linear(f.index, l.block) / kWarpSize);
+    case State::kRunnable:
+      return true;
+  }
+  return true;
+}
+
+// Why no thread of the block can run: each waiting thread and what it waits at.
+std::string deadlock_report(const Launch& l) {
+  std::ostringstream s;
+  s << "no thread can run any more (a barrier or warp collective some threads never reach):";
+  int shown = 0;
+  for (const auto& f : l.fibers) {
+    if (f.state != State::kAtBarrier && f.state != State::kAtWarpOp) continue;
+    if (shown++ == 8) {
+      s << " ...";
+      break;
+    }
+    s << " thread (" << f.index.x << ", " << f.index.y << ", " << f.index.z << ") at "
+      << (f.state == State::kAtBarrier ? "__syncthreads" : op_name(f.op.kind)) << ";";
+  }
+  return s.str();
+}
+
+bool run_block(Launch& l) {
+  const int threads = static_cast<int>(l.fibers.size());
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = l.fibers[t];
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &l.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+    f.state = State::kRunnable;
+  }
+  l.live = threads;
+  l.at_barrier = 0;
+  if (l.shared) std::memset(l.shared.get(), 0xff, l.shared_size);  // uninitialized: NaN floats, -1 integers
+  while (l.live > 0) {
+    bool ran = false;
+    for (auto& f : l.fibers) {
+      if (f.state != State::kRunnable) continue;
+      ran = true;
+      l.current = &f;
+      set_builtins(f);
+      swapcontext(&l.scheduler, &f.context);
+      l.current = nullptr;
+      if (!after_run(l, f)) return false;
+    }
+    if (!ran && l.live > 0) {
+      record_failure(l, nullptr, deadlock_report(l));
+      return false;
+    }
+  }
+  return true;
+}
+
+cudaError_t fail_launch(cudaError_t error) {
+  g_last_error = error;
+  return error;
+}
+
+int max_dynamic_shared(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_attribute_mutex);
+  const auto found = g_max_dynamic_shared.find(kernel);
+  return found == g_max_dynamic_shared.end() ? static_cast<int>(kDefaultDynamicShared) : found->second;
+}
+
+}  // namespace
+
+Device device() {
+  const char* name = std::getenv("DABDETR_EMULATED_GPU");
+  if (name != nullptr && std::string(name) == "sm_80") return {8, 0, 108, 163 * 1024};
+  return {9, 0, 132, 227 * 1024};
+}
+
+const std::string& failure_message() { return g_failure; }
+void set_last_error(cudaError_t error) { g_last_error = error; }
+cudaError_t peek_last_error() { return g_last_error; }
+cudaError_t take_last_error() {
+  const cudaError_t error = g_last_error;
+  g_last_error = cudaSuccess;
+  return error;
+}
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > device().max_shared_optin) return fail_launch(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> lock(g_attribute_mutex);
+  g_max_dynamic_shared[kernel] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, size_t dynamic_shared,
+                   const std::function<void()>& body) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 ||
+      grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    return fail_launch(cudaErrorInvalidConfiguration);
+  if (dynamic_shared > static_cast<size_t>(max_dynamic_shared(id)) || dynamic_shared > device().max_shared_optin)
+    return fail_launch(cudaErrorInvalidValue);
+
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  Launch l;
+  l.kernel = kernel;
+  l.grid = grid;
+  l.block = block;
+  l.body = &body;
+  l.fibers.resize(threads);
+  while (g_stacks.size() < threads) g_stacks.push_back(std::make_unique<Stack>());
+  for (unsigned t = 0; t < threads; ++t) {
+    l.fibers[t].stack = g_stacks[t]->memory;
+    l.fibers[t].index = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+  }
+  if (dynamic_shared > 0) {
+    l.shared.reset(new unsigned char[dynamic_shared]);  // exactly the launch's size: the sanitizers see past it
+    l.shared_size = dynamic_shared;
+  }
+  Launch* outer = g_launch;
+  g_launch = &l;
+  blockDim = block;
+  gridDim = grid;
+  bool ok = true;
+  for (unsigned z = 0; ok && z < grid.z; ++z)
+    for (unsigned y = 0; ok && y < grid.y; ++y)
+      for (unsigned x = 0; ok && x < grid.x; ++x) {
+        blockIdx = {x, y, z};
+        ok = run_block(l);
+      }
+  g_launch = outer;
+  if (!ok) {
+    g_failure = "unspecified launch failure: " + l.failure;
+    return fail_launch(cudaErrorLaunchFailure);
+  }
+  return cudaSuccess;
+}
+
+void fail(const std::string& what) {
+  Launch* l = g_launch;
+  if (l == nullptr || l->current == nullptr) {
+    std::fprintf(stderr, "dabdetr cuda emulator: %s outside a kernel\n", what.c_str());
+    std::abort();
+  }
+  record_failure(*l, l->current, what);
+  yield(State::kFailed);
+  std::abort();  // a failed fiber is never resumed
+}
+
+unsigned char* dynamic_shared_memory() { return g_launch != nullptr ? g_launch->shared.get() : nullptr; }
+size_t dynamic_shared_size() { return g_launch != nullptr ? g_launch->shared_size : 0; }
+
+void syncthreads() {
+  if (g_launch == nullptr || g_launch->current == nullptr) fail("__syncthreads");
+  yield(State::kAtBarrier);
+}
+
+namespace {
+
+WarpOp& arrive(WarpOpKind kind) {
+  if (g_launch == nullptr || g_launch->current == nullptr) fail(op_name(kind));
+  WarpOp& op = g_launch->current->op;
+  op = WarpOp{};
+  op.kind = kind;
+  op.mask = 0xffffffffu;
+  return op;
+}
+
+}  // namespace
+
+uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
+  if (width <= 0 || width > kWarpSize || (width & (width - 1)) != 0) fail("__shfl_xor_sync: width must be a power of 2 up to 32");
+  WarpOp& op = arrive(WarpOpKind::kShfl);
+  op.mask = mask;
+  op.bits = bits;
+  op.lane_mask = lane_mask & (kWarpSize - 1);
+  op.width = width;
+  const int lane = linear(threadIdx, blockDim) % kWarpSize;
+  if (!(mask >> lane & 1u)) fail("__shfl_xor_sync: the calling lane is not in its mask");
+  yield(State::kAtWarpOp);
+  return g_launch->current->op.out_bits;
+}
+
+void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool transpose) {
+  WarpOp& op = arrive(transpose ? WarpOpKind::kLdmatrixTrans : WarpOpKind::kLdmatrix);
+  op.row = static_cast<const unsigned char*>(row);
+  yield(State::kAtWarpOp);
+  std::memcpy(r, g_launch->current->op.out_r, sizeof(r));
+}
+
+void mma(MmaType type, float (&c)[4], const uint32_t* a, const uint32_t* b) {
+  WarpOp& op = arrive(WarpOpKind::kMma);
+  op.type = type;
+  std::memcpy(op.a, a, sizeof(op.a));
+  std::memcpy(op.b, b, sizeof(op.b));
+  std::memcpy(op.c, c, sizeof(op.c));
+  yield(State::kAtWarpOp);
+  std::memcpy(c, g_launch->current->op.out_r, sizeof(c));
+}
+
+uint32_t cvt_rna_tf32(float x) {
+  uint32_t bits = bit_cast_to<uint32_t>(&x);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return (bits & 0x007fffffu) ? 0x7fffffffu : bits;  // NaN, inf
+  return (bits + 0x1000u) & 0xffffe000u;  // nearest, ties away from zero (on the magnitude)
+}
+
+}  // namespace dabdetr_cuda_emulator
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaErrorLaunchFailure: return dabdetr_cuda_emulator::failure_message().c_str();
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (device != 0 || value == nullptr) return cudaErrorInvalidValue;
+  const auto d = dabdetr_cuda_emulator::device();
+  switch (attribute) {
+    case cudaDevAttrMultiProcessorCount: *value = d.multiprocessors; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = d.major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = d.minor; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(d.max_shared_optin); return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
