@@ -14,8 +14,8 @@ OUT=${OUT:-build-cuda-emulator${SANITIZE:+-${SANITIZE//,/-}}}
 CXX=${CXX:-g++}
 JOBS=${MAX_JOBS:-$(nproc)}
 read -r TORCH_DIR PACKAGE_DIR < <(python - <<'PY'
-import os, torch, dabdetr
-print(os.path.dirname(torch.__file__), os.path.dirname(dabdetr.__file__))
+import importlib.util, os, torch  # dabdetr found, not imported: it loads the library being rebuilt
+print(os.path.dirname(torch.__file__), os.path.dirname(importlib.util.find_spec("dabdetr").origin))
 PY
 )
 TARGET=${TARGET:-$PACKAGE_DIR/_cuda_emulated${SANITIZE:+_${SANITIZE//,/_}}.so}

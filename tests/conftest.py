@@ -6,23 +6,51 @@ from coco_fixture import TINYCOCO, write_coco_folder
 
 from dabdetr.ops import kernel_info
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ],
-    ),
-]
+
+class Target(str):
+    """Where a test's tensors live ("cpu" or "cuda": usable as a torch device), with the impl that
+    runs the kernels under test there and their op library: impl "kernel" and torch.ops.dabdetr,
+    or for the CUDA kernels on the CUDA emulator impl "cuda_emulated" and torch.ops.dabdetr_emulated
+    (CPU tensors)."""
+
+    def __new__(cls, device, impl="kernel"):
+        target = super().__new__(cls, device)
+        target.impl = impl
+        target.emulated = impl == "cuda_emulated"
+        return target
+
+    @property
+    def ops(self):
+        return torch.ops.dabdetr_emulated if self.emulated else torch.ops.dabdetr
+
+    @property
+    def cuda_kernels(self):
+        """Whether the CUDA kernels are under test (on a GPU or emulated)."""
+        return self.emulated or self == "cuda"
+
+
+GPU = pytest.param(Target("cuda"), id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device")])
+EMULATED = pytest.param(Target("cpu", "cuda_emulated"), id="cuda_emulated", marks=pytest.mark.cuda_emulated)
+DEVICES = [pytest.param(Target("cpu"), id="cpu"), GPU, EMULATED]
+CUDA_TARGETS = [GPU, EMULATED]  # the CUDA kernels, on a GPU and on the emulator
+
+
+def check_target(target):
+    if target == "cuda" and not target.emulated and not kernel_info()["cuda"]:
+        pytest.fail("a CUDA device is present but dabdetr._C was built without CUDA kernels")
+    if target.emulated and not kernel_info()["cuda_emulated"]:
+        if os.environ.get("DABDETR_REQUIRE_CUDA_EMULATOR", "") not in ("", "0"):
+            pytest.fail("DABDETR_REQUIRE_CUDA_EMULATOR is set but the CUDA emulator is not built "
+                        "(bash scripts/build_cuda_emulator.sh)")
+        pytest.skip("the CUDA emulator is not built (bash scripts/build_cuda_emulator.sh)")
+    return target
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    if request.param == "cuda" and not kernel_info()["cuda"]:
-        pytest.fail("a CUDA device is present but dabdetr._C was built without CUDA kernels")
-    return request.param
+    """A Target: the CPU kernels, the CUDA kernels on a GPU, the CUDA kernels on the emulator."""
+    return check_target(request.param)
 
 
 @pytest.fixture(autouse=True)

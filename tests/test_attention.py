@@ -39,7 +39,7 @@ def test_reference_matches_naive_formula(case):
 def test_kernel_matches_reference_fp64(case, device):
     inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
-    out, grads = _run(inputs, "kernel", cotangent)
+    out, grads = _run(inputs, device.impl, cotangent)
     ref_out, ref_grads = _run(inputs, "reference", cotangent)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
     assert grads.keys() == ref_grads.keys()
@@ -53,7 +53,7 @@ def test_kernel_matches_reference_fp32(case, device):
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
     truth, truth_grads = _run(truth_inputs, "reference", cotangent)
-    out, grads = _run(inputs, "kernel", cotangent.float())
+    out, grads = _run(inputs, device.impl, cotangent.float())
     ref_out, ref_grads = _run(inputs, "reference", cotangent.float())
     # fp32 kernels accumulate in a different order than the reference: allow 2x (forward) and
     # 3x (backward) the reference's own fp32 error, plus a few ulps for exact references.
@@ -103,7 +103,7 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(dtype):
 def test_fully_padded_rows_give_zeros_and_zero_grads(device):
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
-    out = modulated_attention(**inputs, impl="kernel")
+    out = modulated_attention(**inputs, impl=device.impl)
     assert torch.isfinite(out).all()
     assert (out[1] == 0).all()
     grads = torch.autograd.grad(out.square().sum(), [inputs[n] for n in GRAD_NAMES])
@@ -117,12 +117,12 @@ def test_padded_keys_get_no_weight(device):
     # Changing what is under a padded key must not change anything.
     case = next(c for c in ATTENTION_CASES if c.mask == "random" and c.Dp)
     inputs = attention_inputs(case, device, torch.float64)
-    out = modulated_attention(**inputs, impl="kernel")
+    out = modulated_attention(**inputs, impl=device.impl)
     mask = inputs["key_padding_mask"]
     for name in ("k_content", "k_pos", "value"):
         changed = dict(inputs)
         changed[name] = inputs[name].masked_fill(mask[:, None, :, None], 1e6)
-        torch.testing.assert_close(modulated_attention(**changed, impl="kernel"), out, rtol=0, atol=1e-12)
+        torch.testing.assert_close(modulated_attention(**changed, impl=device.impl), out, rtol=0, atol=1e-12)
 
 
 def test_views_are_read_in_place(device):
@@ -130,8 +130,8 @@ def test_views_are_read_in_place(device):
     inputs = attention_inputs(case, device, torch.float32)
     assert not inputs["q_content"].is_contiguous() and inputs["q_content"].stride(-1) == 1
     contiguous = {k: (v.contiguous() if v is not None else None) for k, v in inputs.items()}
-    out = modulated_attention(**inputs, impl="kernel")
-    torch.testing.assert_close(out, modulated_attention(**contiguous, impl="kernel"), rtol=0, atol=0)
+    out = modulated_attention(**inputs, impl=device.impl)
+    torch.testing.assert_close(out, modulated_attention(**contiguous, impl=device.impl), rtol=0, atol=0)
 
 
 def test_strided_last_dim_is_accepted(device):
@@ -139,7 +139,7 @@ def test_strided_last_dim_is_accepted(device):
     inputs = attention_inputs(case, device, torch.float64)
     inputs["q_content"] = inputs["q_content"].transpose(2, 3).contiguous().transpose(2, 3)
     torch.testing.assert_close(
-        modulated_attention(**inputs, impl="kernel"), modulated_attention(**inputs, impl="reference")
+        modulated_attention(**inputs, impl=device.impl), modulated_attention(**inputs, impl="reference")
     )
 
 
@@ -147,7 +147,7 @@ def test_explicit_scale(device):
     case = ATTENTION_CASES[1]
     inputs = attention_inputs(case, device, torch.float64)
     torch.testing.assert_close(
-        modulated_attention(**inputs, scale=0.3, impl="kernel"),
+        modulated_attention(**inputs, scale=0.3, impl=device.impl),
         naive_attention(**inputs, scale=0.3).to(device),
         rtol=1e-10,
         atol=1e-12,
@@ -160,7 +160,7 @@ def test_empty_sizes_match_the_reference(device):
         inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
         leaves = [inputs[n] for n in GRAD_NAMES]
         cotangent = torch.ones(case.B, case.H, case.Nq, case.Dv, device=device)
-        for impl in ("kernel", "reference"):
+        for impl in (device.impl, "reference"):
             out = modulated_attention(**inputs, impl=impl)
             assert out.shape == (case.B, case.H, case.Nq, case.Dv)
             grads = torch.autograd.grad(out, leaves, cotangent)
@@ -175,7 +175,7 @@ def test_gradcheck(case, device):
 
     def fn(*tensors):
         kwargs = dict(inputs, **dict(zip(names, tensors)))
-        return modulated_attention(**kwargs, impl="kernel")
+        return modulated_attention(**kwargs, impl=device.impl)
 
     assert torch.autograd.gradcheck(fn, [inputs[n] for n in names], eps=1e-6, atol=1e-6)
 
@@ -188,21 +188,21 @@ def test_opcheck(case, dtype, device):
         inputs["q_content"], inputs["q_pos"], inputs["k_content"], inputs["k_pos"], inputs["value"],
         inputs["key_padding_mask"], default_scale(case),
     )
-    torch.library.opcheck(torch.ops.dabdetr.modulated_attention.default, args)
+    torch.library.opcheck(device.ops.modulated_attention.default, args)
     with torch.no_grad():
-        out, lse = torch.ops.dabdetr.modulated_attention(*args)
+        out, lse = device.ops.modulated_attention(*args)
     grad_out = torch.randn_like(out)
     # The backward op is first-order only (see test_double_backward_raises_clearly).
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     backward_args = (grad_out, *detached[:6], out, lse, args[6])
-    torch.library.opcheck(torch.ops.dabdetr.modulated_attention_backward.default, backward_args)
+    torch.library.opcheck(device.ops.modulated_attention_backward.default, backward_args)
 
 
 def test_lse_is_log_sum_exp_of_scaled_logits(device):
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, device, torch.float64)
     scale = default_scale(case)
-    _, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
+    _, lse = device.ops.modulated_attention(*inputs.values(), scale)
     logits = (inputs["q_content"] @ inputs["k_content"].transpose(-1, -2)
               + inputs["q_pos"] @ inputs["k_pos"].transpose(-1, -2)) * scale
     logits = logits.masked_fill(inputs["key_padding_mask"][:, None, None], float("-inf"))
@@ -214,7 +214,7 @@ def test_torch_compile_fullgraph(device):
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
 
     def layer(q_content, q_pos, k_content, k_pos, value, key_padding_mask):
-        out = modulated_attention(q_content * 2, q_pos, k_content, k_pos, value, key_padding_mask, impl="kernel")
+        out = modulated_attention(q_content * 2, q_pos, k_content, k_pos, value, key_padding_mask, impl=device.impl)
         return out.relu().sum()
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
@@ -239,7 +239,7 @@ def test_reference_never_nan_for_fully_padded_rows():
 
 def test_double_backward_raises_clearly(device):
     inputs = attention_inputs(ATTENTION_CASES[0], device, torch.float64, requires_grad=True)
-    out = modulated_attention(**inputs, impl="kernel")
+    out = modulated_attention(**inputs, impl=device.impl)
     (grad_q,) = torch.autograd.grad(out.square().sum(), [inputs["q_content"]], create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         grad_q.sum().backward()

@@ -1,10 +1,11 @@
-"""CUDA-only checks (skipped without a GPU): 16-bit dtypes (and float32 with TF32 allowed) against
-the error-ratio bound of docs/ops.md at DAB-DETR and odd shapes, on both attention paths (SIMT and
-tensor cores: key splits, determinism, the path setting, TF32 only where torch allows it),
-streams, head-dim and grid limits, 64-bit offsets, empty sizes, fp16 range, and compute-sanitizer
-(memcheck, racecheck, synccheck).
-The float32/float64 CUDA checks are the device-parametrized tests of test_attention.py and
-test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""
+"""The CUDA kernels, on a GPU (skipped without one) and on the CUDA emulator (CPU tensors,
+impl="cuda_emulated"; skipped unless built): 16-bit dtypes (and float32 with TF32 allowed) against
+the error-ratio bound of docs/ops.md at odd shapes (and, on a GPU, DAB-DETR's), on both attention
+paths (SIMT and tensor cores: key splits, determinism, the path setting, TF32 only where torch
+allows it), head-dim and grid limits, empty sizes, fp16 range; on a GPU only: streams, 64-bit
+offsets, and compute-sanitizer (memcheck, racecheck, synccheck).
+The float32/float64 checks of the CUDA kernels are the device-parametrized tests of
+test_attention.py and test_sine_embed.py (values, gradients, gradcheck, opcheck, torch.compile)."""
 
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from conftest import CUDA_TARGETS, check_target
 from op_samples import (
     ATTENTION_CASES,
     AttentionCase,
@@ -24,11 +26,15 @@ from op_samples import (
 )
 
 from dabdetr.ops import anchor_sine_embed, kernel_info, modulated_anchor_sine_embed, modulated_attention
+from dabdetr.ops.extension import EMULATOR_LIMITS
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-]
+GPU = CUDA_TARGETS[0].values[0]
+
+
+def gpu_only(test):
+    """A check of what only a GPU shows: streams, memory past 2^31 elements, compute-sanitizer."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")(test))
+
 
 GRAD_NAMES = ("q_content", "q_pos", "k_content", "k_pos", "value")
 DAB_CASES = [
@@ -43,32 +49,41 @@ PATHS = ["simt", "tensor_core"]
 TF32_EPS = 2.0**-10  # 10 mantissa bits
 
 
-@pytest.fixture(autouse=True)
-def _cuda_kernels_built():
-    if not kernel_info()["cuda"]:
-        pytest.fail("a CUDA device is present but dabdetr._C was built without CUDA kernels")
+@pytest.fixture(params=CUDA_TARGETS)
+def gpu(request):
+    """A Target (conftest.py) of the CUDA kernels: a GPU, or the emulator on CPU tensors."""
+    return check_target(request.param)
 
 
-def _skip_unserved(path):
-    if path == "tensor_core" and torch.cuda.get_device_capability()[0] < 8:
+def _skip_unserved(path, gpu):
+    """The emulated GPU is an sm_90 (or an sm_80: DABDETR_EMULATED_GPU), which serves both paths."""
+    if path == "tensor_core" and not gpu.emulated and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("the tensor-core kernels need sm_80 or newer")
+
+
+def _skip_dab_size_on_the_emulator(case, gpu):
+    if gpu.emulated and case in DAB_CASES:
+        pytest.skip("DAB-DETR-size shapes take minutes on the emulator; the odd shapes cover its code paths")
 
 
 @pytest.fixture
 def use_path(monkeypatch):
-    """use_path(path): the attention kernels of the rest of the test."""
+    """use_path(path, target): the attention kernels of the rest of the test."""
 
-    def use(path):
-        _skip_unserved(path)
+    def use(path, target):
+        _skip_unserved(path, target)
         monkeypatch.setenv("DABDETR_ATTENTION_PATH", path)
 
     return use
 
 
 @pytest.fixture
-def allow_tf32(monkeypatch):
-    """allow_tf32(): float32 matmuls (torch's and the tensor-core path's) in TF32 for the rest of the test."""
-    return lambda: monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+def allow_tf32():
+    """allow_tf32(): float32 matmuls (torch's and the tensor-core path's) in TF32 for the rest of the test.
+    (Not monkeypatch: torch.backends.cuda.matmul's attributes are properties it cannot restore.)"""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    yield lambda: setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _forward_backward(inputs, impl, cotangent):
@@ -80,18 +95,19 @@ def _forward_backward(inputs, impl, cotangent):
 @pytest.mark.parametrize(("path", "dtype"), [(p, d) for p in PATHS for d in HALF_DTYPES]
                          + [("simt", torch.float32), ("tensor_core", "tf32")], ids=str)
 @pytest.mark.parametrize("case", DAB_CASES + ATTENTION_CASES, ids=str)
-def test_attention_error_ratio(case, path, dtype, use_path, allow_tf32):
+def test_attention_error_ratio(case, path, dtype, gpu, use_path, allow_tf32):
     """"tf32": float32 with TF32 allowed, so the same-dtype reference runs its matmuls in TF32 too
-    and sets that mode's error bound."""
-    use_path(path)
+    and sets that mode's error bound (on a GPU; on the CPU the floor of 4 tf32 ulps does)."""
+    _skip_dab_size_on_the_emulator(case, gpu)
+    use_path(path, gpu)
     eps = TF32_EPS if dtype == "tf32" else torch.finfo(dtype).eps
     if dtype == "tf32":
         allow_tf32()
         dtype = torch.float32
-    inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
+    inputs = attention_inputs(case, gpu, dtype, requires_grad=True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.float64)
     truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
-    kernel = _forward_backward(inputs, "kernel", cotangent.to(dtype))
+    kernel = _forward_backward(inputs, gpu.impl, cotangent.to(dtype))
     reference = _forward_backward(inputs, "reference", cotangent.to(dtype))
     names = ["out"] + [n for n in GRAD_NAMES if inputs[n] is not None]
     for name, k, r, t in zip(names, kernel, reference, truth):
@@ -102,15 +118,15 @@ def test_attention_error_ratio(case, path, dtype, use_path, allow_tf32):
 
 
 @pytest.mark.parametrize("splits", [1, 2, 5, 16])
-def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypatch):
+def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypatch, gpu):
     """Every split count of the tensor-core forward (the combine step included) gives out within
     the error-ratio bound and lse = logsumexp of the scaled logits over the unpadded keys."""
-    use_path("tensor_core")
+    use_path("tensor_core", gpu)
     monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", str(splits))
     case = AttentionCase("split", B=2, H=3, Nq=70, Nk=1000, Dc=32, Dp=32, Dv=32, mask="one_fully_padded")
-    inputs = attention_inputs(case, "cuda", torch.bfloat16)
+    inputs = attention_inputs(case, gpu, torch.bfloat16)
     scale = default_scale(case)
-    out, lse = torch.ops.dabdetr.modulated_attention(*inputs.values(), scale)
+    out, lse = gpu.ops.modulated_attention(*inputs.values(), scale)
     truth = retyped(inputs, torch.float64)
     logits = (truth["q_content"] @ truth["k_content"].mT + truth["q_pos"] @ truth["k_pos"].mT) * scale
     logits = logits.masked_fill(inputs["key_padding_mask"][:, None, None, :], float("-inf"))
@@ -122,52 +138,53 @@ def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypat
                        floor=4 * torch.finfo(torch.bfloat16).eps)
 
 
-def test_tensor_core_backward_is_deterministic(use_path):
-    use_path("tensor_core")
-    case = DAB_CASES[0]
-    inputs = attention_inputs(case, "cuda", torch.bfloat16, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.bfloat16)
-    first, second = _forward_backward(inputs, "kernel", cotangent), _forward_backward(inputs, "kernel", cotangent)
+def test_tensor_core_backward_is_deterministic(use_path, gpu):
+    use_path("tensor_core", gpu)
+    case = ATTENTION_CASES[1] if gpu.emulated else DAB_CASES[0]
+    inputs = attention_inputs(case, gpu, torch.bfloat16, requires_grad=True)
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.bfloat16)
+    first, second = _forward_backward(inputs, gpu.impl, cotangent), _forward_backward(inputs, gpu.impl, cotangent)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_attention_path_setting_errors(use_path, monkeypatch):
-    info = kernel_info()
-    assert info["cuda_attention_paths"] == PATHS and info["cuda_attention_default_path"] in PATHS
-    assert info["cuda_tensor_core_dtypes"] == ["float16", "bfloat16", "float32"]
-    inputs = attention_inputs(ATTENTION_CASES[1], "cuda", torch.float32)
-    use_path("tensor_core")
+def test_attention_path_setting_errors(use_path, monkeypatch, gpu):
+    if not gpu.emulated:
+        info = kernel_info()
+        assert info["cuda_attention_paths"] == PATHS and info["cuda_attention_default_path"] in PATHS
+        assert info["cuda_tensor_core_dtypes"] == ["float16", "bfloat16", "float32"]
+    inputs = attention_inputs(ATTENTION_CASES[1], gpu, torch.float32)
+    use_path("tensor_core", gpu)
     with pytest.raises(RuntimeError, match="tensor_core serves float16 and bfloat16, and float32 where torch allows "
                                            "TF32 .* got float32 with TF32 not allowed"):
-        modulated_attention(**inputs, impl="kernel")
+        modulated_attention(**inputs, impl=gpu.impl)
     with pytest.raises(RuntimeError, match="got float64"):
-        modulated_attention(**attention_inputs(ATTENTION_CASES[1], "cuda", torch.float64), impl="kernel")
+        modulated_attention(**attention_inputs(ATTENTION_CASES[1], gpu, torch.float64), impl=gpu.impl)
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")  # float32: the SIMT kernels
-    torch.testing.assert_close(modulated_attention(**inputs, impl="kernel"),
+    torch.testing.assert_close(modulated_attention(**inputs, impl=gpu.impl),
                                modulated_attention(**inputs, impl="reference"))
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "fast")
     with pytest.raises(RuntimeError, match="DABDETR_ATTENTION_PATH must be simt, tensor_core or auto, got 'fast'"):
-        modulated_attention(**inputs, impl="kernel")
+        modulated_attention(**inputs, impl=gpu.impl)
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "tensor_core")
     monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", "17")
     with pytest.raises(RuntimeError, match="DABDETR_ATTENTION_SPLITS must be 1..16"):
-        modulated_attention(**attention_inputs(ATTENTION_CASES[1], "cuda", torch.bfloat16), impl="kernel")
+        modulated_attention(**attention_inputs(ATTENTION_CASES[1], gpu, torch.bfloat16), impl=gpu.impl)
 
 
-def test_float32_takes_tf32_tensor_cores_only_where_torch_allows_tf32(monkeypatch):
+def test_float32_takes_tf32_tensor_cores_only_where_torch_allows_tf32(monkeypatch, gpu):
     """Under "auto", float32 stays exact at torch's default precision ("highest") and moves to the
     tensor cores (an error at tf32's scale, far above float32's) with set_float32_matmul_precision("high")."""
-    _skip_unserved("tensor_core")
+    _skip_unserved("tensor_core", gpu)
     monkeypatch.setenv("DABDETR_ATTENTION_PATH", "auto")
-    inputs = attention_inputs(DAB_CASES[0], "cuda", torch.float32)
+    inputs = attention_inputs(ATTENTION_CASES[1] if gpu.emulated else DAB_CASES[0], gpu, torch.float32)
     truth = modulated_attention(**retyped(inputs, torch.float64), impl="reference")
     scale = truth.abs().max().item()
     assert torch.get_float32_matmul_precision() == "highest"
-    exact = (modulated_attention(**inputs, impl="kernel").double() - truth).abs().max().item()
+    exact = (modulated_attention(**inputs, impl=gpu.impl).double() - truth).abs().max().item()
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        tf32 = (modulated_attention(**inputs, impl="kernel").double() - truth).abs().max().item()
+        tf32 = (modulated_attention(**inputs, impl=gpu.impl).double() - truth).abs().max().item()
     finally:
         torch.set_float32_matmul_precision(previous)
     assert exact < 16 * torch.finfo(torch.float32).eps * scale
@@ -175,17 +192,18 @@ def test_float32_takes_tf32_tensor_cores_only_where_torch_allows_tf32(monkeypatc
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_fully_padded_rows_are_zero_in_half_precision(path, use_path):
-    use_path(path)
+def test_fully_padded_rows_are_zero_in_half_precision(path, use_path, gpu):
+    use_path(path, gpu)
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     for dtype in HALF_DTYPES:
-        inputs = attention_inputs(case, "cuda", dtype, requires_grad=True)
-        out = modulated_attention(**inputs, impl="kernel")
+        inputs = attention_inputs(case, gpu, dtype, requires_grad=True)
+        out = modulated_attention(**inputs, impl=gpu.impl)
         grads = torch.autograd.grad(out.float().square().sum(), [inputs[n] for n in GRAD_NAMES])
         assert (out[1] == 0).all() and all((g[1] == 0).all() for g in grads)
         assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
 
 
+@gpu_only
 def test_non_default_stream():
     case = DAB_CASES[0]
     inputs = attention_inputs(case, "cuda", torch.float32, requires_grad=True)
@@ -199,18 +217,18 @@ def test_non_default_stream():
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
-def test_wide_heads_fall_back_or_raise():
+def test_wide_heads_fall_back_or_raise(gpu):
     case = AttentionCase("wide", B=1, H=2, Nq=5, Nk=9, Dc=96, Dp=32, Dv=32)
-    inputs = attention_inputs(case, "cuda", torch.float32)
+    inputs = attention_inputs(case, gpu, torch.float32)
     torch.testing.assert_close(modulated_attention(**inputs), modulated_attention(**inputs, impl="reference"))
     with pytest.raises(RuntimeError, match="head dims above 64"):
-        modulated_attention(**inputs, impl="kernel")
+        modulated_attention(**inputs, impl=gpu.impl)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_sine_embed_error_ratio(dtype):
-    boxes, xy_scale, ref_wh = sine_inputs((300, 8, 4), 128, "cuda", dtype, requires_grad=True)
-    plain = sine_inputs((100_000, 4), 128, "cuda", dtype, modulated=False)[0]
+def test_sine_embed_error_ratio(dtype, gpu):
+    boxes, xy_scale, ref_wh = sine_inputs((300, 8, 4), 128, gpu, dtype, requires_grad=True)
+    plain = sine_inputs((2_000 if gpu.emulated else 100_000, 4), 128, gpu, dtype, modulated=False)[0]
 
     def run(tensors, impl):
         embed, xy = modulated_anchor_sine_embed(*tensors, impl=impl)
@@ -219,10 +237,10 @@ def test_sine_embed_error_ratio(dtype):
 
     tensors = (boxes, xy_scale, ref_wh)
     truth = run([t.detach().double().requires_grad_() for t in tensors], "reference")
-    for i, (k, r, t) in enumerate(zip(run(tensors, "kernel"), run(tensors, "reference"), truth)):
+    for i, (k, r, t) in enumerate(zip(run(tensors, gpu.impl), run(tensors, "reference"), truth)):
         floor = 4 * torch.finfo(dtype).eps * max(1.0, t.abs().max().item())
         assert_error_ratio(k, r, t, 3.0, f"{dtype} output/grad {i}", floor=floor)
-    assert_error_ratio(anchor_sine_embed(plain, impl="kernel"), anchor_sine_embed(plain, impl="reference"),
+    assert_error_ratio(anchor_sine_embed(plain, impl=gpu.impl), anchor_sine_embed(plain, impl="reference"),
                        anchor_sine_embed(plain.double(), impl="reference"), 2.0, f"{dtype} embed",
                        floor=torch.finfo(dtype).eps)
 
@@ -232,9 +250,10 @@ def _free_gib():
 
 
 @pytest.mark.parametrize("path", PATHS)
+@gpu_only
 def test_operands_past_element_2_31_of_their_storage(path, use_path):
     """64-bit offsets on load: batch 1 of every operand lives beyond element 2^31 of one bf16 buffer."""
-    use_path(path)
+    use_path(path, GPU)
     if _free_gib() < 12:
         pytest.skip("needs about 5 GiB of free GPU memory for the 4.3 GB buffer and its checks")
     case = AttentionCase("far", B=2, H=2, Nq=37, Nk=70, Dc=32, Dp=32, Dv=32, mask="random")
@@ -255,10 +274,11 @@ def test_operands_past_element_2_31_of_their_storage(path, use_path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@gpu_only
 def test_outputs_past_element_2_31(path, use_path):
     """64-bit offsets on store: out and dQ of [1, 1025, 65536, 32] bf16; with one key the result
     is known exactly: out = value, dQ = dK = 0, dV = Nq * dO."""
-    use_path(path)
+    use_path(path, GPU)
     if _free_gib() < 24:
         pytest.skip("needs about 18 GiB of free GPU memory")
     B, H, Nq, D = 1, 1025, 65536, 32
@@ -275,49 +295,50 @@ def test_outputs_past_element_2_31(path, use_path):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_fp16_logits_beyond_the_fp16_range(path, use_path):
+def test_fp16_logits_beyond_the_fp16_range(path, use_path, gpu):
     """Logits above 65504 (the fp16 maximum) stay finite: the kernel never stores them in fp16."""
-    use_path(path)
+    use_path(path, gpu)
     case = AttentionCase("hot", B=1, H=2, Nq=20, Nk=60, Dc=32, Dp=32, Dv=32, mask="random")
-    inputs = attention_inputs(case, "cuda", torch.float16, requires_grad=False)
+    inputs = attention_inputs(case, gpu, torch.float16, requires_grad=False)
     for name in ("q_content", "q_pos", "k_content", "k_pos"):
         inputs[name] = inputs[name] * 8
         inputs[name][:, :, 0] = 50.0  # query 0 . key 0 = 64 * 2500 = 160000
         inputs[name].requires_grad_(True)
     inputs["value"].requires_grad_(True)
     inputs["key_padding_mask"][:, 0] = False
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.float64)
-    kernel = _forward_backward(inputs, "kernel", cotangent.half())
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.float64)
+    kernel = _forward_backward(inputs, gpu.impl, cotangent.half())
     truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
     for name, k, t in zip(["out", *GRAD_NAMES], kernel, truth):
         assert torch.isfinite(k).all(), name
         torch.testing.assert_close(k.double(), t, rtol=1e-2, atol=1e-2 * max(1.0, t.abs().max().item()), msg=name)
 
 
-def test_too_many_queries_is_a_clear_error_and_auto_falls_back():
-    limit = kernel_info()["cuda_max_attention_rows"]
-    q = torch.randn(1, 1, limit + 1, 2, device="cuda")
-    k, v = torch.randn(1, 1, 3, 2, device="cuda"), torch.randn(1, 1, 3, 2, device="cuda")
+def test_too_many_queries_is_a_clear_error_and_auto_falls_back(gpu):
+    limit = (EMULATOR_LIMITS if gpu.emulated else kernel_info())["cuda_max_attention_rows"]
+    q = torch.randn(1, 1, limit + 1, 2, device=gpu)
+    k, v = torch.randn(1, 1, 3, 2, device=gpu), torch.randn(1, 1, 3, 2, device=gpu)
     with pytest.raises(RuntimeError, match=f"at most {limit} queries and keys per head"):
-        modulated_attention(q, None, k, None, v, impl="kernel")
+        modulated_attention(q, None, k, None, v, impl=gpu.impl)
     with pytest.raises(RuntimeError, match="modulated_attention: the CUDA kernel serves at most"):
-        torch.ops.dabdetr.modulated_attention(q, None, k, None, v, None, 1.0)
+        gpu.ops.modulated_attention(q, None, k, None, v, None, 1.0)
     torch.testing.assert_close(modulated_attention(q, None, k, None, v),
                                modulated_attention(q, None, k, None, v, impl="reference"))
 
 
-def test_empty_sizes_launch_nothing_and_match_the_reference():
+def test_empty_sizes_launch_nothing_and_match_the_reference(gpu):
     for sizes in ({"B": 0}, {"H": 0}, {"Nq": 0}, {"Nk": 0}):
         case = AttentionCase("empty", **{**dict(B=2, H=2, Nq=5, Nk=7, Dc=4, Dp=4, Dv=4, mask="random"), **sizes})
-        inputs = attention_inputs(case, "cuda", torch.float32, requires_grad=True)
-        cotangent = torch.ones(case.B, case.H, case.Nq, case.Dv, device="cuda")
-        for got, want in zip(_forward_backward(inputs, "kernel", cotangent),
+        inputs = attention_inputs(case, gpu, torch.float32, requires_grad=True)
+        cotangent = torch.ones(case.B, case.H, case.Nq, case.Dv, device=gpu)
+        for got, want in zip(_forward_backward(inputs, gpu.impl, cotangent),
                              _forward_backward(inputs, "reference", cotangent)):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want)
-    torch.cuda.synchronize()  # an empty grid would be an invalid-configuration error here
-    boxes = torch.rand(0, 3, 4, device="cuda", requires_grad=True)
-    embed, xy = modulated_anchor_sine_embed(boxes, impl="kernel")
+    if not gpu.emulated:
+        torch.cuda.synchronize()  # an empty grid would be an invalid-configuration error here
+    boxes = torch.rand(0, 3, 4, device=gpu, requires_grad=True)
+    embed, xy = modulated_anchor_sine_embed(boxes, impl=gpu.impl)
     assert embed.shape == (0, 3, 512) and xy.shape == (0, 3, 256)
     (embed.sum() + xy.sum()).backward()
     assert boxes.grad.shape == boxes.shape
@@ -353,11 +374,12 @@ def _run_kernels_script(prefix=(), **env):
 
 def _script_path(path):
     """The script's DABDETR_ATTENTION_PATH for `path`: it also runs exact float32, which only SIMT serves."""
-    _skip_unserved(path)
+    _skip_unserved(path, GPU)
     return "auto" if path == "tensor_core" else path
 
 
 @pytest.mark.parametrize("path", PATHS)
+@gpu_only
 def test_sync_mode_runs_every_kernel(path):
     """DABDETR_CUDA_SYNC=1 synchronizes after each op, so a kernel fault names its op."""
     _run_kernels_script(DABDETR_CUDA_SYNC="1", DABDETR_ATTENTION_PATH=_script_path(path))
@@ -365,6 +387,7 @@ def test_sync_mode_runs_every_kernel(path):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
+@gpu_only
 def test_compute_sanitizer_is_clean(tool, path):
     sanitizer = shutil.which("compute-sanitizer") or os.path.join(
         os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "compute-sanitizer")

@@ -76,7 +76,7 @@ def test_kernel_matches_reference_fp64(shape, variant, device):
     n = 16
     tensors = _setup(shape, variant, n, device, torch.float64)
     cots = _cotangents(shape, n, variant, device, torch.float64)
-    outs, grads = _forward_backward(_fn(variant, n, "kernel"), tensors, cots)
+    outs, grads = _forward_backward(_fn(variant, n, device.impl), tensors, cots)
     ref_outs, ref_grads = _forward_backward(_fn(variant, n, "reference"), tensors, cots)
     for o, r in zip(outs + grads, ref_outs + ref_grads):
         torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
@@ -89,11 +89,11 @@ def test_kernel_matches_reference_at_other_temperatures(variant, temperature, de
     n = 64
     tensors = _setup((2, 7, 4), variant, n, device, torch.float64)
     cots = _cotangents((2, 7, 4), n, variant, device, torch.float64)
-    outs, grads = _forward_backward(_fn(variant, n, "kernel", temperature=temperature), tensors, cots)
+    outs, grads = _forward_backward(_fn(variant, n, device.impl, temperature=temperature), tensors, cots)
     ref_outs, ref_grads = _forward_backward(_fn(variant, n, "reference", temperature=temperature), tensors, cots)
     for o, r in zip(outs + grads, ref_outs + ref_grads):
         torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
-    default = _forward_backward(_fn(variant, n, "kernel"), tensors, cots)[0][0]
+    default = _forward_backward(_fn(variant, n, device.impl), tensors, cots)[0][0]
     assert not torch.allclose(outs[0], default)  # the temperature reaches the kernel
 
 
@@ -104,7 +104,7 @@ def test_kernel_matches_reference_fp32(shape, variant, device):
     tensors = _setup(shape, variant, n, device, torch.float32)
     cots = _cotangents(shape, n, variant, device, torch.float64)
     truth = _forward_backward(_fn(variant, n, "reference"), truth_tensors, cots)
-    kernel = _forward_backward(_fn(variant, n, "kernel"), tensors, [c.float() for c in cots])
+    kernel = _forward_backward(_fn(variant, n, device.impl), tensors, [c.float() for c in cots])
     ref = _forward_backward(_fn(variant, n, "reference"), tensors, [c.float() for c in cots])
     for i, (k, r, t) in enumerate(zip(kernel[0] + kernel[1], ref[0] + ref[1], truth[0] + truth[1])):
         # The kernel's argument u * (2 pi / tau) may differ from the reference's (u * 2 pi) / tau
@@ -140,21 +140,21 @@ def test_gradcheck(device):
         def fn(*xs, variant=variant, tensors=tensors):
             it = iter(xs)
             args = [next(it) if t is not None else None for t in tensors]
-            return _fn(variant, n, "kernel")(*args)
+            return _fn(variant, n, device.impl)(*args)
 
         assert torch.autograd.gradcheck(fn, leaves), variant
 
 
 def test_opcheck(device):
     boxes, xy_scale, ref_wh = sine_inputs((5, 4), 8, device, requires_grad=True)
-    torch.library.opcheck(torch.ops.dabdetr.anchor_sine_embed.default, (boxes, 8, 10000.0))
-    torch.library.opcheck(torch.ops.dabdetr.modulated_anchor_sine_embed.default, (boxes, xy_scale, ref_wh, 8, 20.0))
-    torch.library.opcheck(torch.ops.dabdetr.modulated_anchor_sine_embed.default, (boxes, None, None, 8, 20.0))
+    torch.library.opcheck(device.ops.anchor_sine_embed.default, (boxes, 8, 10000.0))
+    torch.library.opcheck(device.ops.modulated_anchor_sine_embed.default, (boxes, xy_scale, ref_wh, 8, 20.0))
+    torch.library.opcheck(device.ops.modulated_anchor_sine_embed.default, (boxes, None, None, 8, 20.0))
     with torch.no_grad():
-        embed, xy = torch.ops.dabdetr.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, 8, 20.0)
+        embed, xy = device.ops.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, 8, 20.0)
     detached = [t.detach() for t in (boxes, xy_scale, ref_wh)]
     torch.library.opcheck(
-        torch.ops.dabdetr.anchor_sine_embed_backward.default,
+        device.ops.anchor_sine_embed_backward.default,
         (torch.randn_like(embed), torch.randn_like(xy), embed, *detached, 8, 20.0),
     )
 
@@ -164,7 +164,7 @@ def test_large_angles_stay_accurate(device):
     # by 1e-4. The kernel's range reduction must stay as accurate as torch's sin/cos.
     boxes = torch.tensor([[-3.0, 17.5, 250.0, 0.001], [0.3, 0.7, 40.0, 9.0]], device=device)
     truth = naive_sine_embed(boxes.double(), 32, 10000.0)
-    out = anchor_sine_embed(boxes, num_feats=32, impl="kernel")
+    out = anchor_sine_embed(boxes, num_feats=32, impl=device.impl)
     ref = anchor_sine_embed(boxes, num_feats=32, impl="reference")
     assert_error_ratio(out, ref, truth, 2.0, "embed", floor=1e-6)
 
@@ -173,7 +173,7 @@ def test_torch_compile_fullgraph(device):
     boxes, xy_scale, ref_wh = sine_inputs((6, 3, 4), 16, device, torch.float32, requires_grad=True)
 
     def head(boxes, xy_scale, ref_wh):
-        embed, xy = modulated_anchor_sine_embed(boxes.sigmoid(), xy_scale, ref_wh, num_feats=16, impl="kernel")
+        embed, xy = modulated_anchor_sine_embed(boxes.sigmoid(), xy_scale, ref_wh, num_feats=16, impl=device.impl)
         return embed.sum() + xy.square().sum()
 
     compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
@@ -188,7 +188,7 @@ def test_torch_compile_fullgraph(device):
 
 def test_double_backward_raises_clearly(device):
     boxes, _, _ = sine_inputs((3, 4), 8, device, modulated=False, requires_grad=True)
-    out = anchor_sine_embed(boxes, num_feats=8, impl="kernel")
+    out = anchor_sine_embed(boxes, num_feats=8, impl=device.impl)
     (g,) = torch.autograd.grad(out.square().sum(), [boxes], create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()

@@ -3,7 +3,8 @@
 import dataclasses
 from dataclasses import dataclass
 
-OPS_IMPLS = ("auto", "reference", "kernel")
+from dabdetr.ops.extension import IMPLS as OPS_IMPLS
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONE_NORMS = ("frozen_bn", "batch_norm")
 
@@ -64,7 +65,7 @@ class DABDETRConfig(DictConfig):
     num_classes: int = 91  # logits; 91 = COCO category ids 0..90 (official, Hugging Face)
     prior_prob: float = 0.01  # class bias init: -log((1 - p) / p)
     num_select: int = 300  # post-processing top-k over queries x classes
-    ops_impl: str = "auto"  # "auto" | "reference" | "kernel", for every fused op of the model
+    ops_impl: str = "auto"  # "auto" | "reference" | "kernel" | "cuda_emulated", for every fused op of the model
     # Denoising training (DN-DETR; models/denoising.py): noised copies of the ground truth as extra
     # queries in training. 0 = off = the published DAB-DETR; adds label_embed to the weights.
     dn_groups: int = 0

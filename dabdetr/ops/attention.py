@@ -5,7 +5,7 @@ import math
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import BUILD_INFO, kernels_loaded, no_double_backward, use_kernel
+from dabdetr.ops.extension import BUILD_INFO, EMULATOR_LIMITS, kernel_ops, no_double_backward, op_libraries
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -25,35 +25,37 @@ def modulated_attention(
         key_padding_mask: [B, Nk] bool, True = padded key, or None. A query whose keys are all
             padded gets a zero output and zero gradients.
         scale: logit scale, default 1 / sqrt(Dc + Dp).
-        impl: "auto" (kernel when one serves the device and dtype), "reference", "kernel".
+        impl: "auto" (kernel when one serves the device and dtype), "reference", "kernel", or
+            "cuda_emulated" (the CUDA kernels run by the CUDA emulator, on CPU tensors).
     Returns:
         [B, H, Nq, Dv]. Inputs may be strided views whose last dim is contiguous.
     """
     _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q_content.shape[-1] + (q_pos.shape[-1] if q_pos is not None else 0))
-    unsupported = _unsupported(q_content, q_pos, k_content, value)
-    if use_kernel(impl, "modulated_attention", q_content.device, q_content.dtype, unsupported):
+    def unsupported(cuda):
+        return _unsupported(q_content, q_pos, k_content, value) if cuda else None
+
+    ops = kernel_ops(impl, "modulated_attention", q_content.device, q_content.dtype, unsupported)
+    if ops is not None:
         q_content, q_pos, k_content, k_pos, value = (
             _last_dim_contiguous(t) for t in (q_content, q_pos, k_content, k_pos, value)
         )
-        out, _ = torch.ops.dabdetr.modulated_attention(
-            q_content, q_pos, k_content, k_pos, value, key_padding_mask, float(scale)
-        )
+        out, _ = ops.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, float(scale))
         return out
     return reference.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale)
 
 
 def _unsupported(q_content, q_pos, k_content, value):
-    """Why the CUDA kernel cannot serve this call (limits from csrc/cuda/launch.h), or None."""
-    if q_content.device.type != "cuda" or not BUILD_INFO.get("cuda"):
-        return None
+    """Why the CUDA kernel (or its emulation) cannot serve this call (limits from
+    csrc/cuda/launch.h), or None."""
+    limits = BUILD_INFO if BUILD_INFO.get("cuda") else EMULATOR_LIMITS
     widest = max(q_content.shape[-1], value.shape[-1], q_pos.shape[-1] if q_pos is not None else 0)
-    if widest > BUILD_INFO["cuda_max_head_dim"]:
-        return f"no CUDA kernel for head dims above {BUILD_INFO['cuda_max_head_dim']} (widest is {widest})"
+    if widest > limits["cuda_max_head_dim"]:
+        return f"no CUDA kernel for head dims above {limits['cuda_max_head_dim']} (widest is {widest})"
     rows = max(q_content.shape[2], k_content.shape[2])
-    if rows > BUILD_INFO["cuda_max_attention_rows"]:
-        return (f"the CUDA kernel serves at most {BUILD_INFO['cuda_max_attention_rows']} queries and keys per head, "
+    if rows > limits["cuda_max_attention_rows"]:
+        return (f"the CUDA kernel serves at most {limits['cuda_max_attention_rows']} queries and keys per head, "
                 f"got {rows}")
     return None
 
@@ -117,9 +119,11 @@ def _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask):
             )
 
 
-if kernels_loaded():
+def _register(library):
+    """Fake (meta) and autograd registrations of the attention ops of one op library."""
+    ops = getattr(torch.ops, library)
 
-    @torch.library.register_fake("dabdetr::modulated_attention")
+    @torch.library.register_fake(f"{library}::modulated_attention")
     def _modulated_attention_fake(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
         _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask)
         B, H, Nq, _ = q_content.shape
@@ -127,7 +131,7 @@ if kernels_loaded():
         out = q_content.new_empty((B, H, Nq, value.shape[-1]))
         return out, q_content.new_empty((B, H, Nq), dtype=lse_dtype)
 
-    @torch.library.register_fake("dabdetr::modulated_attention_backward")
+    @torch.library.register_fake(f"{library}::modulated_attention_backward")
     def _modulated_attention_backward_fake(
         grad_out, q_content, q_pos, k_content, k_pos, value, key_padding_mask, out, lse, scale
     ):
@@ -145,14 +149,18 @@ if kernels_loaded():
 
     def _backward(ctx, grad_out, _grad_lse):
         q_content, q_pos, k_content, k_pos, value, key_padding_mask, out, lse = ctx.saved_tensors
-        g_qc, g_qp, g_kc, g_kp, g_v = torch.ops.dabdetr.modulated_attention_backward(
+        g_qc, g_qp, g_kc, g_kp, g_v = ops.modulated_attention_backward(
             grad_out, q_content, q_pos, k_content, k_pos, value, key_padding_mask, out, lse, ctx.scale
         )
         if q_pos is None:
             g_qp = g_kp = None
         return g_qc, g_qp, g_kc, g_kp, g_v, None, None
 
-    torch.library.register_autograd("dabdetr::modulated_attention", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(f"{library}::modulated_attention", _backward, setup_context=_setup_context)
     torch.library.register_autograd(
-        "dabdetr::modulated_attention_backward", no_double_backward("modulated_attention")
+        f"{library}::modulated_attention_backward", no_double_backward("modulated_attention")
     )
+
+
+for _library in op_libraries():
+    _register(_library)

@@ -1,7 +1,10 @@
-"""Loading of the compiled extension dabdetr._C and the choice, per call, of kernel or reference.
+"""Loading of the compiled extension dabdetr._C (and of the CUDA emulator's op library, where it
+was built) and the choice, per call, of kernel or reference.
 
 The package works without the extension: every op then runs its PyTorch reference, and one
-warning says why (extension missing, or DABDETR_DISABLE_KERNELS=1).
+warning says why (extension missing, or DABDETR_DISABLE_KERNELS=1). impl="cuda_emulated" runs
+the CUDA kernels on CPU tensors in the CUDA emulator (scripts/build_cuda_emulator.sh builds it
+into the package as _cuda_emulated.so; docs/ops.md, "The CUDA emulator").
 """
 
 import os
@@ -10,8 +13,8 @@ import warnings
 import torch
 
 DISABLE_ENV = "DABDETR_DISABLE_KERNELS"
-IMPLS = ("auto", "reference", "kernel")
-
+IMPLS = ("auto", "reference", "kernel", "cuda_emulated")
+EMULATOR_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_cuda_emulated.so")
 
 
 def _load():
@@ -25,8 +28,25 @@ def _load():
     return _C, None
 
 
+def _load_emulator():
+    """The CUDA kernels' limits (csrc/cuda/launch.h) if the CUDA emulator's op library
+    (dabdetr_emulated) is loaded, else None."""
+    if not os.path.exists(EMULATOR_LIBRARY):
+        return None
+    try:
+        torch.ops.load_library(EMULATOR_LIBRARY)
+        limits = torch.ops.dabdetr_emulated.limits()
+    except (OSError, RuntimeError, AttributeError) as error:
+        warnings.warn(f"dabdetr: the CUDA emulator at {EMULATOR_LIBRARY} does not load ({error}); rebuild it with "
+                      "bash scripts/build_cuda_emulator.sh", RuntimeWarning, stacklevel=2)
+        return None
+    return dict(zip(("cuda_max_head_dim", "cuda_max_attention_rows"), limits))
+
+
 _C, _UNAVAILABLE = _load()
 BUILD_INFO = _C.build_info() if _C is not None else {}
+EMULATOR_LIMITS = _load_emulator()  # the emulated kernels have the CUDA kernels' limits
+_EMULATOR = EMULATOR_LIMITS is not None
 # The dtypes each backend's kernels serve, as the extension reports them.
 _KERNEL_DTYPES = {device: tuple(getattr(torch, name) for name in BUILD_INFO.get(f"{device}_dtypes", ()))
                   for device in ("cpu", "cuda")}
@@ -48,22 +68,40 @@ def _no_kernel_reason(device, dtype):
     return None
 
 
-def use_kernel(impl, op_name, device, dtype, unsupported=None):
-    """Whether `op_name` runs its fused kernel for tensors on `device` of `dtype`.
+def kernel_ops(impl, op_name, device, dtype, unsupported=None):
+    """The op library whose kernel runs `op_name` for tensors on `device` of `dtype`
+    (torch.ops.dabdetr or, with impl="cuda_emulated", torch.ops.dabdetr_emulated), or None for
+    the reference.
 
-    impl "reference" never does, "auto" does when a kernel exists, "kernel" must (or raises).
-    `unsupported`: why the kernel cannot serve this particular call (None: it can).
+    impl "reference" never runs a kernel, "auto" does when one exists, "kernel" must (or raises),
+    "cuda_emulated" runs the emulated CUDA kernel (CPU tensors; raises when it cannot).
+    `unsupported(cuda)`: why the kernel cannot serve this particular call, or None; cuda says
+    whether the CUDA kernels' limits apply.
     """
     if impl not in IMPLS:
         raise ValueError(f"{op_name}: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
-        return False
-    reason = _no_kernel_reason(device, dtype) or unsupported
+        return None
+    if impl == "cuda_emulated":
+        reason = (None if _EMULATOR else "the CUDA emulator is not built (bash scripts/build_cuda_emulator.sh)")
+        if reason is None and device.type != "cpu":
+            reason = f"the emulated CUDA kernels run on CPU tensors, got {device.type} ones"
+        reason = reason or (unsupported(True) if unsupported else None)
+        if reason is not None:
+            raise RuntimeError(f"{op_name}: impl='cuda_emulated' but {reason}")
+        return torch.ops.dabdetr_emulated
+    reason = _no_kernel_reason(device, dtype) or (unsupported(device.type == "cuda") if unsupported else None)
     if reason is None:
-        return True
+        return torch.ops.dabdetr
     if impl == "kernel":
         raise RuntimeError(f"{op_name}: impl='kernel' but {reason}")
-    return False
+    return None
+
+
+def op_libraries():
+    """The op libraries loaded ("dabdetr", "dabdetr_emulated"): each gets the same fake and
+    autograd registrations."""
+    return [name for name, loaded in (("dabdetr", _C is not None), ("dabdetr_emulated", _EMULATOR)) if loaded]
 
 
 def no_double_backward(op_name):
@@ -78,10 +116,6 @@ def no_double_backward(op_name):
     return backward
 
 
-def kernels_loaded():
-    return _C is not None
-
-
 def kernel_info():
     """What the extension provides: a dict with keys
 
@@ -92,7 +126,8 @@ def kernel_info():
     kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
     cuda_attention_default_path (the one used unless DABDETR_ATTENTION_PATH says otherwise) and
     cuda_tensor_core_dtypes (the tensor-core path's: float32 only where TF32 is allowed; with CUDA
-    only), torch_version (torch the extension was built against), runtime_torch_version.
+    only), cuda_emulated (bool: the CUDA emulator's ops are loaded, impl="cuda_emulated"),
+    torch_version (torch the extension was built against), runtime_torch_version.
     """
     info = {
         "extension_loaded": _C is not None,
@@ -107,5 +142,6 @@ def kernel_info():
         "torch_version": None,
     }
     info.update(BUILD_INFO)
+    info["cuda_emulated"] = _EMULATOR
     info["runtime_torch_version"] = torch.__version__
     return info

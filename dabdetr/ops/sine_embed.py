@@ -3,7 +3,7 @@
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import kernels_loaded, no_double_backward, use_kernel
+from dabdetr.ops.extension import kernel_ops, no_double_backward, op_libraries
 
 
 def anchor_sine_embed(boxes, *, num_feats=128, temperature=10000.0, impl="auto"):
@@ -18,8 +18,9 @@ def anchor_sine_embed(boxes, *, num_feats=128, temperature=10000.0, impl="auto")
         k, in blocks ordered cy, cx, w, h.
     """
     _check_inputs(boxes, None, None, num_feats, temperature)
-    if use_kernel(impl, "anchor_sine_embed", boxes.device, boxes.dtype):
-        return torch.ops.dabdetr.anchor_sine_embed(boxes, num_feats, float(temperature))
+    ops = kernel_ops(impl, "anchor_sine_embed", boxes.device, boxes.dtype)
+    if ops is not None:
+        return ops.anchor_sine_embed(boxes, num_feats, float(temperature))
     return reference.anchor_sine_embed(boxes, num_feats, temperature)
 
 
@@ -37,8 +38,9 @@ def modulated_anchor_sine_embed(
         with the y block [0:n] times h_ref / h and the x block [n:2n] times w_ref / w.
     """
     _check_inputs(boxes, xy_scale, ref_wh, num_feats, temperature)
-    if use_kernel(impl, "modulated_anchor_sine_embed", boxes.device, boxes.dtype):
-        return torch.ops.dabdetr.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, float(temperature))
+    ops = kernel_ops(impl, "modulated_anchor_sine_embed", boxes.device, boxes.dtype)
+    if ops is not None:
+        return ops.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, float(temperature))
     return reference.modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, temperature)
 
 
@@ -72,20 +74,22 @@ def _check_inputs(boxes, xy_scale, ref_wh, num_feats, temperature):
             raise ValueError(f"anchor sine embedding: {name} must have shape {wanted}, got {tuple(t.shape)}")
 
 
-if kernels_loaded():
+def _register(library):
+    """Fake (meta) and autograd registrations of the sine-embedding ops of one op library."""
+    ops = getattr(torch.ops, library)
 
-    @torch.library.register_fake("dabdetr::anchor_sine_embed")
+    @torch.library.register_fake(f"{library}::anchor_sine_embed")
     def _anchor_sine_embed_fake(boxes, num_feats, temperature):
         _check_inputs(boxes, None, None, num_feats, temperature)
         return boxes.new_empty((*boxes.shape[:-1], boxes.shape[-1] * num_feats))
 
-    @torch.library.register_fake("dabdetr::modulated_anchor_sine_embed")
+    @torch.library.register_fake(f"{library}::modulated_anchor_sine_embed")
     def _modulated_anchor_sine_embed_fake(boxes, xy_scale, ref_wh, num_feats, temperature):
         _check_inputs(boxes, xy_scale, ref_wh, num_feats, temperature)
         embed = boxes.new_empty((*boxes.shape[:-1], boxes.shape[-1] * num_feats))
         return embed, boxes.new_empty((*boxes.shape[:-1], 2 * num_feats))
 
-    @torch.library.register_fake("dabdetr::anchor_sine_embed_backward")
+    @torch.library.register_fake(f"{library}::anchor_sine_embed_backward")
     def _anchor_sine_embed_backward_fake(grad_embed, grad_modulated_xy, embed, boxes, xy_scale, ref_wh, num_feats,
                                          temperature):
         def like(t):
@@ -100,7 +104,7 @@ if kernels_loaded():
 
     def _backward_plain(ctx, grad_embed):
         boxes, embed = ctx.saved_tensors
-        grad_boxes, _, _ = torch.ops.dabdetr.anchor_sine_embed_backward(
+        grad_boxes, _, _ = ops.anchor_sine_embed_backward(
             grad_embed, None, embed, boxes, None, None, ctx.num_feats, ctx.temperature
         )
         return grad_boxes, None, None
@@ -112,7 +116,7 @@ if kernels_loaded():
 
     def _backward_modulated(ctx, grad_embed, grad_modulated_xy):
         boxes, xy_scale, ref_wh, embed = ctx.saved_tensors
-        grad_boxes, grad_xy_scale, grad_ref_wh = torch.ops.dabdetr.anchor_sine_embed_backward(
+        grad_boxes, grad_xy_scale, grad_ref_wh = ops.anchor_sine_embed_backward(
             grad_embed, grad_modulated_xy, embed, boxes, xy_scale, ref_wh, ctx.num_feats, ctx.temperature
         )
         return (
@@ -123,10 +127,14 @@ if kernels_loaded():
             None,
         )
 
-    torch.library.register_autograd("dabdetr::anchor_sine_embed", _backward_plain, setup_context=_setup_plain)
+    torch.library.register_autograd(f"{library}::anchor_sine_embed", _backward_plain, setup_context=_setup_plain)
     torch.library.register_autograd(
-        "dabdetr::modulated_anchor_sine_embed", _backward_modulated, setup_context=_setup_modulated
+        f"{library}::modulated_anchor_sine_embed", _backward_modulated, setup_context=_setup_modulated
     )
     torch.library.register_autograd(
-        "dabdetr::anchor_sine_embed_backward", no_double_backward("the anchor sine embedding")
+        f"{library}::anchor_sine_embed_backward", no_double_backward("the anchor sine embedding")
     )
+
+
+for _library in op_libraries():
+    _register(_library)
