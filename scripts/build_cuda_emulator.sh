@@ -29,7 +29,7 @@ if [ -n "$SANITIZE" ]; then
 fi
 mkdir -p "$OUT"
 echo "== building the CUDA emulator (${SANITIZE:-no sanitizer}) into $TARGET"
-SOURCES=(csrc/cuda/*.cu csrc/cuda/ops_cuda.cpp csrc/cuda_emulator/runtime.cpp csrc/cuda_emulator/register.cpp)
+SOURCES=(csrc/cuda/*.cu csrc/cuda/ops_cuda.cpp csrc/cuda_emulator/*.cu csrc/cuda_emulator/*.cpp)
 printf '%s\n' "${SOURCES[@]}" | xargs -P "$JOBS" -I{} sh -c '
   src={}; obj="$0/$(echo "$src" | tr / _).o"
   case "$src" in *.cu) lang="-x c++";; *) lang="";; esac

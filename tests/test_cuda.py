@@ -117,12 +117,16 @@ def test_attention_error_ratio(case, path, dtype, gpu, use_path, allow_tf32):
         assert_error_ratio(k, r, t, factor, f"{case.name} {path} {dtype} {name}", floor=floor)
 
 
-@pytest.mark.parametrize("splits", [1, 2, 5, 16])
+@pytest.mark.parametrize("splits", [1, 2, 3, 4, 5, 16, "auto"])
 def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypatch, gpu):
     """Every split count of the tensor-core forward (the combine step included) gives out within
-    the error-ratio bound and lse = logsumexp of the scaled logits over the unpadded keys."""
+    the error-ratio bound and lse = logsumexp of the scaled logits over the unpadded keys; "auto":
+    the count key_splits() chooses (4 here: 12 blocks of 64 queries, 16 tiles of 64 keys)."""
     use_path("tensor_core", gpu)
-    monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", str(splits))
+    if splits == "auto":
+        monkeypatch.delenv("DABDETR_ATTENTION_SPLITS", raising=False)
+    else:
+        monkeypatch.setenv("DABDETR_ATTENTION_SPLITS", str(splits))
     case = AttentionCase("split", B=2, H=3, Nq=70, Nk=1000, Dc=32, Dp=32, Dv=32, mask="one_fully_padded")
     inputs = attention_inputs(case, gpu, torch.bfloat16)
     scale = default_scale(case)

@@ -347,6 +347,11 @@ bool after_run(Launch& l, Fiber& f) {
       return try_warp_op(l, linear(f.index, l.block) / kWarpSize);
     }
     case State::kAtBarrier:
+      if (l.live < static_cast<int>(l.fibers.size())) {
+        record_failure(l, &f, "waits at __syncthreads, which " + std::to_string(l.fibers.size() - l.live) +
+                                  " threads of its block have exited without reaching (barrier divergence)");
+        return false;
+      }
       if (++l.at_barrier == l.live) {
         for (auto& g : l.fibers)
           if (g.state == State::kAtBarrier) g.state = State::kRunnable;
@@ -364,16 +369,16 @@ bool after_run(Launch& l, Fiber& f) {
 // Why no thread of the block can run: each waiting thread and what it waits at.
 std::string deadlock_report(const Launch& l) {
   std::ostringstream s;
-  s << "no thread can run any more (a barrier or warp collective some threads never reach):";
+  s << "no thread can run any more (a barrier or warp collective some threads never reach): " << l.at_barrier
+    << " threads wait at __syncthreads, and at warp collectives:";
   int shown = 0;
   for (const auto& f : l.fibers) {
-    if (f.state != State::kAtBarrier && f.state != State::kAtWarpOp) continue;
-    if (shown++ == 8) {
+    if (f.state != State::kAtWarpOp) continue;
+    if (shown++ == 6) {
       s << " ...";
       break;
     }
-    s << " thread (" << f.index.x << ", " << f.index.y << ", " << f.index.z << ") at "
-      << (f.state == State::kAtBarrier ? "__syncthreads" : op_name(f.op.kind)) << ";";
+    s << " thread (" << f.index.x << ", " << f.index.y << ", " << f.index.z << ") at " << op_name(f.op.kind) << ";";
   }
   return s.str();
 }

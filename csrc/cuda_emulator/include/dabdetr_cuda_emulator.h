@@ -86,15 +86,16 @@ T bit_cast_to(const void* p) {
 }
 
 // The name of the kernel kKernel, from this function's signature.
+inline std::string template_argument(const std::string& signature, const std::string& parameter) {
+  const auto start = signature.find(parameter + " = ");
+  if (start == std::string::npos) return signature;
+  const auto end = signature.find_first_of(";]", start);
+  return signature.substr(start + parameter.size() + 3, end - start - parameter.size() - 3);
+}
+
 template <auto kKernel>
 const char* kernel_name() {
-  static const std::string name = [] {
-    std::string signature = __PRETTY_FUNCTION__;
-    const auto start = signature.find("kKernel = ");
-    if (start == std::string::npos) return signature;
-    const auto end = signature.find_first_of(";]", start);
-    return signature.substr(start + 10, end - start - 10);
-  }();
+  static const std::string name = template_argument(__PRETTY_FUNCTION__, "kKernel");
   return name.c_str();
 }
 
