@@ -16,4 +16,5 @@ if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 bash scripts/check_release.sh
 bash scripts/build_cuda_emulator.sh  # the CUDA kernels' tests run on it (impl="cuda_emulated")
+bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
 DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q tests "$@"

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const Attentio
   const int64_t row0 = q0 + 16 * warp, rows = a.batch * a.heads * a.num_queries;
   float* lse_out = static_cast<float*>(a.lse);
   if (a.num_splits > 1) {  // split s: its output rows, then its lse (combine_kernel's layout)
-    float* partial = static_cast<float*>(a.workspace) + blockIdx.z * rows * (a.dim_value + 1);
+    float* partial = static_cast<float*>(a.workspace) + blockIdx.z * split_stride_floats(a);
     store_rows(partial + bh * a.num_queries * a.dim_value, out, row0, a.num_queries, a.dim_value, inv_sum);
     lse_out = partial + rows * a.dim_value;
   } else {
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const Attentio
 // out and lse from the splits' normalized outputs o_s and lse_s: weights exp(lse_s - max lse).
 template <typename T>
 __global__ void combine_kernel(const AttentionArgs a) {
-  const int64_t rows = a.batch * a.heads * a.num_queries, stride = rows * (a.dim_value + 1);
+  const int64_t rows = a.batch * a.heads * a.num_queries, stride = split_stride_floats(a);
   const float* workspace = static_cast<const float*>(a.workspace);
   const float* lse_of = workspace + rows * a.dim_value;  // split s: lse_of[s * stride + row]
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < rows * a.dim_value;

@@ -38,8 +38,14 @@ struct AttentionArgs : AttentionParamsOf<const void*, void*, double> {
   void* workspace = nullptr;
 };
 
+// One split's region of the workspace: its output rows [B*H*Nq, Dv], then its lse [B*H*Nq], rounded
+// up to 4 floats so that every region starts 16-byte aligned (the outputs are stored in pairs).
+__host__ __device__ inline int64_t split_stride_floats(const AttentionArgs& a) {
+  return (a.batch * a.heads * a.num_queries * (a.dim_value + 1) + 3) / 4 * 4;
+}
+
 inline int64_t split_workspace_floats(const AttentionArgs& a) {
-  return a.num_splits > 1 ? a.num_splits * a.batch * a.heads * a.num_queries * (a.dim_value + 1) : 0;
+  return a.num_splits > 1 ? a.num_splits * split_stride_floats(a) : 0;
 }
 
 struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {

@@ -10,12 +10,30 @@
 // undefined is an error here: a thread that exits while others wait at a barrier, a warp collective
 // that a lane of its mask leaves (or meets at another collective), a block in which nothing can run
 // any more.
+//
+// Under the sanitizers (scripts/check_cuda_emulator_sanitizers.sh): AddressSanitizer is told of
+// every fiber switch (__sanitizer_start/finish_switch_fiber). ThreadSanitizer sees each CUDA thread
+// as a fiber of its own, switched without synchronization, so that the only happens-before edges
+// between threads are the ones CUDA gives: __syncthreads and the warp collectives (release before
+// waiting, acquire after), a launch's start and end, and the end of the blocks before. This file is
+// then compiled without TSan's instrumentation (DABDETR_CUDA_EMULATOR_TSAN), so the scheduler's own
+// bookkeeping is not checked; ldmatrix reports its lane's row read to TSan itself.
 #include "dabdetr_cuda_emulator.h"
 #include "cuda_fp16.h"
 #include "cuda_runtime_api.h"
 
 #include <sys/mman.h>
 #include <ucontext.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define DABDETR_ASAN 1
+#endif
+#if defined(DABDETR_CUDA_EMULATOR_TSAN)
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read16(void* address);  // TSan's instrumentation callback for a 16-byte read
+#define DABDETR_TSAN 1
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -70,15 +88,24 @@ struct Fiber {
   State state = State::kExited;
   uint3 index{};
   WarpOp op{};
+  void* asan_fake_stack = nullptr;
+  void* tsan_fiber = nullptr;
+  unsigned generation = 0;  // of the barrier or warp collective it waits at
 };
 
+// A fiber's stack and, under TSan, its TSan fiber: made once, reused by the thread of the same
+// index in every block and launch (blocks are ordered anyway: block_sync).
 struct Stack {
   void* memory;
+  void* tsan_fiber = nullptr;
   explicit Stack() : memory(mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {
     if (memory == MAP_FAILED) {
       std::perror("dabdetr cuda emulator: fiber stack");
       std::abort();
     }
+#ifdef DABDETR_TSAN
+    tsan_fiber = __tsan_create_fiber(0);
+#endif
   }
   ~Stack() { munmap(memory, kStackBytes); }
   Stack(const Stack&) = delete;
@@ -97,6 +124,18 @@ struct Launch {
   std::unique_ptr<unsigned char[]> shared;
   size_t shared_size = 0;
   std::string failure;
+  // The generation of the block's barrier and of each warp's collective: the sanitizers' sync
+  // objects alternate with it, so a thread leaving a barrier acquires what was released at that
+  // one, not what faster threads already released at the next.
+  unsigned barrier_generation = 0;
+  std::vector<unsigned> warp_generation;
+  char barrier_sync[2] = {}, begin_sync = 0, end_sync = 0, block_sync = 0;
+  std::vector<char> warp_sync;  // [warp][2]
+  // The scheduler's side of the fiber switches.
+  void* asan_fake_stack = nullptr;
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_size = 0;
+  void* tsan_scheduler = nullptr;
 };
 
 thread_local Launch* g_launch = nullptr;
@@ -122,10 +161,72 @@ void record_failure(Launch& l, const Fiber* f, const std::string& what) {
   if (l.failure.empty()) l.failure = where(l, f) + ": " + what;
 }
 
+// The happens-before edges the sanitizer sees (no-ops without TSan).
+void release(void* sync) {
+#ifdef DABDETR_TSAN
+  __tsan_release(sync);
+#else
+  (void)sync;
+#endif
+}
+void acquire(void* sync) {
+#ifdef DABDETR_TSAN
+  __tsan_acquire(sync);
+#else
+  (void)sync;
+#endif
+}
+
+// The scheduler runs fiber f until it blocks or exits.
+void switch_to_fiber(Launch& l, Fiber& f) {
+#ifdef DABDETR_ASAN
+  __sanitizer_start_switch_fiber(&l.asan_fake_stack, f.stack, kStackBytes);
+#endif
+#ifdef DABDETR_TSAN
+  __tsan_switch_to_fiber(f.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  swapcontext(&l.scheduler, &f.context);
+#ifdef DABDETR_ASAN
+  __sanitizer_finish_switch_fiber(l.asan_fake_stack, nullptr, nullptr);
+#endif
+}
+
+// The fiber side: before going back to the scheduler (exiting: for good).
+void leave_fiber(Launch& l, Fiber& f, bool exiting) {
+#ifdef DABDETR_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f.asan_fake_stack, l.scheduler_stack, l.scheduler_stack_size);
+#else
+  (void)f;
+  (void)exiting;
+#endif
+#ifdef DABDETR_TSAN
+  __tsan_switch_to_fiber(l.tsan_scheduler, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)l;
+#endif
+}
+void enter_fiber(Launch& l, Fiber& f, bool starting) {
+#ifdef DABDETR_ASAN
+  __sanitizer_finish_switch_fiber(starting ? nullptr : f.asan_fake_stack, &l.scheduler_stack,
+                                  &l.scheduler_stack_size);
+#else
+  (void)l;
+  (void)f;
+  (void)starting;
+#endif
+}
+
 void fiber_main() {
   Launch& l = *g_launch;
+  Fiber& f = *l.current;
+  enter_fiber(l, f, true);
+  acquire(&l.begin_sync);
+  acquire(&l.block_sync);
   (*l.body)();
-  l.current->state = State::kExited;
+  f.state = State::kExited;
+  release(&l.block_sync);
+  release(&l.end_sync);
+  leave_fiber(l, f, true);
   // returning resumes uc_link: the scheduler
 }
 
@@ -136,7 +237,9 @@ void yield(State state) {
   Launch& l = *g_launch;
   Fiber* f = l.current;
   f->state = state;
+  leave_fiber(l, *f, false);
   swapcontext(&f->context, &l.scheduler);
+  enter_fiber(l, *f, false);
   set_builtins(*f);
 }
 
@@ -329,6 +432,7 @@ bool try_warp_op(Launch& l, int warp) {
   }
   for (int lane = 0; lane < kWarpSize; ++lane)
     if (mask >> lane & 1u) lanes[lane]->state = State::kRunnable;
+  ++l.warp_generation[warp];
   return true;
 }
 
@@ -356,6 +460,7 @@ bool after_run(Launch& l, Fiber& f) {
         for (auto& g : l.fibers)
           if (g.state == State::kAtBarrier) g.state = State::kRunnable;
         l.at_barrier = 0;
+        ++l.barrier_generation;
       }
       return true;
     case State::kAtWarpOp:
@@ -396,7 +501,9 @@ bool run_block(Launch& l) {
   }
   l.live = threads;
   l.at_barrier = 0;
+  acquire(&l.block_sync);  // the blocks before, which used the same shared memory
   if (l.shared) std::memset(l.shared.get(), 0xff, l.shared_size);  // uninitialized: NaN floats, -1 integers
+  release(&l.block_sync);  // the fill, before the block's threads
   while (l.live > 0) {
     bool ran = false;
     for (auto& f : l.fibers) {
@@ -404,7 +511,7 @@ bool run_block(Launch& l) {
       ran = true;
       l.current = &f;
       set_builtins(f);
-      swapcontext(&l.scheduler, &f.context);
+      switch_to_fiber(l, f);
       l.current = nullptr;
       if (!after_run(l, f)) return false;
     }
@@ -470,12 +577,19 @@ cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, si
   while (g_stacks.size() < threads) g_stacks.push_back(std::make_unique<Stack>());
   for (unsigned t = 0; t < threads; ++t) {
     l.fibers[t].stack = g_stacks[t]->memory;
+    l.fibers[t].tsan_fiber = g_stacks[t]->tsan_fiber;
     l.fibers[t].index = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
   }
   if (dynamic_shared > 0) {
     l.shared.reset(new unsigned char[dynamic_shared]);  // exactly the launch's size: the sanitizers see past it
     l.shared_size = dynamic_shared;
   }
+  l.warp_generation.assign((threads + kWarpSize - 1) / kWarpSize, 0);
+  l.warp_sync.assign(l.warp_generation.size() * 2, 0);
+#ifdef DABDETR_TSAN
+  l.tsan_scheduler = __tsan_get_current_fiber();
+#endif
+  release(&l.begin_sync);  // what the host wrote before the launch
   Launch* outer = g_launch;
   g_launch = &l;
   blockDim = block;
@@ -488,6 +602,7 @@ cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, si
         ok = run_block(l);
       }
   g_launch = outer;
+  acquire(&l.end_sync);  // what the kernel wrote, for the host
   if (!ok) {
     g_failure = "unspecified launch failure: " + l.failure;
     return fail_launch(cudaErrorLaunchFailure);
@@ -511,7 +626,11 @@ size_t dynamic_shared_size() { return g_launch != nullptr ? g_launch->shared_siz
 
 void syncthreads() {
   if (g_launch == nullptr || g_launch->current == nullptr) fail("__syncthreads");
+  Launch& l = *g_launch;
+  const unsigned generation = l.barrier_generation;
+  release(&l.barrier_sync[generation & 1]);
   yield(State::kAtBarrier);
+  acquire(&l.barrier_sync[generation & 1]);
 }
 
 namespace {
@@ -525,6 +644,17 @@ WarpOp& arrive(WarpOpKind kind) {
   return op;
 }
 
+// Waits until the warp's collective completes, ordering it with the other lanes' sides of it.
+void wait_for_warp() {
+  Launch& l = *g_launch;
+  const int warp = linear(threadIdx, blockDim) / kWarpSize;
+  const unsigned generation = l.warp_generation[warp];
+  char* sync = &l.warp_sync[warp * 2 + (generation & 1)];
+  release(sync);
+  yield(State::kAtWarpOp);
+  acquire(sync);
+}
+
 }  // namespace
 
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
@@ -536,14 +666,17 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
   op.width = width;
   const int lane = linear(threadIdx, blockDim) % kWarpSize;
   if (!(mask >> lane & 1u)) fail("__shfl_xor_sync: the calling lane is not in its mask");
-  yield(State::kAtWarpOp);
+  wait_for_warp();
   return g_launch->current->op.out_bits;
 }
 
 void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool transpose) {
   WarpOp& op = arrive(transpose ? WarpOpKind::kLdmatrixTrans : WarpOpKind::kLdmatrix);
   op.row = static_cast<const unsigned char*>(row);
-  yield(State::kAtWarpOp);
+#ifdef DABDETR_TSAN
+  __tsan_read16(const_cast<void*>(row));  // this lane's row, read by the scheduler on its behalf
+#endif
+  wait_for_warp();
   std::memcpy(r, g_launch->current->op.out_r, sizeof(r));
 }
 
@@ -553,7 +686,7 @@ void mma(MmaType type, float (&c)[4], const uint32_t* a, const uint32_t* b) {
   std::memcpy(op.a, a, sizeof(op.a));
   std::memcpy(op.b, b, sizeof(op.b));
   std::memcpy(op.c, c, sizeof(op.c));
-  yield(State::kAtWarpOp);
+  wait_for_warp();
   std::memcpy(c, g_launch->current->op.out_r, sizeof(c));
 }
 
