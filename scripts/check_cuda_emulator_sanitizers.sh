@@ -7,7 +7,10 @@
 #     behaviour;
 #   ThreadSanitizer: each CUDA thread a fiber, __syncthreads and the warp collectives the only
 #     happens-before edges, so a missing barrier is a reported race (runtime.cpp's comment).
-# Any finding fails the script. Objects go to $OUT (default build-cuda-emulator-sanitizers).
+# Any finding fails the script. Then the proof that each check can fail: the kernels' deliberately
+# broken variants (DABDETR_EMULATOR_FAULT, csrc/cuda/execution.cuh) must be caught, a dropped
+# __syncthreads by TSan, a read past a shared tile by ASan, permuted fragment lanes by the parity
+# check. Objects go to $OUT (default build-cuda-emulator-sanitizers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build-cuda-emulator-sanitizers}
@@ -40,3 +43,27 @@ compile "$OUT/tsan-runtime" "-DDABDETR_CUDA_EMULATOR_TSAN" csrc/cuda_emulator/ru
 "$CXX" -fsanitize=thread -o "$OUT/tsan/driver" "$OUT"/tsan/*.o "$OUT"/tsan-runtime/*.o
 TSAN_OPTIONS=halt_on_error=1:exitcode=66 "$OUT/tsan/driver"
 echo "== sanitizers: no findings"
+
+# expect_caught FAULT BUILD SOURCE FILTER PATTERN: SOURCE rebuilt with the fault into BUILD's driver,
+# run on the kernel runs FILTER selects, must fail with PATTERN in its output.
+expect_caught() {
+  local fault=$1 build=$2 source=$3 filter=$4 pattern=$5 flags dir="$OUT/fault$1" object
+  flags=$([ "$build" = asan ] && echo "$SAN" || echo "-fsanitize=thread")
+  object=$(echo "$source" | tr / _).o
+  compile "$dir" "$flags -DDABDETR_EMULATOR_FAULT=$fault" "$source"
+  local objects=("$OUT/$build"/*.o)
+  [ "$build" = tsan ] && objects+=("$OUT"/tsan-runtime/*.o)
+  "$CXX" $flags -o "$dir/driver" "$dir/$object" $(printf '%s\n' "${objects[@]}" | grep -v "/$object$")
+  local log status=0
+  log=$(ASAN_OPTIONS=halt_on_error=1 TSAN_OPTIONS=halt_on_error=1:exitcode=66 "$dir/driver" "$filter" 2>&1) || status=$?
+  if [ "$status" = 0 ] || ! grep -q "$pattern" <<<"$log"; then
+    echo "$log" | tail -20
+    echo "FAILED: fault $fault ($source) was not caught (exit $status, expected '$pattern')"
+    exit 1
+  fi
+  echo "== fault $fault caught: $(grep -m1 "$pattern" <<<"$log")"
+}
+expect_caught 1 tsan csrc/cuda/attention_forward.cu "attention simt float32 B2" "ThreadSanitizer: data race"
+expect_caught 2 asan csrc/cuda/attention_mma_forward.cu "attention tensor_core bfloat16 splits 1 B2" \
+  "AddressSanitizer: heap-buffer-overflow"
+expect_caught 3 asan csrc/cuda/attention_mma_forward.cu "attention tensor_core" "WRONG attention tensor_core"

@@ -26,7 +26,7 @@ __device__ __forceinline__ void softmax_step(Accum (&s)[N], const float* bias, f
   for (int j = 0; j < N; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[j].v[e] = s[j].v[e] * scale_log2 + bias[j * 8 + frag_col() + e % 2];
+      s[j].v[e] = s[j].v[e] * scale_log2 + bias[j * 8 + frag_col() + e % 2 + (DABDETR_EMULATOR_FAULT == 2)];
       tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j].v[e]);
     }
   float base[2];

@@ -21,9 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#ifdef DABDETR_CUDA_EMULATOR
-#include "dabdetr_cuda_emulator.h"
-#endif
+#include "cuda/execution.cuh"
 
 namespace dabdetr::cuda {
 namespace {
@@ -179,7 +177,7 @@ __device__ __forceinline__ void mma_rows_rows(Accum (&acc)[N], const Bits<T> (*a
       }
     } else {
       uint32_t a[4];
-      ldmatrix_x4(a, &a_rows[lane % 16][kk * 16 + (lane / 16) * 8]);
+      ldmatrix_x4(a, &a_rows[(DABDETR_EMULATOR_FAULT == 3 ? lane ^ 1 : lane) % 16][kk * 16 + (lane / 16) * 8]);
 #pragma unroll
       for (int j = 0; j < N; j += 2) {
         uint32_t b[4];  // matrices: (n j, k lo), (n j, k hi), (n j+1, k lo), (n j+1, k hi)

@@ -248,7 +248,10 @@ const char* dtype_name(cuda::Dtype dtype) {
 
 }  // namespace
 
-int main() {
+// argv[1], if given: run only the kernel runs whose name contains it.
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  auto wanted = [&](const std::string& name) { return name.find(only) != std::string::npos; };
   // Odd sizes (tails of every tile), a padded batch, content-only, widths 32 and 64.
   const AttentionShape shapes[] = {
       {2, 2, 37, 70, 16, 24, 20, true},
@@ -262,13 +265,17 @@ int main() {
     const std::string size = "B" + std::to_string(shape.B) + " Nq" + std::to_string(shape.Nq) + " Nk" +
                              std::to_string(shape.Nk) + " D" + std::to_string(shape.Dc);
     for (const auto dtype : dtypes) {
-      run_attention(shape, dtype, false, 1, std::string("attention simt ") + dtype_name(dtype) + " " + size);
-      ++runs;
+      const std::string simt = std::string("attention simt ") + dtype_name(dtype) + " " + size;
+      if (wanted(simt)) {
+        run_attention(shape, dtype, false, 1, simt);
+        ++runs;
+      }
       if (dtype == cuda::Dtype::kFloat64) continue;  // float32 on tensor cores is tf32
       for (const int splits : {1, 3}) {
-        run_attention(shape, dtype, true, splits,
-                      std::string("attention tensor_core ") + dtype_name(dtype) + " splits " +
-                          std::to_string(splits) + " " + size);
+        const std::string name = std::string("attention tensor_core ") + dtype_name(dtype) + " splits " +
+                                 std::to_string(splits) + " " + size;
+        if (!wanted(name)) continue;
+        run_attention(shape, dtype, true, splits, name);
         ++runs;
       }
     }
@@ -277,9 +284,10 @@ int main() {
   for (const auto& s : sine_shapes)
     for (const auto dtype : dtypes)
       for (const bool modulated : {false, true}) {
-        run_sine(s[0], s[1], s[2], modulated, dtype,
-                 std::string("sine ") + (modulated ? "modulated " : "plain ") + dtype_name(dtype) + " " +
-                     std::to_string(s[0]) + "x" + std::to_string(s[1]));
+        const std::string name = std::string("sine ") + (modulated ? "modulated " : "plain ") + dtype_name(dtype) +
+                                 " " + std::to_string(s[0]) + "x" + std::to_string(s[1]);
+        if (!wanted(name)) continue;
+        run_sine(s[0], s[1], s[2], modulated, dtype, name);
         ++runs;
       }
   std::printf("%d kernel runs, %d failed\n", runs, failures);
