@@ -2,19 +2,27 @@
 # The project's test command: a fresh virtual environment, the extension built from source with
 # setup.py and with CMake (+ where nvcc exists, the CUDA compile check and the whole extension
 # compiled and linked against a CUDA build of torch), ruff, the release
-# artifacts (sdist and wheel, each installed into a fresh environment), the CUDA emulator, then
-# the test suite (the CUDA kernels' tests on the emulator; on a GPU too, where there is one).
+# artifacts (sdist and wheel, each installed into a fresh environment), the CUDA emulator, the
+# CUDA kernels (emulated) and the CPU kernels under the sanitizers, then the test suite (the CUDA
+# kernels' tests on the emulator; on a GPU too, where there is one). Each step prints its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLEAR=${CLEAR:-1} bash scripts/bootstrap.sh
+step() {  # runs a step and says how long it took: where CI's time goes
+  local start=$SECONDS
+  "$@"
+  echo "== step took $((SECONDS - start)) s: $*"
+}
+step env CLEAR="${CLEAR:-1}" bash scripts/bootstrap.sh
 . "${VENV:-.venv}/bin/activate"
 echo "== ruff"
-ruff check .
-bash scripts/check_cmake_build.sh
+step ruff check .
+step bash scripts/check_cmake_build.sh
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
-  bash scripts/check_cuda_binding.sh  # the whole extension with CUDA, against the registry's CUDA torch
+  step bash scripts/check_cuda_binding.sh  # the whole extension with CUDA, against the registry's CUDA torch
 fi
-bash scripts/check_release.sh
-bash scripts/build_cuda_emulator.sh  # the CUDA kernels' tests run on it (impl="cuda_emulated")
-bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
+step bash scripts/check_release.sh
+step bash scripts/build_cuda_emulator.sh  # the CUDA kernels' tests run on it (impl="cuda_emulated")
+step bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
+step bash scripts/check_cpu_sanitizers.sh  # the CPU kernels under ASan + UBSan
+# Last, so that its summary (with its own time) closes the output.
 DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q tests "$@"
