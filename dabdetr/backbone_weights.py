@@ -16,8 +16,7 @@ import os
 import re
 
 from dabdetr import hub
-from dabdetr.checkpoint import read_torch_file
-from dabdetr.formats.huggingface import RESNET_OFFSETS, RESNET_RULES
+from dabdetr.formats.huggingface import RESNET_OFFSETS, RESNET_RULES, read_weights, read_weights_file
 from dabdetr.formats.renames import rename
 
 logger = logging.getLogger("dabdetr")
@@ -48,19 +47,7 @@ def weights_location(backbone, backbone_weights):
 def read_state_dict(path):
     """The tensors of a weights file or hub directory, unwrapped from a training checkpoint's
     "state_dict" / "model" entry if they sit in one."""
-    if os.path.isdir(path):
-        names = [n for n in hub.HUB_WEIGHT_FILES if os.path.exists(os.path.join(path, n))]
-        if not names:
-            raise FileNotFoundError(f"{path}: no {' or '.join(hub.HUB_WEIGHT_FILES)} in this directory")
-        path = os.path.join(path, names[0])
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise ImportError(f"{path} needs the safetensors package (pip install safetensors)") from error
-        state = load_file(path)
-    else:
-        state = read_torch_file(path)
+    state = read_weights(path) if os.path.isdir(path) else read_weights_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

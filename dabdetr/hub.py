@@ -28,7 +28,7 @@ from tqdm import tqdm
 logger = logging.getLogger("dabdetr")
 
 HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[\w./-]+))?$")
-HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a model repository holds, preferred first
 CHUNK = 1 << 20
 
 

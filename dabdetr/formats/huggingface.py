@@ -10,6 +10,7 @@ import torch
 from dabdetr.checkpoint import atomic_write, read_torch_file
 from dabdetr.formats.native import CONFIG_FILE
 from dabdetr.formats.renames import drop_shared_box_head, rename
+from dabdetr.hub import HUB_WEIGHT_FILES
 
 RULES = [
     ("backbone.body.", "model.backbone.conv_encoder.model._backbone."),
@@ -195,14 +196,19 @@ def class_names_from_huggingface(hf):
 
 
 def read_weights(directory):
-    safetensors_path = os.path.join(directory, "model.safetensors")
-    if os.path.exists(safetensors_path):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise ImportError(f"{safetensors_path} needs the safetensors package (pip install safetensors)") from error
-        return load_file(safetensors_path)
-    bin_path = os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return read_torch_file(bin_path)
-    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    """The tensors of a model directory: its model.safetensors, else its pytorch_model.bin."""
+    for name in HUB_WEIGHT_FILES:
+        if os.path.exists(os.path.join(directory, name)):
+            return read_weights_file(os.path.join(directory, name))
+    raise FileNotFoundError(f"{directory}: no {' or '.join(HUB_WEIGHT_FILES)}")
+
+
+def read_weights_file(path):
+    """The tensors of a .safetensors file, or of a torch file (torch.load(weights_only=True))."""
+    if not path.endswith(".safetensors"):
+        return read_torch_file(path)
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise ImportError(f"{path} needs the safetensors package (pip install safetensors)") from error
+    return load_file(path)
