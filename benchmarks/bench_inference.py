@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
-from dabdetr import runtime
-from dabdetr.export import DetectorGraph, export
+from dabdetr.deployment import runtime
+from dabdetr.deployment.export import DetectorGraph, export
 from dabdetr.models import DABDETR, preset
-from dabdetr.pretrained import save_huggingface
+from dabdetr.weights.pretrained import save_huggingface
 
 RUNTIME_NAMES = ("eager reference", "eager kernel", "torch.compile", "aoti", "onnxruntime", "huggingface")
 

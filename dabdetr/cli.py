@@ -23,8 +23,8 @@ import torch
 
 from dabdetr.data.coco import LABEL_MAPPINGS
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE
-from dabdetr.pretrained import SOURCES
-from dabdetr.train_config import AMP_MODES
+from dabdetr.training.config import AMP_MODES
+from dabdetr.weights.pretrained import SOURCES
 
 LOG = logging.getLogger("dabdetr")
 LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(message)s", "%H:%M:%S"
@@ -74,9 +74,9 @@ def add_train_parser(subparsers):
 
 def run_train(args):
     from dabdetr import distributed
-    from dabdetr.preemption import EXIT_CODE, TrainingPreempted
-    from dabdetr.train_config import TrainConfig, recipe
-    from dabdetr.trainer import Trainer
+    from dabdetr.training.config import TrainConfig, recipe
+    from dabdetr.training.preemption import EXIT_CODE, TrainingPreempted
+    from dabdetr.training.trainer import Trainer
 
     overrides = parse_assignments(args.train_overrides, "--set")
     for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "num_workers",
@@ -136,7 +136,7 @@ def log_to_file(path):
 def resume_checkpoint(resume, output_dir):
     """(path, checkpoint) to resume from: --resume PATH, or with 'auto' the newest readable one in
     output_dir; (None, None) for a new run."""
-    from dabdetr.checkpoint import find_resume_checkpoint, load_train_checkpoint
+    from dabdetr.training.checkpoint import find_resume_checkpoint, load_train_checkpoint
 
     if not resume:
         return None, None
@@ -151,7 +151,7 @@ def resume_checkpoint(resume, output_dir):
 
 def load_model(path, device):
     """(model on device, metadata) of any checkpoint from_pretrained reads (see load_pretrained)."""
-    from dabdetr.pretrained import load_pretrained
+    from dabdetr.weights.pretrained import load_pretrained
 
     model, metadata = load_pretrained(path)
     return model.to(device), metadata
@@ -159,7 +159,7 @@ def load_model(path, device):
 
 def training_eval_sizes(metadata):
     """(eval_size, max_size) of a training checkpoint's run; (None, None) for other checkpoints."""
-    from dabdetr.train_config import TrainConfig
+    from dabdetr.training.config import TrainConfig
 
     if metadata["train_config"] is None:
         return None, None
@@ -193,8 +193,8 @@ def add_eval_parser(subparsers):
 def run_eval(args):
     from dabdetr.data import CocoDetection, build_datasets, collate_detection, load_coco, make_transforms
     from dabdetr.distributed import resolve_device
-    from dabdetr.engine import evaluate
-    from dabdetr.train_config import TrainConfig
+    from dabdetr.evaluation.evaluator import evaluate
+    from dabdetr.training.config import TrainConfig
 
     device = resolve_device(args.device)
     model, metadata = load_model(args.checkpoint, device)
@@ -242,7 +242,7 @@ def add_zoo_parser(subparsers):
 
 
 def run_zoo(args):
-    from dabdetr import zoo
+    from dabdetr.weights import zoo
 
     print(zoo.table(), end="")
     print("Evaluate one with: dabdetr eval NAME --data-root COCO_ROOT; weights are fetched once into the Hugging "
@@ -252,7 +252,7 @@ def run_zoo(args):
 # --- predict -----------------------------------------------------------------------------------
 
 def add_predict_parser(subparsers):
-    from dabdetr.runtime import RUNTIMES
+    from dabdetr.deployment.runtime import RUNTIMES
 
     parser = subparsers.add_parser("predict", help="detect objects in images: COCO results JSON, annotated PNGs")
     parser.add_argument("model", help="--runtime eager: any checkpoint from_pretrained reads; otherwise the file "
@@ -277,8 +277,8 @@ def add_predict_parser(subparsers):
 
 def run_predict(args):
     from dabdetr.data.images import list_images
+    from dabdetr.deployment.predict import predict_images
     from dabdetr.distributed import resolve_device
-    from dabdetr.predict import predict_images
 
     paths = list_images(args.images)
     device = resolve_device(args.device)
@@ -295,8 +295,8 @@ def run_predict(args):
 
 
 def load_detector_for(path, runtime, device):
-    """A dabdetr.runtime.Detector: the eager model of any checkpoint, or an exported artifact."""
-    from dabdetr.runtime import EagerDetector, load_detector
+    """A dabdetr.deployment.runtime.Detector: the eager model of any checkpoint, or an exported artifact."""
+    from dabdetr.deployment.runtime import EagerDetector, load_detector
 
     if runtime != "eager":
         return load_detector(path, runtime, device)
@@ -309,7 +309,7 @@ def load_detector_for(path, runtime, device):
 # --- export ------------------------------------------------------------------------------------
 
 def add_export_parser(subparsers):
-    from dabdetr.export import FORMATS
+    from dabdetr.deployment.export import FORMATS
 
     parser = subparsers.add_parser("export", help="export a model for deployment: ONNX, torch.export, AOTInductor",
                                    description="Writes one artifact with dynamic batch, height and width; "
@@ -325,7 +325,7 @@ def add_export_parser(subparsers):
 
 
 def run_export(args):
-    from dabdetr.export import export
+    from dabdetr.deployment.export import export
 
     suffix = ".onnx" if args.format == "onnx" else ".pt2"
     if not args.output.endswith(suffix):
@@ -354,8 +354,13 @@ def add_convert_parser(subparsers):
 
 
 def run_convert(args):
-    from dabdetr.checkpoint import atomic_torch_save
-    from dabdetr.pretrained import load_pretrained, save_huggingface, to_mmdetection_state_dict, to_official_state_dict
+    from dabdetr.weights.files import atomic_torch_save
+    from dabdetr.weights.pretrained import (
+        load_pretrained,
+        save_huggingface,
+        to_mmdetection_state_dict,
+        to_official_state_dict,
+    )
 
     if args.timm_backbone and args.to != "huggingface":
         raise SystemExit(f"convert: --timm-backbone applies to --to huggingface only, not --to {args.to}")

@@ -12,7 +12,7 @@ if [ "${CLEAR:-0}" = 1 ] || [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv --clear "$VENV"
 fi
 . "$VENV/bin/activate"
-python -m pip install -q ninja numpy build wheel "setuptools>=77" ruff
+python -m pip install -q ninja numpy build wheel "setuptools>=77" ruff import-linter
 if ! python -c "import torch" 2>/dev/null; then
   echo "== installing $TORCH_SPEC"
   python -m pip install -q "$TORCH_SPEC"

@@ -15,7 +15,7 @@ bash scripts/bootstrap.sh
 start=$(date +%s)
 # No flips (memorizing, not generalizing), one image size, 60 queries (the images hold up to 25
 # objects), 5 denoising groups: settings chosen by shorter runs side by side. What lifted AP50
-# above 0.9 (README, "Real photos"): stride-8 features (backbone_stage=2) on 160-pixel images
+# above 0.9 (docs/results/training.md, "Real photos"): stride-8 features (backbone_stage=2) on 160-pixel images
 # instead of stride 16 on 224 pixels (a step costs 15 % more, and the small objects that
 # were missed are located on a finer grid: a cell is 1/20 of the short side, not 1/14), and the
 # anchors' sine embedding at the feature map's temperature, 20, instead of the published 10000,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: a fresh virtual environment, the extension built from source with
 # setup.py and with CMake (+ where nvcc exists, the CUDA compile check and the whole extension
-# compiled and linked against a CUDA build of torch), ruff, the release
+# compiled and linked against a CUDA build of torch), ruff, the import layers, the release
 # artifacts (sdist and wheel, each installed into a fresh environment), the CUDA emulator, the
 # CUDA kernels (emulated) and the CPU kernels under the sanitizers, then the test suite (the CUDA
 # kernels' tests on the emulator; on a GPU too, where there is one). Each step prints its time.
@@ -16,6 +16,7 @@ step env CLEAR="${CLEAR:-1}" bash scripts/bootstrap.sh
 . "${VENV:-.venv}/bin/activate"
 echo "== ruff"
 step ruff check .
+step lint-imports  # the import layers of pyproject.toml: an import that runs upward fails here
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
   # The binding check compiles every kernel for sm_80 and sm_90 with the CMake check's flags: once.
   step env DABDETR_CUDA_COMPILE_CHECK=OFF bash scripts/check_cmake_build.sh

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 
 from dabdetr import distributed
-from dabdetr.train_config import recipe
-from dabdetr.trainer import Trainer
+from dabdetr.training.config import recipe
+from dabdetr.training.trainer import Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_training import TINY_RUN

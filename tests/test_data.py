@@ -13,11 +13,11 @@ pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycoco
                                          "machines unless its wheel is carried)")
 from PIL import Image
 
-from dabdetr.coco_eval import evaluate_detections
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load_coco, make_transforms
 from dabdetr.data import coco as coco_module
 from dabdetr.data import transforms as T
 from dabdetr.data.synthetic import synthetic_coco
+from dabdetr.evaluation.coco_eval import evaluate_detections
 
 
 def white_boxes_image(width, height, boxes):

@@ -1,4 +1,4 @@
-"""dabdetr.export and dabdetr.runtime: every artifact, loaded in its runtime, against the eager model
+"""dabdetr.deployment.export and .runtime: every artifact, loaded in its runtime, against the eager model
 on real photos (tinycoco, where present) and generated images, at three sizes and batch 1 and 3
 from one exported file (each artifact is exported once per module); post-processing, bad input,
 and the CLI around them."""
@@ -13,12 +13,12 @@ from coco_fixture import TINYCOCO
 from PIL import Image
 from test_training import TINY_RUN, tiny_config
 
-from dabdetr import export, runtime
 from dabdetr.cli import main as cli
 from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
+from dabdetr.deployment import export, runtime
 from dabdetr.models import DABDETR, post_process, preset
-from dabdetr.pretrained import from_pretrained
-from dabdetr.trainer import Trainer
+from dabdetr.training.trainer import Trainer
+from dabdetr.weights.pretrained import from_pretrained
 
 TOLERANCE = 1e-4  # absolute, on logits and normalized boxes
 SIZES = [(96, 150), (168, 250), (232, 360)]  # (shorter side, longer-side cap): sides not multiples of 32

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dabdetr import box_ops
-from dabdetr.criterion import SetCriterion, sigmoid_focal_loss
-from dabdetr.matcher import HungarianMatcher
 from dabdetr.models.denoising import noised_queries
+from dabdetr.training.criterion import SetCriterion, sigmoid_focal_loss
+from dabdetr.training.matcher import HungarianMatcher
 
 
 def random_cxcywh(n, generator):

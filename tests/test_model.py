@@ -9,9 +9,9 @@ import torch
 from conftest import DEVICES, check_target
 
 import dabdetr
-from dabdetr import pretrained
-from dabdetr.formats import huggingface
 from dabdetr.models import DABDETR, build_model, post_process, preset
+from dabdetr.weights import pretrained
+from dabdetr.weights.formats import huggingface
 
 
 def _images(batch=2, height=128, width=160, seed=0):

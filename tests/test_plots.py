@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dabdetr.plots import PALETTE, draw_detections
+from dabdetr.evaluation.plots import PALETTE, draw_detections
 
 NO_DETECTIONS = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
 
@@ -36,15 +36,15 @@ def test_curves_leave_the_pyplot_backend_alone(tmp_path):
 
     import matplotlib
 
-    import dabdetr.plots
+    import dabdetr.evaluation.plots
 
     matplotlib.use("svg")  # whatever the user chose
-    importlib.reload(dabdetr.plots)
+    importlib.reload(dabdetr.evaluation.plots)
     records = [{"type": "train", "epoch": 0, "step": s, "loss": 2.0 - s / 10, "loss_ce": 1.0, "loss_bbox": 0.5,
                 "loss_giou": 0.5} for s in range(3)]
     records += [{"type": "epoch", "epoch": 0, "loss": 1.9}, {"type": "eval", "epoch": 0, "AP": 0.1, "AP50": 0.2,
                                                               "AP75": 0.05}]
-    dabdetr.plots.plot_training_curves(records, str(tmp_path / "curves.png"))
+    dabdetr.evaluation.plots.plot_training_curves(records, str(tmp_path / "curves.png"))
     assert matplotlib.get_backend() == "svg"
     with Image.open(tmp_path / "curves.png") as picture:
         assert picture.size == (1200, 450)

@@ -19,16 +19,16 @@ pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycoco
 from coco_fixture import write_coco_folder
 
 from dabdetr import from_pretrained
-from dabdetr.checkpoint import load_train_checkpoint
 from dabdetr.cli import main as cli
-from dabdetr.criterion import SetCriterion
 from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
-from dabdetr.engine import NonFiniteLossError
-from dabdetr.matcher import HungarianMatcher
 from dabdetr.models import DABDETR
 from dabdetr.models.config import preset
-from dabdetr.train_config import recipe
-from dabdetr.trainer import Trainer
+from dabdetr.training.checkpoint import load_train_checkpoint
+from dabdetr.training.config import recipe
+from dabdetr.training.criterion import SetCriterion
+from dabdetr.training.engine import NonFiniteLossError
+from dabdetr.training.matcher import HungarianMatcher
+from dabdetr.training.trainer import Trainer
 
 TINY_MODEL = {"hidden_dim": 64, "ffn_dim": 128, "num_encoder_layers": 2, "num_decoder_layers": 2, "num_queries": 10,
               "num_heads": 4}
@@ -379,7 +379,7 @@ def assert_same_run(straight, resumed):
 
 
 def test_sigterm_stops_with_a_checkpoint_and_resume_auto_continues_exactly(tmp_path):
-    from dabdetr.preemption import EXIT_CODE
+    from dabdetr.training.preemption import EXIT_CODE
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs alike: results depend on the thread count
     straight = subprocess.run([sys.executable, "-m", "dabdetr", *cli_train_args(tmp_path / "straight")], env=env,
@@ -406,7 +406,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_auto_continues_exactly(tmp_p
 def test_checkpoint_epochs_saves_every_nth_and_evaluated_epochs_and_a_preempted_one(tmp_path, monkeypatch):
     import signal
 
-    from dabdetr.preemption import TrainingPreempted
+    from dabdetr.training.preemption import TrainingPreempted
 
     Trainer(tiny_config(tmp_path / "run", epochs=4, checkpoint_epochs=3, eval_every=2, keep_last=5)).fit()
     assert sorted(f for f in os.listdir(tmp_path / "run") if f.startswith("checkpoint_epoch")) == [
@@ -439,7 +439,7 @@ def test_a_new_run_in_an_earlier_runs_directory_says_so_and_logs_only_itself(tmp
 def test_sigusr1_between_epochs_stops_at_the_epoch_checkpoint(tmp_path, monkeypatch):
     import signal
 
-    from dabdetr.preemption import TrainingPreempted
+    from dabdetr.training.preemption import TrainingPreempted
 
     trainer = Trainer(tiny_config(tmp_path, epochs=3))
     original_evaluate = Trainer.evaluate
@@ -480,7 +480,7 @@ def test_two_process_preemption_resumes_exactly(tmp_path):
 
 
 def test_truncated_checkpoints_are_named_and_resume_auto_falls_back(tmp_path, caplog, monkeypatch):
-    from dabdetr.checkpoint import find_resume_checkpoint
+    from dabdetr.training.checkpoint import find_resume_checkpoint
 
     Trainer(tiny_config(tmp_path, epochs=3, keep_last=2)).fit()
     names = sorted(p.name for p in tmp_path.glob("checkpoint*.pt"))

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import dabdetr
-from dabdetr import hub, zoo
-from dabdetr.backbone_weights import IMAGENET_URLS, load_backbone_weights
 from dabdetr.cli import main as cli
-from dabdetr.formats.huggingface import save_huggingface
-from dabdetr.formats.official import to_official_state_dict
 from dabdetr.models import DABDETR, preset
 from dabdetr.models.backbone import ResNet
+from dabdetr.weights import hub, zoo
+from dabdetr.weights.backbone import IMAGENET_URLS, load_backbone_weights
+from dabdetr.weights.formats.huggingface import save_huggingface
+from dabdetr.weights.formats.official import to_official_state_dict
 
 TINY = {"hidden_dim": 32, "ffn_dim": 64, "num_encoder_layers": 1, "num_decoder_layers": 2, "num_queries": 6,
         "num_heads": 4, "dn_groups": 0}
@@ -304,8 +304,8 @@ RUN = {"synthetic_train_images": 8, "synthetic_val_images": 2, "synthetic_image_
 
 def test_published_preset_trains_from_loaded_weights_with_frozen_stages_unchanged(tmp_path):
     pytest.importorskip("pycocotools")
-    from dabdetr.train_config import recipe
-    from dabdetr.trainer import Trainer
+    from dabdetr.training.config import recipe
+    from dabdetr.training.trainer import Trainer
 
     state = torchvision_resnet_state("resnet50")
     torch.save(state, tmp_path / "resnet50.pth")
@@ -324,8 +324,8 @@ def test_published_preset_trains_from_loaded_weights_with_frozen_stages_unchange
 
 
 def test_a_random_frozen_backbone_is_refused_unless_asked_for(tmp_path, caplog):
-    from dabdetr.train_config import recipe
-    from dabdetr.trainer import Trainer
+    from dabdetr.training.config import recipe
+    from dabdetr.training.trainer import Trainer
 
     config = recipe("dab_detr_r50", output_dir=str(tmp_path / "run"), **RUN, model={**TINY, "backbone_weights": "none"})
     with pytest.raises(ValueError, match="starts from random weights .*--model backbone_weights=imagenet"):
@@ -341,8 +341,8 @@ def test_a_random_frozen_backbone_is_refused_unless_asked_for(tmp_path, caplog):
 
 def test_init_never_fetches_backbone_weights(tmp_path):
     pytest.importorskip("pycocotools")
-    from dabdetr.train_config import recipe
-    from dabdetr.trainer import Trainer
+    from dabdetr.training.config import recipe
+    from dabdetr.training.trainer import Trainer
 
     source = tiny_model(num_classes=4)
     source.save_pretrained(str(tmp_path / "source"))

@@ -1,4 +1,8 @@
-"""Detection data: COCO-format datasets, the synthetic shapes set, transforms, batching."""
+"""Detection data: COCO-format datasets (coco), the synthetic shapes set (synthetic), image
+files (images), transforms, batching and collation, and the datasets a run uses (build).
+
+May import: dabdetr.box_ops. Never the model, weights, training, evaluation, deployment or the CLI.
+"""
 
 from dabdetr.data.build import build_datasets
 from dabdetr.data.coco import CocoDetection, load_coco

@@ -14,7 +14,7 @@ AOTInductor package, which run them through the installed dabdetr. ONNX has no s
 they are replaced by their PyTorch reference (dabdetr.ops.reference), which becomes standard
 operators (MatMul, Softmax, Sin, Cos, ...) that any ONNX runtime, TensorRT included, can run.
 Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessing sizes) for
-dabdetr.runtime.
+dabdetr.deployment.runtime.
 """
 
 import copy
@@ -25,9 +25,9 @@ import tempfile
 import torch
 from torch import nn
 
-from dabdetr.checkpoint import atomic_write
 from dabdetr.models.detector import select_detections
 from dabdetr.ops import reference
+from dabdetr.weights.files import atomic_write
 
 FORMATS = ("onnx", "torch-export", "aoti")
 EXPORT_FORMAT_TAG = "dabdetr-export"

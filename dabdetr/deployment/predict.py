@@ -1,4 +1,4 @@
-"""Detection on many image files with any runtime (dabdetr.runtime): a DataLoader of images
+"""Detection on many image files with any runtime (dabdetr.deployment.runtime): a DataLoader of images
 batched by aspect ratio, COCO results, and annotated pictures on request."""
 
 import os
@@ -6,13 +6,13 @@ import os
 import torch
 from tqdm import tqdm
 
-from dabdetr.coco_eval import to_coco_results
 from dabdetr.data.coco import open_image
 from dabdetr.data.collate import collate_detection
 from dabdetr.data.images import ImageFiles, aspect_ratio_batches
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
+from dabdetr.evaluation.coco_eval import to_coco_results
+from dabdetr.evaluation.plots import draw_detections
 from dabdetr.models.detector import select_detections
-from dabdetr.plots import draw_detections
 
 
 def image_id(path, index):

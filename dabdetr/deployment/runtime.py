@@ -1,4 +1,4 @@
-"""One interface over the ways to run a detector: eager PyTorch, and the artifacts of dabdetr.export
+"""One interface over the ways to run a detector: eager PyTorch, and the artifacts of dabdetr.deployment.export
 in ONNX Runtime, as a torch.export program, or as an AOTInductor package.
 
     detector = load_detector("model.onnx")             # kind from the file: onnx, torch-export, aoti
@@ -15,7 +15,7 @@ import zipfile
 
 import torch
 
-from dabdetr.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
+from dabdetr.deployment.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
 
 RUNTIMES = ("eager", "onnx", "torch-export", "aoti")
 
@@ -23,7 +23,7 @@ RUNTIMES = ("eager", "onnx", "torch-export", "aoti")
 class Detector:
     """__call__(images [B, 3, H, W] float, mask [B, H, W] bool (True = padding), orig_sizes [B, 2]
     int64 (height, width; postprocess artifacts only)) -> {output name: tensor} with the names of
-    metadata["outputs"] (dabdetr.export). kind: one of RUNTIMES."""
+    metadata["outputs"] (dabdetr.deployment.export). kind: one of RUNTIMES."""
 
     kind = None
 
@@ -104,7 +104,7 @@ class AotiDetector(Detector):
 
 
 def artifact_kind(path):
-    """"onnx", "torch-export" or "aoti": what dabdetr.export wrote at path (a ValueError otherwise)."""
+    """"onnx", "torch-export" or "aoti": what dabdetr.deployment.export wrote at path (a ValueError otherwise)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no exported model at {path}")
     if path.endswith(".onnx"):

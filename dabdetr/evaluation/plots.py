@@ -4,7 +4,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from dabdetr.engine import detect_image
+from dabdetr.evaluation.evaluator import detect_image
 
 LOSS_NAMES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 AP_NAMES = ("AP", "AP50", "AP75")

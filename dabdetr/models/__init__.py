@@ -1,4 +1,10 @@
-"""The DAB-DETR model: config and presets, backbone, encoder/decoder, detector."""
+"""The DAB-DETR model: its config and presets (config), the ResNet backbone, the sine position
+encoding, the encoder/decoder (transformer), denoising queries, and the detector with its
+post-processing.
+
+May import: dabdetr.ops, dabdetr.box_ops. Never data, weights (loading and saving code),
+training, evaluation, deployment or the CLI.
+"""
 
 from dabdetr.models.config import PRESETS, DABDETRConfig, preset
 from dabdetr.models.detector import DABDETR, post_process

@@ -39,7 +39,7 @@ class DABDETRConfig(DictConfig):
     train_backbone: bool = True  # False freezes the whole backbone
     backbone_frozen_stages: int = 1  # 1: stem and layer1 frozen (the recipe); 0: nothing frozen
     backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained weights) | "batch_norm" (from scratch)
-    # The backbone's initial weights when a model is built for training (dabdetr/backbone_weights.py):
+    # The backbone's initial weights when a model is built for training (dabdetr/weights/backbone.py):
     # "imagenet" (torchvision's, as every published recipe), a URL, a file, a hub id, or "none".
     backbone_weights: str = "imagenet"
     hidden_dim: int = 256
@@ -56,7 +56,7 @@ class DABDETRConfig(DictConfig):
     pe_temperature_w: float = 20.0
     # Anchor sine embedding: 10000 in every published model. With a small hidden_dim that leaves most
     # frequencies nearly constant across the image; the feature map's 20 trained the demo-size
-    # model on real photos much faster (README, "Real photos").
+    # model on real photos much faster (docs/results/training.md, "Real photos").
     anchor_temperature: float = 10000.0
     # inverse_sigmoid eps (docs/checkpoints.md, pitfall 1): official 1e-3 in both places, Hugging Face
     # 1e-5 in both, MMDetection 1e-5 in the decoder's anchor update and 1e-3 in the box head.

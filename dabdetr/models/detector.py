@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from dabdetr.box_ops import box_cxcywh_to_xyxy
-from dabdetr.formats.native import save_pretrained
 from dabdetr.models.backbone import Backbone
 from dabdetr.models.config import DABDETRConfig
 from dabdetr.models.denoising import noised_queries
@@ -23,6 +22,10 @@ class DABDETR(nn.Module):
     references [L, B, Nq, 4]: the anchors each decoder layer used (cx, cy, w, h);
     dn_outputs (training with denoising, when the batch has objects): the same for the denoising
     queries, over [B * dn_groups, n] of them, plus "padding" [B * dn_groups, n] and "groups".
+
+    model.save_pretrained(directory, class_names=None) writes config.json and model.pt, which
+    dabdetr.from_pretrained(directory) loads back; dabdetr.weights gives the model this method, so
+    that the model never imports its saving code.
     """
 
     def __init__(self, config: DABDETRConfig):
@@ -96,10 +99,6 @@ class DABDETR(nn.Module):
         tgt = self.label_embed(labels).reshape(B, config.dn_groups * n, -1)
         queries = (tgt, anchors.reshape(B, config.dn_groups * n, 4), [(config.dn_groups, n, padding)])
         return {"queries": queries, "padding": padding}
-
-    def save_pretrained(self, directory, class_names=None):
-        """Writes config.json and model.pt; dabdetr.from_pretrained(directory) loads them back."""
-        save_pretrained(self, directory, class_names)
 
 
 def layer_outputs(logits, boxes):

@@ -3,6 +3,8 @@
 Each runs a fused C++ (CPU) or CUDA kernel when one serves the call and the PyTorch reference
 (dabdetr.ops.reference) otherwise; `impl=` chooses per call, DABDETR_DISABLE_KERNELS=1 for the
 whole process.
+
+The bottom layer: imports nothing else of dabdetr.
 """
 
 from dabdetr.ops.attention import modulated_attention

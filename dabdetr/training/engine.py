@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass (the loops; the Trainer owns everything around them)."""
+"""One training epoch and its steps (the loop; the Trainer owns everything around it)."""
 
 import math
 from contextlib import nullcontext
@@ -7,20 +7,12 @@ import torch
 from tqdm import tqdm
 
 from dabdetr import distributed
-from dabdetr.coco_eval import evaluate_detections, to_coco_results
-from dabdetr.criterion import global_num_boxes
-from dabdetr.models.detector import post_process
+from dabdetr.evaluation.evaluator import autocast_context
+from dabdetr.training.criterion import global_num_boxes
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
-
-
-def autocast_context(device, amp):
-    """torch.autocast for amp "bf16" / "fp16" on CUDA; nothing for "off"."""
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def move_targets(targets, device):
@@ -109,46 +101,3 @@ def train_step(model, criterion, micro_batches, optimizer, device, clip_max_norm
     else:
         optimizer.step()
     return logged
-
-
-@torch.no_grad()
-def detect_image(model, pixels, original_size, device):
-    """post_process output (scores, labels, boxes in original-image pixels, on the CPU) of one
-    transformed image pixels [3, h, w] whose original size is (height, width)."""
-    model.eval()
-    mask = torch.zeros(1, *pixels.shape[1:], dtype=torch.bool, device=device)
-    outputs = model(pixels[None].to(device), mask)
-    detections = post_process(outputs, torch.tensor([original_size], device=device), model.config.num_select)[0]
-    return {k: v.cpu() for k, v in detections.items()}
-
-
-@torch.no_grad()
-def predict_dataset(model, loader, device, num_select, amp="off", show_progress=True):
-    """Detections of every image of loader (this process's share): a dict image_id -> post_process
-    output (scores, labels, boxes in original-image pixels, on the CPU)."""
-    model.eval()
-    detections = {}
-    progress = tqdm(loader, desc="eval", disable=not (show_progress and distributed.is_main_process()),
-                    dynamic_ncols=True, leave=False)
-    for images, mask, targets in progress:
-        with autocast_context(device, amp):
-            outputs = model(images.to(device), mask.to(device))
-        outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for target, det in zip(targets, post_process(outputs, sizes, num_select)):
-            detections[int(target["image_id"])] = {k: v.cpu() for k, v in det.items()}
-    return detections
-
-
-def evaluate(model, loader, coco_gt, label_to_category_id, device, num_select, amp="off", show_progress=True):
-    """COCO box AP of model on loader's dataset, over all processes.
-
-    Returns (metrics, results): metrics as evaluate_detections gives them, results the COCO
-    result dicts (on every process)."""
-    detections = predict_dataset(model, loader, device, num_select, amp, show_progress)
-    merged = {}
-    for part in distributed.all_gather_objects(detections):  # duplicates from sampler padding collapse
-        merged.update(part)
-    results = to_coco_results(list(merged), list(merged.values()), label_to_category_id)
-    metrics = evaluate_detections(coco_gt, results, image_ids=list(merged)) if distributed.is_main_process() else None
-    return distributed.broadcast_object(metrics), results

@@ -27,27 +27,27 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dabdetr import distributed
-from dabdetr.backbone_weights import NONE, load_backbone_weights
-from dabdetr.checkpoint import (
+from dabdetr.data import build_datasets, collate_detection
+from dabdetr.data.batching import TrainBatchSampler
+from dabdetr.evaluation.evaluator import evaluate
+from dabdetr.models import DABDETR
+from dabdetr.models.config import DABDETRConfig, preset
+from dabdetr.training.checkpoint import (
     BEST,
     LATEST,
-    TRAIN_CHECKPOINT_FORMAT,
-    atomic_torch_save,
-    atomic_write,
     keep_epoch_checkpoint,
     load_train_checkpoint,
     rng_state,
     set_rng_state,
 )
-from dabdetr.criterion import SetCriterion
-from dabdetr.data import build_datasets, collate_detection
-from dabdetr.data.batching import TrainBatchSampler
-from dabdetr.engine import evaluate, train_one_epoch
-from dabdetr.matcher import HungarianMatcher
-from dabdetr.models import DABDETR
-from dabdetr.models.config import DABDETRConfig, preset
-from dabdetr.preemption import PreemptionRequest, TrainingPreempted, ignore_preemption_signals
-from dabdetr.train_config import TrainConfig
+from dabdetr.training.config import TrainConfig
+from dabdetr.training.criterion import SetCriterion
+from dabdetr.training.engine import train_one_epoch
+from dabdetr.training.matcher import HungarianMatcher
+from dabdetr.training.preemption import PreemptionRequest, TrainingPreempted, ignore_preemption_signals
+from dabdetr.weights.backbone import NONE, load_backbone_weights
+from dabdetr.weights.files import atomic_torch_save, atomic_write
+from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
 
 logger = logging.getLogger("dabdetr")
 LOG = "log.jsonl"  # in output_dir: one JSON record per logged step, epoch and evaluation
@@ -80,7 +80,7 @@ def check_backbone_start(model_config: DABDETRConfig, config: TrainConfig):
 def load_initial_weights(model, path):
     """Copies pretrained weights (any from_pretrained format) into model; tensors whose shape
     differs (a class head for other classes) keep their initialization, and are listed."""
-    from dabdetr.pretrained import from_pretrained
+    from dabdetr.weights.pretrained import from_pretrained
 
     source = from_pretrained(path).state_dict()
     target = model.state_dict()
@@ -399,7 +399,7 @@ class Trainer:
     def _add_detection_picture(self, epoch):
         import numpy as np
 
-        from dabdetr.plots import detection_grid
+        from dabdetr.evaluation.plots import detection_grid
 
         grid = detection_grid(self.eval_model, self.val_set, self.device)
         if grid is not None:
@@ -408,7 +408,7 @@ class Trainer:
     def fit(self):
         """Trains the remaining epochs; returns the last evaluation's metrics. On SIGTERM or SIGUSR1
         it stops after the current step (or evaluation) with the state saved, raising
-        TrainingPreempted (dabdetr.preemption)."""
+        TrainingPreempted (dabdetr.training.preemption)."""
         with PreemptionRequest() as self.preemption:
             try:
                 return self._fit()
@@ -418,7 +418,7 @@ class Trainer:
                     self.tensorboard.close()
 
     def _fit(self):
-        from dabdetr.plots import plot_training_curves  # matplotlib loads only when training
+        from dabdetr.evaluation.plots import plot_training_curves  # matplotlib loads only when training
 
         config, metrics, curves_time = self.config, None, time.monotonic()
         if self.is_main:
@@ -449,7 +449,7 @@ class Trainer:
 
     def write_outputs(self, metrics):
         """metrics.json, detections.png and model/ at the end of training."""
-        from dabdetr.plots import save_detection_grid
+        from dabdetr.evaluation.plots import save_detection_grid
 
         self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
         summary = {**metrics, "epochs": self.config.epochs, "preset": self.config.preset,

@@ -4,7 +4,7 @@ model's ResNet (docs/checkpoints.md, "Backbone weights").
 
     "imagenet"  torchvision's ImageNet weights of the configured depth: IMAGENET1K_V1, the
                 weights DETR and DAB-DETR started from (downloaded once into torch's cache)
-    a URL, a file (.pth, .pt, .bin, .safetensors) or a hub id (dabdetr.hub.resolve)
+    a URL, a file (.pth, .pt, .bin, .safetensors) or a hub id (dabdetr.weights.hub.resolve)
     "none"      no pretrained weights: the initialization of a model trained from scratch
 
 Only a model being built for training loads these: from_pretrained, --init and --resume load a
@@ -15,9 +15,9 @@ import logging
 import os
 import re
 
-from dabdetr import hub
-from dabdetr.formats.huggingface import RESNET_OFFSETS, RESNET_RULES, read_weights, read_weights_file
-from dabdetr.formats.renames import rename
+from dabdetr.weights import hub
+from dabdetr.weights.formats.huggingface import RESNET_OFFSETS, RESNET_RULES, read_weights, read_weights_file
+from dabdetr.weights.formats.renames import rename
 
 logger = logging.getLogger("dabdetr")
 

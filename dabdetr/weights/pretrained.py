@@ -1,6 +1,6 @@
-"""Loading DAB-DETR checkpoints of every format this library knows (dabdetr.formats: ours,
+"""Loading DAB-DETR checkpoints of every format this library knows (dabdetr.weights.formats: ours,
 Hugging Face, official, MMDetection) from wherever they are (a path, a published model's name in
-dabdetr.zoo, a Hugging Face hub id, a URL: dabdetr.hub): detection of the format, the config
+dabdetr.weights.zoo, a Hugging Face hub id, a URL: dabdetr.weights.hub): detection of the format, the config
 (read where the checkpoint carries one, inferred from tensor shapes otherwise; what weights
 cannot tell, such as DC5 dilation, comes from the caller's overrides), and the model.
 """
@@ -11,14 +11,14 @@ import os
 
 import torch
 
-from dabdetr import hub, zoo
-from dabdetr.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_torch_file
-from dabdetr.formats import huggingface, mmdetection, native, official
-from dabdetr.formats.huggingface import save_huggingface, to_huggingface_config, to_huggingface_state_dict
-from dabdetr.formats.mmdetection import to_mmdetection_state_dict
-from dabdetr.formats.native import save_pretrained
-from dabdetr.formats.official import to_official_state_dict
 from dabdetr.models import DABDETR, DABDETRConfig
+from dabdetr.weights import hub, zoo
+from dabdetr.weights.files import read_torch_file
+from dabdetr.weights.formats import huggingface, mmdetection, native, official
+from dabdetr.weights.formats.huggingface import save_huggingface, to_huggingface_config, to_huggingface_state_dict
+from dabdetr.weights.formats.mmdetection import to_mmdetection_state_dict
+from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT, save_pretrained
+from dabdetr.weights.formats.official import to_official_state_dict
 
 SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection")
 __all__ = ["SOURCES", "from_pretrained", "load_pretrained", "save_pretrained", "save_huggingface",
@@ -150,7 +150,7 @@ def from_pretrained(path, source="auto", revision=None, **overrides):
     model.safetensors or pytorch_model.bin), an official DAB-DETR .pth ('model' key) or an
     MMDetection .pth ('state_dict' key, 80-class head); or, where no such path exists, a
     published model's name (`dabdetr zoo`), a Hugging Face hub id ("IDEA-Research/dab-detr-resnet-50",
-    "org/name@revision") or a URL, fetched once into the hub's or torch's cache (dabdetr.hub).
+    "org/name@revision") or a URL, fetched once into the hub's or torch's cache (dabdetr.weights.hub).
     source: "auto" (detected) or one of "dabdetr", "dabdetr-train", "huggingface", "official",
     "mmdetection".
     revision: of a hub id: a branch, tag or commit.
@@ -162,7 +162,7 @@ def from_pretrained(path, source="auto", revision=None, **overrides):
 
 def resolve_checkpoint(path, source="auto", revision=None):
     """(local path, source, config overrides) of what from_pretrained takes: a published model's
-    name brings its location, format and overrides (dabdetr.zoo); hub ids and URLs are fetched."""
+    name brings its location, format and overrides (dabdetr.weights.zoo); hub ids and URLs are fetched."""
     published = zoo.PUBLISHED.get(path) if not os.path.exists(path) else None
     if published is None:
         return hub.resolve(path, revision), source, {}

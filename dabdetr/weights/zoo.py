@@ -14,8 +14,8 @@ OFFICIAL_EPS = {"anchor_update_eps": 1e-3, "box_head_eps": 1e-3}
 @dataclass(frozen=True)
 class PublishedModel:
     name: str
-    location: str  # a Hugging Face hub id or a URL (dabdetr.hub.resolve)
-    format: str  # a dabdetr.pretrained source
+    location: str  # a Hugging Face hub id or a URL (dabdetr.weights.hub.resolve)
+    format: str  # a dabdetr.weights.pretrained source
     preset: str  # the dabdetr.models.config preset of its architecture
     box_ap: float  # published COCO val2017 box AP
     ap_source: str  # who published that AP

@@ -7,10 +7,10 @@ import re
 
 import torch
 
-from dabdetr.checkpoint import atomic_write, read_torch_file
-from dabdetr.formats.native import CONFIG_FILE
-from dabdetr.formats.renames import drop_shared_box_head, rename
-from dabdetr.hub import HUB_WEIGHT_FILES
+from dabdetr.weights.files import atomic_write, read_torch_file
+from dabdetr.weights.formats.native import CONFIG_FILE
+from dabdetr.weights.formats.renames import drop_shared_box_head, rename
+from dabdetr.weights.hub import HUB_WEIGHT_FILES
 
 RULES = [
     ("backbone.body.", "model.backbone.conv_encoder.model._backbone."),

@@ -1,7 +1,7 @@
 """MMDetection 3.x DAB-DETR checkpoints: {'state_dict': ...}, 80 contiguous classes, no architecture
 config in the file."""
 
-from dabdetr.formats.renames import rename
+from dabdetr.weights.formats.renames import rename
 
 # Its inverse-sigmoid eps (docs/checkpoints.md, pitfall 1): 1e-5 in the decoder, 1e-3 in the head.
 CONFIG_VALUES = {"anchor_update_eps": 1e-5, "box_head_eps": 1e-3}

@@ -1,16 +1,17 @@
 """Our model directory: config.json ({"format": "dabdetr", "config": DABDETRConfig fields,
-"class_names": {label: name}}) and model.pt (the state dict). Imports no model code, so the model
-itself can write it (DABDETR.save_pretrained)."""
+"class_names": {label: name}}) and model.pt (the state dict); and the tag of a training checkpoint
+(dabdetr.training.checkpoint), whose model weights from_pretrained reads too."""
 
 import json
 import os
 
 import torch
 
-from dabdetr.checkpoint import atomic_write, read_torch_file
+from dabdetr.weights.files import atomic_write, read_torch_file
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
 FORMAT_TAG = "dabdetr"
+TRAIN_CHECKPOINT_FORMAT = "dabdetr-train-checkpoint"
 
 
 def save_pretrained(model, directory, class_names=None):

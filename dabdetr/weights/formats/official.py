@@ -3,7 +3,7 @@ Names are ours but for the backbone prefix; its decoder registers the box head a
 
 import argparse
 
-from dabdetr.formats.renames import drop_shared_box_head, rename
+from dabdetr.weights.formats.renames import drop_shared_box_head, rename
 
 RULES = [("backbone.body.", "backbone.0.body.")]
 

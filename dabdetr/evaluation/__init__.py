@@ -1,0 +1,12 @@
+"""Evaluation: the evaluation loop over a dataset (evaluator), COCO box AP and COCO result
+files (coco_eval), and the pictures of results: loss and AP curves, detections drawn on images
+(plots).
+
+May import: dabdetr.weights, dabdetr.data, dabdetr.models, dabdetr.ops, dabdetr.box_ops,
+dabdetr.distributed. Never training, deployment or the CLI.
+"""
+
+from dabdetr.evaluation.coco_eval import evaluate_detections, to_coco_results
+from dabdetr.evaluation.evaluator import evaluate
+
+__all__ = ["evaluate", "evaluate_detections", "to_coco_results"]
