@@ -188,7 +188,9 @@ def write_results(bench_name, device, rows, columns, extra_meta=None, out_dir=No
     print(table)
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{bench_name}_{slug(meta['device']['name'])}_{device.type}")
+    # A CPU's results name its instruction set too: one machine name covers AVX2-only and AVX-512 CPUs.
+    machine = meta["device"]["name"] + (f" {meta['kernel_info']['cpu_isa']}" if device.type == "cpu" else "")
+    stem = os.path.join(out_dir, f"{bench_name}_{slug(machine)}_{device.type}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     with open(stem + ".md", "w") as f:

@@ -17,7 +17,7 @@ class AttentionCase:
     Dc: int = 4
     Dp: int = 4  # 0: content-only attention (q_pos = k_pos = None)
     Dv: int = 4
-    mask: str = "none"  # none | random | mostly_padded | one_fully_padded
+    mask: str = "none"  # none | random | mostly_padded | one_fully_padded | tile_edges
     views: bool = False  # inputs as view(B, N, H, D).transpose(1, 2) of a Linear-like output
 
     def __str__(self):
@@ -36,6 +36,9 @@ ATTENTION_CASES = [
     AttentionCase("mostly_padded", B=2, H=2, Nq=6, Nk=140, Dc=16, Dp=16, Dv=16, mask="mostly_padded"),
     AttentionCase("one_fully_padded", B=3, H=2, Nq=7, Nk=30, Dc=8, Dp=8, Dv=8, mask="one_fully_padded"),
     AttentionCase("views", B=2, H=4, Nq=35, Nk=140, Dc=32, Dp=32, Dv=32, mask="random", views=True),
+    # Unpadded keys scattered among padded ones, exactly one and just over one 128-key tile of
+    # them: the CPU kernels gather the unpadded keys into tiles.
+    AttentionCase("gathered_tile_edges", B=2, H=2, Nq=35, Nk=300, Dc=16, Dp=8, Dv=16, mask="tile_edges"),
 ]
 
 # gradcheck cost grows fast: keep to small odd shapes.
@@ -63,6 +66,10 @@ def _mask(case, device, generator):
         mask[0, 0] = False
     if case.mask == "one_fully_padded":
         mask[1] = True
+    if case.mask == "tile_edges":
+        for b, unpadded in enumerate((128, 129)):
+            mask[b] = True
+            mask[b, torch.randperm(case.Nk, generator=generator)[:unpadded]] = False
     return mask.to(device)
 
 

@@ -416,8 +416,9 @@ def test_checkpoint_epochs_saves_every_nth_and_evaluated_epochs_and_a_preempted_
     original_train_epoch = Trainer.train_epoch
 
     def signalled_at_the_epoch_end(self, epoch, start_step=0):
-        original_train_epoch(self, epoch, start_step)
+        took = original_train_epoch(self, epoch, start_step)
         os.kill(os.getpid(), signal.SIGUSR1)
+        return took
 
     monkeypatch.setattr(Trainer, "train_epoch", signalled_at_the_epoch_end)
     with pytest.raises(TrainingPreempted, match="SIGUSR1 at epoch 1 step 0"):
@@ -639,3 +640,33 @@ def test_init_keeps_the_initialization_of_heads_that_do_not_fit(tmp_path, caplog
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if k not in unfitting)
     assert all(torch.equal(ours[k], initial[k]) for k in unfitting)
     assert "kept the initialization of 3 tensors" in caplog.text and "class_embed.weight" in caplog.text
+
+
+def test_budgeted_epoch_steps():
+    from dabdetr.training.time_budget import budgeted_epoch_steps
+
+    # 600 s budget, 100 s spent: 4 epochs of (500 / 4 - 10 s overhead) / 0.5 s a step = 230 steps.
+    assert budgeted_epoch_steps(600, 100, 0.5, 10, 4, 450) == 230
+    assert budgeted_epoch_steps(6000, 100, 0.5, 10, 4, 450) == 450  # fits: the whole epochs
+    assert budgeted_epoch_steps(600, 700, 0.5, 10, 4, 450) == 1  # spent: as short as they can be
+    assert budgeted_epoch_steps(600, 100, 0.5, 10, 0, 450) == 450  # nothing left to size
+
+
+@pytest.mark.parametrize("budget_min, later_steps", [(1e-4, 1), (1000.0, 2)])
+def test_time_budget_shortens_the_epochs_after_the_first(tmp_path, budget_min, later_steps):
+    # 8 images in batches of 4: 2 steps an epoch. A budget the first epoch has spent leaves the
+    # later epochs one step each; a large one leaves them whole.
+    config = tiny_config(tmp_path, epochs=3, lr_drop=2, synthetic_train_images=8, batch_size=4,
+                         time_budget_min=budget_min)
+    trainer = Trainer(config)
+    trainer.fit()
+    steps = {epoch: len([r for r in log_records(tmp_path) if r["type"] == "train" and r["epoch"] == epoch])
+             for epoch in range(3)}
+    assert steps == {0: 2, 1: later_steps, 2: later_steps}
+    assert trainer.epoch_steps == later_steps
+    with open(tmp_path / "metrics.json") as f:
+        assert json.load(f)["epoch_steps"] == later_steps
+    # The decision is part of the run: a resume keeps it.
+    checkpoint = load_train_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert checkpoint["epoch_steps"] == later_steps
+    assert Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt")).epoch_steps == later_steps

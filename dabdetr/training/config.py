@@ -60,6 +60,8 @@ class TrainConfig(DictConfig):
     channels_last: bool = False  # the backbone's weights and activations in NHWC layout (faster CPU convolutions)
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights,
     # updated after every optimizer step (ema = decay * ema + (1 - decay) * weights); 0: off
+    time_budget_min: float = 0.0  # > 0: after the first epoch, shorten the later ones (fewer steps
+    # each) where needed so that training and its evaluations end within this many minutes
 
     # Loss weights and matching costs (the published ones; the same for every decoder layer).
     loss_ce: float = 1.0  # sigmoid focal classification loss
@@ -100,6 +102,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
+        if self.time_budget_min < 0:
+            raise ValueError(f"time_budget_min must be >= 0 (0: none), got {self.time_budget_min}")
         self.train_sizes, self.crop_resize_sizes, self.crop_size, self.synthetic_object_size = (
             tuple(self.train_sizes), tuple(self.crop_resize_sizes), tuple(self.crop_size),
             tuple(self.synthetic_object_size))
@@ -109,9 +113,11 @@ class TrainConfig(DictConfig):
 RECIPES = {
     # The CPU demo on the synthetic shapes: the small `demo` model trained from scratch (no
     # pretrained backbone at hand, so the backbone learns at the full lr), sized to finish in
-    # under 15 minutes on 2 CPU cores (about 160 s per epoch).
+    # under 15 minutes on 2 CPU cores (about 155 s per epoch, AVX2 or AVX-512); on a slower
+    # machine its time budget shortens the epochs after the first.
     "demo": {
         "preset": "demo", "epochs": 5, "lr_drop": 4, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
+        "time_budget_min": 14.0,
         "synthetic_train_images": 3600, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
         "synthetic_max_overlap": 0.15,
         "train_sizes": (128,), "max_size": 128,

@@ -21,12 +21,13 @@ def move_targets(targets, device):
 
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.1, amp="off",
                     grad_scaler=None, log_step=None, show_progress=True, start_step=0, totals=None,
-                    accumulate_steps=1):
+                    accumulate_steps=1, max_steps=None):
     """Trains over loader once, one optimizer step per accumulate_steps batches (a remainder is
-    left out). log_step(step, losses dict) is called after every step with the losses averaged
-    over processes. Raises NonFiniteLossError naming the step where the loss is not finite (before
-    the optimizer applies it). Returns the epoch's mean losses and "skipped_images" (the images the
-    loader left out of its batches as unreadable, see collate_detection), summed.
+    left out), or for max_steps steps where that is fewer. log_step(step, losses dict) is called
+    after every step with the losses averaged over processes. Raises NonFiniteLossError naming
+    the step where the loss is not finite (before the optimizer applies it). Returns the epoch's
+    mean losses and "skipped_images" (the images the loader left out of its batches as
+    unreadable, see collate_detection), summed.
 
     A mid-epoch resume: loader yields the epoch's batches from start_step on, and totals holds
     the loss sums of the steps before ("steps": their count). totals is updated in place."""
@@ -34,6 +35,8 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
     criterion.train()
     totals = {"steps": 0} if totals is None else totals
     steps = len(loader) // accumulate_steps
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     progress = tqdm(total=start_step + steps, initial=start_step, desc=f"epoch {epoch}", dynamic_ncols=True,
                     disable=not (show_progress and distributed.is_main_process()), leave=False)
     batches = iter(loader)

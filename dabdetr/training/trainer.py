@@ -45,6 +45,7 @@ from dabdetr.training.criterion import SetCriterion
 from dabdetr.training.engine import train_one_epoch
 from dabdetr.training.matcher import HungarianMatcher
 from dabdetr.training.preemption import PreemptionRequest, TrainingPreempted, ignore_preemption_signals
+from dabdetr.training.time_budget import budgeted_epoch_steps
 from dabdetr.weights.backbone import NONE, load_backbone_weights
 from dabdetr.weights.files import atomic_torch_save, atomic_write
 from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
@@ -204,6 +205,7 @@ class Trainer:
         self.eval_model = self.ema.module if self.ema is not None else self.model
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
+        self.epoch_steps = None  # steps of each epoch after the first, once a time budget has sized them
         if checkpoint is not None:
             self._restore(checkpoint, resume_path)
         elif self.is_main:
@@ -246,6 +248,7 @@ class Trainer:
             "step": step,
             "epoch_totals": dict(self.epoch_totals) if step else {"steps": 0},  # the loss sums of those steps
             "best_ap": self.best_ap,
+            "epoch_steps": self.epoch_steps,
             "world_size": self.world_size,
             "class_names": {str(label): name for label, name in self.train_set.class_names.items()},
             "rng": distributed.all_gather_objects(rng_state()),  # every rank's generators
@@ -274,6 +277,7 @@ class Trainer:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
         self.start_epoch, self.best_ap = checkpoint["epoch"], checkpoint["best_ap"]
         self.start_step = checkpoint.get("step", 0)
+        self.epoch_steps = checkpoint.get("epoch_steps")
         self.epoch_totals = dict(checkpoint.get("epoch_totals") or {"steps": 0})
         rng = checkpoint["rng"]
         set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
@@ -343,13 +347,15 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def train_epoch(self, epoch, start_step=0):
-        """Trains epoch `epoch` from its step start_step (> 0: a mid-epoch resume)."""
+        """Trains epoch `epoch` from its step start_step (> 0: a mid-epoch resume); returns the
+        seconds it took and the steps it ran."""
         config = self.config
         self.train_batches.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         self.train_batches.skip = start_step * config.accumulate_steps
-        remaining = len(self.train_loader) // config.accumulate_steps
-        steps = start_step + remaining
+        full_steps = start_step + len(self.train_loader) // config.accumulate_steps
+        steps = full_steps if self.epoch_steps is None or epoch == 0 else min(full_steps, self.epoch_steps)
+        remaining = max(0, steps - start_step)
         if start_step == 0:
             self.epoch_totals = {"steps": 0}
 
@@ -357,7 +363,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             if step % config.log_every == 0 or step == steps - 1:
-                self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * steps + step,
+                self._log({"type": "train", "epoch": epoch, "step": step, "global_step": epoch * full_steps + step,
                            "lr": self.optimizer.param_groups[0]["lr"], **losses})
             saved = bool(config.checkpoint_every) and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps
             if saved:
@@ -370,7 +376,7 @@ class Trainer:
         means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device, epoch,
                                 config.clip_max_norm, config.amp, self.grad_scaler, after_step,
                                 show_progress=config.progress, start_step=start_step, totals=self.epoch_totals,
-                                accumulate_steps=config.accumulate_steps)
+                                accumulate_steps=config.accumulate_steps, max_steps=remaining)
         self.train_batches.skip = 0
         elapsed = time.perf_counter() - start
         images = remaining * config.batch_size * config.accumulate_steps * self.world_size - means["skipped_images"]
@@ -381,6 +387,29 @@ class Trainer:
         self.scheduler.step()
         logger.info("epoch %d: loss %.4f (ce %.4f, l1 %.4f, giou %.4f), %.0f s", epoch, means["loss"],
                     means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
+        return elapsed, remaining
+
+    def size_epochs_to_budget(self, run_start, epoch_time_s, epoch_steps):
+        """After the first epoch of a run with a time budget: the steps of each later epoch, from
+        the speed just measured (decided by process 0, the same on every process), logged."""
+        config = self.config
+        full_steps = len(self.train_batches) // config.accumulate_steps
+        elapsed = time.monotonic() - run_start
+        overhead = elapsed - epoch_time_s  # the first evaluation, checkpoint and plots
+        step_s = epoch_time_s / max(epoch_steps, 1)
+        # The final outputs (model, pictures) count as one more epoch's overhead.
+        steps = budgeted_epoch_steps(config.time_budget_min * 60, elapsed + overhead, step_s, overhead,
+                                     config.epochs - 1, full_steps)
+        self.epoch_steps = distributed.broadcast_object(steps)
+        projected_min = (elapsed + (config.epochs - 1) * (self.epoch_steps * step_s + overhead) + overhead) / 60
+        if self.epoch_steps < full_steps:
+            logger.warning("time budget of %.1f min: measured %.3f s a step and %.0f s an epoch besides its steps, so "
+                           "epochs 1..%d run %d of their %d steps each (about %.1f min in all; a faster machine "
+                           "runs them whole)", config.time_budget_min, step_s, overhead, config.epochs - 1,
+                           self.epoch_steps, full_steps, projected_min)
+        else:
+            logger.info("time budget of %.1f min: measured %.3f s a step; the whole schedule fits (about %.1f min)",
+                        config.time_budget_min, step_s, projected_min)
 
     def evaluate(self, epoch):
         model_config = self.model.config
@@ -425,8 +454,9 @@ class Trainer:
             logger.info("training %s on %s for epochs %d..%d on %s x%d; output in %s", config.preset,
                         config.data_root or "synthetic shapes", self.start_epoch, config.epochs - 1, self.device,
                         self.world_size, self.output_dir)
+        run_start = time.monotonic()
         for epoch in range(self.start_epoch, config.epochs):
-            self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
+            epoch_time_s, epoch_steps = self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
             metrics = None
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 metrics, _ = self.evaluate(epoch)
@@ -438,6 +468,8 @@ class Trainer:
             if self.is_main and (metrics is not None or time.monotonic() - curves_time >= CURVES_INTERVAL_S):
                 plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
                 curves_time = time.monotonic()
+            if epoch == 0 and config.time_budget_min and self.epoch_steps is None:
+                self.size_epochs_to_budget(run_start, epoch_time_s, epoch_steps)
             if epoch + 1 < config.epochs:
                 self.stop_if_preempted(epoch + 1, 0, saved)
         if metrics is None:  # resumed a finished run: evaluate its final model
@@ -452,7 +484,8 @@ class Trainer:
         from dabdetr.evaluation.plots import save_detection_grid
 
         self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
-        summary = {**metrics, "epochs": self.config.epochs, "preset": self.config.preset,
+        summary = {**metrics, "epochs": self.config.epochs, "epoch_steps": self.epoch_steps,
+                   "preset": self.config.preset,
                    "dataset": self.config.data_root or "synthetic", "val_images": len(self.val_set),
                    "train_time_s": sum(r["time_s"] for r in self.log_records if r["type"] == "epoch"),
                    "device": str(self.device), "world_size": self.world_size}
