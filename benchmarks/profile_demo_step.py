@@ -5,13 +5,16 @@ the rest).
 
     python benchmarks/profile_demo_step.py [--steps 30] [--set FIELD=VALUE ...]
 
+The steps are the trainer's own (dabdetr.training.engine.train_step), so AMP, channels-last
+and accumulation settings are profiled as a run would use them.
+
 `DABDETR_CPU_ISA=avx2` and `ONEDNN_MAX_CPU_ISA=AVX2` make an AVX-512 machine behave as an
 AVX2-only one (our kernels and oneDNN's convolutions). The table is printed and written under
 benchmarks/results/ as demo_step_profile_<cpu>-<isa>_cpu.{md,json}.
 """
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 import tempfile
@@ -24,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 import dabdetr
-from dabdetr.training.engine import move_targets
+from dabdetr.cli import parse_assignments
+from dabdetr.training.engine import train_step
 
 # Profiler op names (forward and backward) by the part of the model they belong to, first match wins.
 CATEGORIES = [
@@ -46,57 +50,57 @@ def category(op_name):
     return "other element-wise and copies"
 
 
-class Clock:
-    """Seconds per named phase, summed over steps."""
-
-    def __init__(self):
-        self.totals = defaultdict(float)
-
-    def phase(self, name):
-        clock = self
-
-        class Phase:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                clock.totals[name] += time.perf_counter() - self.start
-
-        return Phase()
+@contextlib.contextmanager
+def timed(totals, name):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[name] += time.perf_counter() - start
 
 
-def run_steps(trainer, batches, steps, clock):
-    model, criterion, optimizer = trainer.model, trainer.criterion, trainer.optimizer
-    matcher_forward = criterion.matcher.forward
+def timing(totals, name, fn):
+    def run(*args, **kwargs):
+        with timed(totals, name):
+            return fn(*args, **kwargs)
 
-    def timed_matcher(*args, **kwargs):
-        with clock.phase("matcher (Hungarian, scipy)"):
-            return matcher_forward(*args, **kwargs)
+    return run
 
-    criterion.matcher.forward = timed_matcher
-    model.train()
-    for _ in range(steps):
-        with clock.phase("data (waiting for the loader)"):
-            images, mask, targets = next(batches)
-        with clock.phase("forward"):
-            outputs = model(images, mask, targets)
-        start = time.perf_counter()
-        losses = criterion(outputs, targets, max(sum(len(t["labels"]) for t in targets), 1))
-        clock.totals["loss (without the matcher)"] += time.perf_counter() - start
-        with clock.phase("backward"):
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-        with clock.phase("optimizer (clip, AdamW)"):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.config.clip_max_norm)
-            optimizer.step()
-    clock.totals["loss (without the matcher)"] -= clock.totals["matcher (Hungarian, scipy)"]
-    criterion.matcher.forward = matcher_forward
+
+def run_steps(trainer, batches, steps, totals):
+    """`steps` optimizer steps of the trainer's own train_step, adding seconds per phase to
+    totals: the model's forward, the criterion (matcher included) and the optimizer step are
+    timed by wrapping them for the while; backward and gradient clipping are the rest."""
+    config, model, criterion, optimizer = trainer.config, trainer.model, trainer.criterion, trainer.optimizer
+    wrapped = [(model, "forward", "forward"), (criterion, "forward", "loss"),
+               (criterion.matcher, "forward", "matcher (Hungarian, scipy)"), (optimizer, "step", "optimizer step")]
+    for owner, method, phase in wrapped:  # an instance attribute shadows the method until deleted
+        setattr(owner, method, timing(totals, phase, getattr(owner, method)))
+    try:
+        for step in range(steps):
+            with timed(totals, "data (waiting for the loader)"):
+                micro_batches = [next(batches) for _ in range(config.accumulate_steps)]
+            with timed(totals, "step"):
+                train_step(model, criterion, micro_batches, optimizer, trainer.device, config.clip_max_norm,
+                           config.amp, trainer.grad_scaler, where=f"profiled step {step}")
+    finally:
+        for owner, method, _ in wrapped:
+            delattr(owner, method)
+
+
+def phases(totals):
+    """The phases of run_steps' totals, without overlaps: the matcher out of the loss, and the
+    step's remainder as backward and clipping."""
+    step, loss, matcher = totals["step"], totals["loss"], totals["matcher (Hungarian, scipy)"]
+    return {"data (waiting for the loader)": totals["data (waiting for the loader)"], "forward": totals["forward"],
+            "matcher (Hungarian, scipy)": matcher, "loss (without the matcher)": loss - matcher,
+            "backward and gradient clipping": step - totals["forward"] - loss - totals["optimizer step"],
+            "optimizer step": totals["optimizer step"]}
 
 
 def endless(loader):
     while True:
-        for images, mask, targets in loader:
-            yield images, mask, move_targets(targets, "cpu")
+        yield from loader
 
 
 def main():
@@ -108,19 +112,19 @@ def main():
                         help="a TrainConfig field of the demo recipe, as in `dabdetr train --set`")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_assignments(args.set, "--set")
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = dabdetr.Trainer(dabdetr.recipe("demo", output_dir=output_dir, device="cpu", progress=False,
                                                  **overrides))
         batches = endless(trainer.train_loader)
-        run_steps(trainer, batches, 5, Clock())  # warm-up: oneDNN primitives, allocator, loader workers
-        clock = Clock()
+        run_steps(trainer, batches, 5, defaultdict(float))  # warm-up: oneDNN primitives, allocator, loader workers
+        totals = defaultdict(float)
         start = time.perf_counter()
-        run_steps(trainer, batches, args.steps, clock)
+        run_steps(trainer, batches, args.steps, totals)
         step_ms = (time.perf_counter() - start) * 1000 / args.steps
 
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            run_steps(trainer, batches, args.profiled_steps, Clock())
+            run_steps(trainer, batches, args.profiled_steps, defaultdict(float))
     by_category = defaultdict(float)
     for event in profile.key_averages():
         by_category[category(event.key)] += event.self_cpu_time_total / 1000 / args.profiled_steps
@@ -129,7 +133,7 @@ def main():
     info = dabdetr.kernel_info()
     isa = f"{info['cpu_isa']}, oneDNN max {os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}"
     rows = [{"table": "phases", "part": name, "ms_per_step": round(seconds * 1000 / args.steps, 1),
-             "share": f"{seconds * 1000 / args.steps / step_ms:.0%}"} for name, seconds in clock.totals.items()]
+             "share": f"{seconds * 1000 / args.steps / step_ms:.0%}"} for name, seconds in phases(totals).items()]
     rows.append({"table": "phases", "part": "step", "ms_per_step": round(step_ms, 1), "share": "100%"})
     rows += [{"table": "ops (profiled forward + backward + optimizer)", "part": name, "ms_per_step": round(ms, 1),
               "share": f"{ms / profiled_ms:.0%}"}
