@@ -10,7 +10,7 @@
 namespace dabdetr::cpu {
 
 // Rows of queries one forward work item owns, and keys per tile of the online softmax.
-constexpr int64_t kBlockQ = 32;
+constexpr int64_t kBlockQ = 24;
 constexpr int64_t kBlockK = 128;
 // Score tiles are computed in column chunks of this width (two AVX-512 registers of fp32);
 // packed key tiles are zero-padded to a multiple of it.
