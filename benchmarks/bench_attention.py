@@ -5,13 +5,15 @@ and the decoder ("self").
 Peers per shape: the PyTorch reference; torch SDPA fed the concatenated [content | pos] inputs
 and a mask, under each backend that accepts the shapes (the backend is recorded; "flash, V
 padded" zero-pads V to the q/k head dim, a workaround that makes FlashAttention accept it); and
-the fused kernel ("kernel": its default path; with --tensor-cores, on CUDA in 16 bits, also
-"kernel tensor_core", and with --sweep-splits that path at each forced key-split count). Forward (no grad) and
-forward+backward (torch.autograd.grad of all inputs).
+the fused kernel ("kernel": its default path; on CPU also "kernel avx2" on an AVX-512 CPU, or
+the levels --cpu-isas names, timed in the same process; with --tensor-cores, on CUDA in 16
+bits, also "kernel tensor_core", and with --sweep-splits that path at each forced key-split
+count). Forward (no grad) and forward+backward (torch.autograd.grad of all inputs).
 dtype "tf32" is float32 with torch.backends.cuda.matmul.allow_tf32 on, for every peer.
 
     python benchmarks/bench_attention.py                 # CPU grid, float32
     python benchmarks/bench_attention.py --device cuda   # CUDA grid, float32, tf32 and bfloat16
+    python benchmarks/bench_attention.py --cpu-isas generic,avx2   # those levels beside the best
 """
 
 import argparse
@@ -128,13 +130,14 @@ def warnings_silenced():
         yield
 
 
-def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
-    """{peer name: {environment variable: value}} of the fused kernel: its default path ("kernel"),
-    and where tensor_cores, for the inputs that path serves on an sm_80+ GPU (16-bit, or float32
-    while TF32 is allowed), the tensor-core path by name, with each forced key-split count where
+def kernel_variants(inputs, tensor_cores=False, sweep_splits=False, cpu_isas=None):
+    """{peer name: {environment variable: value}} of the fused kernel: its default path ("kernel");
+    on CPU, the lower instruction-set levels of harness.cpu_isa_variants (cpu_isas); and where
+    tensor_cores, for the inputs that path serves on an sm_80+ GPU (16-bit, or float32 while TF32
+    is allowed), the tensor-core path by name, with each forced key-split count where
     sweep_splits (to tune the split choice of ops_cuda.cpp)."""
-    variants = {"kernel": {}}
     q = inputs["q_content"]
+    variants = {"kernel": {}, **harness.cpu_isa_variants(q.device, cpu_isas)}
     served = q.dtype in (torch.float16, torch.bfloat16) or (
         q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest")
     if tensor_cores and served and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 8:
@@ -145,12 +148,12 @@ def kernel_variants(inputs, tensor_cores=False, sweep_splits=False):
     return variants
 
 
-def peer_functions(inputs, sdpa, backward, tensor_cores=False, sweep_splits=False):
+def peer_functions(inputs, sdpa, backward, tensor_cores=False, sweep_splits=False, cpu_isas=None):
     fns = {
         "reference": lambda: modulated_attention(**inputs, impl="reference"),
         **{name: (lambda b=b, p=p: sdpa_call(inputs, b, p)) for name, (b, p) in sdpa.items()},
     }
-    settings = kernel_variants(inputs, tensor_cores, sweep_splits)
+    settings = kernel_variants(inputs, tensor_cores, sweep_splits, cpu_isas)
     fns.update({name: (lambda: modulated_attention(**inputs, impl="kernel")) for name in settings})
     if not backward:
         fns = {name: _no_grad(fn) for name, fn in fns.items()}
@@ -221,6 +224,7 @@ def main():
                         help="also time the tensor-core kernel path by name (CUDA, 16-bit, sm_80+)")
     parser.add_argument("--sweep-splits", action="store_true",
                         help="with --tensor-cores: also at each forced key-split count")
+    harness.add_cpu_isa_argument(parser)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -240,7 +244,8 @@ def main():
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)
                 with setting(), warnings_silenced():
                     sdpa = sdpa_peers(inputs)
-                    peers = peer_functions(inputs, sdpa, backward, args.tensor_cores, args.sweep_splits)
+                    peers = peer_functions(inputs, sdpa, backward, args.tensor_cores, args.sweep_splits,
+                                           args.cpu_isas)
                     times = harness.time_peers(peers, device, repeats)
                 fl, nbytes = flops(shape, backward), bytes_moved(shape, dtype.itemsize, backward)
                 for impl, ms in times.items():

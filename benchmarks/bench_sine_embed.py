@@ -1,4 +1,5 @@
-"""Benchmark of the anchor sine embedding: reference vs fused kernel.
+"""Benchmark of the anchor sine embedding: reference vs fused kernel (on CPU also the kernel at
+lower instruction-set levels, --cpu-isas).
 
 Workloads: the decoder's modulated embedding (one layer, 300 queries x batch 2 = 600 boxes, with
 xy_scale and ref_wh) and the plain 4-D embedding of many boxes (100k on CPU; 1M on CUDA,
@@ -31,23 +32,27 @@ def make_inputs(num_boxes, modulated, device, dtype, requires_grad, seed=0):
     return [t.to(device, dtype).requires_grad_(requires_grad) for t in tensors]
 
 
-def peer_functions(tensors, modulated, backward):
+def peer_functions(tensors, modulated, backward, cpu_isas=None):
+    """{peer name: zero-arg callable}: the reference, the kernel and the kernel at each CPU
+    level of harness.cpu_isa_variants."""
     def call(impl):
         if modulated:
             return modulated_anchor_sine_embed(*tensors, num_feats=NUM_FEATS, impl=impl)
         return (anchor_sine_embed(tensors[0], num_feats=NUM_FEATS, impl=impl),)
 
-    if not backward:
-        def forward(impl):
-            with torch.no_grad():
-                return call(impl)
-        return {impl: (lambda impl=impl: forward(impl)) for impl in ("reference", "kernel")}
+    def forward(impl):
+        with torch.no_grad():
+            return call(impl)
 
     def forward_backward(impl):
         outs = call(impl)
         return torch.autograd.grad(outs, tensors, [torch.ones_like(o) for o in outs])
 
-    return {impl: (lambda impl=impl: forward_backward(impl)) for impl in ("reference", "kernel")}
+    run = forward_backward if backward else forward
+    isa_variants = harness.cpu_isa_variants(tensors[0].device, cpu_isas)
+    peers = {impl: (lambda impl=impl: run(impl)) for impl in ("reference", "kernel")}
+    peers.update({name: harness.in_environment(lambda: run("kernel"), env) for name, env in isa_variants.items()})
+    return peers
 
 
 def bytes_moved(num_boxes, modulated, element_size, backward):
@@ -63,6 +68,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--repeats", type=int, default=None)
+    harness.add_cpu_isa_argument(parser)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -79,7 +85,8 @@ def main():
         for name, num_boxes, modulated in workloads:
             for backward in (False, True):
                 tensors = make_inputs(num_boxes, modulated, device, dtype, requires_grad=backward)
-                times = harness.time_peers(peer_functions(tensors, modulated, backward), device, repeats)
+                times = harness.time_peers(peer_functions(tensors, modulated, backward, args.cpu_isas), device,
+                                           repeats)
                 nbytes = bytes_moved(num_boxes, modulated, dtype.itemsize, backward)
                 pass_name = "fwd+bwd" if backward else "fwd"
                 for impl, ms in times.items():

@@ -31,6 +31,25 @@ def synchronize(device):
 TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 
 
+# The CPU kernels' instruction-set levels, lowest first (DABDETR_CPU_ISA caps the level per call).
+CPU_ISA_LEVELS = ("generic", "avx2", "avx512")
+
+
+def cpu_isa_variants(device, requested=None):
+    """{peer name: environment} of the CPU kernels at levels below the best this CPU runs (which
+    is the plain "kernel" peer), timed side by side with it: `requested` (a list of levels), or
+    by default AVX2 on an AVX-512 CPU. None on CUDA."""
+    if device.type != "cpu":
+        return {}
+    best = dabdetr.ops.kernel_info()["cpu_isa"]
+    below = CPU_ISA_LEVELS[: CPU_ISA_LEVELS.index(best)]
+    wanted = below[1:] if requested is None else requested
+    unknown = [level for level in wanted if level not in CPU_ISA_LEVELS]
+    if unknown:
+        raise ValueError(f"unknown CPU instruction-set level(s) {unknown}; choose from {CPU_ISA_LEVELS}")
+    return {f"kernel {level}": {"DABDETR_CPU_ISA": level} for level in wanted if level in below}
+
+
 @contextlib.contextmanager
 def environment(values):
     """os.environ with `values` set (the CUDA kernels read their path settings on every call)."""
@@ -158,6 +177,13 @@ def add_model_arguments(parser):
     parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 10 on CUDA, 3 on CPU)")
     parser.add_argument("--out-dir", default=None)
+
+
+def add_cpu_isa_argument(parser):
+    """--cpu-isas: the CPU instruction-set levels to time beside the best (cpu_isa_variants)."""
+    parser.add_argument("--cpu-isas", default=None, type=lambda text: [t for t in text.split(",") if t],
+                        help="comma-separated levels (generic, avx2) whose CPU kernels are timed beside the "
+                             "best one, in the same process (default: avx2 on an AVX-512 CPU)")
 
 
 def image_batch(batch, height, width, device):

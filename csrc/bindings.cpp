@@ -24,10 +24,11 @@ pybind11::dict cuda_build_info();  // cuda/ops_cuda.cpp
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The level the CPU kernels run at now (DABDETR_CPU_ISA is read on every call).
+  m.def("cpu_isa", [] { return dabdetr::cpu::isa_name(dabdetr::cpu::selected_isa()); });
   m.def("build_info", [] {
     pybind11::dict info;
     info["cpu"] = true;
-    info["cpu_isa"] = dabdetr::cpu::isa_name(dabdetr::cpu::selected_isa());
     info["cpu_dtypes"] = dabdetr::cpu::kernel_dtypes();
     info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
                             std::to_string(TORCH_VERSION_MINOR) + "." +

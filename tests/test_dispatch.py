@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from dabdetr.ops import kernel_info
+from dabdetr.ops import kernel_info, modulated_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,3 +109,17 @@ def test_every_cpu_isa_level_matches_reference(level):
     result = _python(ISA_CHECK, DABDETR_CPU_ISA=level)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"ISA {level}" in result.stdout and "OK" in result.stdout
+
+
+def test_cpu_isa_is_chosen_per_call(monkeypatch):
+    """DABDETR_CPU_ISA is read on every call, so one process can run (and the benchmarks time)
+    every level side by side; the lowered level still matches the reference."""
+    from op_samples import ATTENTION_CASES, attention_inputs
+
+    monkeypatch.setenv("DABDETR_CPU_ISA", "generic")
+    assert kernel_info()["cpu_isa"] == "generic"
+    inputs = attention_inputs(ATTENTION_CASES[0], dtype=torch.float64)
+    torch.testing.assert_close(modulated_attention(**inputs, impl="kernel"),
+                               modulated_attention(**inputs, impl="reference"), rtol=1e-9, atol=1e-9)
+    monkeypatch.delenv("DABDETR_CPU_ISA")
+    assert kernel_info()["cpu_isa"] == DETECTED

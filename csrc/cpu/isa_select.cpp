@@ -47,8 +47,8 @@ KernelTable<T> table_for(Isa isa) {
 }  // namespace
 
 Isa selected_isa() {
-  static const Isa isa = cap_by_environment(detect_isa());
-  return isa;
+  static const Isa detected = detect_isa();
+  return cap_by_environment(detected);
 }
 
 const char* isa_name(Isa isa) {
@@ -61,8 +61,9 @@ const char* isa_name(Isa isa) {
 
 template <typename T>
 const KernelTable<T>& kernels() {
-  static const KernelTable<T> table = table_for<T>(selected_isa());
-  return table;
+  static const KernelTable<T> tables[] = {table_for<T>(Isa::kGeneric), table_for<T>(Isa::kAvx2),
+                                          table_for<T>(Isa::kAvx512)};
+  return tables[static_cast<int>(selected_isa())];
 }
 
 template const KernelTable<float>& kernels<float>();

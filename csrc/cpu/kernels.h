@@ -26,8 +26,9 @@ DABDETR_DECLARE_CPU_KERNELS(avx512)
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 // The best level this CPU supports and this build contains, lowered by the environment
-// variable DABDETR_CPU_ISA=generic|avx2|avx512 (read once; used by the tests to exercise
-// every level on one machine).
+// variable DABDETR_CPU_ISA=generic|avx2|avx512. The CPU is probed once; the variable is read on
+// every call (a getenv beside milliseconds of work), so the tests exercise every level on one
+// machine and the benchmarks time the levels side by side in one process.
 Isa selected_isa();
 const char* isa_name(Isa isa);
 

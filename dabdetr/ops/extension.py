@@ -120,7 +120,8 @@ def kernel_info():
     """What the extension provides: a dict with keys
 
     extension_loaded (bool), unavailable_reason (str or None), cpu (bool: CPU kernels),
-    cpu_isa (instruction set the CPU kernels run with), cpu_dtypes and cuda_dtypes (the dtypes
+    cpu_isa (instruction set the CPU kernels run with now: the best this CPU has, capped by
+    DABDETR_CPU_ISA, which is read on every call), cpu_dtypes and cuda_dtypes (the dtypes
     their kernels serve, e.g. "float32"), cuda (bool: CUDA kernels), cuda_archs (list of str),
     cuda_version (str or None), cuda_max_head_dim and cuda_max_attention_rows (the CUDA
     kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
@@ -142,6 +143,8 @@ def kernel_info():
         "torch_version": None,
     }
     info.update(BUILD_INFO)
+    if _C is not None:
+        info["cpu_isa"] = _C.cpu_isa()
     info["cuda_emulated"] = _EMULATOR
     info["runtime_torch_version"] = torch.__version__
     return info
