@@ -29,16 +29,16 @@ struct AttentionParams : AttentionParamsOf<const T*, T*, T> {
   int64_t num_key_tiles() const { return (this->num_keys + kBlockK - 1) / kBlockK; }
 
   // Scratch each thread needs, in elements of T. Both passes gather the keys that are not
-  // padded of one (batch, head) and run only those: the forward packs all its key tiles (with
-  // their bias) and value rows once for the query tiles it runs; the backward accumulates the
+  // padded of one (batch, head) and run only those: the forward packs all its key tiles and
+  // value rows once for the query tiles it runs; the backward accumulates the
   // keys' gradients in that order and scatters them at the end.
   int64_t forward_workspace() const {
-    return kBlockQ * kBlockK + num_key_tiles() * (this->dim_content + this->dim_pos + 1) * kBlockK +
+    return kBlockQ * kBlockK + num_key_tiles() * (this->dim_content + this->dim_pos) * kBlockK +
            this->num_keys * this->dim_value + kBlockQ * this->dim_value + 2 * kBlockQ;
   }
   int64_t backward_workspace() const {
     const int64_t key_dims = this->dim_content + this->dim_pos;
-    return 2 * kBlockQ * kBlockK + (2 * key_dims + this->dim_value) * kBlockK + kBlockK + this->num_queries +
+    return 2 * kBlockQ * kBlockK + (2 * key_dims + this->dim_value) * kBlockK + this->num_queries +
            this->num_keys * (key_dims + this->dim_value);
   }
 };
