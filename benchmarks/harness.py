@@ -1,7 +1,9 @@
 """What the benchmarks share: timing, peak memory, the device's measured roofline, and output.
 
 Timing: every peer of a shape is run in turn within each repetition (so drift in machine load
-hits all of them alike) and the median is reported; on CUDA with events after warm-up.
+hits all of them alike), starting one peer later in each repetition (so no peer always runs
+after the same neighbour: on a CPU, a peer that just ran the reference's large temporaries is
+slower for it), and the median is reported; on CUDA with events after warm-up.
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU (Linux), the
 growth of the peak resident set (VmHWM) of a fresh process that holds only the inputs (the CPU
 allocator keeps no statistics).
@@ -84,8 +86,11 @@ def time_peers(peers, device, repeats, warmup=3):
             fn()
     synchronize(device)
     samples = {name: [] for name in peers}
-    for _ in range(repeats):
-        for name, fn in peers.items():
+    names = list(peers)
+    for repetition in range(repeats):
+        start = repetition % len(names)
+        for name in names[start:] + names[:start]:
+            fn = peers[name]
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
