@@ -225,8 +225,10 @@ def main():
     parser.add_argument("--sweep-splits", action="store_true",
                         help="with --tensor-cores: also at each forced key-split count")
     harness.add_cpu_isa_argument(parser)
+    harness.add_memory_argument(parser)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
+    result_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)
     dtypes = (args.dtypes or ("float32,tf32,bfloat16" if device.type == "cuda" else "float32")).split(",")
     repeats = args.repeats or (50 if device.type == "cuda" else 15)
@@ -256,7 +258,7 @@ def main():
                     })
                 print(f"  {shape} {rows[-1]['pass']}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items()))
     memory_rows = []
-    if not args.quick:
+    if not args.quick and not args.keep_memory:  # the probe's fresh processes keep the default allocator
         for shape in MEMORY_SHAPES:
             inputs = make_inputs(shape, device, torch.float32, requires_grad=False)
             impls = ["reference", *sdpa_peers(inputs), "kernel"]
@@ -271,9 +273,10 @@ def main():
                               ["shape", "impl", "fwd_peak_extra_mb", "output_mb"], out_dir=args.out_dir)
         print()
     harness.write_results(
-        "attention", device, rows,
+        "attention" + result_suffix, device, rows,
         ["shape", "dtype", "pass", "impl", "median_ms", "speedup_vs_reference", "tflops", "floor_ms"],
-        extra_meta={"heads": HEADS, "head_dim": HEAD_DIM, "repeats": repeats}, out_dir=args.out_dir,
+        extra_meta={"heads": HEADS, "head_dim": HEAD_DIM, "repeats": repeats, "allocator": allocator},
+        out_dir=args.out_dir,
     )
 
 

@@ -69,8 +69,10 @@ def main():
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--repeats", type=int, default=None)
     harness.add_cpu_isa_argument(parser)
+    harness.add_memory_argument(parser)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
+    result_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)
     repeats = args.repeats or (50 if device.type == "cuda" else 15)
     many = 1_000_000 if device.type == "cuda" else 100_000
@@ -102,9 +104,9 @@ def main():
             rows.append({"workload": "both workloads", "dtype": dtype_name, "pass": "fwd+bwd", "impl": impl,
                          "median_ms": ms, "speedup_vs_reference": totals["reference"] / ms})
     harness.write_results(
-        "sine_embed", device, rows,
+        "sine_embed" + result_suffix, device, rows,
         ["workload", "dtype", "pass", "impl", "median_ms", "speedup_vs_reference", "gb_per_s", "of_copy_bandwidth"],
-        extra_meta={"num_feats": NUM_FEATS, "repeats": repeats}, out_dir=args.out_dir,
+        extra_meta={"num_feats": NUM_FEATS, "repeats": repeats, "allocator": allocator}, out_dir=args.out_dir,
     )
 
 

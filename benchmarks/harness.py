@@ -4,12 +4,17 @@ Timing: every peer of a shape is run in turn within each repetition (so drift in
 hits all of them alike), starting one peer later in each repetition (so no peer always runs
 after the same neighbour: on a CPU, a peer that just ran the reference's large temporaries is
 slower for it), and the median is reported; on CUDA with events after warm-up.
+Memory on CPU: glibc returns each freed block of a few MiB or more to the OS, and the next
+allocation faults fresh zeroed pages in, a few milliseconds that land on whichever peer
+allocates next; --keep-memory (keep_freed_memory) keeps freed memory mapped instead, as a
+caching allocator would, and the timings become steady.
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU (Linux), the
 growth of the peak resident set (VmHWM) of a fresh process that holds only the inputs (the CPU
 allocator keeps no statistics).
 """
 
 import contextlib
+import ctypes
 import datetime
 import json
 import multiprocessing
@@ -175,6 +180,30 @@ def floor_ms(flops, bytes_moved, roofline):
     return max(flops / peak_flops, bytes_moved / bandwidth) * 1e3
 
 
+def add_memory_argument(parser):
+    """--keep-memory: run keep_freed_memory() first (the result files get a "_kept-memory" suffix)."""
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="keep freed memory mapped for reuse (glibc mallopt), so no peer pays for page "
+                             "faults on memory another just gave back; results named *_kept-memory")
+
+
+def apply_memory_argument(args):
+    """(suffix of the result names, the allocator's description) for --keep-memory, applied when given."""
+    if not args.keep_memory:
+        return "", "default"
+    return "_kept-memory", keep_freed_memory()
+
+
+def keep_freed_memory():
+    """Make glibc keep freed memory for reuse: blocks up to 32 MiB (the most M_MMAP_THRESHOLD
+    allows) come from the heap, and the heap is never trimmed. Returns the setting's description."""
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise RuntimeError("--keep-memory: mallopt refused the settings (is this glibc?)")
+    return "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, no trimming)"
+
+
 def add_model_arguments(parser):
     """The arguments of the whole-model benchmarks: --device, --preset, --size, --repeats, --out-dir."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -227,7 +256,8 @@ def write_results(bench_name, device, rows, columns, extra_meta=None, out_dir=No
     with open(stem + ".md", "w") as f:
         f.write(f"# {bench_name} on {meta['device']['name']} ({device.type})\n\n")
         f.write(f"{meta['date']}; torch {meta['torch']}; CUDA {torch.version.cuda}; "
-                f"CPU kernels: {meta['kernel_info']['cpu_isa']}; threads: {torch.get_num_threads()}\n\n")
+                f"CPU kernels: {meta['kernel_info']['cpu_isa']}; threads: {torch.get_num_threads()}"
+                + (f"; allocator: {meta['allocator']}" if "allocator" in meta else "") + "\n\n")
         f.write(table + "\n")
     print(f"wrote {stem}.json and .md")
 
