@@ -6,7 +6,7 @@ after the same neighbour: on a CPU, a peer that just ran the reference's large t
 slower for it), and the median is reported; on CUDA with events after warm-up.
 Memory on CPU: glibc returns each freed block of a few MiB or more to the OS, and the next
 allocation faults fresh zeroed pages in, a few milliseconds that land on whichever peer
-allocates next; --keep-memory (keep_freed_memory) keeps freed memory mapped instead, as a
+allocates next; --keep-memory (dabdetr.host_memory) keeps freed memory mapped instead, as a
 caching allocator would, and the timings become steady.
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the inputs; on CPU (Linux), the
 growth of the peak resident set (VmHWM) of a fresh process that holds only the inputs (the CPU
@@ -14,7 +14,6 @@ allocator keeps no statistics).
 """
 
 import contextlib
-import ctypes
 import datetime
 import json
 import multiprocessing
@@ -27,6 +26,7 @@ import time
 import torch
 
 import dabdetr
+import dabdetr.host_memory
 
 
 def synchronize(device):
@@ -181,7 +181,7 @@ def floor_ms(flops, bytes_moved, roofline):
 
 
 def add_memory_argument(parser):
-    """--keep-memory: run keep_freed_memory() first (the result files get a "_kept-memory" suffix)."""
+    """--keep-memory: dabdetr.host_memory.keep_freed_memory() first (result names get "_kept-memory")."""
     parser.add_argument("--keep-memory", action="store_true",
                         help="keep freed memory mapped for reuse (glibc mallopt), so no peer pays for page "
                              "faults on memory another just gave back; results named *_kept-memory")
@@ -191,17 +191,10 @@ def apply_memory_argument(args):
     """(suffix of the result names, the allocator's description) for --keep-memory, applied when given."""
     if not args.keep_memory:
         return "", "default"
-    return "_kept-memory", keep_freed_memory()
-
-
-def keep_freed_memory():
-    """Make glibc keep freed memory for reuse: blocks up to 32 MiB (the most M_MMAP_THRESHOLD
-    allows) come from the heap, and the heap is never trimmed. Returns the setting's description."""
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise RuntimeError("--keep-memory: mallopt refused the settings (is this glibc?)")
-    return "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, no trimming)"
+    setting = dabdetr.host_memory.keep_freed_memory()
+    if setting is None:
+        raise SystemExit("--keep-memory needs glibc (Linux)")
+    return "_kept-memory", setting
 
 
 def add_model_arguments(parser):

@@ -75,6 +75,8 @@ class TrainConfig(DictConfig):
 
     # Running.
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
+    keep_freed_memory: bool = True  # on CPU, glibc keeps freed memory for reuse instead of returning it
+    # to the OS after every large tensor (dabdetr.host_memory; 5 % faster demo steps on a 2-core EPYC)
     num_workers: int = 2
     cache_images: bool = False  # keep decoded COCO images in memory (per loader process): for small datasets
     seed: int = 42  # the initial model on every process; then process r > 0 draws from seed + 1000003 r

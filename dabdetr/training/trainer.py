@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dabdetr import distributed
+from dabdetr import distributed, host_memory
 from dabdetr.data import build_datasets, collate_detection
 from dabdetr.data.batching import TrainBatchSampler
 from dabdetr.evaluation.evaluator import evaluate
@@ -127,7 +127,7 @@ class Trainer:
     # The settings a resumed run may change: none of them changes what it computes.
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
                          "checkpoint_every", "checkpoint_epochs", "keep_last", "skip_bad_images", "tensorboard",
-                         "cache_images", "allow_random_backbone")
+                         "cache_images", "allow_random_backbone", "keep_freed_memory")
 
     @classmethod
     def from_checkpoint(cls, path, checkpoint=None, **changes):
@@ -156,6 +156,10 @@ class Trainer:
         self.rank, self.world_size, local_rank = distributed.init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
+        elif config.keep_freed_memory:
+            setting = host_memory.keep_freed_memory()
+            if setting:
+                logger.info("host memory: %s (keep_freed_memory=False leaves malloc as it is)", setting)
         self.is_main = self.rank == 0
         self.output_dir = config.output_dir
         self.log_path = os.path.join(self.output_dir, LOG)
