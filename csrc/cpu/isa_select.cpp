@@ -61,6 +61,7 @@ const char* isa_name(Isa isa) {
 
 template <typename T>
 const KernelTable<T>& kernels() {
+  // Indexed by Isa.
   static const KernelTable<T> tables[] = {table_for<T>(Isa::kGeneric), table_for<T>(Isa::kAvx2),
                                           table_for<T>(Isa::kAvx512)};
   return tables[static_cast<int>(selected_isa())];
