@@ -147,7 +147,8 @@ def main():
     config = trainer.config
     extra = {"kernels": isa, "batch_size": config.batch_size, "image_size": config.synthetic_image_size,
              "num_workers": config.num_workers, "amp": config.amp, "channels_last": config.channels_last,
-             "steps": args.steps, "overrides": overrides}
+             "steps": args.steps, "overrides": overrides,
+             "allocator": "freed memory kept (keep_freed_memory)" if config.keep_freed_memory else "default"}
     device = torch.device("cpu")
     harness.write_results("demo_step_profile", device, rows,
                           ["table", "part", "ms_per_step", "share"], extra, args.out_dir)
