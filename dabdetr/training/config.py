@@ -118,7 +118,7 @@ RECIPES = {
     # under 15 minutes on 2 CPU cores (about 155 s per epoch, AVX2 or AVX-512); on a slower
     # machine its time budget shortens the epochs after the first.
     "demo": {
-        "preset": "demo", "epochs": 5, "lr_drop": 4, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
+        "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
         "time_budget_min": 14.0,
         "synthetic_train_images": 3600, "synthetic_val_images": 200, "synthetic_object_size": (0.2, 0.5),
         "synthetic_max_overlap": 0.15,
