@@ -45,7 +45,7 @@ CPU_ISA_LEVELS = ("generic", "avx2", "avx512")
 def cpu_isa_variants(device, requested=None):
     """{peer name: environment} of the CPU kernels at levels below the best this CPU runs (which
     is the plain "kernel" peer), timed side by side with it: `requested` (a list of levels), or
-    by default AVX2 on an AVX-512 CPU. None on CUDA."""
+    by default AVX2 on an AVX-512 CPU. Empty on CUDA."""
     if device.type != "cpu":
         return {}
     best = dabdetr.ops.kernel_info()["cpu_isa"]
@@ -93,8 +93,8 @@ def time_peers(peers, device, repeats, warmup=3):
     samples = {name: [] for name in peers}
     names = list(peers)
     for repetition in range(repeats):
-        start = repetition % len(names)
-        for name in names[start:] + names[:start]:
+        first = repetition % len(names)
+        for name in names[first:] + names[:first]:
             fn = peers[name]
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

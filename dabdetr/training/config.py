@@ -115,8 +115,8 @@ class TrainConfig(DictConfig):
 RECIPES = {
     # The CPU demo on the synthetic shapes: the small `demo` model trained from scratch (no
     # pretrained backbone at hand, so the backbone learns at the full lr), sized to finish in
-    # under 15 minutes on 2 CPU cores (about 155 s per epoch, AVX2 or AVX-512); on a slower
-    # machine its time budget shortens the epochs after the first.
+    # under 15 minutes on 2 CPU cores (about 135 s per epoch on the AVX2 EPYC of 2026-12-03); on
+    # a slower machine its time budget shortens the epochs after the first.
     "demo": {
         "preset": "demo", "epochs": 6, "lr_drop": 5, "batch_size": 8, "lr": 3e-4, "lr_backbone": 3e-4,
         "time_budget_min": 14.0,
