@@ -75,9 +75,9 @@ def test_matches_huggingface(tmp_path, num_patterns, temperature):
 # --- checkpoint formats ---------------------------------------------------------------------
 
 def _small(**overrides):
-    """The demo architecture with frozen batch norm, as published checkpoints have it."""
+    """The demo architecture with frozen batch norm and the anchor temperature of published checkpoints."""
     overrides = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1, "backbone_stage": 4, "dn_groups": 0,
-                 **overrides}
+                 "anchor_temperature": 10000.0, **overrides}
     return _randomize(build_model("demo", num_queries=20, **overrides).eval())
 
 
@@ -344,6 +344,13 @@ def test_saved_huggingface_directory_runs_in_transformers(tmp_path, backbone, st
     loaded = dabdetr.from_pretrained(str(tmp_path))
     assert loaded.config.backbone_stage == stage and loaded.config.dn_groups == 0
     _assert_same_outputs(model, loaded)
+
+
+def test_huggingface_refuses_another_anchor_temperature(tmp_path):
+    # Hugging Face has no setting for it: the written model would compute something else.
+    pytest.importorskip("safetensors")
+    with pytest.raises(ValueError, match="anchor_temperature=20.0"):
+        pretrained.save_huggingface(_small(anchor_temperature=20.0), tmp_path)
 
 
 def test_saved_huggingface_timm_layout_round_trips(tmp_path):

@@ -24,12 +24,13 @@ from dabdetr.weights.formats.official import to_official_state_dict
 
 TINY = {"hidden_dim": 32, "ffn_dim": 64, "num_encoder_layers": 1, "num_decoder_layers": 2, "num_queries": 6,
         "num_heads": 4, "dn_groups": 0}
-PUBLISHED_BACKBONE = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1}  # as published models have it
+# As published models have them.
+PUBLISHED_SETTINGS = {"backbone_norm": "frozen_bn", "backbone_frozen_stages": 1, "anchor_temperature": 10000.0}
 
 
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    model = DABDETR(preset("demo", **{**TINY, **PUBLISHED_BACKBONE, **overrides})).eval()
+    model = DABDETR(preset("demo", **{**TINY, **PUBLISHED_SETTINGS, **overrides})).eval()
     with torch.no_grad():  # spread the anchors, so that models of other seeds differ everywhere
         model.refpoint_embed.weight.normal_()
     return model
@@ -347,7 +348,7 @@ def test_init_never_fetches_backbone_weights(tmp_path):
     source = tiny_model(num_classes=4)
     source.save_pretrained(str(tmp_path / "source"))
     config = recipe("demo", output_dir=str(tmp_path / "run"), **RUN, init=str(tmp_path / "source"),
-                    model={**TINY, **PUBLISHED_BACKBONE,
+                    model={**TINY, **PUBLISHED_SETTINGS,
                            "backbone_weights": "http://127.0.0.1:9/resnet18-00000000.pth"})
     trainer = Trainer(config)
     assert all(torch.equal(v, source.state_dict()[f"backbone.body.{k}"])
