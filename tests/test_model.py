@@ -346,11 +346,14 @@ def test_saved_huggingface_directory_runs_in_transformers(tmp_path, backbone, st
     _assert_same_outputs(model, loaded)
 
 
-def test_huggingface_refuses_another_anchor_temperature(tmp_path):
-    # Hugging Face has no setting for it: the written model would compute something else.
-    pytest.importorskip("safetensors")
-    with pytest.raises(ValueError, match="anchor_temperature=20.0"):
-        pretrained.save_huggingface(_small(anchor_temperature=20.0), tmp_path)
+def test_other_formats_refuse_another_anchor_temperature(tmp_path):
+    # They hard-code 10000: the written model would compute something else there.
+    model = _small(anchor_temperature=20.0)
+    for write in (pretrained.to_official_state_dict, pretrained.to_mmdetection_state_dict,
+                  lambda m: pretrained.save_huggingface(m, tmp_path)):
+        with pytest.raises(ValueError, match="fixes the anchors' temperature at 10000; this model uses "
+                                             "anchor_temperature=20.0"):
+            write(model)
 
 
 def test_saved_huggingface_timm_layout_round_trips(tmp_path):

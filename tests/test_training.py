@@ -251,8 +251,10 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
 def test_cli_train_eval_predict_convert(tmp_path, capsys):
     run = tmp_path / "run"
     settings = [f"--set={k}={json.dumps(v)}" for k, v in TINY_RUN.items() if k not in ("model", "progress")]
+    # The anchors at the published temperature, so that the model can be written in the other formats.
+    model = {**TINY_MODEL, "anchor_temperature": 10000.0}
     cli(["train", "--preset", "demo", "--output-dir", str(run), "--no-progress", "--epochs", "1",
-         *settings, *[f"--model={k}={v}" for k, v in TINY_MODEL.items()]])
+         *settings, *[f"--model={k}={v}" for k, v in model.items()]])
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics) and 0 <= metrics["AP"] <= 1
     with pytest.raises(SystemExit, match="cannot change when resuming"):
@@ -335,6 +337,9 @@ def test_cli_errors_are_clear(tmp_path, caplog):
         cli(["train", "--set", "epochs"])
     with pytest.raises(SystemExit, match="--timm-backbone applies to --to huggingface only"):
         cli(["convert", str(tmp_path / "nowhere.pt"), str(tmp_path / "out.pth"), "--to", "official", "--timm-backbone"])
+    with pytest.raises(SystemExit):  # the demo preset's anchor temperature, 20, has no place there
+        cli(["convert", str(model_dir), str(tmp_path / "out.pth"), "--to", "official"])
+    assert "fixes the anchors' temperature at 10000" in caplog.text and not (tmp_path / "out.pth").exists()
 
 
 # --- preemption, resume auto, checkpoint files --------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import torch
 
 from dabdetr.weights.files import atomic_write, read_torch_file
+from dabdetr.weights.formats.fixed_settings import require_fixed_settings
 from dabdetr.weights.formats.native import CONFIG_FILE
 from dabdetr.weights.formats.renames import drop_shared_box_head, rename
 from dabdetr.weights.hub import HUB_WEIGHT_FILES
@@ -123,9 +124,7 @@ def to_huggingface_config(model, class_names=None, timm_backbone=False):
     config = model.config
     if config.dilation and not timm_backbone:
         raise ValueError("Hugging Face supports a dilated (DC5) backbone only through timm: use timm_backbone=True")
-    if config.anchor_temperature != 10000:
-        raise ValueError("Hugging Face's DAB-DETR embeds the anchors at temperature 10000; this model uses "
-                         f"anchor_temperature={config.anchor_temperature} (e.g. the demo preset's 20)")
+    require_fixed_settings(config, "Hugging Face")
     temperatures = (config.pe_temperature_h, config.pe_temperature_w)
     if not all(float(t).is_integer() for t in temperatures):
         raise ValueError(f"Hugging Face's config takes integer feature-map temperatures; this model has {temperatures}")

@@ -1,6 +1,7 @@
 """MMDetection 3.x DAB-DETR checkpoints: {'state_dict': ...}, 80 contiguous classes, no architecture
 config in the file."""
 
+from dabdetr.weights.formats.fixed_settings import require_fixed_settings
 from dabdetr.weights.formats.renames import rename
 
 # Its inverse-sigmoid eps (docs/checkpoints.md, pitfall 1): 1e-5 in the decoder, 1e-3 in the head.
@@ -43,4 +44,5 @@ def from_mmdetection(state):
 
 
 def to_mmdetection_state_dict(model):
+    require_fixed_settings(model.config, "MMDetection")
     return rename(model.state_dict(), RULES, to_ours=False)

@@ -3,6 +3,7 @@ Names are ours but for the backbone prefix; its decoder registers the box head a
 
 import argparse
 
+from dabdetr.weights.formats.fixed_settings import require_fixed_settings
 from dabdetr.weights.formats.renames import drop_shared_box_head, rename
 
 RULES = [("backbone.body.", "backbone.0.body.")]
@@ -14,6 +15,7 @@ def from_official(state):
 
 
 def to_official_state_dict(model):
+    require_fixed_settings(model.config, "official")
     state = rename(model.state_dict(), RULES, to_ours=False)
     state.update({"transformer.decoder." + k: v for k, v in model.state_dict().items() if k.startswith("bbox_embed.")})
     return state
