@@ -37,5 +37,5 @@ def test_kept_memory_is_reused_without_page_faults():
     # Four steps of 144 MiB: 147456 pages faulted in where each step's memory went back to the OS
     # (what glibc's defaults do in most runs here; in others a small block pinned the heap's top
     # and kept it). Kept, at most one tensor's pages come back in, where a small allocation
-    # landed at the heap's top.
-    assert _page_faults("keep") <= 24 * 2**20 // 4096
+    # landed at the heap's top, and a few pages of small allocations (6145 seen once).
+    assert _page_faults("keep") <= 24 * 2**20 // 4096 + 64
