@@ -662,6 +662,67 @@ def test_budgeted_epoch_steps():
     assert budgeted_epoch_steps(600, 100, 0.5, 10, 0, 450) == 450  # nothing left to size
 
 
+class FakeClock:
+    def __init__(self, now=0.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_budget_replans_every_epoch_from_the_last_speed():
+    from dabdetr.training.time_budget import TimeBudget
+
+    clock = FakeClock()
+    budget = TimeBudget(10, epochs=4, clock=clock)  # 600 s; epochs of 100 steps
+    budget.start()
+    assert budget.steps_for(0, 100) == (100, None)  # nothing measured yet: whole
+    clock.now = 100.0
+    budget.record_training(100.0, 100)  # 1 s a step
+    clock.now = 110.0
+    budget.record_overhead(10.0)
+    # 110 s spent, 10 s kept for the final outputs: 3 epochs of 160 s - 10 s overhead fit 150 steps.
+    steps, plan = budget.steps_for(1, 100)
+    assert steps == 100 and plan["projected_min"] == pytest.approx((110 + 3 * 110 + 10) / 60)
+    clock.now = 310.0
+    budget.record_training(200.0, 100)  # the machine slowed down: 2 s a step
+    clock.now = 320.0
+    budget.record_overhead(10.0)
+    # (600 - 320 - 10) / 2 epochs - 10 s = 125 s: 62 steps of 2 s.
+    assert budget.steps_for(2, 100)[0] == 62
+    clock.now = 382.0
+    budget.record_training(62.0, 62)  # fast again
+    clock.now = 392.0
+    budget.record_overhead(10.0)
+    assert budget.steps_for(3, 100)[0] == 100  # 600 - 402 - 10 = 188 s: whole again
+    assert budget.epoch_steps == [100, 100, 62, 100]
+    assert budget.steps_for(2, 100) == (62, None)  # a plan made stays
+
+
+def test_time_budget_state_continues_in_a_new_process():
+    from dabdetr.training.time_budget import TimeBudget
+
+    clock = FakeClock(1000.0)
+    budget = TimeBudget(10, epochs=3, clock=clock)
+    budget.start()
+    budget.steps_for(0, 100)
+    clock.now = 1300.0
+    budget.record_training(300.0, 100)
+    budget.record_overhead(20.0)
+    planned = budget.steps_for(1, 100)[0]  # (600 - 300 - 20) / 2 - 20 = 120 s: 40 steps
+    assert planned == 40
+    clock.now = 1350.0
+    state = budget.state_dict()  # a checkpoint within epoch 1, 350 s into the run
+
+    later = FakeClock(99.0)  # another process, after a wait that is not the run's
+    resumed = TimeBudget(10, epochs=3, clock=later)
+    resumed.load_state_dict(state)
+    resumed.start()
+    later.now = 109.0
+    assert resumed.spent_s() == pytest.approx(360.0)
+    assert resumed.steps_for(1, 100) == (40, None)
+
+
 @pytest.mark.parametrize("budget_min, later_steps", [(1e-4, 1), (1000.0, 2)])
 def test_time_budget_shortens_the_epochs_after_the_first(tmp_path, budget_min, later_steps):
     # 8 images in batches of 4: 2 steps an epoch. A budget the first epoch has spent leaves the
@@ -670,13 +731,43 @@ def test_time_budget_shortens_the_epochs_after_the_first(tmp_path, budget_min, l
                          time_budget_min=budget_min)
     trainer = Trainer(config)
     trainer.fit()
-    steps = {epoch: len([r for r in log_records(tmp_path) if r["type"] == "train" and r["epoch"] == epoch])
-             for epoch in range(3)}
-    assert steps == {0: 2, 1: later_steps, 2: later_steps}
-    assert trainer.epoch_steps == later_steps
+    records = log_records(tmp_path)
+    steps = [len([r for r in records if r["type"] == "train" and r["epoch"] == epoch]) for epoch in range(3)]
+    assert steps == [2, later_steps, later_steps] == trainer.time_budget.epoch_steps
+    assert [(r["epoch"], r["steps"]) for r in records if r["type"] == "budget"] == [(1, later_steps), (2, later_steps)]
     with open(tmp_path / "metrics.json") as f:
-        assert json.load(f)["epoch_steps"] == later_steps
-    # The decision is part of the run: a resume keeps it.
+        assert json.load(f)["epoch_steps"] == steps
     checkpoint = load_train_checkpoint(str(tmp_path / "checkpoint.pt"))
-    assert checkpoint["epoch_steps"] == later_steps
-    assert Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt")).epoch_steps == later_steps
+    assert checkpoint["time_budget"]["epoch_steps"] == steps
+    assert Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt")).time_budget.epoch_steps == steps
+
+
+def test_a_resumed_run_keeps_its_time_budget(tmp_path, monkeypatch):
+    # Killed at the first step of epoch 1: the checkpoint of epoch 0's end holds the speed and
+    # the time spent, so the resumed run plans the epochs left as the first would have.
+    config = tiny_config(tmp_path, epochs=3, lr_drop=2, synthetic_train_images=8, batch_size=4,
+                         time_budget_min=1e-4)
+    original_forward, calls = SetCriterion.forward, {"n": 0}
+
+    def crash_in_epoch_1(self, outputs, targets, num_boxes=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original_forward(self, outputs, targets, num_boxes)
+
+    monkeypatch.setattr(SetCriterion, "forward", crash_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).fit()
+    monkeypatch.setattr(SetCriterion, "forward", original_forward)
+    checkpoint = load_train_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert checkpoint["epoch"] == 1 and checkpoint["time_budget"]["spent_s"] > 0
+    assert checkpoint["time_budget"]["epoch_steps"] == [2]
+    resumed = Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt"), checkpoint)
+    resumed.fit()
+    assert resumed.time_budget.epoch_steps == [2, 1, 1]
+    assert [len(step_losses(tmp_path, epoch)) for epoch in range(3)] == [2, 1, 1]
+
+    # A checkpoint of before per-epoch plans (one step count for epochs 1..) resumes with it.
+    del checkpoint["time_budget"]
+    checkpoint["epoch_steps"] = 1
+    assert Trainer.from_checkpoint(str(tmp_path / "checkpoint.pt"), checkpoint).time_budget.epoch_steps == [None, 1, 1]

@@ -45,7 +45,7 @@ from dabdetr.training.criterion import SetCriterion
 from dabdetr.training.engine import train_one_epoch
 from dabdetr.training.matcher import HungarianMatcher
 from dabdetr.training.preemption import PreemptionRequest, TrainingPreempted, ignore_preemption_signals
-from dabdetr.training.time_budget import budgeted_epoch_steps
+from dabdetr.training.time_budget import TimeBudget
 from dabdetr.weights.backbone import NONE, load_backbone_weights
 from dabdetr.weights.files import atomic_torch_save, atomic_write
 from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
@@ -209,7 +209,7 @@ class Trainer:
         self.eval_model = self.ema.module if self.ema is not None else self.model
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
-        self.epoch_steps = None  # steps of each epoch after the first, once a time budget has sized them
+        self.time_budget = TimeBudget(config.time_budget_min, config.epochs) if config.time_budget_min else None
         if checkpoint is not None:
             self._restore(checkpoint, resume_path)
         elif self.is_main:
@@ -252,7 +252,7 @@ class Trainer:
             "step": step,
             "epoch_totals": dict(self.epoch_totals) if step else {"steps": 0},  # the loss sums of those steps
             "best_ap": self.best_ap,
-            "epoch_steps": self.epoch_steps,
+            "time_budget": self.time_budget.state_dict() if self.time_budget is not None else None,
             "world_size": self.world_size,
             "class_names": {str(label): name for label, name in self.train_set.class_names.items()},
             "rng": distributed.all_gather_objects(rng_state()),  # every rank's generators
@@ -281,7 +281,11 @@ class Trainer:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
         self.start_epoch, self.best_ap = checkpoint["epoch"], checkpoint["best_ap"]
         self.start_step = checkpoint.get("step", 0)
-        self.epoch_steps = checkpoint.get("epoch_steps")
+        if self.time_budget is not None:
+            if checkpoint.get("time_budget") is not None:
+                self.time_budget.load_state_dict(checkpoint["time_budget"])
+            elif checkpoint.get("epoch_steps") is not None:  # written before per-epoch plans: one for epochs 1..
+                self.time_budget.epoch_steps = [None] + [checkpoint["epoch_steps"]] * (self.config.epochs - 1)
         self.epoch_totals = dict(checkpoint.get("epoch_totals") or {"steps": 0})
         rng = checkpoint["rng"]
         set_rng_state(rng[self.rank] if len(rng) == self.world_size else rng[0])
@@ -289,8 +293,8 @@ class Trainer:
         if os.path.exists(self.log_path):
             with open(self.log_path) as f:
                 records = [json.loads(line) for line in f if line.strip()]
-            self.log_records = [r for r in records if r["epoch"] < self.start_epoch or (
-                r["epoch"] == self.start_epoch and r["type"] == "train" and r["step"] < self.start_step)]
+            self.log_records = [r for r in records if r["epoch"] < self.start_epoch or (r["epoch"] == self.start_epoch and (
+                r["type"] == "train" and r["step"] < self.start_step or r["type"] == "budget" and self.start_step))]
         if self.is_main:
             atomic_write(self.log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
             logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
@@ -358,7 +362,7 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         self.train_batches.skip = start_step * config.accumulate_steps
         full_steps = start_step + len(self.train_loader) // config.accumulate_steps
-        steps = full_steps if self.epoch_steps is None or epoch == 0 else min(full_steps, self.epoch_steps)
+        steps = self.planned_steps(epoch, full_steps)
         remaining = max(0, steps - start_step)
         if start_step == 0:
             self.epoch_totals = {"steps": 0}
@@ -393,27 +397,22 @@ class Trainer:
                     means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
         return elapsed, remaining
 
-    def size_epochs_to_budget(self, run_start, epoch_time_s, epoch_steps):
-        """After the first epoch of a run with a time budget: the steps of each later epoch, from
-        the speed just measured (decided by process 0, the same on every process), logged."""
-        config = self.config
-        full_steps = len(self.train_batches) // config.accumulate_steps
-        elapsed = time.monotonic() - run_start
-        overhead = elapsed - epoch_time_s  # the first evaluation, checkpoint and plots
-        step_s = epoch_time_s / max(epoch_steps, 1)
-        # The final outputs (model, pictures) count as one more epoch's overhead.
-        steps = budgeted_epoch_steps(config.time_budget_min * 60, elapsed + overhead, step_s, overhead,
-                                     config.epochs - 1, full_steps)
-        self.epoch_steps = distributed.broadcast_object(steps)
-        projected_min = (elapsed + (config.epochs - 1) * (self.epoch_steps * step_s + overhead) + overhead) / 60
-        if self.epoch_steps < full_steps:
-            logger.warning("time budget of %.1f min: measured %.3f s a step and %.0f s an epoch besides its steps, so "
-                           "epochs 1..%d run %d of their %d steps each (about %.1f min in all; a faster machine "
-                           "runs them whole)", config.time_budget_min, step_s, overhead, config.epochs - 1,
-                           self.epoch_steps, full_steps, projected_min)
-        else:
-            logger.info("time budget of %.1f min: measured %.3f s a step; the whole schedule fits (about %.1f min)",
-                        config.time_budget_min, step_s, projected_min)
+    def planned_steps(self, epoch, full_steps):
+        """The steps epoch `epoch` runs: full_steps, or fewer where the time budget needs
+        (decided by process 0, the same on every process; a new plan is logged)."""
+        if self.time_budget is None:
+            return full_steps
+        steps, plan = self.time_budget.steps_for(epoch, full_steps)
+        if plan is None:
+            return steps
+        steps = self.time_budget.epoch_steps[epoch] = plan["steps"] = distributed.broadcast_object(steps)
+        self._log({"type": "budget", **plan})
+        message = ("time budget of %.1f min: %.1f spent; measured %.3f s a step and %.0f s an epoch besides its "
+                   "steps, so epoch %d runs %d of its %d steps (about %.1f min in all)")
+        log = logger.warning if steps < full_steps else logger.info
+        log(message, self.config.time_budget_min, plan["spent_min"], plan["step_s"], plan["overhead_s"], epoch, steps,
+            full_steps, plan["projected_min"])
+        return steps
 
     def evaluate(self, epoch):
         model_config = self.model.config
@@ -458,22 +457,25 @@ class Trainer:
             logger.info("training %s on %s for epochs %d..%d on %s x%d; output in %s", config.preset,
                         config.data_root or "synthetic shapes", self.start_epoch, config.epochs - 1, self.device,
                         self.world_size, self.output_dir)
-        run_start = time.monotonic()
+        if self.time_budget is not None:
+            self.time_budget.start()
         for epoch in range(self.start_epoch, config.epochs):
             epoch_time_s, epoch_steps = self.train_epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
+            trained = time.monotonic()
             metrics = None
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 metrics, _ = self.evaluate(epoch)
-            saved = (epoch + 1) % config.checkpoint_epochs == 0 or metrics is not None or epoch + 1 == config.epochs
-            if saved:
-                self.save_checkpoint(epoch + 1, metrics)
             # After each evaluation, and otherwise at most every CURVES_INTERVAL_S (a plot costs
             # about 0.3 s: much of a short epoch).
             if self.is_main and (metrics is not None or time.monotonic() - curves_time >= CURVES_INTERVAL_S):
                 plot_training_curves(self.log_records, os.path.join(self.output_dir, "curves.png"))
                 curves_time = time.monotonic()
-            if epoch == 0 and config.time_budget_min and self.epoch_steps is None:
-                self.size_epochs_to_budget(run_start, epoch_time_s, epoch_steps)
+            if self.time_budget is not None:
+                self.time_budget.record_training(epoch_time_s, epoch_steps)
+                self.time_budget.record_overhead(time.monotonic() - trained)
+            saved = (epoch + 1) % config.checkpoint_epochs == 0 or metrics is not None or epoch + 1 == config.epochs
+            if saved:
+                self.save_checkpoint(epoch + 1, metrics)
             if epoch + 1 < config.epochs:
                 self.stop_if_preempted(epoch + 1, 0, saved)
         if metrics is None:  # resumed a finished run: evaluate its final model
@@ -488,7 +490,8 @@ class Trainer:
         from dabdetr.evaluation.plots import save_detection_grid
 
         self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
-        summary = {**metrics, "epochs": self.config.epochs, "epoch_steps": self.epoch_steps,
+        summary = {**metrics, "epochs": self.config.epochs,
+                   "epoch_steps": self.time_budget.epoch_steps if self.time_budget is not None else None,
                    "preset": self.config.preset,
                    "dataset": self.config.data_root or "synthetic", "val_images": len(self.val_set),
                    "train_time_s": sum(r["time_s"] for r in self.log_records if r["type"] == "epoch"),
