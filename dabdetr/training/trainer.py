@@ -293,8 +293,10 @@ class Trainer:
         if os.path.exists(self.log_path):
             with open(self.log_path) as f:
                 records = [json.loads(line) for line in f if line.strip()]
-            self.log_records = [r for r in records if r["epoch"] < self.start_epoch or (r["epoch"] == self.start_epoch and (
-                r["type"] == "train" and r["step"] < self.start_step or r["type"] == "budget" and self.start_step))]
+            # Within start_epoch: its steps before start_step and, if it was under way, its time-budget plan.
+            epoch, step = self.start_epoch, self.start_step
+            self.log_records = [r for r in records if r["epoch"] < epoch or r["epoch"] == epoch and (
+                r["type"] == "train" and r["step"] < step or r["type"] == "budget" and step > 0)]
         if self.is_main:
             atomic_write(self.log_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.log_records))
             logger.info("resumed from %s at epoch %d step %d (best AP %s)", path, self.start_epoch, self.start_step,
