@@ -214,19 +214,13 @@ def dtype_setting(name):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default=None,
-                        help="comma-separated torch dtypes or tf32; default float32 (CPU), float32,tf32,bfloat16 "
-                             "(CUDA)")
-    parser.add_argument("--repeats", type=int, default=None)
+    harness.add_op_arguments(parser, None, "comma-separated torch dtypes or tf32; default float32 (CPU), "
+                                           "float32,tf32,bfloat16 (CUDA)")
     parser.add_argument("--quick", action="store_true", help="only the target shape, no memory probe")
     parser.add_argument("--tensor-cores", action="store_true",
                         help="also time the tensor-core kernel path by name (CUDA, 16-bit, sm_80+)")
     parser.add_argument("--sweep-splits", action="store_true",
                         help="with --tensor-cores: also at each forced key-split count")
-    harness.add_cpu_isa_argument(parser)
-    harness.add_memory_argument(parser)
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
     result_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)

@@ -65,12 +65,7 @@ def bytes_moved(num_boxes, modulated, element_size, backward):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--repeats", type=int, default=None)
-    harness.add_cpu_isa_argument(parser)
-    harness.add_memory_argument(parser)
-    parser.add_argument("--out-dir", default=None)
+    harness.add_op_arguments(parser, "float32")
     args = parser.parse_args()
     result_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)

@@ -180,11 +180,19 @@ def floor_ms(flops, bytes_moved, roofline):
     return max(flops / peak_flops, bytes_moved / bandwidth) * 1e3
 
 
-def add_memory_argument(parser):
-    """--keep-memory: dabdetr.host_memory.keep_freed_memory() first (result names get "_kept-memory")."""
+def add_op_arguments(parser, dtypes, dtypes_help=None):
+    """The arguments of the op benchmarks: --device, --dtypes (default `dtypes`), --repeats,
+    --cpu-isas (cpu_isa_variants), --keep-memory (apply_memory_argument), --out-dir."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", default=dtypes, help=dtypes_help or "comma-separated torch dtypes")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--cpu-isas", default=None, type=lambda text: [t for t in text.split(",") if t],
+                        help="comma-separated levels (generic, avx2) whose CPU kernels are timed beside the "
+                             "best one, in the same process (default: avx2 on an AVX-512 CPU)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="keep freed memory mapped for reuse (glibc mallopt), so no peer pays for page "
                              "faults on memory another just gave back; results named *_kept-memory")
+    parser.add_argument("--out-dir", default=None)
 
 
 def apply_memory_argument(args):
@@ -204,13 +212,6 @@ def add_model_arguments(parser):
     parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 10 on CUDA, 3 on CPU)")
     parser.add_argument("--out-dir", default=None)
-
-
-def add_cpu_isa_argument(parser):
-    """--cpu-isas: the CPU instruction-set levels to time beside the best (cpu_isa_variants)."""
-    parser.add_argument("--cpu-isas", default=None, type=lambda text: [t for t in text.split(",") if t],
-                        help="comma-separated levels (generic, avx2) whose CPU kernels are timed beside the "
-                             "best one, in the same process (default: avx2 on an AVX-512 CPU)")
 
 
 def image_batch(batch, height, width, device):
