@@ -357,6 +357,7 @@ def run_convert(args):
     from dabdetr.weights.files import atomic_torch_save
     from dabdetr.weights.pretrained import (
         load_pretrained,
+        official_args,
         save_huggingface,
         to_mmdetection_state_dict,
         to_official_state_dict,
@@ -370,7 +371,8 @@ def run_convert(args):
     elif args.to == "huggingface":
         save_huggingface(model, args.destination, metadata["class_names"], args.timm_backbone)
     elif args.to == "official":
-        atomic_torch_save({"model": to_official_state_dict(model)}, args.destination)
+        atomic_torch_save({"model": to_official_state_dict(model), "args": official_args(model.config)},
+                          args.destination)
     else:
         atomic_torch_save({"state_dict": to_mmdetection_state_dict(model)}, args.destination)
     print(f"wrote {args.destination} ({args.to})")

@@ -111,6 +111,19 @@ def test_official_checkpoint(tmp_path):
     _assert_same_outputs(model, loaded)
 
 
+def test_official_checkpoint_carries_what_the_weights_cannot_tell(tmp_path):
+    # Settings no tensor shape shows: without the checkpoint's args they would load as the defaults.
+    settings = {"pe_temperature_h": 10.0, "pe_temperature_w": 10.0, "num_heads": 4, "num_select": 50,
+                "random_refpoints_xy": True}
+    model = _small(**settings)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": pretrained.to_official_state_dict(model), "args": pretrained.official_args(model.config)},
+               path)
+    loaded = dabdetr.from_pretrained(str(path))
+    assert {k: getattr(loaded.config, k) for k in settings} == settings
+    _assert_same_outputs(model, loaded)
+
+
 def test_mmdetection_checkpoint(tmp_path):
     model = _small(num_classes=80, anchor_update_eps=1e-5, box_head_eps=1e-3)
     state = pretrained.to_mmdetection_state_dict(model)

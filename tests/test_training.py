@@ -256,8 +256,9 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
 def test_cli_train_eval_predict_convert(tmp_path, capsys):
     run = tmp_path / "run"
     settings = [f"--set={k}={json.dumps(v)}" for k, v in TINY_RUN.items() if k not in ("model", "progress")]
-    # The anchors at the published temperature, so that the model can be written in the other formats.
-    model = {**TINY_MODEL, "anchor_temperature": 10000.0}
+    # The anchors at the published temperature, so that the model can be written in the other formats;
+    # a feature-map temperature no tensor shows, which the official format's args must carry.
+    model = {**TINY_MODEL, "anchor_temperature": 10000.0, "pe_temperature_h": 10.0}
     cli(["train", "--preset", "demo", "--output-dir", str(run), "--no-progress", "--epochs", "1",
          *settings, *[f"--model={k}={v}" for k, v in model.items()]])
     metrics = json.loads((run / "metrics.json").read_text())
@@ -292,6 +293,8 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     converted = from_pretrained(str(tmp_path / "official.pth"), backbone_norm="batch_norm", backbone_frozen_stages=0,
                                 backbone_stage=3, dn_groups=3)
     assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
+    for field in ("pe_temperature_h", "pe_temperature_w", "num_heads", "num_select", "random_refpoints_xy"):
+        assert getattr(converted.config, field) == getattr(original.config, field), field  # from the file's args
 
     pytest.importorskip("safetensors")
     cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "hf"), "--to", "huggingface"])

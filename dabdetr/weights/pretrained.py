@@ -18,10 +18,10 @@ from dabdetr.weights.formats import huggingface, mmdetection, native, official
 from dabdetr.weights.formats.huggingface import save_huggingface, to_huggingface_config, to_huggingface_state_dict
 from dabdetr.weights.formats.mmdetection import to_mmdetection_state_dict
 from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT, save_pretrained
-from dabdetr.weights.formats.official import to_official_state_dict
+from dabdetr.weights.formats.official import official_args, to_official_state_dict
 
 SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection")
-__all__ = ["SOURCES", "from_pretrained", "load_pretrained", "save_pretrained", "save_huggingface",
+__all__ = ["SOURCES", "from_pretrained", "load_pretrained", "official_args", "save_pretrained", "save_huggingface",
            "to_huggingface_config", "to_huggingface_state_dict", "to_mmdetection_state_dict", "to_official_state_dict"]
 
 
