@@ -72,23 +72,27 @@ def test_a_few_steps_lower_the_loss():
     assert losses[-1] < 0.85 * losses[0], losses  # overfitting one batch: a steady fall
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
-    Trainer(tiny_config(tmp_path / "straight")).fit()
-
-    # Same run, killed in the middle of epoch 1: the criterion raises at its first call there.
-    interrupted = Trainer(tiny_config(tmp_path / "cut"))
+def fit_until_killed(trainer, monkeypatch, criterion_call):
+    """trainer.fit(), killed (KeyboardInterrupt) at the criterion's criterion_call-th call (1-based)."""
     original_forward, calls = SetCriterion.forward, {"n": 0}
 
-    def crash_in_epoch_1(self, outputs, targets, num_boxes=None):
+    def crash_at_that_call(self, outputs, targets, num_boxes=None):
         calls["n"] += 1
-        if calls["n"] == 3:  # 2 steps per epoch: the first step of epoch 1
+        if calls["n"] == criterion_call:
             raise KeyboardInterrupt("simulated crash")
         return original_forward(self, outputs, targets, num_boxes)
 
-    monkeypatch.setattr(SetCriterion, "forward", crash_in_epoch_1)
+    monkeypatch.setattr(SetCriterion, "forward", crash_at_that_call)
     with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+        trainer.fit()
     monkeypatch.setattr(SetCriterion, "forward", original_forward)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    Trainer(tiny_config(tmp_path / "straight")).fit()
+
+    # Same run, killed in the middle of epoch 1 (2 steps per epoch: at the first step of epoch 1).
+    fit_until_killed(Trainer(tiny_config(tmp_path / "cut")), monkeypatch, 3)
     checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 1
 
@@ -110,18 +114,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     # must resume too.
     run = {"synthetic_train_images": 12, "epochs": 2, "ema_decay": 0.9}
     Trainer(tiny_config(tmp_path / "straight", **run)).fit()
-    original_forward, calls = SetCriterion.forward, {"n": 0}
-
-    def crash_at_step_3_of_epoch_1(self, outputs, targets, num_boxes=None):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("simulated crash")
-        return original_forward(self, outputs, targets, num_boxes)
-
-    monkeypatch.setattr(SetCriterion, "forward", crash_at_step_3_of_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(tmp_path / "cut", checkpoint_every=2, **run)).fit()
-    monkeypatch.setattr(SetCriterion, "forward", original_forward)
+    fit_until_killed(Trainer(tiny_config(tmp_path / "cut", checkpoint_every=2, **run)), monkeypatch, 6)
     checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["epoch_totals"]["steps"]) == (1, 2, 2)
 
@@ -750,18 +743,7 @@ def test_a_resumed_run_keeps_its_time_budget(tmp_path, monkeypatch):
     # the time spent, so the resumed run plans the epochs left as the first would have.
     config = tiny_config(tmp_path, epochs=3, lr_drop=2, synthetic_train_images=8, batch_size=4,
                          time_budget_min=1e-4)
-    original_forward, calls = SetCriterion.forward, {"n": 0}
-
-    def crash_in_epoch_1(self, outputs, targets, num_boxes=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original_forward(self, outputs, targets, num_boxes)
-
-    monkeypatch.setattr(SetCriterion, "forward", crash_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config).fit()
-    monkeypatch.setattr(SetCriterion, "forward", original_forward)
+    fit_until_killed(Trainer(config), monkeypatch, 3)
     checkpoint = load_train_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert checkpoint["epoch"] == 1 and checkpoint["time_budget"]["spent_s"] > 0
     assert checkpoint["time_budget"]["epoch_steps"] == [2]
