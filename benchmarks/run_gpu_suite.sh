@@ -22,8 +22,9 @@
 #   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
 #           torch.compile, ONNX Runtime (its CUDA provider where installed), Hugging Face.
 #   demo    scripts/demo.sh on the GPU; metrics and pictures under $OUT/demo.
-# --dry-run checks the script on a machine without a GPU: CPU build, the CUDA test files (they
-# skip), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
+# --dry-run checks the script on a machine without a GPU: CPU build, each phase's pytest command
+# collecting its tests (paths and -k expressions; CI's own pytest run executes them, the emulated
+# CUDA ones included), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
 #
 # pycocotools is not on the GPU machines: `bash benchmarks/fetch_gpu_wheels.sh` here puts its
 # wheel in .whl/, which the device tool carries (carry: [".whl"]); this script installs it.
@@ -55,6 +56,8 @@ else
   export DABDETR_BUILD_CUDA=1
 fi
 status=0
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+[ $DRY_RUN = 1 ] && PYTEST+=(--collect-only)  # exits 5 where an expression selects no test
 
 say() { echo "$*" | tee -a "$LOG"; }
 # run NAME TIMEOUT_S CMD...: the command's output goes to $OUT/NAME.log; a failure is recorded.
@@ -101,14 +104,13 @@ phase_build() {
 
 phase_tests() {
   say "== CUDA tests (the tensor-core kernels: phase tensor_core)"
-  run tests_cuda 360 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py \
+  run tests_cuda 360 "${PYTEST[@]}" tests/test_cuda.py tests/test_attention.py \
     tests/test_sine_embed.py -k "cuda and not tensor_core" -rs --junitxml="$OUT/tests_cuda.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_cuda.log" | tail -30 | tee -a "$LOG"
   [ $status = 0 ] || { say "CUDA tests failed: stopping before the rest"; exit 1; }
   say "== the rest of the suite"
-  local rest=(tests)
-  [ $DRY_RUN = 1 ] && rest=(tests/test_dispatch.py)
-  run tests_all 300 $PY -m pytest -q -p no:cacheprovider "${rest[@]}" -k "not cuda" -rs --junitxml="$OUT/tests_all.xml"
+  # Not test_gpu_suite.py: it runs this script's dry run, minutes of CPU that prove nothing on a GPU.
+  run tests_all 300 "${PYTEST[@]}" tests --ignore tests/test_gpu_suite.py -k "not cuda" -rs --junitxml="$OUT/tests_all.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_all.log" | tail -30 | tee -a "$LOG"
 }
 
@@ -122,7 +124,7 @@ phase_tensor_core() {
       --device "$DEVICE" --dtype "$dtype"
     grep -E "BAD|worst|bad fraction|tolerance|Error" "$OUT/diagnose_tensor_core_$dtype.log" | head -40 | tee -a "$LOG"
   done
-  run tests_tensor_core 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "tensor_core" -rs \
+  run tests_tensor_core 200 "${PYTEST[@]}" tests/test_cuda.py -k "tensor_core" -rs \
     --junitxml="$OUT/tensor_core/tests.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_tensor_core.log" | tail -30 | tee -a "$LOG"
   local args=(--dtypes bfloat16,float16 --tensor-cores --sweep-splits --repeats 20)
