@@ -15,12 +15,12 @@ bash scripts/bootstrap.sh
 start=$(date +%s)
 # No flips (memorizing, not generalizing), one image size, 60 queries (the images hold up to 25
 # objects), 5 denoising groups: settings chosen by shorter runs side by side. What lifted AP50
-# above 0.9 (docs/results/training.md, "Real photos"): stride-8 features (backbone_stage=2) on 160-pixel images
-# instead of stride 16 on 224 pixels (a step costs 15 % more, and the small objects that
-# were missed are located on a finer grid: a cell is 1/20 of the short side, not 1/14), and the
-# anchors' sine embedding at the feature map's temperature, 20 (now the demo preset's own, so
-# not set here), instead of the published 10000, which leaves most of this small model's 32 frequencies per coordinate nearly constant across
-# the image (200-epoch probes: AP50 0.336 before, 0.444 with the first change, 0.559 with the
+# above 0.9 (docs/results/training.md, "Real photos"): stride-8 features (backbone_stage=2) on
+# 160-pixel images instead of stride 16 on 224 pixels (a step costs 15 % more, and the small
+# objects that were missed are located on a finer grid: a cell is 1/20 of the short side, not
+# 1/14), and the anchors' sine embedding at the feature map's temperature, 20 (now the demo
+# preset's own, so not set here), instead of the published 10000, which leaves most of this
+# small model's 32 frequencies per coordinate nearly constant across the image (200-epoch probes: AP50 0.336 before, 0.444 with the first change, 0.559 with the
 # second, 0.577 with both). From whole runs on 2 CPU cores: no loader workers (on 2 cores a
 # worker competes with the step's threads) but decoded images kept in memory, bf16 autocast and
 # channels-last convolutions (fast on CPUs with AMX; elsewhere drop --amp bf16 and epochs), the
