@@ -20,8 +20,8 @@ start=$(date +%s)
 # objects that were missed are located on a finer grid: a cell is 1/20 of the short side, not
 # 1/14), and the anchors' sine embedding at the feature map's temperature, 20 (now the demo
 # preset's own, so not set here), instead of the published 10000, which leaves most of this
-# small model's 32 frequencies per coordinate nearly constant across the image (200-epoch probes: AP50 0.336 before, 0.444 with the first change, 0.559 with the
-# second, 0.577 with both). From whole runs on 2 CPU cores: no loader workers (on 2 cores a
+# small model's 32 frequencies per coordinate nearly constant across the image (200-epoch
+# probes: AP50 0.336 before, 0.444 with the first change, 0.559 with the second, 0.577 with both). From whole runs on 2 CPU cores: no loader workers (on 2 cores a
 # worker competes with the step's threads) but decoded images kept in memory, bf16 autocast and
 # channels-last convolutions (fast on CPUs with AMX; elsewhere drop --amp bf16 and epochs), the
 # weights' moving average, a checkpoint every 50 epochs (not every 2-s epoch), and the lr drop
