@@ -19,14 +19,15 @@ start=$(date +%s)
 # 160-pixel images instead of stride 16 on 224 pixels (a step costs 15 % more, and the small
 # objects that were missed are located on a finer grid: a cell is 1/20 of the short side, not
 # 1/14), and the anchors' sine embedding at the feature map's temperature, 20 (now the demo
-# preset's own, so not set here), instead of the published 10000, which leaves most of this
-# small model's 32 frequencies per coordinate nearly constant across the image (200-epoch
-# probes: AP50 0.336 before, 0.444 with the first change, 0.559 with the second, 0.577 with both). From whole runs on 2 CPU cores: no loader workers (on 2 cores a
-# worker competes with the step's threads) but decoded images kept in memory, bf16 autocast and
-# channels-last convolutions (fast on CPUs with AMX; elsewhere drop --amp bf16 and epochs), the
-# weights' moving average, a checkpoint every 50 epochs (not every 2-s epoch), and the lr drop
-# 100 epochs before the end. 700 epochs took 25 to 26 minutes at 2.1 to 2.2 s each (AP50 0.929
-# and 0.905 for seeds 0 and 1); this VM is a quarter slower at some hours of the day.
+# preset's own, so not set here), instead of the published 10000, which leaves most of this small
+# model's 32 frequencies per coordinate nearly constant across the image (200-epoch probes: AP50
+# 0.336 before, 0.444 with the first change, 0.559 with the second, 0.577 with both). From whole
+# runs on 2 CPU cores: no loader workers (on 2 cores a worker competes with the step's threads)
+# but decoded images kept in memory, bf16 autocast and channels-last convolutions (fast on CPUs
+# with AMX; elsewhere drop --amp bf16 and epochs), the weights' moving average, a checkpoint every
+# 50 epochs (not every 2-s epoch), and the lr drop 100 epochs before the end. 700 epochs took 25
+# to 26 minutes at 2.1 to 2.2 s each (AP50 0.929 and 0.905 for seeds 0 and 1); this VM is a
+# quarter slower at some hours of the day.
 python -m dabdetr train --preset demo --data-root "$DATA" --output-dir "$OUT" --no-progress \
   --set train_images=images/train2017 --set val_images=images/train2017 \
   --set val_annotations=annotations/instances_train2017.json \
