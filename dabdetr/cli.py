@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import re
 
 import torch
 
@@ -394,8 +395,22 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, ImportError) as error:
         if args.debug:
             raise
-        LOG.error("dabdetr %s: %s (--debug shows where)", args.command, error)
+        LOG.error("dabdetr %s: %s (--debug shows where)", args.command, error_message(error))
         raise SystemExit(1) from None
+
+
+def error_message(error):
+    """str(error); for an error raised in a DataLoader worker process, the original error's
+    message alone (the main process re-raises it with the worker's traceback as its text)."""
+    text = str(error).rstrip("\n")
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    lines = text.split("\n")
+    original = re.compile(rf"(\w+\.)*{type(error).__name__}: ")  # the last line that names the error
+    last = max((i for i, line in enumerate(lines) if original.match(line)), default=None)
+    if last is None:
+        return text
+    return "\n".join([original.sub("", lines[last], count=1), *lines[last + 1:]])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -334,6 +335,9 @@ def test_cli_errors_are_clear(tmp_path, caplog):
     with pytest.raises(SystemExit):
         cli(["predict", str(model_dir), str(tmp_path / "missing.png"), "--output-dir", str(tmp_path / "out")])
     assert f"image file not found: {tmp_path / 'missing.png'}" in caplog.text
+    with pytest.raises(SystemExit):  # a score above 1 would keep nothing, silently
+        cli(["predict", str(model_dir), str(image), "--score-threshold", "2", "--output-dir", str(tmp_path / "out")])
+    assert "score_threshold must be in [0, 1] (scores are probabilities), got 2.0" in caplog.text
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
     with pytest.raises(SystemExit, match="--timm-backbone applies to --to huggingface only"):
@@ -407,6 +411,53 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_auto_continues_exactly(tmp_p
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming from {run / 'checkpoint.pt'}" in resumed.stderr
     assert_same_run(tmp_path / "straight", run)
+
+
+# A loader whose worker ignores preemption signals (from another process: the test) and whose
+# fifth sample is corrupt; the error leaves uncaught, so its traceback keeps the loader alive
+# when Python exits and terminates the worker.
+LOADER_WORKER_SCRIPT = """
+import functools, os, sys, torch
+from dabdetr.training.preemption import ignore_preemption_signals
+
+class Samples(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+    def __getitem__(self, index):
+        if index == 4:
+            raise ValueError("sample 4 is corrupt")
+        return os.getpid()
+
+loader = torch.utils.data.DataLoader(Samples(), batch_size=1, num_workers=1,
+                                     worker_init_fn=functools.partial(ignore_preemption_signals, os.getpid()))
+batches = iter(loader)
+print(int(next(batches)), flush=True)
+sys.stdin.readline()
+for batch in batches:
+    print(int(batch), flush=True)
+"""
+
+
+def test_loader_workers_outlive_preemption_signals_but_not_the_exit_of_their_process():
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", LOADER_WORKER_SCRIPT], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        worker = int(process.stdout.readline())
+        os.kill(worker, signal.SIGTERM)  # as a scheduler signals every process of a job
+        os.kill(worker, signal.SIGUSR1)
+        time.sleep(0.5)
+        process.stdin.write("go on\n")
+        process.stdin.flush()
+        stdout, stderr = process.communicate(timeout=60)  # ignoring the exit's SIGTERM too would hang here
+    finally:
+        process.kill()
+    # Samples 1 to 3 came from the signalled worker, and so did the error of sample 4.
+    assert stdout.split() == [str(worker)] * 3, stdout + stderr
+    assert process.returncode == 1 and stderr.rstrip().endswith("ValueError: sample 4 is corrupt"), stderr
+    assert "killed by signal" not in stderr and "exited unexpectedly" not in stderr, stderr
 
 
 def test_checkpoint_epochs_saves_every_nth_and_evaluated_epochs_and_a_preempted_one(tmp_path, monkeypatch):
@@ -573,6 +624,17 @@ def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
     epoch = [r for r in log_records(tmp_path / "skip") if r["type"] == "epoch"][0]
     assert epoch["skipped_images"] == 1  # 8 images, 2 batches of 4: one left out, and said so
     assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
+
+
+def test_cli_names_a_bad_image_that_a_loader_worker_read(tmp_path, caplog):
+    """The loader re-raises a worker's error with the worker's traceback as its message: the CLI
+    says what the original error said, nothing more."""
+    write_coco_folder(tmp_path / "coco", count=8, bad=(3,))
+    with pytest.raises(SystemExit):
+        cli(cli_train_args(tmp_path / "run", {**TINY_RUN, **coco_run(tmp_path / "coco"), "num_workers": 1}))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Traceback" not in errors[0], errors
+    assert re.fullmatch(r"dabdetr train: cannot decode image \S+000004\.png: .+ \(--debug shows where\)", errors[0])
 
 
 def test_coco_training_path_learns(tmp_path):

@@ -32,6 +32,8 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     bbox xywh in original pixels, score) at or above score_threshold, and the COCO "images"
     entries (id, file_name, height, width) that their image ids refer to.
     """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
     metadata = detector.metadata
     size = size or metadata["eval_size"] or COCO_EVAL_SIZE
     max_size = max_size or metadata["max_size"] or COCO_MAX_SIZE
@@ -46,26 +48,25 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     labels = {label: label for label in range(metadata["model_config"]["num_classes"])}
     results = []
     device = detector.device
-    bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    for images, mask, targets in loader:
-        orig_sizes = torch.stack([t["orig_size"] for t in targets])
-        outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-                           orig_sizes.to(device))
-        if metadata["postprocess"]:
-            selected = outputs["scores"], outputs["labels"], outputs["boxes"]
-        else:
-            selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes.to(device),
-                                         metadata["model_config"]["num_select"])
-        for target, scores, classes, boxes in zip(targets, *(t.cpu() for t in selected)):
-            keep = scores >= score_threshold
-            detections = {"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]}
-            results += to_coco_results([ids[target["index"]]], [detections], labels)
-            if picture_dir is not None:
-                path = dataset.paths[target["index"]]
-                picture = draw_detections(open_image(path), detections, names, score_threshold)
-                picture.save(os.path.join(picture_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
-        bar.update(len(targets))
-    bar.close()
+    with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for images, mask, targets in loader:
+            orig_sizes = torch.stack([t["orig_size"] for t in targets])
+            outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+                               orig_sizes.to(device))
+            if metadata["postprocess"]:
+                selected = outputs["scores"], outputs["labels"], outputs["boxes"]
+            else:
+                selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes.to(device),
+                                             metadata["model_config"]["num_select"])
+            for target, scores, classes, boxes in zip(targets, *(t.cpu() for t in selected)):
+                keep = scores >= score_threshold
+                detections = {"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]}
+                results += to_coco_results([ids[target["index"]]], [detections], labels)
+                if picture_dir is not None:
+                    path = dataset.paths[target["index"]]
+                    picture = draw_detections(open_image(path), detections, names, score_threshold)
+                    picture.save(os.path.join(picture_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
+            bar.update(len(targets))
     images = [{"id": i, "file_name": path, "height": h, "width": w}
               for i, path, (h, w) in zip(ids, dataset.paths, dataset.sizes)]
     return results, images

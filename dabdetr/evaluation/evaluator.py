@@ -36,15 +36,15 @@ def predict_dataset(model, loader, device, num_select, amp="off", show_progress=
     output (scores, labels, boxes in original-image pixels, on the CPU)."""
     model.eval()
     detections = {}
-    progress = tqdm(loader, desc="eval", disable=not (show_progress and distributed.is_main_process()),
-                    dynamic_ncols=True, leave=False)
-    for images, mask, targets in progress:
-        with autocast_context(device, amp):
-            outputs = model(images.to(device), mask.to(device))
-        outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for target, det in zip(targets, post_process(outputs, sizes, num_select)):
-            detections[int(target["image_id"])] = {k: v.cpu() for k, v in det.items()}
+    with tqdm(loader, desc="eval", disable=not (show_progress and distributed.is_main_process()),
+              dynamic_ncols=True, leave=False) as progress:
+        for images, mask, targets in progress:
+            with autocast_context(device, amp):
+                outputs = model(images.to(device), mask.to(device))
+            outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
+            sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+            for target, det in zip(targets, post_process(outputs, sizes, num_select)):
+                detections[int(target["image_id"])] = {k: v.cpu() for k, v in det.items()}
     return detections
 
 

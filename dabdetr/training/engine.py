@@ -57,8 +57,8 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
                 log_step(step, logged)
     finally:
         # Stops the loader's workers now, also when an exception (a preemption, a non-finite loss)
-        # leaves: its traceback would keep this frame, and with it the workers, alive until exit,
-        # where multiprocessing's join waits for workers that ignore SIGTERM (preemption.py).
+        # leaves: its traceback would keep this frame, and with it the workers, alive until the
+        # traceback goes (at exit, where they are terminated instead: preemption.py).
         del batches
         progress.close()
     means = {k: v / max(totals["steps"], 1) for k, v in totals.items() if k not in ("steps", "skipped_images")}

@@ -7,6 +7,7 @@ checkpoint, leave through a barrier and raise TrainingPreempted. The handler doe
 so a second signal during the checkpoint write interrupts nothing (and the write is atomic).
 """
 
+import os
 import signal
 import threading
 
@@ -54,8 +55,23 @@ class PreemptionRequest:
         return signal.Signals(self.received).name if self.received else "a signal to another process"
 
 
-def ignore_preemption_signals(worker_id=None):
-    """DataLoader worker_init_fn: the main process handles the signals (a worker killed by one
-    would fail the loader before the checkpoint is written)."""
-    for signum in PREEMPTION_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def ignore_preemption_signals(main_pid, worker_id=None):
+    """DataLoader worker_init_fn (bind main_pid, the training process, with functools.partial):
+    the worker outlives PREEMPTION_SIGNALS, which the main process handles (a worker killed by
+    one would fail the loader before the checkpoint is written), except a SIGTERM from the main
+    process itself, on which it exits at once, as torch's own worker handler does. That one
+    comes when Python exits after an error raised in the loader: the error's traceback keeps the
+    loader alive, so its workers are not shut down but terminated, and a worker that ignored
+    the signal would hang the exit. Python's signal handlers cannot tell who sent a signal, so
+    a thread takes them with sigwaitinfo, which can; where that does not exist (macOS,
+    Windows), the workers keep the default handling."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)  # the thread below inherits the mask
+    threading.Thread(target=_exit_on_signal_from, args=(main_pid,), name="preemption-signals", daemon=True).start()
+
+
+def _exit_on_signal_from(main_pid):
+    while signal.sigwaitinfo(PREEMPTION_SIGNALS).si_pid != main_pid:
+        pass
+    os._exit(0)  # success, like torch's handler: the loader reports a worker's failing exit as an error

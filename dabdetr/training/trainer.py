@@ -16,6 +16,7 @@ Files in output_dir (written by rank 0):
     tensorboard/    with tensorboard=True: the log.jsonl numbers and the evaluation pictures
 """
 
+import functools
 import json
 import logging
 import os
@@ -219,9 +220,9 @@ class Trainer:
         self.train_batches = TrainBatchSampler(self.train_set, config.batch_size, self.world_size, self.rank,
                                                config.seed, portrait)
         self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
+        worker_init = functools.partial(ignore_preemption_signals, os.getpid()) if config.num_workers else None
         workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
-                   "pin_memory": self.device.type == "cuda",
-                   "worker_init_fn": ignore_preemption_signals if config.num_workers else None}
+                   "pin_memory": self.device.type == "cuda", "worker_init_fn": worker_init}
         # The loader's own generator (worker seeds only): drawing from the global one at each
         # epoch's start would shift the model's random stream after a mid-epoch resume.
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.train_batches,
