@@ -397,6 +397,12 @@ def main(argv=None):
             raise
         LOG.error("dabdetr %s: %s (--debug shows where)", args.command, error_message(error))
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        resume = "; the same command with --resume auto continues from the last checkpoint" * (args.command == "train")
+        LOG.error("dabdetr %s: interrupted%s", args.command, resume)
+        raise SystemExit(130) from None  # 128 + SIGINT, as shells report it
 
 
 def error_message(error):

@@ -319,7 +319,7 @@ def test_cli_eval_of_a_pretrained_directory_on_a_coco_json(coco_folder, tmp_path
     assert detections and {d["category_id"] for d in detections} <= coco_ids  # logits 0 and unused ids dropped
 
 
-def test_cli_errors_are_clear(tmp_path, caplog):
+def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):
     with pytest.raises(SystemExit):
         cli(["eval", str(tmp_path / "nowhere.pt"), "--annotations", "x.json", "--images", "."])
     assert f"dabdetr eval: no file or directory at {tmp_path / 'nowhere.pt'}" in caplog.text
@@ -340,6 +340,14 @@ def test_cli_errors_are_clear(tmp_path, caplog):
     assert "score_threshold must be in [0, 1] (scores are probabilities), got 2.0" in caplog.text
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
+    def press_ctrl_c(trainer):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as interrupted:  # one line, no traceback
+        patch.setattr(Trainer, "fit", press_ctrl_c)
+        cli(cli_train_args(tmp_path / "interrupted", TINY_RUN))
+    assert interrupted.value.code == 130
+    assert "dabdetr train: interrupted; the same command with --resume auto continues" in caplog.text
     with pytest.raises(SystemExit, match="--timm-backbone applies to --to huggingface only"):
         cli(["convert", str(tmp_path / "nowhere.pt"), str(tmp_path / "out.pth"), "--to", "official", "--timm-backbone"])
     with pytest.raises(SystemExit):  # the demo preset's anchor temperature, 20, has no place there
