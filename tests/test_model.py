@@ -289,6 +289,42 @@ def test_post_process_against_brute_force():
             torch.testing.assert_close(got_box, torch.tensor(expected))
 
 
+def test_post_process_names_target_sizes_of_the_wrong_shape():
+    outputs = {"pred_logits": torch.zeros(2, 7, 5), "pred_boxes": torch.full((2, 7, 4), 0.5)}
+    for sizes in (torch.tensor([480, 640]), torch.tensor([[480, 640]]), torch.tensor([[480, 640, 3]] * 2)):
+        with pytest.raises(ValueError, match=r"target_sizes must be \[B, 2\] = \[2, 2\] \(height, width"):
+            post_process(outputs, sizes)
+
+
+def _bad_model_inputs():
+    images, mask = _images(height=64, width=96)
+    return [
+        ("one_image", images[0], mask, r"images must be a \[B, 3, H, W\] tensor .*got \[3, 64, 96\]"),
+        ("gray", images[:, :1], mask, r"images must be a \[B, 3, H, W\] tensor .*got \[2, 1, 64, 96\]"),
+        ("uint8", images.to(torch.uint8), mask, r"images must be floating point .*got torch.uint8"),
+        ("pixel_mask", images, (~mask).long(), r"mask must be a bool tensor, True = padding .*got torch.int64"),
+        ("mask_size", images, mask[:, :32], r"mask must be \[B, H, W\] = \[2, 64, 96\] .*got \[2, 32, 96\]"),
+        ("mask_batch", images, mask[:1], r"mask must be \[B, H, W\] = \[2, 64, 96\] .*got \[1, 64, 96\]"),
+    ]
+
+
+@pytest.mark.parametrize("name,images,mask,message", _bad_model_inputs(), ids=[c[0] for c in _bad_model_inputs()])
+def test_bad_model_inputs_are_named(name, images, mask, message):
+    model = _small().eval()
+    for run in (model, model.predict):
+        with pytest.raises(ValueError, match=message):
+            run(images, mask)
+
+
+def test_no_mask_is_no_padding():
+    model = _small().eval()
+    images, _ = _images(height=64, width=96)
+    with torch.no_grad():
+        unmasked, masked = model(images), model(images, torch.zeros(2, 64, 96, dtype=torch.bool))
+    torch.testing.assert_close(unmasked["pred_boxes"], masked["pred_boxes"], rtol=0, atol=0)
+    torch.testing.assert_close(unmasked["pred_logits"], masked["pred_logits"], rtol=0, atol=0)
+
+
 def test_predict_is_forward_without_the_training_outputs():
     model = _small(num_patterns=2)  # patterns: 40 queries
     images, mask = _images(height=96, width=128)

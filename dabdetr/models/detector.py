@@ -50,9 +50,10 @@ class DABDETR(nn.Module):
         if config.dn_groups:
             self.label_embed = nn.Embedding(config.num_classes, d)  # content queries of denoising
 
-    def forward(self, images, mask, targets=None):
-        """targets (training with config.dn_groups > 0 only): the criterion's targets, from which
-        denoising queries are built; their predictions come back under "dn_outputs"."""
+    def forward(self, images, mask=None, targets=None):
+        """mask None: no padding. targets (training with config.dn_groups > 0 only): the
+        criterion's targets, from which denoising queries are built; their predictions come back
+        under "dn_outputs"."""
         config = self.config
         denoising = self.training and config.dn_groups and targets is not None
         dn = self.denoising_queries(targets) if denoising else None
@@ -66,7 +67,7 @@ class DABDETR(nn.Module):
                                      "groups": config.dn_groups}
         return outputs
 
-    def predict(self, images, mask):
+    def predict(self, images, mask=None):
         """(logits [B, Nq, num_classes], boxes [B, Nq, 4]): pred_logits and pred_boxes of forward()
         alone, with the heads run on the last decoder layer only (what inference and export need)."""
         hs, references = self.encode_decode(images, mask)
@@ -75,6 +76,7 @@ class DABDETR(nn.Module):
     def encode_decode(self, images, mask, extra_queries=None):
         """Backbone, encoder and decoder: hs [L, B, N, d], references [L, B, N, 4]: the Nq matching
         queries, then the extra_queries (Transformer.forward) if any."""
+        mask = checked_inputs(images, mask)
         features, feature_mask = self.backbone(images, mask)
         # The encoding is computed in float32 from the mask; a float64 model wants it in float64.
         pos = self.position_encoding(feature_mask).to(self.input_proj.weight.dtype)
@@ -99,6 +101,26 @@ class DABDETR(nn.Module):
         tgt = self.label_embed(labels).reshape(B, config.dn_groups * n, -1)
         queries = (tgt, anchors.reshape(B, config.dn_groups * n, 4), [(config.dn_groups, n, padding)])
         return {"queries": queries, "padding": padding}
+
+
+def checked_inputs(images, mask):
+    """The mask (all False for None) once images [B, 3, H, W] and mask [B, H, W] are what the model
+    reads; otherwise a ValueError naming what is not."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a [B, 3, H, W] tensor (a batch of RGB images), got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (normalized RGB), got {images.dtype}")
+    if mask is None:
+        return torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        dtype = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor, True = padding (Hugging Face's pixel_mask is the "
+                         f"opposite, 1 = image), got {dtype}")
+    if mask.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"mask must be [B, H, W] = {[images.shape[0], *images.shape[2:]]} for images of shape "
+                         f"{list(images.shape)}, got {list(mask.shape)}")
+    return mask
 
 
 def layer_outputs(logits, boxes):
@@ -129,6 +151,9 @@ def select_detections(logits, boxes, target_sizes, num_select=300):
     [B, Nq, K], boxes [B, Nq, 4] (cx, cy, w, h normalized), target_sizes [B, 2] (height, width)
     -> scores [B, k], labels [B, k] int64, boxes [B, k, 4] xyxy pixels; k = min(num_select, Nq * K)."""
     B, Nq, K = logits.shape
+    if target_sizes.shape != (B, 2):
+        raise ValueError(f"target_sizes must be [B, 2] = [{B}, 2] (height, width of each image), "
+                         f"got {list(target_sizes.shape)}")
     scores, index = logits.sigmoid().flatten(1).topk(min(num_select, Nq * K), dim=1)
     query, labels = index // K, index % K
     boxes = box_cxcywh_to_xyxy(boxes.gather(1, query[..., None].expand(-1, -1, 4)))
