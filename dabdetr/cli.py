@@ -271,6 +271,8 @@ def add_predict_parser(subparsers):
                         help=f"shorter side the model sees (default: the training size of a training checkpoint "
                              f"or an export of one, else {COCO_EVAL_SIZE})")
     parser.add_argument("--max-size", type=int, default=None, help=f"longer side cap (default {COCO_MAX_SIZE})")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out (with a warning) images that cannot be read, instead of stopping")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_predict)
@@ -287,11 +289,13 @@ def run_predict(args):
     os.makedirs(args.output_dir, exist_ok=True)
     picture_dir = args.output_dir if args.save_images else None
     results, images = predict_images(detector, paths, args.batch_size, args.num_workers, args.score_threshold,
-                                     args.size, args.max_size, picture_dir, progress=not args.no_progress)
+                                     args.size, args.max_size, picture_dir, progress=not args.no_progress,
+                                     skip_bad_images=args.skip_bad_images)
     for name, content in (("detections.json", results), ("images.json", images)):
         with open(os.path.join(args.output_dir, name), "w") as f:
             json.dump(content, f)
-    print(f"{len(results)} detections (score >= {args.score_threshold}) in {len(images)} images: "
+    skipped = f" ({len(paths) - len(images)} unreadable ones skipped)" if len(images) < len(paths) else ""
+    print(f"{len(results)} detections (score >= {args.score_threshold}) in {len(images)} images{skipped}: "
           f"{args.output_dir}/detections.json{' and one PNG per image' if args.save_images else ''}")
 
 

@@ -288,13 +288,13 @@ def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path, capsys):
 def test_runtime_rejects_bad_inputs_naming_the_argument(demo_onnx, tmp_path):
     detector = runtime.load_detector(demo_onnx)
     images, mask = torch.rand(2, 3, 96, 128), torch.zeros(2, 96, 128, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"images must have shape \[B, 3, H, W\], got \(3, 96, 128\)"):
+    with pytest.raises(ValueError, match=r"images must have shape \[B, 3, H, W\] .*got \(3, 96, 128\)"):
         detector(images[0], mask)
     with pytest.raises(ValueError, match=r"mask must have shape \[B, H, W\] = \(2, 96, 128\) .* got \(2, 96, 127\)"):
         detector(images, mask[..., :-1])
     with pytest.raises(TypeError, match="mask must be a bool tensor"):
         detector(images, mask.float())
-    with pytest.raises(TypeError, match="images must be float32"):
+    with pytest.raises(TypeError, match="images must be float32 for an exported model, got torch.float64"):
         detector(images.double(), mask)
     with pytest.raises(ValueError, match="images: the exported model takes sides 33 to"):
         detector(images[..., :20], mask[..., :20])
@@ -325,6 +325,11 @@ def test_export_and_load_errors(demo_model, tmp_path, caplog):
         foreign = tmp_path / "foreign.onnx"
         onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], [])), str(foreign))
         runtime.load_detector(str(foreign))
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x0a\xff\xff not protobuf")
+    with pytest.raises(SystemExit):
+        cli(["predict", str(damaged), str(picture), "--runtime", "onnx", "--output-dir", str(tmp_path / "out")])
+    assert f"{damaged}: not an ONNX model, or a damaged one" in caplog.text
 
 
 def test_missing_export_packages_name_the_extra(demo_model, tmp_path, monkeypatch):

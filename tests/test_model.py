@@ -299,20 +299,23 @@ def test_post_process_names_target_sizes_of_the_wrong_shape():
 def _bad_model_inputs():
     images, mask = _images(height=64, width=96)
     return [
-        ("one_image", images[0], mask, r"images must be a \[B, 3, H, W\] tensor .*got \[3, 64, 96\]"),
-        ("gray", images[:, :1], mask, r"images must be a \[B, 3, H, W\] tensor .*got \[2, 1, 64, 96\]"),
-        ("uint8", images.to(torch.uint8), mask, r"images must be floating point .*got torch.uint8"),
-        ("pixel_mask", images, (~mask).long(), r"mask must be a bool tensor, True = padding .*got torch.int64"),
-        ("mask_size", images, mask[:, :32], r"mask must be \[B, H, W\] = \[2, 64, 96\] .*got \[2, 32, 96\]"),
-        ("mask_batch", images, mask[:1], r"mask must be \[B, H, W\] = \[2, 64, 96\] .*got \[1, 64, 96\]"),
+        ("one_image", images[0], mask, ValueError, r"images must have shape \[B, 3, H, W\] .*got \(3, 64, 96\)"),
+        ("gray", images[:, :1], mask, ValueError, r"images must have shape \[B, 3, H, W\] .*got \(2, 1, 64, 96\)"),
+        ("uint8", images.to(torch.uint8), mask, TypeError, r"images must be floating point .*got torch.uint8"),
+        ("pixel_mask", images, (~mask).long(), TypeError, r"mask must be a bool tensor \(True = .*torch.int64"),
+        ("mask_size", images, mask[:, :32], ValueError, r"mask must have shape \[B, H, W\] = \(2, 64, 96\) .*"
+                                                        r"got \(2, 32, 96\)"),
+        ("mask_batch", images, mask[:1], ValueError, r"mask must have shape \[B, H, W\] = \(2, 64, 96\) .*"
+                                                     r"got \(1, 64, 96\)"),
+        ("mask_device", images, mask.to("meta"), ValueError, "mask is on meta but images is on cpu"),
     ]
 
 
-@pytest.mark.parametrize("name,images,mask,message", _bad_model_inputs(), ids=[c[0] for c in _bad_model_inputs()])
-def test_bad_model_inputs_are_named(name, images, mask, message):
+@pytest.mark.parametrize("name,images,mask,error,message", _bad_model_inputs(), ids=[c[0] for c in _bad_model_inputs()])
+def test_bad_model_inputs_are_named(name, images, mask, error, message):
     model = _small().eval()
     for run in (model, model.predict):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(error, match=message):
             run(images, mask)
 
 
@@ -323,6 +326,17 @@ def test_no_mask_is_no_padding():
         unmasked, masked = model(images), model(images, torch.zeros(2, 64, 96, dtype=torch.bool))
     torch.testing.assert_close(unmasked["pred_boxes"], masked["pred_boxes"], rtol=0, atol=0)
     torch.testing.assert_close(unmasked["pred_logits"], masked["pred_logits"], rtol=0, atol=0)
+
+
+def test_input_checks_compile_into_one_graph():
+    """The checks read shapes and dtypes only: torch.compile(fullgraph=True) traces them away."""
+    model = _small().eval()
+    images, mask = _images(height=64, width=96)
+    compiled = torch.compile(model.predict, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for given in (mask, None):
+            for got, expected in zip(compiled(images, given), model.predict(images, given)):
+                torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_predict_is_forward_without_the_training_outputs():

@@ -634,6 +634,34 @@ def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
     assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
 
 
+@pytest.mark.parametrize("batch_size", [1, 5])  # a batch of one unreadable image; one batch of all
+def test_cli_predict_stops_at_or_skips_unreadable_images(tmp_path, caplog, capsys, batch_size):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (64, 48), "white").save(folder / f"{name}.png")
+    (folder / "header.png").write_text("not an image")
+    Image.new("RGB", (64, 48), "gray").save(folder / "truncated.jpg", quality=95)
+    whole = (folder / "truncated.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])  # the header reads, the pixels do not
+    model_dir = tmp_path / "model"
+    DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).save_pretrained(str(model_dir))
+    args = ["predict", str(model_dir), str(folder), "--size", "64", "--max-size", "64", "--score-threshold", "0",
+            "--batch-size", str(batch_size), "--num-workers", "1", "--no-progress",
+            "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        cli(args)
+    assert f"dabdetr predict: cannot decode image {folder / 'header.png'}" in caplog.text
+    cli([*args, "--skip-bad-images", "--save-images"])
+    images = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert sorted(os.path.basename(i["file_name"]) for i in images) == ["a.png", "b.png", "c.png"]
+    assert {d["image_id"] for d in json.loads((tmp_path / "out" / "detections.json").read_text())} == {
+        i["id"] for i in images}
+    assert "in 3 images (2 unreadable ones skipped)" in capsys.readouterr().out
+    assert f"skipping an unreadable image (skip_bad_images): cannot decode image {folder / 'header.png'}" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
 def test_cli_names_a_bad_image_that_a_loader_worker_read(tmp_path, caplog):
     """The loader re-raises a worker's error with the worker's traceback as its message: the CLI
     says what the original error said, nothing more."""

@@ -2,12 +2,15 @@
 batches of images of similar aspect ratio, so that a batch pads little."""
 
 import glob
+import logging
 import os
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from dabdetr.data.coco import open_image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -43,17 +46,37 @@ def image_size(path):
 
 class ImageFiles(torch.utils.data.Dataset):
     """dataset[i] = (pixels [3, h, w] after the eval transforms, {"index": i, "orig_size": [2]
-    (height, width)}), the form collate_detection batches."""
+    (height, width)}), the form collate_detection batches.
 
-    def __init__(self, paths, transforms):
-        self.paths, self.transforms = list(paths), transforms
-        self.sizes = [image_size(path) for path in self.paths]
+    An unreadable file is a ValueError naming it; with skip_bad_images it is left out with a
+    warning instead: from `paths` when its header cannot be read (`skipped` lists those), as a
+    None sample when the rest of it cannot be decoded."""
+
+    def __init__(self, paths, transforms, skip_bad_images=False):
+        self.transforms, self.skip_bad_images = transforms, skip_bad_images
+        self.paths, self.sizes, self.skipped = [], [], []
+        for path in paths:
+            try:
+                self.sizes.append(image_size(path))
+                self.paths.append(path)
+            except ValueError as error:
+                self._skip_or_raise(error)
+                self.skipped.append(path)
+
+    def _skip_or_raise(self, error):
+        if not self.skip_bad_images:
+            raise error
+        logger.warning("skipping an unreadable image (skip_bad_images): %s", error)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
-        image = open_image(self.paths[index])
+        try:
+            image = open_image(self.paths[index])
+        except (FileNotFoundError, ValueError) as error:
+            self._skip_or_raise(error)
+            return None
         size = torch.tensor([image.height, image.width])
         target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "size": size}
         pixels, _ = self.transforms(image, target, None)

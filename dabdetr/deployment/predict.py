@@ -21,35 +21,47 @@ def image_id(path, index):
     return int(stem) if stem.isdigit() else index
 
 
+def collate_readable(samples):
+    """collate_detection of a batch's readable samples; None when it has none."""
+    return collate_detection(samples) if any(sample is not None for sample in samples) else None
+
+
 def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold=0.3, size=None, max_size=None,
-                   picture_dir=None, progress=True):
+                   picture_dir=None, progress=True, skip_bad_images=False):
     """Runs detector on every image of paths.
 
     size / max_size: the shorter side the model sees and the cap of the longer side (default:
     the detector's metadata, else the COCO evaluation sizes). picture_dir: where to write one
-    annotated PNG per image (None: none).
+    annotated PNG per image (None: none). An unreadable image is a ValueError naming it; with
+    skip_bad_images it is left out, with a warning.
     Returns (results, images): COCO results (image_id, category_id = the model's class index,
     bbox xywh in original pixels, score) at or above score_threshold, and the COCO "images"
-    entries (id, file_name, height, width) that their image ids refer to.
+    entries (id, file_name, height, width) of the images read, which their image ids refer to.
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
     metadata = detector.metadata
     size = size or metadata["eval_size"] or COCO_EVAL_SIZE
     max_size = max_size or metadata["max_size"] or COCO_MAX_SIZE
-    dataset = ImageFiles(paths, make_transforms(False, [size], max_size))
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=aspect_ratio_batches(dataset.sizes, batch_size),
-                                         num_workers=num_workers, collate_fn=collate_detection,
-                                         pin_memory=detector.device.type == "cuda")
+    dataset = ImageFiles(paths, make_transforms(False, [size], max_size), skip_bad_images)
+    batches = aspect_ratio_batches(dataset.sizes, batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=collate_readable, pin_memory=detector.device.type == "cuda")
     ids = [image_id(path, index) for index, path in enumerate(dataset.paths)]
     if len(set(ids)) != len(ids):  # numbered names that collide (a/1.jpg, b/1.jpg): number by position
         ids = list(range(len(ids)))
     names = {int(label): name for label, name in metadata["class_names"].items()}
     labels = {label: label for label in range(metadata["model_config"]["num_classes"])}
-    results = []
+    results, read = [], []
     device = detector.device
-    with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for images, mask, targets in loader:
+    with tqdm(total=len(paths), initial=len(dataset.skipped), desc="predict", unit="img", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for indices, batch in zip(batches, loader):
+            bar.update(len(indices))
+            if batch is None:
+                continue
+            images, mask, targets = batch
+            read += [target["index"] for target in targets]
             orig_sizes = torch.stack([t["orig_size"] for t in targets])
             outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                                orig_sizes.to(device))
@@ -66,7 +78,6 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
                     path = dataset.paths[target["index"]]
                     picture = draw_detections(open_image(path), detections, names, score_threshold)
                     picture.save(os.path.join(picture_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
-            bar.update(len(targets))
-    images = [{"id": i, "file_name": path, "height": h, "width": w}
-              for i, path, (h, w) in zip(ids, dataset.paths, dataset.sizes)]
+    images = [{"id": ids[i], "file_name": dataset.paths[i], "height": dataset.sizes[i][0],
+               "width": dataset.sizes[i][1]} for i in sorted(read)]
     return results, images

@@ -16,12 +16,13 @@ import zipfile
 import torch
 
 from dabdetr.deployment.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
+from dabdetr.models.detector import checked_inputs
 
 RUNTIMES = ("eager", "onnx", "torch-export", "aoti")
 
 
 class Detector:
-    """__call__(images [B, 3, H, W] float, mask [B, H, W] bool (True = padding), orig_sizes [B, 2]
+    """__call__(images [B, 3, H, W] float, mask [B, H, W] bool (True = padding; None: none), orig_sizes [B, 2]
     int64 (height, width; postprocess artifacts only)) -> {output name: tensor} with the names of
     metadata["outputs"] (dabdetr.deployment.export). kind: one of RUNTIMES."""
 
@@ -30,8 +31,8 @@ class Detector:
     def __init__(self, metadata, device="cpu"):
         self.metadata, self.device = metadata, torch.device(device)
 
-    def __call__(self, images, mask, orig_sizes=None):
-        check_inputs(self.metadata, images, mask, orig_sizes, exported=self.kind != "eager")
+    def __call__(self, images, mask=None, orig_sizes=None):
+        mask = check_inputs(self.metadata, images, mask, orig_sizes, exported=self.kind != "eager")
         args = (images, mask) + ((orig_sizes,) if self.metadata["postprocess"] else ())
         with torch.no_grad():
             return dict(zip(self.metadata["outputs"], self.run(*args)))
@@ -59,8 +60,12 @@ class OnnxDetector(Detector):
     kind = "onnx"
 
     def __init__(self, path, device="cpu"):
-        onnx, ort = require_packages("running an ONNX model", "onnx", "onnxruntime")
-        proto = onnx.load(path, load_external_data=False)
+        onnx, ort, protobuf = require_packages("running an ONNX model", "onnx", "onnxruntime",
+                                               "google.protobuf.message")
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except protobuf.DecodeError as error:
+            raise ValueError(f"{path}: not an ONNX model, or a damaged one ({error})") from None
         super().__init__(_checked_metadata(path, {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)),
                          device)
         providers = ["CPUExecutionProvider"]
@@ -139,27 +144,21 @@ def _checked_metadata(path, text):
 
 
 def check_inputs(metadata, images, mask, orig_sizes=None, exported=True):
-    """ValueError/TypeError naming the argument whose rank, shape, dtype or device does not fit."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must have shape [B, 3, H, W], got {got}")
-    if not images.dtype.is_floating_point or (exported and images.dtype != torch.float32):
-        raise TypeError(f"images must be float32{'' if exported else ' (or another float type)'}, got {images.dtype}")
+    """The mask (all False for None) once the inputs fit (DABDETR's checks, then an exported
+    graph's: float32, its side range, orig_sizes); otherwise a ValueError/TypeError naming the
+    argument whose rank, shape, dtype or device does not."""
+    mask = checked_inputs(images, mask)
+    if exported and images.dtype != torch.float32:
+        raise TypeError(f"images must be float32 for an exported model, got {images.dtype}")
     B, _, H, W = images.shape
     if exported and not (metadata["min_side"] <= min(H, W) and max(H, W) <= metadata["max_side"]):
         raise ValueError(f"images: the exported model takes sides {metadata['min_side']} to {metadata['max_side']}, "
                          f"got H={H}, W={W}")
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a bool tensor (True = padding), got {got}")
-    if tuple(mask.shape) != (B, H, W):
-        raise ValueError(f"mask must have shape [B, H, W] = {(B, H, W)} to match images, got {tuple(mask.shape)}")
-    if mask.device != images.device:
-        raise ValueError(f"mask is on {mask.device} but images is on {images.device}")
     if not metadata["postprocess"]:
-        return
+        return mask
     if orig_sizes is None:
         raise ValueError("orig_sizes [B, 2] (height, width) is an input of this model (exported with postprocess)")
     if tuple(orig_sizes.shape) != (B, 2) or orig_sizes.dtype != torch.int64:
         raise ValueError(f"orig_sizes must be int64 of shape [B, 2] = {(B, 2)}, got {orig_sizes.dtype} "
                          f"{tuple(orig_sizes.shape)}")
+    return mask

@@ -105,21 +105,23 @@ class DABDETR(nn.Module):
 
 def checked_inputs(images, mask):
     """The mask (all False for None) once images [B, 3, H, W] and mask [B, H, W] are what the model
-    reads; otherwise a ValueError naming what is not."""
+    reads; otherwise a ValueError (shape, device) or TypeError (dtype) naming what is not."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a [B, 3, H, W] tensor (a batch of RGB images), got {shape}")
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape [B, 3, H, W] (a batch of RGB images), got {got}")
     if not images.is_floating_point():
-        raise ValueError(f"images must be floating point (normalized RGB), got {images.dtype}")
+        raise TypeError(f"images must be floating point (normalized RGB), got {images.dtype}")
+    B, _, H, W = images.shape
     if mask is None:
-        return torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+        return torch.zeros(B, H, W, dtype=torch.bool, device=images.device)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        dtype = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a bool tensor, True = padding (Hugging Face's pixel_mask is the "
-                         f"opposite, 1 = image), got {dtype}")
-    if mask.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"mask must be [B, H, W] = {[images.shape[0], *images.shape[2:]]} for images of shape "
-                         f"{list(images.shape)}, got {list(mask.shape)}")
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True = padding; Hugging Face's pixel_mask is the "
+                        f"opposite, 1 = image), got {got}")
+    if mask.shape != (B, H, W):
+        raise ValueError(f"mask must have shape [B, H, W] = {(B, H, W)} to match images, got {tuple(mask.shape)}")
+    if mask.device != images.device:
+        raise ValueError(f"mask is on {mask.device} but images is on {images.device}")
     return mask
 
 
