@@ -104,8 +104,12 @@ def test_hub_id_without_huggingface_hub_names_the_package(monkeypatch):
 
 
 def test_a_missing_path_that_is_no_hub_id_is_a_missing_file():
-    with pytest.raises(FileNotFoundError, match="no file or directory at /nonexistent/dir/model"):
+    with pytest.raises(FileNotFoundError, match="no file or directory at /nonexistent/dir/model") as missing:
         dabdetr.from_pretrained("/nonexistent/dir/model")
+    assert "did you mean" not in str(missing.value)
+    for name in zoo.PUBLISHED:  # one character off: named as the published model it is close to
+        with pytest.raises(FileNotFoundError, match=f"did you mean the published model '{name}'"):
+            dabdetr.from_pretrained(name[:-1] + ("O" if name[-1] != "O" else "Q"))
 
 
 def test_zoo_lists_every_published_checkpoint(capsys):

@@ -6,6 +6,7 @@ cannot tell, such as DC5 dilation, comes from the caller's overrides), and the m
 """
 
 import argparse
+import difflib
 import json
 import os
 
@@ -165,7 +166,13 @@ def resolve_checkpoint(path, source="auto", revision=None):
     name brings its location, format and overrides (dabdetr.weights.zoo); hub ids and URLs are fetched."""
     published = zoo.PUBLISHED.get(path) if not os.path.exists(path) else None
     if published is None:
-        return hub.resolve(path, revision), source, {}
+        try:
+            return hub.resolve(path, revision), source, {}
+        except FileNotFoundError as error:  # perhaps a published name, mistyped
+            close = difflib.get_close_matches(path, zoo.PUBLISHED, n=1)
+            if not close:
+                raise
+            raise FileNotFoundError(f"{error}; did you mean the published model {close[0]!r}? (dabdetr zoo)") from None
     source = published.format if source == "auto" else source
     return hub.resolve(published.location, revision), source, published.overrides
 
