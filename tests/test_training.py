@@ -340,6 +340,7 @@ def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):
     assert "score_threshold must be in [0, 1] (scores are probabilities), got 2.0" in caplog.text
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
+
     def press_ctrl_c(trainer):
         raise KeyboardInterrupt
 
