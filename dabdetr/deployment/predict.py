@@ -26,6 +26,24 @@ def collate_readable(samples):
     return collate_detection(samples) if any(sample is not None for sample in samples) else None
 
 
+def detect_batch(detector, images, mask, targets, score_threshold):
+    """The detections of one collated batch at or above score_threshold: a dict per image (scores,
+    labels, boxes xyxy in original-image pixels), on the CPU."""
+    metadata, device = detector.metadata, detector.device
+    orig_sizes = torch.stack([target["orig_size"] for target in targets]).to(device)
+    outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True), orig_sizes)
+    if metadata["postprocess"]:
+        selected = outputs["scores"], outputs["labels"], outputs["boxes"]
+    else:
+        selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes,
+                                     metadata["model_config"]["num_select"])
+    detections = []
+    for scores, classes, boxes in zip(*(t.cpu() for t in selected)):
+        keep = scores >= score_threshold
+        detections.append({"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]})
+    return detections
+
+
 def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold=0.3, size=None, max_size=None,
                    picture_dir=None, progress=True, skip_bad_images=False):
     """Runs detector on every image of paths.
@@ -53,26 +71,15 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     names = {int(label): name for label, name in metadata["class_names"].items()}
     labels = {label: label for label in range(metadata["model_config"]["num_classes"])}
     results, read = [], []
-    device = detector.device
     with tqdm(total=len(paths), initial=len(dataset.skipped), desc="predict", unit="img", disable=not progress,
               dynamic_ncols=True) as bar:
         for indices, batch in zip(batches, loader):
             bar.update(len(indices))
-            if batch is None:
+            if batch is None:  # no image of it could be read
                 continue
-            images, mask, targets = batch
+            targets = batch[2]
             read += [target["index"] for target in targets]
-            orig_sizes = torch.stack([t["orig_size"] for t in targets])
-            outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-                               orig_sizes.to(device))
-            if metadata["postprocess"]:
-                selected = outputs["scores"], outputs["labels"], outputs["boxes"]
-            else:
-                selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes.to(device),
-                                             metadata["model_config"]["num_select"])
-            for target, scores, classes, boxes in zip(targets, *(t.cpu() for t in selected)):
-                keep = scores >= score_threshold
-                detections = {"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]}
+            for target, detections in zip(targets, detect_batch(detector, *batch, score_threshold)):
                 results += to_coco_results([ids[target["index"]]], [detections], labels)
                 if picture_dir is not None:
                     path = dataset.paths[target["index"]]
