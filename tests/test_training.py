@@ -281,10 +281,11 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert {p["category_id"] for p in predictions} <= {0, 1, 2, 3}  # the four shapes' class indices
     assert (tmp_path / "predicted" / "shapes.png").exists()
 
-    cli(["convert", str(run / "checkpoint.pt"), str(tmp_path / "official.pth"), "--to", "official"])
+    official = tmp_path / "not" / "yet" / "official.pth"  # folders that do not exist are made
+    cli(["convert", str(run / "checkpoint.pt"), str(official), "--to", "official"])
     # What the weights cannot tell comes as overrides, as for any official checkpoint.
     original = from_pretrained(str(run / "model"))
-    converted = from_pretrained(str(tmp_path / "official.pth"), backbone_norm="batch_norm", backbone_frozen_stages=0,
+    converted = from_pretrained(str(official), backbone_norm="batch_norm", backbone_frozen_stages=0,
                                 backbone_stage=3, dn_groups=3)
     assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
     for field in ("pe_temperature_h", "pe_temperature_w", "num_heads", "num_select", "random_refpoints_xy"):
@@ -338,6 +339,9 @@ def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):
     with pytest.raises(SystemExit):  # a score above 1 would keep nothing, silently
         cli(["predict", str(model_dir), str(image), "--score-threshold", "2", "--output-dir", str(tmp_path / "out")])
     assert "score_threshold must be in [0, 1] (scores are probabilities), got 2.0" in caplog.text
+    with pytest.raises(SystemExit):  # 0 read as "the default" before
+        cli(["predict", str(model_dir), str(image), "--size", "0", "--output-dir", str(tmp_path / "out")])
+    assert "size must be a positive number of pixels (None: the default), got 0" in caplog.text
     with pytest.raises(SystemExit, match="expected key=value"):
         cli(["train", "--set", "epochs"])
 

@@ -58,6 +58,9 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
+    for name, value in (("size", size), ("max_size", max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of pixels (None: the default), got {value}")
     metadata = detector.metadata
     size = size or metadata["eval_size"] or COCO_EVAL_SIZE
     max_size = max_size or metadata["max_size"] or COCO_MAX_SIZE

@@ -10,8 +10,11 @@ import torch
 
 def atomic_write(path, write, binary=False):
     """Calls write(file) on a temporary file beside path, then renames it over path, so a crash
-    leaves either the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    leaves either the old file or the new one, never a partial one. Missing folders of path are
+    created, as for an --output-dir."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
