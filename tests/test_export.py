@@ -179,7 +179,7 @@ def test_export_copies_a_model_it_cannot_trace_as_it_is(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_aoti(demo_model, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("aoti") / "demo.aoti.pt2")
+    path = str(tmp_path_factory.mktemp("aoti") / "new_folder" / "demo.aoti.pt2")  # made by the export
     export.export(demo_model, path, "aoti", {0: "ellipse"})
     return path
 

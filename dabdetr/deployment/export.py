@@ -172,6 +172,7 @@ def export_aoti(model, path, metadata):
     program = export_program(model, metadata["postprocess"])
     configs = {"freezing": True, "aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}}
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)  # as atomic_write does for the other formats
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         staged = os.path.join(scratch, "model.pt2")
         torch._inductor.aoti_compile_and_package(program, package_path=staged, inductor_configs=configs)
