@@ -404,7 +404,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         if args.debug:
             raise
-        resume = "; the same command with --resume auto continues from the last checkpoint" * (args.command == "train")
+        resume = ("; the same command with --resume auto continues from the last checkpoint"
+                  if args.command == "train" else "")
         LOG.error("dabdetr %s: interrupted%s", args.command, resume)
         raise SystemExit(130) from None  # 128 + SIGINT, as shells report it
 
