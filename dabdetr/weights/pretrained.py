@@ -26,17 +26,27 @@ __all__ = ["SOURCES", "from_pretrained", "load_pretrained", "official_args", "sa
            "to_huggingface_config", "to_huggingface_state_dict", "to_mmdetection_state_dict", "to_official_state_dict"]
 
 
-def _infer_config(state, **known):
-    """Architecture fields that tensor shapes determine (our key names)."""
+def _infer_config(state, described, **known):
+    """Architecture fields that tensor shapes determine (our key names); described: what the
+    checkpoint is ("model.pth, an official checkpoint"), for the error when it holds no DAB-DETR."""
     def count(prefix):  # distinct indices right after prefix "a.b.c."
         return len({k.split(".")[3] for k in state if k.startswith(prefix)})
+
+    def not_dab_detr(what):
+        some_keys = ", ".join(list(state)[:5]) or "none"
+        return ValueError(f"{described}, but its weights are not a DAB-DETR model's: {what} "
+                          f"(its first keys, renamed to ours: {some_keys})")
 
     layer3_blocks = count("backbone.body.layer3.")
     has_conv3 = any(k.startswith("backbone.body.layer1.0.conv3.") for k in state)
     backbone = {(6, True): "resnet50", (23, True): "resnet101", (2, False): "resnet18", (6, False): "resnet34"}.get(
         (layer3_blocks, has_conv3))
     if backbone is None:
-        raise ValueError(f"cannot tell the ResNet depth from the checkpoint (layer3 has {layer3_blocks} blocks)")
+        raise not_dab_detr(f"no ResNet-18/34/50/101 backbone (layer3 has {layer3_blocks} blocks)")
+    missing = [key for key in ("input_proj.weight", "transformer.encoder.layers.0.linear1.weight",
+                               "refpoint_embed.weight", "class_embed.weight") if key not in state]
+    if missing:
+        raise not_dab_detr(f"no {', '.join(missing)}")
     values = {
         "backbone": backbone,
         "hidden_dim": state["input_proj.weight"].shape[0],
@@ -113,7 +123,8 @@ def _load_source(path, source, checkpoint=None):
             hf = json.load(f)
         state = huggingface.from_huggingface(huggingface.read_weights(path))
         metadata = {**no_metadata, "class_names": huggingface.class_names_from_huggingface(hf)}
-        return state, _infer_config(state, **huggingface.config_from_huggingface(hf)), metadata
+        described = f"{path}: read as a Hugging Face model directory"
+        return state, _infer_config(state, described, **huggingface.config_from_huggingface(hf)), metadata
     if checkpoint is None:
         checkpoint = _torch_load(path)
     if source == "dabdetr-train":
@@ -128,9 +139,11 @@ def _load_source(path, source, checkpoint=None):
         raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")
     if source == "official":
         state = official.from_official(checkpoint["model"])
-        return state, _infer_config(state, **official.config_from_args(checkpoint.get("args"))), no_metadata
+        described = f"{path}: read as an official DAB-DETR checkpoint (it has a 'model' key)"
+        return state, _infer_config(state, described, **official.config_from_args(checkpoint.get("args"))), no_metadata
     state = mmdetection.from_mmdetection(checkpoint["state_dict"])
-    return state, _infer_config(state, **mmdetection.CONFIG_VALUES), no_metadata
+    described = f"{path}: read as an MMDetection checkpoint (it has a 'state_dict' key)"
+    return state, _infer_config(state, described, **mmdetection.CONFIG_VALUES), no_metadata
 
 
 def _load_state(model, state, path):
