@@ -21,7 +21,7 @@ from coco_fixture import write_coco_folder
 
 from dabdetr import from_pretrained
 from dabdetr.cli import main as cli
-from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
+from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
 from dabdetr.models import DABDETR
 from dabdetr.models.config import preset
 from dabdetr.training.checkpoint import load_train_checkpoint
@@ -637,6 +637,16 @@ def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
     epoch = [r for r in log_records(tmp_path / "skip") if r["type"] == "epoch"][0]
     assert epoch["skipped_images"] == 1  # 8 images, 2 batches of 4: one left out, and said so
     assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
+
+
+def test_a_data_root_of_another_layout_is_named_before_any_image_is_read(tmp_path):
+    write_coco_folder(tmp_path / "coco", count=2)
+    with pytest.raises(FileNotFoundError, match=r"coco/train2017 not found: data_root holds COCO's layout .*"
+                                                r"--set train_images=PATH"):
+        Trainer(tiny_config(tmp_path / "run", **coco_run(tmp_path / "coco", train_images="train2017")))
+    annotations = str(tmp_path / "coco" / "annotations.json")
+    with pytest.raises(FileNotFoundError, match="image folder not found: .*elsewhere"):
+        CocoDetection(annotations, str(tmp_path / "elsewhere"), make_transforms(False, [64], 64))
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])  # a batch of one unreadable image; one batch of all

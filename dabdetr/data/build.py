@@ -22,6 +22,13 @@ def build_datasets(config):
     root = config.data_root
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data_root {root} is not a directory")
+    for field in ("train_images", "val_images", "train_annotations", "val_annotations"):
+        path = os.path.join(root, getattr(config, field))
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found: data_root holds COCO's layout ({config.train_images}/, {config.val_images}/, "
+                f"{config.train_annotations}, {config.val_annotations}); for another layout: --set {field}=PATH "
+                "(relative to data_root)")
     return tuple(
         CocoDetection(os.path.join(root, annotations), os.path.join(root, images), transforms,
                       config.label_mapping, seed=config.seed, skip_bad_images=skip, cache_images=config.cache_images)

@@ -82,6 +82,8 @@ class CocoDetection(torch.utils.data.Dataset):
                  skip_bad_images=False, cache_images=False):
         if label_mapping not in LABEL_MAPPINGS:
             raise ValueError(f"label_mapping must be one of {LABEL_MAPPINGS}, got {label_mapping!r}")
+        if image_dir is not None and not os.path.isdir(image_dir):  # None: a subclass that draws its images
+            raise FileNotFoundError(f"image folder not found: {image_dir}")
         self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
         self.image_dir = image_dir
         self.transforms = transforms
