@@ -1,11 +1,12 @@
-"""Image files for prediction (dabdetr.data.images): listing sources, and aspect-ratio batches."""
+"""Image files for prediction (dabdetr.data.images): listing sources, aspect-ratio batches, EXIF orientation."""
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from dabdetr.data import make_transforms
+from dabdetr.data.coco import open_image
 from dabdetr.data.collate import collate_detection
-from dabdetr.data.images import ImageFiles, aspect_ratio_batches, list_images
+from dabdetr.data.images import ImageFiles, aspect_ratio_batches, image_size, list_images
 
 
 def write_images(folder, sizes):
@@ -58,3 +59,31 @@ def test_image_files_batch_with_less_padding_when_grouped(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="cannot decode image .*bad.jpg"):
         ImageFiles([str(bad)], make_transforms(False, [48], 100))
+
+
+# EXIF orientation -> the corner of the displayed image where the stored top-left pixel lands
+# (from the EXIF spec's "0th row / 0th column" table), and whether width and height swap.
+ORIENTATIONS = {1: ("top", "left", False), 2: ("top", "right", False), 3: ("bottom", "right", False),
+                4: ("bottom", "left", False), 5: ("top", "left", True), 6: ("top", "right", True),
+                7: ("bottom", "right", True), 8: ("bottom", "left", True)}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path, orientation):
+    stored = Image.new("RGB", (64, 48), (128, 128, 128))
+    stored.paste((255, 0, 0), (0, 0, 16, 16))  # a red block at the stored top-left
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    path = tmp_path / "photo.jpg"
+    stored.save(path, quality=100, exif=exif)
+    row, column, swapped = ORIENTATIONS[orientation]
+    height, width = (64, 48) if swapped else (48, 64)
+    assert image_size(str(path)) == (height, width)
+    upright = open_image(str(path), upright=True)
+    assert upright.size == (width, height)
+    y = 4 if row == "top" else height - 5
+    x = 4 if column == "left" else width - 5
+    assert upright.getpixel((x, y))[0] > 200 and upright.getpixel((width - 1 - x, height - 1 - y))[0] < 160
+    assert open_image(str(path)).size == (64, 48)  # datasets: the stored pixels, as their annotations
+    _, target = ImageFiles([str(path)], make_transforms(False, [48], 100))[0]
+    assert target["orig_size"].tolist() == [height, width]

@@ -6,7 +6,7 @@ import logging
 import os
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from dabdetr.data.coco import open_image
 
@@ -35,10 +35,17 @@ def list_images(sources):
     return sorted(paths)
 
 
+# EXIF orientations that turn an image by a quarter (transposed, rotated 90 or 270 degrees, transversed).
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def image_size(path):
-    """(height, width) from the file's header, without decoding it."""
+    """(height, width) of the upright image (open_image(path, upright=True)) from the file's
+    header, without decoding it."""
     try:
         with Image.open(path) as image:
+            if image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
+                return image.width, image.height
             return image.height, image.width
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"cannot decode image {path}: {error}") from None
@@ -73,7 +80,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         try:
-            image = open_image(self.paths[index])
+            image = open_image(self.paths[index], upright=True)
         except (FileNotFoundError, ValueError) as error:
             self._skip_or_raise(error)
             return None

@@ -86,7 +86,7 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
                 results += to_coco_results([ids[target["index"]]], [detections], labels)
                 if picture_dir is not None:
                     path = dataset.paths[target["index"]]
-                    picture = draw_detections(open_image(path), detections, names, score_threshold)
+                    picture = draw_detections(open_image(path, upright=True), detections, names, score_threshold)
                     picture.save(os.path.join(picture_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
     images = [{"id": ids[i], "file_name": dataset.paths[i], "height": dataset.sizes[i][0],
                "width": dataset.sizes[i][1]} for i in sorted(read)]
