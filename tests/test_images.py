@@ -1,12 +1,12 @@
 """Image files for prediction (dabdetr.data.images): listing sources, aspect-ratio batches, EXIF orientation."""
 
+import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
 from dabdetr.data import make_transforms
-from dabdetr.data.coco import open_image
 from dabdetr.data.collate import collate_detection
-from dabdetr.data.images import ImageFiles, aspect_ratio_batches, image_size, list_images
+from dabdetr.data.images import ImageFiles, aspect_ratio_batches, image_size, list_images, open_image
 
 
 def write_images(folder, sizes):
@@ -87,3 +87,15 @@ def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path, orient
     assert open_image(str(path)).size == (64, 48)  # datasets: the stored pixels, as their annotations
     _, target = ImageFiles([str(path)], make_transforms(False, [48], 100))[0]
     assert target["orig_size"].tolist() == [height, width]
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_and_float_images_are_refused(tmp_path):
+    values = np.linspace(0, 65535, 48 * 64).round().astype(np.uint16).reshape(48, 64)
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    rgb = np.asarray(open_image(str(tmp_path / "grey16.png")))
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    expected = np.floor(values / 65535 * 255 + 0.5)  # the 16-bit range onto 8 bits, not clipped at 255
+    assert np.abs(rgb[..., 0] - expected).max() <= 1 and (rgb[..., 0] == rgb[..., 2]).all()
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float.tif: a floating-point image \(mode F\)"):
+        open_image(str(tmp_path / "float.tif"))

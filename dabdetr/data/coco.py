@@ -19,27 +19,14 @@ import os
 import random
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from dabdetr.box_ops import box_xywh_to_xyxy
+from dabdetr.data.images import open_image
 
 LABEL_MAPPINGS = ("category_id", "contiguous")
 
 logger = logging.getLogger("dabdetr")
-
-
-def open_image(path, upright=False):
-    """The PIL RGB image at path; a missing or undecodable file is an error naming it. upright:
-    turned as its EXIF orientation says, as photo viewers show it (phone photos are often stored
-    sideways); datasets leave it off, as the image sizes in their annotations are the stored ones."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return (ImageOps.exif_transpose(image) if upright else image).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
 def load_coco(annotations, source="annotations"):

@@ -1,14 +1,14 @@
-"""Image files without annotations, for prediction: files, folders and globs as one dataset, and
-batches of images of similar aspect ratio, so that a batch pads little."""
+"""Image files: read as 8-bit RGB whatever their mode, and, for prediction, files, folders and
+globs as one dataset without annotations, in batches of images of similar aspect ratio, so that a
+batch pads little."""
 
 import glob
 import logging
 import os
 
+import numpy as np
 import torch
-from PIL import ExifTags, Image, UnidentifiedImageError
-
-from dabdetr.data.coco import open_image
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,33 @@ def list_images(sources):
             raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
         paths.update(found)
     return sorted(paths)
+
+
+def open_image(path, upright=False):
+    """The PIL RGB image (8 bits a channel) at path; a missing or undecodable file is an error
+    naming it. upright: turned as its EXIF orientation says, as photo viewers show it (phone
+    photos are often stored sideways); datasets leave it off, as the image sizes in their
+    annotations are the stored ones."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return to_rgb(ImageOps.exif_transpose(image) if upright else image, path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode image {path}: {error}") from None
+
+
+def to_rgb(image, path):
+    """image as 8-bit RGB. Integer grey of more than 8 bits (16-bit PNG and TIFF: modes I;16*, I)
+    is scaled from the 16-bit range, as viewers show it: PIL's own conversion would clip every
+    value above 255 to white. Floating-point images have no range to scale from: refused."""
+    if image.mode == "F":
+        raise ValueError(f"{path}: a floating-point image (mode F) has no fixed range of values; "
+                         "save it as 8- or 16-bit")
+    if image.mode.startswith("I"):
+        grey = np.asarray(image).astype(np.float32) / 257
+        image = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 # EXIF orientations that turn an image by a quarter (transposed, rotated 90 or 270 degrees, transversed).

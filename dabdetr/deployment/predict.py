@@ -6,9 +6,8 @@ import os
 import torch
 from tqdm import tqdm
 
-from dabdetr.data.coco import open_image
 from dabdetr.data.collate import collate_detection
-from dabdetr.data.images import ImageFiles, aspect_ratio_batches
+from dabdetr.data.images import ImageFiles, aspect_ratio_batches, open_image
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
 from dabdetr.evaluation.coco_eval import to_coco_results
 from dabdetr.evaluation.plots import draw_detections
