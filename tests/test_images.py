@@ -99,3 +99,11 @@ def test_16_bit_grey_is_scaled_to_8_bits_and_float_images_are_refused(tmp_path):
     Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ValueError, match=r"float.tif: a floating-point image \(mode F\)"):
         open_image(str(tmp_path / "float.tif"))
+
+
+def test_an_image_past_pils_size_limit_is_named(tmp_path, monkeypatch):
+    Image.new("RGB", (100, 100)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL refuses above twice this: a decompression bomb
+    for read in (image_size, open_image):
+        with pytest.raises(ValueError, match=r"cannot decode image .*huge.png: Image size \(10000 pixels\) exceeds"):
+            read(str(tmp_path / "huge.png"))

@@ -45,7 +45,7 @@ def open_image(path, upright=False):
     try:
         with Image.open(path) as image:
             return to_rgb(ImageOps.exif_transpose(image) if upright else image, path)
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
@@ -74,7 +74,7 @@ def image_size(path):
             if image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
                 return image.width, image.height
             return image.height, image.width
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
