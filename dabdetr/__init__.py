@@ -26,7 +26,7 @@ from dabdetr.weights import from_pretrained, load_pretrained, save_pretrained
 _ON_FIRST_USE = {
     "Trainer": "dabdetr.training", "TrainConfig": "dabdetr.training", "recipe": "dabdetr.training",
     "export": "dabdetr.deployment.export", "load_detector": "dabdetr.deployment",
-    "predict_images": "dabdetr.deployment",
+    "predict_images": "dabdetr.deployment", "detect": "dabdetr.deployment",
 }
 
 __version__ = "0.1.0"
@@ -39,7 +39,7 @@ __all__ = [
     # training
     "Trainer", "TrainConfig", "recipe",
     # deployment
-    "export", "load_detector", "predict_images",
+    "detect", "export", "load_detector", "predict_images",
     # the fused ops
     "ops", "modulated_attention", "anchor_sine_embed", "modulated_anchor_sine_embed", "kernel_info",
     "__version__",

@@ -62,6 +62,28 @@ def to_rgb(image, path):
     return image.convert("RGB")
 
 
+def as_rgb_image(source):
+    """The 8-bit RGB PIL image of source: a PIL image (any mode, as open_image converts), a path
+    (read upright), an [H, W, 3] RGB or [H, W] grey uint8 numpy array, or a [3, H, W] uint8
+    tensor. Arrays are taken as RGB, as PIL and most readers give them; OpenCV's frames are BGR
+    (pass frame[..., ::-1])."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source, "the image")
+    if isinstance(source, (str, os.PathLike)):
+        return open_image(os.fspath(source), upright=True)
+    if isinstance(source, torch.Tensor):
+        if source.dim() != 3 or source.shape[0] != 3:
+            raise ValueError(f"an image tensor must be [3, H, W], got {list(source.shape)}")
+        source = source.detach().cpu().permute(1, 2, 0).numpy()
+    if not isinstance(source, np.ndarray):
+        raise TypeError(f"an image must be a PIL image, a path, a numpy array or a tensor, got {type(source).__name__}")
+    if source.dtype != np.uint8:
+        raise TypeError(f"an image array must be uint8 (0-255), got {source.dtype}")
+    if not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] == 3)) or 0 in source.shape:
+        raise ValueError(f"an image array must be [H, W, 3] (RGB) or [H, W] (grey), got {list(source.shape)}")
+    return Image.fromarray(np.ascontiguousarray(source)).convert("RGB")
+
+
 # EXIF orientations that turn an image by a quarter (transposed, rotated 90 or 270 degrees, transversed).
 QUARTER_TURNS = (5, 6, 7, 8)
 

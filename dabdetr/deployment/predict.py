@@ -7,8 +7,9 @@ import torch
 from tqdm import tqdm
 
 from dabdetr.data.collate import collate_detection
-from dabdetr.data.images import ImageFiles, aspect_ratio_batches, open_image
+from dabdetr.data.images import ImageFiles, as_rgb_image, aspect_ratio_batches, open_image
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
+from dabdetr.deployment.runtime import Detector, EagerDetector
 from dabdetr.evaluation.coco_eval import to_coco_results
 from dabdetr.evaluation.plots import draw_detections
 from dabdetr.models.detector import select_detections
@@ -41,6 +42,40 @@ def detect_batch(detector, images, mask, targets, score_threshold):
         keep = scores >= score_threshold
         detections.append({"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]})
     return detections
+
+
+def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8):
+    """Detections on images in memory or on disk, with the model's own preprocessing.
+
+    detector: a DABDETR model (run eagerly) or a Detector (load_detector: an exported artifact).
+    images: one image or a list; each a PIL image, a path (read upright, as its EXIF orientation
+    says), an [H, W, 3] RGB uint8 numpy array or a [3, H, W] uint8 tensor. size / max_size as in
+    predict_images. Returns, per image (a list for a list, else one), {"scores" [n], "labels" [n]
+    int64, "boxes" [n, 4] (x0, y0, x1, y1) in the image's pixels, "names": the labels' class names
+    where the model has them, else their numbers} at or above score_threshold, highest score
+    first. A model is put in eval mode.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(detector, Detector):
+        detector = EagerDetector(detector)
+    single = not isinstance(images, (list, tuple))
+    pictures = [as_rgb_image(image) for image in ([images] if single else images)]
+    metadata = detector.metadata
+    transforms = make_transforms(False, [size or metadata["eval_size"] or COCO_EVAL_SIZE],
+                                 max_size or metadata["max_size"] or COCO_MAX_SIZE)
+    names = {int(label): name for label, name in metadata["class_names"].items()}
+    detections = []
+    for start in range(0, len(pictures), batch_size):
+        samples = [transforms(picture, {"boxes": torch.zeros(0, 4), "orig_size": torch.tensor([picture.height,
+                                                                                               picture.width])})
+                   for picture in pictures[start:start + batch_size]]
+        detections += detect_batch(detector, *collate_detection(samples), score_threshold)
+    for found in detections:
+        found["names"] = [names.get(int(label), str(int(label))) for label in found["labels"]]
+    return detections[0] if single else detections
 
 
 def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold=0.3, size=None, max_size=None,

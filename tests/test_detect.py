@@ -1,0 +1,83 @@
+"""dabdetr.detect: detections on images in memory or on disk, with the model's preprocessing."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import ExifTags, Image
+
+import dabdetr
+from dabdetr.models import DABDETR
+from dabdetr.models.config import preset
+
+TINY_MODEL = {"num_queries": 8, "num_encoder_layers": 1, "num_decoder_layers": 2, "ffn_dim": 64, "hidden_dim": 64}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).eval()
+
+
+def photo(width=80, height=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def by_hand(model, image, size):
+    """The published preprocessing written out: the shorter side to size, ImageNet normalization,
+    then the model and post_process at the image's own size."""
+    scale = size / min(image.width, image.height)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    pixels = torch.tensor(np.asarray(resized), dtype=torch.float32).permute(2, 0, 1) / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = (pixels - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        outputs = model(pixels[None])
+    return dabdetr.post_process(outputs, torch.tensor([[image.height, image.width]]))[0]
+
+
+def test_detect_equals_the_preprocessing_and_post_process_written_out(model):
+    image = photo()
+    found = dabdetr.detect(model, image, score_threshold=0.0, size=48, max_size=1000)
+    expected = by_hand(model, image, 48)
+    assert len(found["scores"]) == len(expected["scores"]) == 4 * 8  # every query x class at threshold 0
+    for key in ("scores", "labels", "boxes"):
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-5, atol=1e-4)
+    assert (found["scores"][:-1] >= found["scores"][1:]).all()
+    assert found["names"] == [str(int(label)) for label in found["labels"]]
+    kept = dabdetr.detect(model, image, score_threshold=float(expected["scores"][5]), size=48, max_size=1000)
+    assert len(kept["scores"]) >= 6 and (kept["scores"] >= expected["scores"][5]).all()
+
+
+def test_every_kind_of_image_gives_the_same_detections(model, tmp_path):
+    image = photo(64, 96, seed=1)
+    path = tmp_path / "photo.png"
+    image.save(path)
+    sideways = tmp_path / "sideways.png"  # stored turned, with the tag that turns it back
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # display = stored turned 90 degrees clockwise
+    image.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif)
+    sources = [image, str(path), sideways, np.asarray(image), torch.from_numpy(np.array(image)).permute(2, 0, 1)]
+    results = dabdetr.detect(model, sources, score_threshold=0.0, size=48, batch_size=2)
+    assert isinstance(results, list) and len(results) == len(sources)
+    for found in results:
+        torch.testing.assert_close(found["boxes"], results[0]["boxes"])
+        assert found["boxes"][:, 2].max() < 64 * 2 and found["boxes"][:, 3].max() < 96 * 2  # the upright size
+    grey = dabdetr.detect(model, np.asarray(image.convert("L")), score_threshold=0.0, size=48)
+    torch.testing.assert_close(grey["boxes"],
+                               dabdetr.detect(model, image.convert("L"), score_threshold=0.0, size=48)["boxes"])
+
+
+def test_detect_names_bad_images_and_settings(model):
+    with pytest.raises(TypeError, match="must be uint8"):
+        dabdetr.detect(model, np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"must be \[H, W, 3\] \(RGB\) or \[H, W\] \(grey\), got \[8, 8, 4\]"):
+        dabdetr.detect(model, np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"tensor must be \[3, H, W\], got \[8, 8, 3\]"):
+        dabdetr.detect(model, torch.zeros(8, 8, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="a PIL image, a path, a numpy array or a tensor, got int"):
+        dabdetr.detect(model, 3)
+    with pytest.raises(FileNotFoundError, match="image file not found: missing.jpg"):
+        dabdetr.detect(model, "missing.jpg")
+    with pytest.raises(ValueError, match="score_threshold must be in"):
+        dabdetr.detect(model, photo(), score_threshold=1.5)
