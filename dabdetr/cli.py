@@ -117,7 +117,7 @@ def run_train(args):
                         "auto --output-dir %s); exit code %d", preempted, config.output_dir, EXIT_CODE)
         raise SystemExit(EXIT_CODE)
     if distributed_rank() == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "table"}))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("table", "classes")}))
         print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
               f"{os.path.join(config.output_dir, 'detections.png')}")
 
@@ -194,6 +194,7 @@ def add_eval_parser(subparsers):
 def run_eval(args):
     from dabdetr.data import CocoDetection, build_datasets, collate_detection, load_coco, make_transforms
     from dabdetr.distributed import resolve_device
+    from dabdetr.evaluation.coco_eval import per_category_table
     from dabdetr.evaluation.evaluator import evaluate
     from dabdetr.training.config import TrainConfig
 
@@ -228,6 +229,7 @@ def run_eval(args):
     metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
                                 model.config.num_select)
     print(metrics.pop("table"), end="")
+    print(per_category_table(metrics.pop("classes")), end="")
     print(json.dumps(metrics))
     with open(args.output, "w") as f:
         json.dump(results, f)

@@ -1,5 +1,7 @@
 """Datasets, transforms, batching and COCO evaluation."""
 
+import contextlib
+import io
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import torch
 pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU "
                                          "machines unless its wheel is carried)")
 from PIL import Image
+from pycocotools.cocoeval import COCOeval
 
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load_coco, make_transforms
 from dabdetr.data import coco as coco_module
@@ -203,3 +206,30 @@ def test_image_size_disagreeing_with_its_annotation_is_an_error(coco_folder, tmp
     dataset = CocoDetection(coco, str(tmp_path / "images"), make_transforms(False, [200], 333))
     with pytest.raises(ValueError, match=f"{first['file_name']} is 10x10 but its annotation says"):
         dataset[0]
+
+
+def test_per_category_ap_equals_cocoeval_of_that_category_alone(coco_folder):
+    coco = load_coco(coco_folder[0])
+    rng = random.Random(0)
+    results = []
+    for ann in coco.dataset["annotations"]:
+        if not ann["iscrowd"]:  # each box shifted by 0 to 60 % of its width, with a random score
+            x, y, w, h = ann["bbox"]
+            results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                            "bbox": [x + w * rng.uniform(0, 0.6), y, w, h], "score": rng.random()})
+    metrics = evaluate_detections(coco, results)
+    assert len(metrics["classes"]) == len({r["category_id"] for r in results}) >= 3
+    for category_id, category in coco.cats.items():
+        alone = COCOeval(coco, coco.loadRes(results), "bbox")
+        alone.params.catIds = [category_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            alone.evaluate()
+            alone.accumulate()
+            alone.summarize()
+        if alone.stats[0] == -1:  # no ground truth of this category: not listed
+            assert category["name"] not in metrics["classes"]
+        else:
+            assert metrics["classes"][category["name"]] == pytest.approx({"AP": alone.stats[0], "AP50": alone.stats[1]})
+    aps = [v["AP"] for v in metrics["classes"].values()]
+    assert metrics["AP"] == pytest.approx(sum(aps) / len(aps)) and min(aps) < max(aps)
+    assert set(evaluate_detections(coco, [])["classes"]) == set(metrics["classes"])

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dabdetr import distributed, host_memory
 from dabdetr.data import build_datasets, collate_detection
 from dabdetr.data.batching import TrainBatchSampler
+from dabdetr.evaluation.coco_eval import per_category_table
 from dabdetr.evaluation.evaluator import evaluate
 from dabdetr.models import DABDETR
 from dabdetr.models.config import DABDETRConfig, preset
@@ -501,4 +502,5 @@ class Trainer:
                    "device": str(self.device), "world_size": self.world_size}
         atomic_write(os.path.join(self.output_dir, "metrics.json"), lambda f: json.dump(summary, f, indent=1))
         save_detection_grid(self.eval_model, self.val_set, self.device, os.path.join(self.output_dir, "detections.png"))
+        logger.info("AP of each category (metrics.json: classes):\n%s", per_category_table(metrics["classes"]))
         logger.info("wrote %s/{metrics.json, curves.png, detections.png, model/}", self.output_dir)
