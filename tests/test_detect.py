@@ -45,6 +45,9 @@ def test_detect_equals_the_preprocessing_and_post_process_written_out(model):
         torch.testing.assert_close(found[key], expected[key], rtol=1e-5, atol=1e-4)
     assert (found["scores"][:-1] >= found["scores"][1:]).all()
     assert found["names"] == [str(int(label)) for label in found["labels"]]
+    named = dabdetr.detect(model, image, score_threshold=0.0, size=48, class_names={0: "ellipse", 2: "triangle"})
+    assert named["names"] == [{0: "ellipse", 2: "triangle"}.get(int(label), str(int(label)))
+                              for label in named["labels"]] and "triangle" in named["names"]
     kept = dabdetr.detect(model, image, score_threshold=float(expected["scores"][5]), size=48, max_size=1000)
     assert len(kept["scores"]) >= 6 and (kept["scores"] >= expected["scores"][5]).all()
 

@@ -44,16 +44,17 @@ def detect_batch(detector, images, mask, targets, score_threshold):
     return detections
 
 
-def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8):
+def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None):
     """Detections on images in memory or on disk, with the model's own preprocessing.
 
     detector: a DABDETR model (run eagerly) or a Detector (load_detector: an exported artifact).
     images: one image or a list; each a PIL image, a path (read upright, as its EXIF orientation
     says), an [H, W, 3] RGB uint8 numpy array or a [3, H, W] uint8 tensor. size / max_size as in
-    predict_images. Returns, per image (a list for a list, else one), {"scores" [n], "labels" [n]
-    int64, "boxes" [n, 4] (x0, y0, x1, y1) in the image's pixels, "names": the labels' class names
-    where the model has them, else their numbers} at or above score_threshold, highest score
-    first. A model is put in eval mode.
+    predict_images. class_names: {label: name} (default: the Detector's, e.g. from
+    load_pretrained's metadata). Returns, per image (a list for a list, else one), {"scores" [n],
+    "labels" [n] int64, "boxes" [n, 4] (x0, y0, x1, y1) in the image's pixels, "names": the
+    labels' class names where known, else their numbers} at or above score_threshold, highest
+    score first. A model is put in eval mode.
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
@@ -66,7 +67,7 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
     metadata = detector.metadata
     transforms = make_transforms(False, [size or metadata["eval_size"] or COCO_EVAL_SIZE],
                                  max_size or metadata["max_size"] or COCO_MAX_SIZE)
-    names = {int(label): name for label, name in metadata["class_names"].items()}
+    names = {int(label): name for label, name in (class_names or metadata["class_names"]).items()}
     detections = []
     for start in range(0, len(pictures), batch_size):
         samples = [transforms(picture, {"boxes": torch.zeros(0, 4), "orig_size": torch.tensor([picture.height,
