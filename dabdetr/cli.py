@@ -2,6 +2,7 @@
 
     dabdetr train --preset demo --output-dir runs/demo          # synthetic shapes, CPU or GPU
     dabdetr train --preset demo --output-dir runs/demo --resume auto   # the same run, resumed (or started)
+    dabdetr train --config runs/demo/config.json --seed 1 --output-dir runs/seed1   # its settings, one changed
     torchrun --nproc_per_node 8 -m dabdetr.cli train --preset dab_detr_r50 --data-root /data/coco
     dabdetr eval runs/demo/checkpoint.pt                         # its own validation set
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
@@ -50,6 +51,8 @@ def parse_assignments(pairs, what):
 def add_train_parser(subparsers):
     parser = subparsers.add_parser("train", help="train (and evaluate) a model",
                                    description="Trains on COCO (--data-root) or the embedded synthetic shapes.")
+    parser.add_argument("--config", help="a JSON file of TrainConfig fields, all or some (a run's config.json); "
+                                         "the other options override it")
     parser.add_argument("--preset", help="model preset and its training recipe (default: demo)")
     parser.add_argument("--data-root", help="COCO root (train2017/, val2017/, annotations/); default: synthetic shapes")
     parser.add_argument("--output-dir", help="default: outputs/train, or the resumed checkpoint's directory")
@@ -79,16 +82,19 @@ def run_train(args):
     from dabdetr.training.preemption import EXIT_CODE, TrainingPreempted
     from dabdetr.training.trainer import Trainer
 
-    overrides = parse_assignments(args.train_overrides, "--set")
+    overrides = {**read_config_file(args.config), **parse_assignments(args.train_overrides, "--set")}
     for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "num_workers",
                  "seed", "preset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     model = parse_assignments(args.model_overrides, "--model")
     if model:
-        overrides["model"] = model
+        overrides["model"] = {**overrides.get("model", {}), **model}
     if args.no_progress:
         overrides["progress"] = False
+    if args.config and args.resume:
+        raise SystemExit("train: --config starts a run from its settings; a resumed run keeps its checkpoint's "
+                         "(change some with --set)")
     path, checkpoint = resume_checkpoint(args.resume, overrides.get("output_dir", TrainConfig.output_dir))
     if checkpoint is not None:
         try:
@@ -120,6 +126,23 @@ def run_train(args):
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("table", "classes")}))
         print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
               f"{os.path.join(config.output_dir, 'detections.png')}")
+
+
+def read_config_file(path):
+    """The TrainConfig fields of a --config JSON file ({} without one); errors name the file."""
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as error:
+        raise SystemExit(f"train --config: cannot read {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"train --config: {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"train --config: {path} must hold a JSON object of TrainConfig fields, "
+                         f"not a {type(values).__name__}")
+    return values
 
 
 def distributed_rank():

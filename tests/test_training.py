@@ -257,6 +257,21 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
          *settings, *[f"--model={k}={v}" for k, v in model.items()]])
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics) and 0 <= metrics["AP"] <= 1
+    assert metrics["classes"] and set(metrics["classes"]) <= {"ellipse", "rectangle", "triangle", "cross"}
+
+    # The run's settings as a file, and a new run from it with one change.
+    settings_file = json.loads((run / "config.json").read_text())
+    expected = recipe("demo", **{**TINY_RUN, "epochs": 1, "model": model}).to_dict()
+    assert settings_file == json.loads(json.dumps({k: v for k, v in expected.items() if k != "output_dir"}))
+    cli(["train", "--config", str(run / "config.json"), "--seed", "5", "--output-dir", str(tmp_path / "again")])
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == {**settings_file, "seed": 5}
+    assert from_pretrained(str(tmp_path / "again" / "model")).config.anchor_temperature == 10000.0
+    with pytest.raises(SystemExit, match="--config starts a run from its settings"):
+        cli(["train", "--config", str(run / "config.json"), "--resume", "auto"])
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(SystemExit, match="list.json must hold a JSON object of TrainConfig fields, not a list"):
+        cli(["train", "--config", str(tmp_path / "list.json")])
+
     with pytest.raises(SystemExit, match="cannot change when resuming"):
         cli(["train", "--resume", str(run / "checkpoint.pt"), "--lr", "1"])
     cli(["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "2", "--no-progress"])  # one epoch more

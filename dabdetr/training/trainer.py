@@ -7,6 +7,7 @@ Files in output_dir (written by rank 0):
                     exactly)
     checkpoint_epochNNNN.pt  the state after NNNN epochs, the newest keep_last of them
     best.pt         the same at the best AP so far
+    config.json     the run's TrainConfig but output_dir (dabdetr train --config reads it back)
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
     train.log       the text log
     curves.png      losses and AP over epochs (after each evaluation, else at most once a minute)
@@ -53,6 +54,7 @@ from dabdetr.weights.files import atomic_torch_save, atomic_write
 from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
 
 logger = logging.getLogger("dabdetr")
+CONFIG = "config.json"  # in output_dir: the run's TrainConfig, without output_dir
 LOG = "log.jsonl"  # in output_dir: one JSON record per logged step, epoch and evaluation
 
 
@@ -216,6 +218,9 @@ class Trainer:
             self._restore(checkpoint, resume_path)
         elif self.is_main:
             self._start_new_log()
+        if self.is_main:  # the settings as this process runs them (a resume may have changed some)
+            settings = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
+            atomic_write(os.path.join(self.output_dir, CONFIG), lambda f: json.dump(settings, f, indent=1))
 
         portrait = self.train_set.portrait_flags() if config.group_by_aspect_ratio else None
         self.train_batches = TrainBatchSampler(self.train_set, config.batch_size, self.world_size, self.rank,
