@@ -171,6 +171,7 @@ def test_unknown_checkpoints_raise(tmp_path):
     with pytest.raises(ValueError, match="needs config.json"):
         dabdetr.from_pretrained(str(tmp_path))
 
+
 def test_checkpoints_of_another_model_name_what_they_lack(tmp_path):
     state = pretrained.to_official_state_dict(_small())
     del state["refpoint_embed.weight"]  # as a DETR checkpoint: a backbone, no anchors
@@ -182,7 +183,6 @@ def test_checkpoints_of_another_model_name_what_they_lack(tmp_path):
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, classifier)
     with pytest.raises(ValueError, match=r"MMDetection checkpoint .* no ResNet.*first keys.*: fc.weight"):
         dabdetr.from_pretrained(str(classifier))
-
 
 
 def test_separate_decoder_box_head_is_refused(tmp_path):
