@@ -170,6 +170,10 @@ def test_unknown_checkpoints_raise(tmp_path):
         dabdetr.from_pretrained(str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="needs config.json"):
         dabdetr.from_pretrained(str(tmp_path))
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text('{"preset": "demo"}')  # a run's settings, not a model's
+    with pytest.raises(ValueError, match="run: the folder of a training run; load its model/"):
+        dabdetr.from_pretrained(str(tmp_path / "run"))
 
 
 def test_checkpoints_of_another_model_name_what_they_lack(tmp_path):
