@@ -211,6 +211,8 @@ def add_eval_parser(subparsers):
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default="detections.json", help="COCO results json to write")
+    parser.add_argument("--metrics", help="also write the metrics as json: AP, AP50, AP75, APs, APm, APl and "
+                                          "classes (AP and AP50 of each category)")
     parser.set_defaults(run=run_eval)
 
 
@@ -252,10 +254,13 @@ def run_eval(args):
     metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
                                 model.config.num_select)
     print(metrics.pop("table"), end="")
-    print(per_category_table(metrics.pop("classes")), end="")
-    print(json.dumps(metrics))
+    print(per_category_table(metrics["classes"]), end="")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "classes"}))
     with open(args.output, "w") as f:
         json.dump(results, f)
+    if args.metrics:
+        with open(args.metrics, "w") as f:
+            json.dump(metrics, f, indent=1)
     print(f"{len(results)} detections on {len(dataset)} images written to {args.output}")
 
 

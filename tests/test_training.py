@@ -278,9 +278,15 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     assert load_train_checkpoint(str(run / "checkpoint.pt"))["epoch"] == 2
 
-    cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0"])
+    cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0",
+         "--metrics", str(tmp_path / "eval_metrics.json")])
     printed = capsys.readouterr().out
     assert "Average Precision" in printed
+    evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert evaluated["AP"] == json.loads(printed.splitlines()[-2])["AP"]  # the line before the file count
+    assert set(evaluated["classes"]) <= {"ellipse", "rectangle", "triangle", "cross"} and evaluated["classes"]
+    for name, value in evaluated["classes"].items():  # the printed table shows the same numbers
+        assert f"{name:<20} {value['AP']:6.3f} {value['AP50']:6.3f}" in printed
     detections = json.loads((tmp_path / "detections.json").read_text())
     assert detections and {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
 
