@@ -1,11 +1,11 @@
-"""The pictures: ground truth and detections stay visible whatever the image colours."""
+"""The pictures: ground truth and detections stay visible whatever the image colours; AP bars as long as the AP."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dabdetr.evaluation.plots import PALETTE, draw_detections
+from dabdetr.evaluation.plots import PALETTE, draw_detections, plot_category_ap
 
 NO_DETECTIONS = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
 
@@ -48,3 +48,22 @@ def test_curves_leave_the_pyplot_backend_alone(tmp_path):
     assert matplotlib.get_backend() == "svg"
     with Image.open(tmp_path / "curves.png") as picture:
         assert picture.size == (1200, 450)
+
+
+def test_category_ap_bars_are_sorted_and_as_long_as_their_ap(tmp_path):
+    classes = {"rare": {"AP": 0.1, "AP50": 0.2}, "common": {"AP": 0.8, "AP50": 0.9}, "mid": {"AP": 0.4, "AP50": 0.6}}
+    plot_category_ap(classes, str(tmp_path / "ap.png"))
+    with Image.open(tmp_path / "ap.png") as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    blue = np.abs(pixels - (31, 119, 180)).sum(axis=2) < 30  # matplotlib's tab:blue: the AP bars
+    left = np.flatnonzero(blue.any(axis=0)).min()  # where every bar starts: AP 0
+    lengths = []  # the blue run from AP 0 in each row that has one, one entry per bar, top to bottom
+    for row in np.flatnonzero(blue[:, left]):
+        run = int(np.argmin(blue[row, left:]))
+        if lengths and row == lengths[-1][0] + 1:
+            lengths[-1] = (row, max(run, lengths[-1][1]))
+        else:
+            lengths.append((row, run))
+    lengths = [run for _, run in lengths]
+    assert len(lengths) == 3 and lengths[0] > lengths[1] > lengths[2]  # 0.8 at the top, 0.1 at the bottom
+    assert abs(lengths[0] / lengths[2] - 8) < 0.5 and abs(lengths[1] / lengths[2] - 4) < 0.3

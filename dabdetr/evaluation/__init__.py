@@ -1,6 +1,6 @@
 """Evaluation: the evaluation loop over a dataset (evaluator), COCO box AP and COCO result
-files (coco_eval), and the pictures of results: loss and AP curves, detections drawn on images
-(plots).
+files (coco_eval), and the pictures of results: loss and AP curves, the AP of each category,
+detections drawn on images (plots; written atomically).
 
 May import: dabdetr.weights, dabdetr.data, dabdetr.models, dabdetr.ops, dabdetr.box_ops,
 dabdetr.distributed. Never training, deployment or the CLI.

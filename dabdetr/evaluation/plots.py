@@ -1,15 +1,22 @@
-"""Pictures: training curves from the log records, and detections drawn on images."""
+"""Pictures: training curves from the log records, the AP of each category, and detections drawn
+on images."""
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from dabdetr.evaluation.evaluator import detect_image
+from dabdetr.weights.files import atomic_write
 
 LOSS_NAMES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 AP_NAMES = ("AP", "AP50", "AP75")
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+
+
+def save_figure(figure, path):
+    """A PNG of figure at path, written atomically (a reader never sees half a picture)."""
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100), binary=True)
 
 
 def plot_training_curves(records, path):
@@ -39,7 +46,26 @@ def plot_training_curves(records, path):
     if evals:
         ap_axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
+
+
+def plot_category_ap(classes, path):
+    """Horizontal bars of AP and AP50 per category ({name: {"AP", "AP50"}}, evaluate_detections'
+    "classes"), highest AP at the top, so that the classes a model misses stand out."""
+    ordered = sorted(classes.items(), key=lambda item: item[1]["AP"])  # barh draws bottom-up
+    figure = Figure(figsize=(7, max(2.5, 0.6 + 0.22 * len(ordered))))
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    rows = range(len(ordered))
+    axis.barh([r + 0.2 for r in rows], [v["AP50"] for _, v in ordered], height=0.4, label="AP50", color="tab:orange")
+    axis.barh([r - 0.2 for r in rows], [v["AP"] for _, v in ordered], height=0.4, label="AP", color="tab:blue")
+    axis.set_yticks(list(rows), [name for name, _ in ordered], fontsize=8)
+    axis.set(xlim=(0, 1), xlabel="COCO box AP", title=f"AP of each category ({len(ordered)})")
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_axisbelow(True)  # grid lines behind the bars
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over one
+    figure.tight_layout()
+    save_figure(figure, path)
 
 
 def draw_detections(image, detections, class_names, score_threshold=0.3, ground_truth=None):
@@ -92,4 +118,4 @@ def save_detection_grid(model, dataset, device, path, **options):
     """detection_grid(...) written as a PNG at path (nothing for an empty dataset)."""
     grid = detection_grid(model, dataset, device, **options)
     if grid is not None:
-        grid.save(path)
+        atomic_write(path, lambda f: grid.save(f, format="PNG"), binary=True)

@@ -11,7 +11,8 @@ Files in output_dir (written by rank 0):
     log.jsonl       one JSON record per line: "train" (every log_every steps), "epoch", "eval"
     train.log       the text log
     curves.png      losses and AP over epochs (after each evaluation, else at most once a minute)
-    metrics.json    the final evaluation (AP, AP50, AP75, APs, APm, APl as fractions)
+    metrics.json    the final evaluation (AP, AP50, AP75, APs, APm, APl as fractions; classes: each category's)
+    category_ap.png the final AP and AP50 of each category
     detections.png  predictions on held-out images
     model/          the final model for dabdetr.from_pretrained
     tensorboard/    with tensorboard=True: the log.jsonl numbers and the evaluation pictures
@@ -496,7 +497,7 @@ class Trainer:
 
     def write_outputs(self, metrics):
         """metrics.json, detections.png and model/ at the end of training."""
-        from dabdetr.evaluation.plots import save_detection_grid
+        from dabdetr.evaluation.plots import plot_category_ap, save_detection_grid
 
         self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
         summary = {**metrics, "epochs": self.config.epochs,
@@ -508,4 +509,5 @@ class Trainer:
         atomic_write(os.path.join(self.output_dir, "metrics.json"), lambda f: json.dump(summary, f, indent=1))
         save_detection_grid(self.eval_model, self.val_set, self.device, os.path.join(self.output_dir, "detections.png"))
         logger.info("AP of each category (metrics.json: classes):\n%s", per_category_table(metrics["classes"]))
-        logger.info("wrote %s/{metrics.json, curves.png, detections.png, model/}", self.output_dir)
+        plot_category_ap(metrics["classes"], os.path.join(self.output_dir, "category_ap.png"))
+        logger.info("wrote %s/{metrics.json, curves.png, category_ap.png, detections.png, model/}", self.output_dir)
