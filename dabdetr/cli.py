@@ -124,8 +124,8 @@ def run_train(args):
         raise SystemExit(EXIT_CODE)
     if distributed_rank() == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("table", "classes")}))
-        print(f"pictures: {os.path.join(config.output_dir, 'curves.png')}, "
-              f"{os.path.join(config.output_dir, 'detections.png')}")
+        print("pictures: " + ", ".join(os.path.join(config.output_dir, name)
+                                       for name in ("curves.png", "category_ap.png", "detections.png")))
 
 
 def read_config_file(path):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's main command. Sets everything up (virtual environment, torch, the extension),
 # then trains the demo DAB-DETR on the embedded synthetic shapes, evaluates it with COCOeval and
-# writes the pictures: $OUT/curves.png (losses, AP), $OUT/detections.png (held-out images),
+# writes the pictures: $OUT/curves.png (losses, AP), $OUT/category_ap.png (AP of each shape),
+# $OUT/detections.png (held-out images),
 # $OUT/metrics.json. Uses the GPU when torch sees one. Extra arguments go to `dabdetr train`.
 # DABDETR_NO_VENV=1 skips the set-up and runs with the python3 at hand, whose torch must already
 # see the extension built in place (the offline GPU machine: benchmarks/run_gpu_suite.sh demo).
@@ -20,5 +21,5 @@ start=$(date +%s)
 $PY -m dabdetr train --preset demo --output-dir "$OUT" "$@"
 echo "== demo finished in $(( $(date +%s) - start )) s"
 echo "== metrics:    $OUT/metrics.json"
-echo "== pictures:   $OUT/curves.png  $OUT/detections.png"
+echo "== pictures:   $OUT/curves.png  $OUT/category_ap.png  $OUT/detections.png"
 echo "== the model:  $OUT/model  (dabdetr predict $OUT/model your_image.png)"
