@@ -10,7 +10,7 @@
     dabdetr eval dab-detr-r50 --data-root /data/coco             # one of them on COCO val2017
     dabdetr predict runs/demo/model photos/ --output-dir predictions/ --save-images
     dabdetr export runs/demo/model model.onnx --format onnx      # also torch-export, aoti (.pt2)
-    dabdetr predict model.onnx 'photos/*.jpg' --runtime onnx --batch-size 8
+    dabdetr predict model.onnx 'photos/*.jpg' --batch-size 8   # the runtime from the file (--runtime)
     dabdetr convert dab_detr_r50.pth converted/ --to dabdetr
     dabdetr convert runs/demo/model hf_model/ --to huggingface
 """
@@ -181,16 +181,6 @@ def load_model(path, device):
     return model.to(device), metadata
 
 
-def training_eval_sizes(metadata):
-    """(eval_size, max_size) of a training checkpoint's run; (None, None) for other checkpoints."""
-    from dabdetr.training.config import TrainConfig
-
-    if metadata["train_config"] is None:
-        return None, None
-    train_config = TrainConfig.from_dict(metadata["train_config"])
-    return train_config.eval_size, train_config.max_size
-
-
 def add_eval_parser(subparsers):
     parser = subparsers.add_parser("eval", help="COCO box AP of a model on a COCO-format set")
     parser.add_argument("checkpoint", help="any checkpoint from_pretrained reads: a training checkpoint, a "
@@ -286,10 +276,11 @@ def add_predict_parser(subparsers):
     from dabdetr.deployment.runtime import RUNTIMES
 
     parser = subparsers.add_parser("predict", help="detect objects in images: COCO results JSON, annotated PNGs")
-    parser.add_argument("model", help="--runtime eager: any checkpoint from_pretrained reads; otherwise the file "
-                                      "`dabdetr export` wrote")
+    parser.add_argument("model", help="any checkpoint from_pretrained reads (run eagerly), or a file `dabdetr "
+                                      "export` wrote (.onnx, .pt2)")
     parser.add_argument("images", nargs="+", help="image files, folders and glob patterns")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="eager")
+    parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
+                        help="auto: eager for a checkpoint, the artifact's own runtime for an exported file")
     parser.add_argument("--output-dir", default="predictions",
                         help="gets detections.json (COCO results), images.json (their image ids) and, with "
                              "--save-images, one PNG per image")
@@ -298,9 +289,10 @@ def add_predict_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward (grouped by aspect ratio)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=None,
-                        help=f"shorter side the model sees (default: the training size of a training checkpoint "
-                             f"or an export of one, else {COCO_EVAL_SIZE})")
-    parser.add_argument("--max-size", type=int, default=None, help=f"longer side cap (default {COCO_MAX_SIZE})")
+                        help=f"shorter side the model sees (default: the size it was evaluated at in training, "
+                             f"kept in training checkpoints, model directories and exports; else {COCO_EVAL_SIZE})")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help=f"longer side cap (default: as --size, else {COCO_MAX_SIZE})")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="leave out (with a warning) images that cannot be read, instead of stopping")
     parser.add_argument("--device", default="auto")
@@ -311,11 +303,12 @@ def add_predict_parser(subparsers):
 def run_predict(args):
     from dabdetr.data.images import list_images
     from dabdetr.deployment.predict import predict_images
+    from dabdetr.deployment.runtime import load_detector
     from dabdetr.distributed import resolve_device
 
     paths = list_images(args.images)
     device = resolve_device(args.device)
-    detector = load_detector_for(args.model, args.runtime, device)
+    detector = load_detector(args.model, args.runtime, device)
     os.makedirs(args.output_dir, exist_ok=True)
     picture_dir = args.output_dir if args.save_images else None
     results, images = predict_images(detector, paths, args.batch_size, args.num_workers, args.score_threshold,
@@ -327,18 +320,6 @@ def run_predict(args):
     skipped = f" ({len(paths) - len(images)} unreadable ones skipped)" if len(images) < len(paths) else ""
     print(f"{len(results)} detections (score >= {args.score_threshold}) in {len(images)} images{skipped}: "
           f"{args.output_dir}/detections.json{' and one PNG per image' if args.save_images else ''}")
-
-
-def load_detector_for(path, runtime, device):
-    """A dabdetr.deployment.runtime.Detector: the eager model of any checkpoint, or an exported artifact."""
-    from dabdetr.deployment.runtime import EagerDetector, load_detector
-
-    if runtime != "eager":
-        return load_detector(path, runtime, device)
-    if path.endswith((".onnx", ".pt2")):
-        raise ValueError(f"{path} is an exported model: run it with --runtime onnx, torch-export or aoti")
-    model, metadata = load_model(path, device)
-    return EagerDetector(model, metadata["class_names"], *training_eval_sizes(metadata))
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -366,7 +347,7 @@ def run_export(args):
     if not args.output.endswith(suffix):
         raise ValueError(f"export --format {args.format} writes a {suffix} file; got output {args.output}")
     model, metadata = load_model(args.model, torch.device("cpu"))
-    export(model, args.output, args.format, metadata["class_names"], *training_eval_sizes(metadata),
+    export(model, args.output, args.format, metadata["class_names"], metadata["eval_size"], metadata["max_size"],
            postprocess=args.with_postprocess)
     print(f"wrote {args.output} ({args.format}{', with post-processing' if args.with_postprocess else ''})")
 
@@ -402,7 +383,7 @@ def run_convert(args):
         raise SystemExit(f"convert: --timm-backbone applies to --to huggingface only, not --to {args.to}")
     model, metadata = load_pretrained(args.source, source=args.source_format)
     if args.to == "dabdetr":
-        model.save_pretrained(args.destination, metadata["class_names"])
+        model.save_pretrained(args.destination, metadata["class_names"], metadata["eval_size"], metadata["max_size"])
     elif args.to == "huggingface":
         save_huggingface(model, args.destination, metadata["class_names"], args.timm_backbone)
     elif args.to == "official":

@@ -6,6 +6,7 @@ import torch
 from PIL import ExifTags, Image
 
 import dabdetr
+from dabdetr.deployment.runtime import load_detector
 from dabdetr.models import DABDETR
 from dabdetr.models.config import preset
 
@@ -84,3 +85,12 @@ def test_detect_names_bad_images_and_settings(model):
         dabdetr.detect(model, "missing.jpg")
     with pytest.raises(ValueError, match="score_threshold must be in"):
         dabdetr.detect(model, photo(), score_threshold=1.5)
+
+
+def test_load_detector_tells_checkpoints_from_exports():
+    with pytest.raises(ValueError, match="model.onnx is an exported model: run it with runtime onnx"):
+        load_detector("model.onnx", runtime="eager")
+    with pytest.raises(ValueError, match="runtime must be 'auto' or one of"):
+        load_detector("model.onnx", runtime="tensorrt")
+    with pytest.raises(FileNotFoundError, match="no exported model at missing.pt2"):
+        load_detector("missing.pt2")

@@ -263,8 +263,7 @@ def test_cli_predict_onnx_runtime_matches_eager(trained_demo, tmp_path, capsys):
     common = ["--size", "64", "--max-size", "128", "--score-threshold", "0", "--batch-size", "2",
               "--num-workers", "0", "--no-progress"]
     cli(["predict", str(trained_demo), str(folder), "--output-dir", str(tmp_path / "eager"), "--save-images", *common])
-    cli(["predict", str(onnx_path), str(folder / "*.png"), "--runtime", "onnx", "--output-dir",
-         str(tmp_path / "onnx"), *common])
+    cli(["predict", str(onnx_path), str(folder / "*.png"), "--output-dir", str(tmp_path / "onnx"), *common])
     eager = json.loads((tmp_path / "eager" / "detections.json").read_text())
     exported = json.loads((tmp_path / "onnx" / "detections.json").read_text())
 
@@ -320,6 +319,8 @@ def test_export_and_load_errors(demo_model, tmp_path, caplog):
         cli(["export", str(picture), str(tmp_path / "m.pt2"), "--format", "onnx"])
     assert "export --format onnx writes a .onnx file" in caplog.text
     with pytest.raises(ValueError, match="not an exported model"):
+        runtime.load_detector(str(picture), runtime="torch-export")
+    with pytest.raises(ValueError, match="photo.jpg: not a checkpoint"):  # auto: neither .onnx nor .pt2
         runtime.load_detector(str(picture))
     with pytest.raises(ValueError, match="no dabdetr export metadata"):
         foreign = tmp_path / "foreign.onnx"

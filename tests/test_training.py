@@ -19,6 +19,7 @@ pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycoco
 
 from coco_fixture import write_coco_folder
 
+import dabdetr
 from dabdetr import from_pretrained
 from dabdetr.cli import main as cli
 from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, make_transforms
@@ -301,6 +302,15 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert predictions and {p["image_id"] for p in predictions} == {0}
     assert {p["category_id"] for p in predictions} <= {0, 1, 2, 3}  # the four shapes' class indices
     assert (tmp_path / "predicted" / "shapes.png").exists()
+    # The model directory keeps the size the run evaluated at, so prediction needs no --size (the
+    # default, COCO's 800, is far from what a 64-pixel model saw), and neither does a copy of it.
+    assert json.loads((run / "model" / "config.json").read_text())["eval_size"] == TINY_RUN["eval_size"]
+    cli(["convert", str(run / "model"), str(tmp_path / "copy"), "--to", "dabdetr"])
+    by_hand = dabdetr.detect(from_pretrained(str(run / "model")), str(image_path), 0.0, size=64, max_size=64)
+    for source in (run / "model", tmp_path / "copy", run / "checkpoint.pt"):
+        torch.testing.assert_close(dabdetr.detect(str(source), str(image_path), 0.0)["boxes"], by_hand["boxes"])
+    assert not torch.allclose(dabdetr.detect(from_pretrained(str(run / "model")), str(image_path), 0.0)["boxes"],
+                              by_hand["boxes"])
 
     official = tmp_path / "not" / "yet" / "official.pth"  # folders that do not exist are made
     cli(["convert", str(run / "checkpoint.pt"), str(official), "--to", "official"])

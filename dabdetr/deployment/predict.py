@@ -9,7 +9,7 @@ from tqdm import tqdm
 from dabdetr.data.collate import collate_detection
 from dabdetr.data.images import ImageFiles, as_rgb_image, aspect_ratio_batches, open_image
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
-from dabdetr.deployment.runtime import Detector, EagerDetector
+from dabdetr.deployment.runtime import Detector, EagerDetector, load_detector
 from dabdetr.evaluation.coco_eval import to_coco_results
 from dabdetr.evaluation.plots import draw_detections
 from dabdetr.models.detector import select_detections
@@ -47,7 +47,9 @@ def detect_batch(detector, images, mask, targets, score_threshold):
 def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None):
     """Detections on images in memory or on disk, with the model's own preprocessing.
 
-    detector: a DABDETR model (run eagerly) or a Detector (load_detector: an exported artifact).
+    detector: a Detector (load_detector), a checkpoint's path or a published model's name
+    (load_detector: with its class names and evaluation size), or a DABDETR model (run eagerly;
+    it carries no evaluation size: COCO's 800 / 1333 unless size / max_size say otherwise).
     images: one image or a list; each a PIL image, a path (read upright, as its EXIF orientation
     says), an [H, W, 3] RGB uint8 numpy array or a [3, H, W] uint8 tensor. size / max_size as in
     predict_images. class_names: {label: name} (default: the Detector's, e.g. from
@@ -60,7 +62,9 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
         raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not isinstance(detector, Detector):
+    if isinstance(detector, (str, os.PathLike)):
+        detector = load_detector(detector)
+    elif not isinstance(detector, Detector):
         detector = EagerDetector(detector)
     single = not isinstance(images, (list, tuple))
     pictures = [as_rgb_image(image) for image in ([images] if single else images)]

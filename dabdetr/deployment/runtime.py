@@ -2,6 +2,7 @@
 in ONNX Runtime, as a torch.export program, or as an AOTInductor package.
 
     detector = load_detector("model.onnx")             # kind from the file: onnx, torch-export, aoti
+    detector = load_detector("runs/demo/model")        # any checkpoint, run eagerly
     outputs = detector(images, mask)                   # {"logits": ..., "boxes": ...}
     detector.metadata["class_names"], detector.metadata["eval_size"]
 
@@ -17,6 +18,7 @@ import torch
 
 from dabdetr.deployment.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
 from dabdetr.models.detector import checked_inputs
+from dabdetr.weights.pretrained import load_pretrained
 
 RUNTIMES = ("eager", "onnx", "torch-export", "aoti")
 
@@ -123,9 +125,17 @@ def artifact_kind(path):
 
 
 def load_detector(path, runtime="auto", device="cpu"):
-    """The Detector of an exported artifact; runtime "auto" reads its kind from the file."""
-    if runtime not in ("auto", *RUNTIMES[1:]):
-        raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES[1:]} for an exported model, got {runtime!r}")
+    """The Detector of path: an exported artifact (.onnx, .pt2), whose kind "auto" reads from the
+    file, or (runtime "auto" or "eager") any checkpoint load_pretrained reads, run eagerly with
+    its class names and the image sizes it was evaluated at."""
+    if runtime not in ("auto", *RUNTIMES):
+        raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES}, got {runtime!r}")
+    exported = os.fspath(path).endswith((".onnx", ".pt2"))
+    if runtime == "eager" and exported:
+        raise ValueError(f"{path} is an exported model: run it with runtime onnx, torch-export or aoti (or auto)")
+    if runtime == "eager" or (runtime == "auto" and not exported):
+        model, metadata = load_pretrained(os.fspath(path))
+        return EagerDetector(model.to(device), metadata["class_names"], metadata["eval_size"], metadata["max_size"])
     kind = artifact_kind(path)
     if runtime not in ("auto", kind):
         raise ValueError(f"{path} is a {kind} artifact, not one for runtime {runtime!r}")

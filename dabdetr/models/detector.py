@@ -23,9 +23,9 @@ class DABDETR(nn.Module):
     dn_outputs (training with denoising, when the batch has objects): the same for the denoising
     queries, over [B * dn_groups, n] of them, plus "padding" [B * dn_groups, n] and "groups".
 
-    model.save_pretrained(directory, class_names=None) writes config.json and model.pt, which
-    dabdetr.from_pretrained(directory) loads back; dabdetr.weights gives the model this method, so
-    that the model never imports its saving code.
+    model.save_pretrained(directory, class_names=None, eval_size=None, max_size=None) writes
+    config.json and model.pt, which dabdetr.from_pretrained(directory) loads back; dabdetr.weights
+    gives the model this method, so that the model never imports its saving code.
     """
 
     def __init__(self, config: DABDETRConfig):

@@ -499,7 +499,8 @@ class Trainer:
         """metrics.json, detections.png and model/ at the end of training."""
         from dabdetr.evaluation.plots import plot_category_ap, save_detection_grid
 
-        self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names)
+        self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names,
+                                        self.config.eval_size, self.config.max_size)
         summary = {**metrics, "epochs": self.config.epochs,
                    "epoch_steps": self.time_budget.epoch_steps if self.time_budget is not None else None,
                    "preset": self.config.preset,

@@ -117,10 +117,10 @@ def _class_names(stored):
 def _load_source(path, source, checkpoint=None):
     """(our state dict, config values, metadata) of a checkpoint; checkpoint: the file's content
     if already read. metadata: see load_pretrained."""
-    no_metadata = {"class_names": {}, "train_config": None}
+    no_metadata = {"class_names": {}, "train_config": None, "eval_size": None, "max_size": None}
     if source == "dabdetr":
-        state, config, class_names = native.read_model_directory(path)
-        return state, config, {**no_metadata, "class_names": class_names}
+        state, config, stored = native.read_model_directory(path)
+        return state, config, {**no_metadata, **stored}
     if source == "huggingface":
         with open(os.path.join(path, native.CONFIG_FILE)) as f:
             hf = json.load(f)
@@ -133,8 +133,9 @@ def _load_source(path, source, checkpoint=None):
     if source == "dabdetr-train":
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: source='dabdetr-train' expects a checkpoint written by `dabdetr train`")
-        metadata = {"class_names": _class_names(checkpoint.get("class_names")),
-                    "train_config": checkpoint["train_config"]}
+        train_config = checkpoint["train_config"]
+        metadata = {"class_names": _class_names(checkpoint.get("class_names")), "train_config": train_config,
+                    "eval_size": train_config.get("eval_size"), "max_size": train_config.get("max_size")}
         # A run with ema_decay evaluated (and chose best.pt by) its moving average: serve that.
         return checkpoint.get("ema_model") or checkpoint["model"], checkpoint["model_config"], metadata
     key = "model" if source == "official" else "state_dict"
@@ -196,8 +197,10 @@ def resolve_checkpoint(path, source="auto", revision=None):
 def load_pretrained(path, source="auto", revision=None, **overrides):
     """(model, metadata): from_pretrained's model, with the checkpoint read once, and what it
     says besides the weights: metadata["class_names"] {label: name} (stored by dabdetr or in a
-    Hugging Face config; {} otherwise) and metadata["train_config"] (a TrainConfig dict for
-    training checkpoints, else None).
+    Hugging Face config; {} otherwise), metadata["train_config"] (a TrainConfig dict for
+    training checkpoints, else None), and metadata["eval_size"], metadata["max_size"]: the image
+    sizes the model was evaluated at (a dabdetr directory's or a training run's; None: unknown,
+    COCO's 800 and 1333 serve).
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
