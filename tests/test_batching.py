@@ -66,11 +66,11 @@ def test_a_mid_epoch_resume_continues_the_epochs_batches():
     assert list(resumed) == whole[3:] and len(resumed) == len(whole) - 3
 
 
-def test_coco_portrait_flags_come_from_the_annotated_sizes():
+def test_coco_portrait_flags_come_from_the_annotated_sizes(tmp_path):
     annotations = {"images": [{"id": 1, "width": 640, "height": 480, "file_name": "a.jpg"},
                               {"id": 2, "width": 480, "height": 640, "file_name": "b.jpg"},
                               {"id": 3, "width": 500, "height": 500, "file_name": "c.jpg"},
                               {"id": 4, "file_name": "d.jpg"}],
                    "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
-    dataset = CocoDetection(annotations, "images", transforms=None)
+    dataset = CocoDetection(annotations, str(tmp_path), transforms=None)  # no image is read
     assert dataset.portrait_flags() == [False, True, False, False]
