@@ -12,6 +12,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
+# What PIL raises for a file it cannot read: not an image, truncated, or past its size limit.
+UNREADABLE = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -45,7 +48,7 @@ def open_image(path, upright=False):
     try:
         with Image.open(path) as image:
             return to_rgb(ImageOps.exif_transpose(image) if upright else image, path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UNREADABLE as error:
         raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
@@ -96,7 +99,7 @@ def image_size(path):
             if image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
                 return image.width, image.height
             return image.height, image.width
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UNREADABLE as error:
         raise ValueError(f"cannot decode image {path}: {error}") from None
 
 

@@ -44,6 +44,19 @@ def detect_batch(detector, images, mask, targets, score_threshold):
     return detections
 
 
+def prediction_transforms(metadata, score_threshold, size=None, max_size=None):
+    """The evaluation transforms of a detector's images, after checking the settings of a
+    prediction: score_threshold in [0, 1]; size / max_size (the shorter side the model sees and
+    the cap of the longer side) positive, default the detector's metadata, else COCO's."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
+    for name, value in (("size", size), ("max_size", max_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of pixels (None: the default), got {value}")
+    return make_transforms(False, [size or metadata["eval_size"] or COCO_EVAL_SIZE],
+                           max_size or metadata["max_size"] or COCO_MAX_SIZE)
+
+
 def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None):
     """Detections on images in memory or on disk, with the model's own preprocessing.
 
@@ -58,8 +71,6 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
     labels' class names where known, else their numbers} at or above score_threshold, highest
     score first. A model is put in eval mode.
     """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(detector, (str, os.PathLike)):
@@ -68,10 +79,8 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
         detector = EagerDetector(detector)
     single = not isinstance(images, (list, tuple))
     pictures = [as_rgb_image(image) for image in ([images] if single else images)]
-    metadata = detector.metadata
-    transforms = make_transforms(False, [size or metadata["eval_size"] or COCO_EVAL_SIZE],
-                                 max_size or metadata["max_size"] or COCO_MAX_SIZE)
-    names = {int(label): name for label, name in (class_names or metadata["class_names"]).items()}
+    transforms = prediction_transforms(detector.metadata, score_threshold, size, max_size)
+    names = {int(label): name for label, name in (class_names or detector.metadata["class_names"]).items()}
     detections = []
     for start in range(0, len(pictures), batch_size):
         samples = [transforms(picture, {"boxes": torch.zeros(0, 4), "orig_size": torch.tensor([picture.height,
@@ -95,15 +104,8 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     bbox xywh in original pixels, score) at or above score_threshold, and the COCO "images"
     entries (id, file_name, height, width) of the images read, which their image ids refer to.
     """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
-    for name, value in (("size", size), ("max_size", max_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive number of pixels (None: the default), got {value}")
     metadata = detector.metadata
-    size = size or metadata["eval_size"] or COCO_EVAL_SIZE
-    max_size = max_size or metadata["max_size"] or COCO_MAX_SIZE
-    dataset = ImageFiles(paths, make_transforms(False, [size], max_size), skip_bad_images)
+    dataset = ImageFiles(paths, prediction_transforms(metadata, score_threshold, size, max_size), skip_bad_images)
     batches = aspect_ratio_batches(dataset.sizes, batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                          collate_fn=collate_readable, pin_memory=detector.device.type == "cuda")
