@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the release artifacts from this checkout and checks that each installs and works in a
-# fresh virtual environment: the sdist (python -m build --sdist), installed from source with
-# --no-build-isolation, and the wheel (python -m build --wheel). A source file missing from the
-# sdist makes its install fail here. Expects the project's virtual environment to be active
-# (torch, build); the fresh one gets the same torch version and the runtime dependencies.
+# Builds the release artifacts from this checkout and checks that they install and work in a
+# fresh virtual environment: the sdist, then the wheel built from the unpacked sdist (what pip
+# does when it installs the sdist, so a source file missing from the sdist fails the wheel's
+# build here), and the wheel installed and run. The extension is compiled once.
+# Expects the project's virtual environment to be active (torch, build); the fresh one gets the
+# same torch version and the runtime dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIST=${DIST:-build-release/dist}
@@ -11,9 +12,9 @@ FRESH=${FRESH:-build-release/venv}
 rm -rf "$DIST" "$FRESH"
 TORCH_VERSION=$(python -c "import torch; print(torch.__version__.split('+')[0])")
 
-echo "== sdist and wheel"
-python -m build --sdist --no-isolation --outdir "$DIST" . >build-release.log 2>&1 || { tail -30 build-release.log; exit 1; }
-python -m build --wheel --no-isolation --outdir "$DIST" . >>build-release.log 2>&1 || { tail -30 build-release.log; exit 1; }
+echo "== the sdist, and the wheel built from it"
+# Without --sdist or --wheel, build makes the sdist and then the wheel from its unpacked copy.
+python -m build --no-isolation --outdir "$DIST" . >build-release.log 2>&1 || { tail -30 build-release.log; exit 1; }
 ls -l "$DIST"
 
 echo "== a fresh environment with torch==$TORCH_VERSION"
@@ -36,10 +37,6 @@ PY
   )
 }
 
-echo "== install the sdist (compiles the extension from its sources)"
-"$FRESH/bin/python" -m pip install -q --no-build-isolation "$DIST"/dabdetr-*.tar.gz
-smoke
-"$FRESH/bin/python" -m pip uninstall -q -y dabdetr
 echo "== install the wheel"
 "$FRESH/bin/python" -m pip install -q "$DIST"/dabdetr-*.whl
 smoke

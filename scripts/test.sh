@@ -28,5 +28,6 @@ step bash scripts/check_release.sh
 step bash scripts/build_cuda_emulator.sh  # the CUDA kernels' tests run on it (impl="cuda_emulated")
 step bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
 step bash scripts/check_cpu_sanitizers.sh  # the CPU kernels under ASan + UBSan
-# Last, so that its summary (with its own time) closes the output.
-DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q tests "$@"
+# Last, so that its summary (with its own time) closes the output; the slowest tests before it
+# say where the suite's time goes.
+DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q --durations=15 tests "$@"
