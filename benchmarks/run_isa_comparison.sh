@@ -9,7 +9,7 @@
 #                                 (AVX2_ONLY below: an AVX2-only CPU reproduced), glibc's allocator
 #                                 and --keep-memory: issue 28's targets on such a CPU
 #   demo_step_profile_*           profile_demo_step.py, the best path, then with AVX2_ONLY
-#   demo_seed42/, demo_seed2/     bash scripts/demo.sh on the best path, two seeds (about 30 minutes)
+#   demo_seed42/, demo_seed2/     bash scripts/demo.sh on the best path, two seeds (25 minutes on 2 cores)
 #
 #   bash benchmarks/run_isa_comparison.sh [--no-demo]
 # Run it alone on the machine: the timings are only comparable without other load.
