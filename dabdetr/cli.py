@@ -208,6 +208,7 @@ def add_eval_parser(subparsers):
 
 def run_eval(args):
     from dabdetr.data import CocoDetection, build_datasets, collate_detection, load_coco, make_transforms
+    from dabdetr.data.worker_logging import WorkerLogHandlers
     from dabdetr.distributed import resolve_device
     from dabdetr.evaluation.coco_eval import per_category_table
     from dabdetr.evaluation.evaluator import evaluate
@@ -240,7 +241,7 @@ def run_eval(args):
             raise SystemExit(f"eval: the model has {model.config.num_classes} logits but the dataset needs "
                              f"{dataset.num_classes} ({mapping} labels)")
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.num_workers,
-                                         collate_fn=collate_detection)
+                                         collate_fn=collate_detection, worker_init_fn=WorkerLogHandlers())
     metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
                                 model.config.num_select)
     print(metrics.pop("table"), end="")

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -20,6 +21,7 @@ from dabdetr.data import CocoDetection, SyntheticShapes, collate_detection, load
 from dabdetr.data import coco as coco_module
 from dabdetr.data import transforms as T
 from dabdetr.data.synthetic import synthetic_coco
+from dabdetr.data.worker_logging import WorkerLogHandlers
 from dabdetr.evaluation.coco_eval import evaluate_detections
 
 
@@ -195,6 +197,38 @@ def test_missing_and_corrupt_images_give_errors_naming_the_file(tmp_path):
     os.remove(tmp_path / data["images"][0]["file_name"])
     with pytest.raises(FileNotFoundError, match=data["images"][0]["file_name"]):
         dataset[0]
+
+
+def spawned_loader_log(tmp_path, worker_init_fn):
+    """What a skipped image's warning, logged in a spawned loader worker, leaves in a log file that
+    the main process's "dabdetr" logger writes to."""
+    data = synthetic_coco(2, seed=0)
+    Image.new("RGB", (data["images"][0]["width"], data["images"][0]["height"])).save(
+        tmp_path / data["images"][0]["file_name"])
+    (tmp_path / data["images"][1]["file_name"]).write_bytes(b"not an image")
+    dataset = CocoDetection(load_coco(data), str(tmp_path), make_transforms(False, [64], 64), skip_bad_images=True)
+    path = tmp_path / f"run{len(list(tmp_path.glob('run*.log')))}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("from the worker: %(levelname)s %(message)s"))
+    logger = logging.getLogger("dabdetr")
+    logger.addHandler(handler)
+    try:
+        loader = torch.utils.data.DataLoader(dataset, 2, num_workers=1, collate_fn=collate_detection,
+                                             multiprocessing_context="spawn", worker_init_fn=worker_init_fn)
+        assert [len(targets) for _, _, targets in loader] == [1]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    return path.read_text()
+
+
+def test_spawned_loader_workers_log_to_the_main_process_handlers(tmp_path):
+    """Under spawn or forkserver (macOS's default, Linux's from Python 3.14) a worker inherits no
+    log handler: without WorkerLogHandlers a skipped image is missing from the run's log."""
+    expected = ("from the worker: WARNING skipping an unreadable image (skip_bad_images): "
+                f"cannot decode image {tmp_path}")
+    assert expected not in spawned_loader_log(tmp_path, None)
+    assert expected in spawned_loader_log(tmp_path, WorkerLogHandlers())
 
 
 def test_image_size_disagreeing_with_its_annotation_is_an_error(coco_folder, tmp_path):

@@ -670,6 +670,23 @@ def test_bad_images_stop_training_or_are_skipped_and_counted(tmp_path):
     assert epoch["images_per_s"] > 0 and epoch["peak_memory_mb"] > 0
 
 
+def test_a_spawned_loader_worker_names_the_image_it_skips_in_the_run_log(tmp_path):
+    """The training loader started by spawn (macOS's default; Linux's forkserver from Python
+    3.14 likewise): the worker's warning reaches the handler the main process logs the run to."""
+    write_coco_folder(tmp_path / "coco", count=8, bad=(3,))
+    trainer = Trainer(tiny_config(tmp_path / "run", num_workers=1, **coco_run(tmp_path / "coco", skip_bad_images=True)))
+    trainer.train_loader.multiprocessing_context = "spawn"
+    handler = logging.FileHandler(tmp_path / "run.log")
+    logging.getLogger("dabdetr").addHandler(handler)
+    try:
+        trainer.train_epoch(0)
+    finally:
+        logging.getLogger("dabdetr").removeHandler(handler)
+        handler.close()
+    assert re.search(r"skipping an unreadable image \(skip_bad_images\): cannot decode image \S+000004\.png",
+                     (tmp_path / "run.log").read_text())
+
+
 def test_a_data_root_of_another_layout_is_named_before_any_image_is_read(tmp_path):
     write_coco_folder(tmp_path / "coco", count=2)
     with pytest.raises(FileNotFoundError, match=r"coco/train2017 not found: data_root holds COCO's layout .*"

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from dabdetr.data.collate import collate_detection
 from dabdetr.data.images import ImageFiles, as_rgb_image, aspect_ratio_batches, open_image
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
+from dabdetr.data.worker_logging import WorkerLogHandlers
 from dabdetr.deployment.runtime import Detector, EagerDetector, load_detector
 from dabdetr.evaluation.coco_eval import to_coco_results
 from dabdetr.evaluation.plots import draw_detections
@@ -108,7 +109,8 @@ def predict_images(detector, paths, batch_size=8, num_workers=2, score_threshold
     dataset = ImageFiles(paths, prediction_transforms(metadata, score_threshold, size, max_size), skip_bad_images)
     batches = aspect_ratio_batches(dataset.sizes, batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         collate_fn=collate_readable, pin_memory=detector.device.type == "cuda")
+                                         collate_fn=collate_readable, pin_memory=detector.device.type == "cuda",
+                                         worker_init_fn=WorkerLogHandlers())
     ids = [image_id(path, index) for index, path in enumerate(dataset.paths)]
     if len(set(ids)) != len(ids):  # numbered names that collide (a/1.jpg, b/1.jpg): number by position
         ids = list(range(len(ids)))

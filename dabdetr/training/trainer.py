@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from dabdetr import distributed, host_memory
 from dabdetr.data import build_datasets, collate_detection
 from dabdetr.data.batching import TrainBatchSampler
+from dabdetr.data.worker_logging import WorkerLogHandlers
 from dabdetr.evaluation.coco_eval import per_category_table
 from dabdetr.evaluation.evaluator import evaluate
 from dabdetr.models import DABDETR
@@ -122,6 +123,13 @@ def lr_scheduler(optimizer, config: TrainConfig):
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_drop)
+
+
+def start_loader_worker(main_pid, log_handlers, worker_id):
+    """worker_init_fn of the training loaders: the run's log handlers (where a spawned worker
+    lacks them) and the preemption signals left to the main process (main_pid)."""
+    log_handlers(worker_id)
+    ignore_preemption_signals(main_pid, worker_id)
 
 
 class Trainer:
@@ -227,7 +235,8 @@ class Trainer:
         self.train_batches = TrainBatchSampler(self.train_set, config.batch_size, self.world_size, self.rank,
                                                config.seed, portrait)
         self.val_sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
-        worker_init = functools.partial(ignore_preemption_signals, os.getpid()) if config.num_workers else None
+        worker_init = (functools.partial(start_loader_worker, os.getpid(), WorkerLogHandlers())
+                       if config.num_workers else None)
         workers = {"num_workers": config.num_workers, "collate_fn": collate_detection,
                    "pin_memory": self.device.type == "cuda", "worker_init_fn": worker_init}
         # The loader's own generator (worker seeds only): drawing from the global one at each
