@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from dabdetr.weights.files import read_torch_file
-from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
+from dabdetr.weights.formats.native import RUN_BEST, RUN_LATEST, TRAIN_CHECKPOINT_FORMAT
 from dabdetr.weights.pretrained import directory_source
 
-LATEST = "checkpoint.pt"  # the newest state: every epoch's end and every mid-epoch checkpoint
-BEST = "best.pt"
 EPOCH_PATTERN = "checkpoint_epoch{:04d}.pt"  # the state after that many epochs (keep_last of them)
 
 logger = logging.getLogger("dabdetr")
@@ -66,14 +64,14 @@ def load_train_checkpoint(path):
                     "huggingface": "a Hugging Face DAB-DETR model directory"}[directory_source(path)]
         except ValueError:
             kind = "a directory"
-        raise ValueError(f"{path} is {kind}, not a training checkpoint: --resume takes the {LATEST} that `dabdetr "
+        raise ValueError(f"{path} is {kind}, not a training checkpoint: --resume takes the {RUN_LATEST} that `dabdetr "
                          f"train` writes (or 'auto' with --output-dir); to start training from these weights, use "
                          f"--init {path}")
     checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != TRAIN_CHECKPOINT_FORMAT:
         kind = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path}: not a dabdetr training checkpoint (top-level keys: {kind}); --resume needs the "
-                         f"{LATEST} that `dabdetr train` writes. Pretrained weights go to --init instead")
+                         f"{RUN_LATEST} that `dabdetr train` writes. Pretrained weights go to --init instead")
     return checkpoint
 
 
@@ -84,7 +82,8 @@ def epoch_checkpoints(output_dir):
 
 def resume_candidates(output_dir):
     """The checkpoints of a run, newest first: checkpoint.pt, the epoch checkpoints, best.pt."""
-    names = [os.path.join(output_dir, LATEST), *reversed(epoch_checkpoints(output_dir)), os.path.join(output_dir, BEST)]
+    names = [os.path.join(output_dir, RUN_LATEST), *reversed(epoch_checkpoints(output_dir)),
+             os.path.join(output_dir, RUN_BEST)]
     return [p for p in names if os.path.isfile(p)]
 
 
@@ -115,9 +114,9 @@ def keep_epoch_checkpoint(output_dir, epoch, keep_last):
     if os.path.exists(tmp):
         os.unlink(tmp)
     try:
-        os.link(os.path.join(output_dir, LATEST), tmp)
+        os.link(os.path.join(output_dir, RUN_LATEST), tmp)
     except OSError:
-        shutil.copyfile(os.path.join(output_dir, LATEST), tmp)
+        shutil.copyfile(os.path.join(output_dir, RUN_LATEST), tmp)
     os.replace(tmp, path)
     for old in epoch_checkpoints(output_dir)[:-keep_last]:
         os.unlink(old)

@@ -37,14 +37,7 @@ from dabdetr.evaluation.coco_eval import per_category_table
 from dabdetr.evaluation.evaluator import evaluate
 from dabdetr.models import DABDETR
 from dabdetr.models.config import DABDETRConfig, preset
-from dabdetr.training.checkpoint import (
-    BEST,
-    LATEST,
-    keep_epoch_checkpoint,
-    load_train_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from dabdetr.training.checkpoint import keep_epoch_checkpoint, load_train_checkpoint, rng_state, set_rng_state
 from dabdetr.training.config import TrainConfig
 from dabdetr.training.criterion import SetCriterion
 from dabdetr.training.engine import train_one_epoch
@@ -53,7 +46,7 @@ from dabdetr.training.preemption import PreemptionRequest, TrainingPreempted, ig
 from dabdetr.training.time_budget import TimeBudget
 from dabdetr.weights.backbone import NONE, load_backbone_weights
 from dabdetr.weights.files import atomic_torch_save, atomic_write
-from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT
+from dabdetr.weights.formats.native import RUN_BEST, RUN_LATEST, RUN_MODEL_DIR, TRAIN_CHECKPOINT_FORMAT
 
 logger = logging.getLogger("dabdetr")
 CONFIG = "config.json"  # in output_dir: the run's TrainConfig, without output_dir
@@ -322,7 +315,7 @@ class Trainer:
     def _start_new_log(self):
         """A new run starts an empty log.jsonl; an earlier run found in output_dir is named in a
         warning (its log goes now, its checkpoints as this run saves its own)."""
-        found = [name for name in (LATEST, LOG) if os.path.exists(os.path.join(self.output_dir, name))]
+        found = [name for name in (RUN_LATEST, LOG) if os.path.exists(os.path.join(self.output_dir, name))]
         if found:
             logger.warning("%s holds an earlier run (%s): this new run replaces its log now and its checkpoints as "
                            "it saves its own (--resume auto would have continued it)", self.output_dir,
@@ -355,11 +348,11 @@ class Trainer:
         state = self.state_dict(epoch, step)  # a collective: every rank takes part
         if not self.is_main:
             return
-        atomic_torch_save(state, os.path.join(self.output_dir, LATEST))
+        atomic_torch_save(state, os.path.join(self.output_dir, RUN_LATEST))
         if step == 0:
             keep_epoch_checkpoint(self.output_dir, epoch, self.config.keep_last)
         if metrics is not None and metrics["AP"] == self.best_ap:
-            atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, BEST))
+            atomic_torch_save({**state, "metrics": metrics}, os.path.join(self.output_dir, RUN_BEST))
 
     def stop_if_preempted(self, epoch, step, saved=False):
         """After a whole step (or epoch): if any process got a preemption signal, all save the
@@ -369,7 +362,7 @@ class Trainer:
         if not saved:
             self.save_checkpoint(epoch, None, step=step)
         distributed.barrier()
-        raise TrainingPreempted(self.preemption.signal_name(), epoch, step, os.path.join(self.output_dir, LATEST))
+        raise TrainingPreempted(self.preemption.signal_name(), epoch, step, os.path.join(self.output_dir, RUN_LATEST))
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -508,7 +501,7 @@ class Trainer:
         """metrics.json, detections.png and model/ at the end of training."""
         from dabdetr.evaluation.plots import plot_category_ap, save_detection_grid
 
-        self.eval_model.save_pretrained(os.path.join(self.output_dir, "model"), self.train_set.class_names,
+        self.eval_model.save_pretrained(os.path.join(self.output_dir, RUN_MODEL_DIR), self.train_set.class_names,
                                         self.config.eval_size, self.config.max_size)
         summary = {**metrics, "epochs": self.config.epochs,
                    "epoch_steps": self.time_budget.epoch_steps if self.time_budget is not None else None,

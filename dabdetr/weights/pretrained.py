@@ -75,9 +75,9 @@ def directory_source(path):
     """"dabdetr" or "huggingface": the format of a model directory, from its config.json; a
     ValueError saying what is wrong for any other directory."""
     config_path = os.path.join(path, native.CONFIG_FILE)
-    if os.path.isdir(os.path.join(path, "model")) or os.path.exists(os.path.join(path, "checkpoint.pt")):
-        raise ValueError(f"{path}: the folder of a training run; load its model/ (the final model), best.pt or "
-                         "checkpoint.pt")
+    if os.path.isdir(os.path.join(path, native.RUN_MODEL_DIR)) or os.path.exists(os.path.join(path, native.RUN_LATEST)):
+        raise ValueError(f"{path}: the folder of a training run; load its {native.RUN_MODEL_DIR}/ (the final model), "
+                         f"{native.RUN_BEST} or {native.RUN_LATEST}")
     if not os.path.exists(config_path):
         raise ValueError(f"{path}: a checkpoint directory needs {native.CONFIG_FILE}")
     with open(config_path) as f:

@@ -1,7 +1,7 @@
 """Our model directory: config.json ({"format": "dabdetr", "config": DABDETRConfig fields,
 "class_names": {label: name}, "eval_size", "max_size": the image sizes it was evaluated at}) and
-model.pt (the state dict); and the tag of a training checkpoint (dabdetr.training.checkpoint),
-whose model weights from_pretrained reads too."""
+model.pt (the state dict); the tag of a training checkpoint (dabdetr.training.checkpoint),
+whose model weights from_pretrained reads too; and the files of a training run's folder."""
 
 import json
 import os
@@ -13,6 +13,9 @@ from dabdetr.weights.files import atomic_write, read_torch_file
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
 FORMAT_TAG = "dabdetr"
 TRAIN_CHECKPOINT_FORMAT = "dabdetr-train-checkpoint"
+# A training run's folder (dabdetr.training): the newest state (written at every epoch's end and
+# every mid-epoch checkpoint), the state at the best AP, and the final model directory.
+RUN_LATEST, RUN_BEST, RUN_MODEL_DIR = "checkpoint.pt", "best.pt", "model"
 
 
 def save_pretrained(model, directory, class_names=None, eval_size=None, max_size=None):
