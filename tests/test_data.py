@@ -199,15 +199,15 @@ def test_missing_and_corrupt_images_give_errors_naming_the_file(tmp_path):
         dataset[0]
 
 
-def spawned_loader_log(tmp_path, worker_init_fn):
-    """What a skipped image's warning, logged in a spawned loader worker, leaves in a log file that
-    the main process's "dabdetr" logger writes to."""
+def spawned_loader_log(tmp_path, log_name, worker_init_fn):
+    """What a skipped image's warning, logged in a spawned loader worker, leaves in the log file
+    tmp_path/log_name that the main process's "dabdetr" logger writes to."""
     data = synthetic_coco(2, seed=0)
     Image.new("RGB", (data["images"][0]["width"], data["images"][0]["height"])).save(
         tmp_path / data["images"][0]["file_name"])
     (tmp_path / data["images"][1]["file_name"]).write_bytes(b"not an image")
     dataset = CocoDetection(load_coco(data), str(tmp_path), make_transforms(False, [64], 64), skip_bad_images=True)
-    path = tmp_path / f"run{len(list(tmp_path.glob('run*.log')))}.log"
+    path = tmp_path / log_name
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("from the worker: %(levelname)s %(message)s"))
     logger = logging.getLogger("dabdetr")
@@ -227,8 +227,8 @@ def test_spawned_loader_workers_log_to_the_main_process_handlers(tmp_path):
     log handler: without WorkerLogHandlers a skipped image is missing from the run's log."""
     expected = ("from the worker: WARNING skipping an unreadable image (skip_bad_images): "
                 f"cannot decode image {tmp_path}")
-    assert expected not in spawned_loader_log(tmp_path, None)
-    assert expected in spawned_loader_log(tmp_path, WorkerLogHandlers())
+    assert expected not in spawned_loader_log(tmp_path, "without.log", None)
+    assert expected in spawned_loader_log(tmp_path, "with.log", WorkerLogHandlers())
 
 
 def test_image_size_disagreeing_with_its_annotation_is_an_error(coco_folder, tmp_path):
