@@ -27,6 +27,14 @@ def box_xyxy_to_xywh(boxes):
     return torch.stack((x0, y0, x1 - x0, y1 - y0), dim=-1)
 
 
+def clip_boxes_to_image(boxes, sizes):
+    """xyxy pixel boxes [..., k, 4] clamped to their images: sizes [..., 2] (height, width), one per
+    leading index. A box partly outside keeps its inside part; one wholly outside becomes empty."""
+    height, width = sizes.to(boxes.dtype).unbind(-1)
+    upper = torch.stack((width, height, width, height), dim=-1)[..., None, :]
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
 def box_area(boxes):
     """xyxy [..., 4] -> [...]."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])

@@ -24,9 +24,9 @@ def photo(width=80, height=60, seed=0):
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def by_hand(model, image, size):
+def evaluated_by_hand(model, image, size):
     """The published preprocessing written out: the shorter side to size, ImageNet normalization,
-    then the model and post_process at the image's own size."""
+    then the model and post_process at the image's own size (boxes as COCO evaluation takes them)."""
     scale = size / min(image.width, image.height)
     resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
     pixels = torch.tensor(np.asarray(resized), dtype=torch.float32).permute(2, 0, 1) / 255
@@ -35,6 +35,15 @@ def by_hand(model, image, size):
     with torch.no_grad():
         outputs = model(pixels[None])
     return dabdetr.post_process(outputs, torch.tensor([[image.height, image.width]]))[0]
+
+
+def by_hand(model, image, size):
+    """evaluated_by_hand with its boxes clipped to the image, one side at a time."""
+    found = evaluated_by_hand(model, image, size)
+    x0, y0, x1, y1 = found["boxes"].unbind(1)
+    found["boxes"] = torch.stack((x0.clamp(0, image.width), y0.clamp(0, image.height),
+                                  x1.clamp(0, image.width), y1.clamp(0, image.height)), dim=1)
+    return found
 
 
 def test_detect_equals_the_preprocessing_and_post_process_written_out(model):
@@ -51,6 +60,37 @@ def test_detect_equals_the_preprocessing_and_post_process_written_out(model):
                               for label in named["labels"]] and "triangle" in named["names"]
     kept = dabdetr.detect(model, image, score_threshold=float(expected["scores"][5]), size=48, max_size=1000)
     assert len(kept["scores"]) >= 6 and (kept["scores"] >= expected["scores"][5]).all()
+
+
+def test_boxes_reaching_past_the_image_are_clipped_to_it():
+    """Anchors passed through unrefined (a zero box head) put every box at (cx, cy, w, h) = (0.9,
+    0.1, 0.8, 0.8): xyxy (0.5, -0.3, 1.3, 0.5) of the image, which detect clips and post_process
+    (what COCO evaluation uses) does not."""
+    torch.manual_seed(0)
+    model = DABDETR(preset("demo", num_classes=4, **TINY_MODEL)).eval()
+    with torch.no_grad():
+        last = model.bbox_embed.layers[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        anchor = torch.tensor([0.9, 0.1, 0.8, 0.8])
+        model.refpoint_embed.weight.copy_(torch.log(anchor / (1 - anchor)).expand_as(model.refpoint_embed.weight))
+    image = photo(width=80, height=60)
+    found = dabdetr.detect(model, image, score_threshold=0.0, size=48)
+    expected = torch.tensor([0.5 * 80, 0.0, 80.0, 0.5 * 60]).expand_as(found["boxes"])
+    torch.testing.assert_close(found["boxes"], expected, rtol=1e-5, atol=1e-3)
+    unclipped = torch.tensor([0.5 * 80, -0.3 * 60, 1.3 * 80, 0.5 * 60]).expand_as(found["boxes"])
+    torch.testing.assert_close(evaluated_by_hand(model, image, 48)["boxes"], unclipped, rtol=1e-5, atol=1e-3)
+
+
+def test_detect_leaves_a_model_in_the_mode_it_was_in():
+    """A model in training (here with dropout, which changes its outputs) is run in eval mode and
+    left training."""
+    torch.manual_seed(0)
+    model = DABDETR(preset("demo", num_classes=4, dropout=0.5, **TINY_MODEL))
+    image = photo()
+    found = dabdetr.detect(model.train(), image, score_threshold=0.0, size=48)
+    assert model.training and all(module.training for module in model.modules())
+    torch.testing.assert_close(found["boxes"], by_hand(model.eval(), image, 48)["boxes"], rtol=1e-5, atol=1e-4)
 
 
 def test_every_kind_of_image_gives_the_same_detections(model, tmp_path):

@@ -6,6 +6,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from dabdetr.box_ops import clip_boxes_to_image
 from dabdetr.data.collate import collate_detection
 from dabdetr.data.images import ImageFiles, as_rgb_image, aspect_ratio_batches, open_image
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, make_transforms
@@ -29,19 +30,23 @@ def collate_readable(samples):
 
 def detect_batch(detector, images, mask, targets, score_threshold):
     """The detections of one collated batch at or above score_threshold: a dict per image (scores,
-    labels, boxes xyxy in original-image pixels), on the CPU."""
+    labels, boxes xyxy in original-image pixels, clipped to the image), on the CPU.
+
+    The clipping is for people and their tools (a box's pixels exist); COCO evaluation
+    (dabdetr.evaluation) leaves boxes unclipped, as the published models were evaluated."""
     metadata, device = detector.metadata, detector.device
     orig_sizes = torch.stack([target["orig_size"] for target in targets]).to(device)
     outputs = detector(images.to(device, non_blocking=True), mask.to(device, non_blocking=True), orig_sizes)
     if metadata["postprocess"]:
-        selected = outputs["scores"], outputs["labels"], outputs["boxes"]
+        scores, labels, boxes = outputs["scores"], outputs["labels"], outputs["boxes"]
     else:
-        selected = select_detections(outputs["logits"], outputs["boxes"], orig_sizes,
-                                     metadata["model_config"]["num_select"])
+        scores, labels, boxes = select_detections(outputs["logits"], outputs["boxes"], orig_sizes,
+                                                  metadata["model_config"]["num_select"])
+    boxes = clip_boxes_to_image(boxes, orig_sizes)
     detections = []
-    for scores, classes, boxes in zip(*(t.cpu() for t in selected)):
-        keep = scores >= score_threshold
-        detections.append({"scores": scores[keep], "labels": classes[keep], "boxes": boxes[keep]})
+    for image_scores, classes, image_boxes in zip(scores.cpu(), labels.cpu(), boxes.cpu()):
+        keep = image_scores >= score_threshold
+        detections.append({"scores": image_scores[keep], "labels": classes[keep], "boxes": image_boxes[keep]})
     return detections
 
 
@@ -70,7 +75,8 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
     load_pretrained's metadata). Returns, per image (a list for a list, else one), {"scores" [n],
     "labels" [n] int64, "boxes" [n, 4] (x0, y0, x1, y1) in the image's pixels, "names": the
     labels' class names where known, else their numbers} at or above score_threshold, highest
-    score first. A model is put in eval mode.
+    score first; boxes clipped to the image. A model runs in eval mode and is left in the mode it
+    was in.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

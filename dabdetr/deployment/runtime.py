@@ -44,16 +44,21 @@ class Detector:
 
 
 class EagerDetector(Detector):
-    """A DABDETR in eager mode (DABDETR.predict)."""
+    """A DABDETR in eager mode (DABDETR.predict), in eval mode for each call and left in the mode
+    it was in (a model being trained stays in training)."""
 
     kind = "eager"
 
     def __init__(self, model, class_names=None, eval_size=None, max_size=None):
         super().__init__(export_metadata(model, class_names, eval_size, max_size), next(model.parameters()).device)
-        self.model = model.eval()
+        self.model = model
 
     def run(self, images, mask):
-        return self.model.predict(images, mask)
+        training = self.model.training
+        try:
+            return self.model.eval().predict(images, mask)
+        finally:
+            self.model.train(training)
 
 
 class OnnxDetector(Detector):

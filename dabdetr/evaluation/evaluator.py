@@ -7,6 +7,7 @@ import torch
 from tqdm import tqdm
 
 from dabdetr import distributed
+from dabdetr.box_ops import clip_boxes_to_image
 from dabdetr.evaluation.coco_eval import evaluate_detections, to_coco_results
 from dabdetr.models.detector import post_process
 
@@ -22,11 +23,14 @@ def autocast_context(device, amp):
 @torch.no_grad()
 def detect_image(model, pixels, original_size, device):
     """post_process output (scores, labels, boxes in original-image pixels, on the CPU) of one
-    transformed image pixels [3, h, w] whose original size is (height, width)."""
+    transformed image pixels [3, h, w] whose original size is (height, width), its boxes clipped
+    to the image, for pictures (evaluation leaves them as the model predicts)."""
     model.eval()
     mask = torch.zeros(1, *pixels.shape[1:], dtype=torch.bool, device=device)
     outputs = model(pixels[None].to(device), mask)
-    detections = post_process(outputs, torch.tensor([original_size], device=device), model.config.num_select)[0]
+    size = torch.tensor([original_size], device=device)
+    detections = post_process(outputs, size, model.config.num_select)[0]
+    detections["boxes"] = clip_boxes_to_image(detections["boxes"], size[0])
     return {k: v.cpu() for k, v in detections.items()}
 
 

@@ -141,7 +141,7 @@ def post_process(outputs, target_sizes, num_select=300):
 
     outputs: the model's dict; target_sizes [B, 2] (height, width) of the original images.
     Returns a list of B dicts: scores [k], labels [k] (class index), boxes [k, 4] (x0, y0, x1, y1
-    in original-image pixels; not clamped).
+    in original-image pixels; not clipped to the image: box_ops.clip_boxes_to_image does that).
     """
     scores, labels, boxes = select_detections(outputs["pred_logits"], outputs["pred_boxes"], target_sizes,
                                               num_select)
