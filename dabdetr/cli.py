@@ -25,10 +25,12 @@ import torch
 
 from dabdetr.data.coco import LABEL_MAPPINGS
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE
-from dabdetr.training.config import AMP_MODES
+from dabdetr.evaluation.evaluator import AMP_MODES
 from dabdetr.weights.pretrained import SOURCES
 
 LOG = logging.getLogger("dabdetr")
+AMP_HELP = ("off: float32; bf16 / fp16: autocast, faster where the hardware computes in 16 bits (bf16 on a CPU: "
+            "AVX-512 BF16 or AMX), scores moving by about a 16-bit rounding")
 LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(message)s", "%H:%M:%S"
 
 
@@ -200,6 +202,7 @@ def add_eval_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=AMP_MODES, default="off", help=AMP_HELP)
     parser.add_argument("--output", default="detections.json", help="COCO results json to write")
     parser.add_argument("--metrics", help="also write the metrics as json: AP, AP50, AP75, APs, APm, APl and "
                                           "classes (AP and AP50 of each category)")
@@ -243,7 +246,7 @@ def run_eval(args):
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.num_workers,
                                          collate_fn=collate_detection, worker_init_fn=WorkerLogHandlers())
     metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
-                                model.config.num_select)
+                                model.config.num_select, args.amp)
     print(metrics.pop("table"), end="")
     print(per_category_table(metrics["classes"]), end="")
     print(json.dumps({k: v for k, v in metrics.items() if k != "classes"}))
@@ -297,6 +300,7 @@ def add_predict_parser(subparsers):
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="leave out (with a warning) images that cannot be read, instead of stopping")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=AMP_MODES, default="off", help=AMP_HELP + " (a model run eagerly)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_predict)
 
@@ -309,7 +313,7 @@ def run_predict(args):
 
     paths = list_images(args.images)
     device = resolve_device(args.device)
-    detector = load_detector(args.model, args.runtime, device)
+    detector = load_detector(args.model, args.runtime, device, args.amp)
     os.makedirs(args.output_dir, exist_ok=True)
     picture_dir = args.output_dir if args.save_images else None
     results, images = predict_images(detector, paths, args.batch_size, args.num_workers, args.score_threshold,

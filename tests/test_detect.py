@@ -1,12 +1,14 @@
 """dabdetr.detect: detections on images in memory or on disk, with the model's preprocessing."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import ExifTags, Image
 
 import dabdetr
-from dabdetr.deployment.runtime import load_detector
+from dabdetr.deployment.runtime import EagerDetector, load_detector
 from dabdetr.models import DABDETR
 from dabdetr.models.config import preset
 
@@ -91,6 +93,37 @@ def test_detect_leaves_a_model_in_the_mode_it_was_in():
     found = dabdetr.detect(model.train(), image, score_threshold=0.0, size=48)
     assert model.training and all(module.training for module in model.modules())
     torch.testing.assert_close(found["boxes"], by_hand(model.eval(), image, 48)["boxes"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_detect_in_16_bits_is_close_to_float32(model, amp):
+    """Autocast runs (the outputs move, by about a 16-bit rounding) and what comes out is float32,
+    close to the float32 model's: each query's logits within 0.1, its box within 0.01 of the image."""
+    torch.manual_seed(1)
+    refining = copy.deepcopy(model)  # a box head that moves the anchors (a new model's is zero)
+    torch.nn.init.normal_(refining.bbox_embed.layers[-1].weight, std=0.1)
+    images = torch.randn(2, 3, 48, 64)
+    full = EagerDetector(refining)(images)
+    half = EagerDetector(refining, amp=amp)(images)
+    assert half["logits"].dtype == half["boxes"].dtype == torch.float32
+    assert not torch.equal(half["logits"], full["logits"]) and not torch.equal(half["boxes"], full["boxes"])
+    torch.testing.assert_close(half["logits"], full["logits"], rtol=0, atol=0.1)
+    torch.testing.assert_close(half["boxes"], full["boxes"], rtol=0, atol=0.01)
+    found = dabdetr.detect(model, photo(), score_threshold=0.0, size=48, amp=amp)
+    assert found["scores"].dtype == found["boxes"].dtype == torch.float32
+    torch.testing.assert_close(found["scores"], dabdetr.detect(model, photo(), score_threshold=0.0, size=48)["scores"],
+                               rtol=0, atol=0.02)  # sorted scores move no more than the scores do
+
+
+def test_amp_is_checked_and_belongs_to_eager_models(model, tmp_path):
+    with pytest.raises(ValueError, match=r"amp must be one of \('off', 'bf16', 'fp16'\), got 'half'"):
+        dabdetr.detect(model, photo(), amp="half")
+    with pytest.raises(ValueError, match="a Detector's precision is set when it is made"):
+        dabdetr.detect(EagerDetector(model), photo(), amp="bf16")
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"")
+    with pytest.raises(ValueError, match="amp='bf16' is for models run eagerly; .*model.onnx computes in the"):
+        load_detector(exported, amp="bf16")
 
 
 def test_every_kind_of_image_gives_the_same_detections(model, tmp_path):

@@ -302,6 +302,12 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert predictions and {p["image_id"] for p in predictions} == {0}
     assert {p["category_id"] for p in predictions} <= {0, 1, 2, 3}  # the four shapes' class indices
     assert (tmp_path / "predicted" / "shapes.png").exists()
+    cli(["predict", str(run / "model"), str(image_path), "--output-dir", str(tmp_path / "bf16"), "--size", "64",
+         "--max-size", "64", "--score-threshold", "0", "--num-workers", "0", "--amp", "bf16"])
+    in_bf16 = json.loads((tmp_path / "bf16" / "detections.json").read_text())
+    scores = [torch.tensor(sorted(p["score"] for p in found)) for found in (predictions, in_bf16)]
+    assert len(scores[0]) == len(scores[1]) and not torch.equal(*scores)
+    torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=0.02)
     # The model directory keeps the size the run evaluated at, so prediction needs no --size (the
     # default, COCO's 800, is far from what a 64-pixel model saw), and neither does a copy of it.
     assert json.loads((run / "model" / "config.json").read_text())["eval_size"] == TINY_RUN["eval_size"]
@@ -349,6 +355,14 @@ def test_cli_eval_of_a_pretrained_directory_on_a_coco_json(coco_folder, tmp_path
     assert "Average Precision" in capsys.readouterr().out
     detections = json.loads((tmp_path / "detections.json").read_text())
     assert detections and {d["category_id"] for d in detections} <= coco_ids  # logits 0 and unused ids dropped
+    # In bfloat16 autocast: the same images and number of detections, scores within a 16-bit rounding.
+    cli(["eval", str(tmp_path / "model"), "--annotations", annotations, "--images", images, "--eval-size", "128",
+         "--max-size", "200", "--num-workers", "0", "--amp", "bf16", "--output", str(tmp_path / "bf16.json")])
+    in_bf16 = json.loads((tmp_path / "bf16.json").read_text())
+    for image_id in {d["image_id"] for d in detections}:
+        scores = [sorted(d["score"] for d in found if d["image_id"] == image_id) for found in (detections, in_bf16)]
+        assert len(scores[0]) == len(scores[1]) and scores[0] != scores[1]
+        torch.testing.assert_close(torch.tensor(scores[1]), torch.tensor(scores[0]), rtol=0, atol=0.02)
 
 
 def test_cli_errors_are_clear(tmp_path, caplog, monkeypatch):

@@ -63,7 +63,8 @@ def prediction_transforms(metadata, score_threshold, size=None, max_size=None):
                            max_size or metadata["max_size"] or COCO_MAX_SIZE)
 
 
-def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None):
+def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None,
+           amp="off"):
     """Detections on images in memory or on disk, with the model's own preprocessing.
 
     detector: a Detector (load_detector), a checkpoint's path or a published model's name
@@ -76,14 +77,17 @@ def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batc
     "labels" [n] int64, "boxes" [n, 4] (x0, y0, x1, y1) in the image's pixels, "names": the
     labels' class names where known, else their numbers} at or above score_threshold, highest
     score first; boxes clipped to the image. A model runs in eval mode and is left in the mode it
-    was in.
+    was in. amp: "off" (float32), "bf16" or "fp16" autocast for a model or checkpoint run eagerly (a
+    Detector keeps the precision it was made with).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(detector, (str, os.PathLike)):
-        detector = load_detector(detector)
+        detector = load_detector(detector, amp=amp)
     elif not isinstance(detector, Detector):
-        detector = EagerDetector(detector)
+        detector = EagerDetector(detector, amp=amp)
+    elif amp != "off":
+        raise ValueError(f"amp={amp!r}: a Detector's precision is set when it is made (load_detector(..., amp=...))")
     single = not isinstance(images, (list, tuple))
     pictures = [as_rgb_image(image) for image in ([images] if single else images)]
     transforms = prediction_transforms(detector.metadata, score_threshold, size, max_size)

@@ -17,6 +17,7 @@ import zipfile
 import torch
 
 from dabdetr.deployment.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
+from dabdetr.evaluation.evaluator import autocast_context, check_amp
 from dabdetr.models.detector import checked_inputs
 from dabdetr.weights.pretrained import load_pretrained
 
@@ -45,18 +46,22 @@ class Detector:
 
 class EagerDetector(Detector):
     """A DABDETR in eager mode (DABDETR.predict), in eval mode for each call and left in the mode
-    it was in (a model being trained stays in training)."""
+    it was in (a model being trained stays in training). amp: "off" (float32), "bf16" or "fp16"
+    (autocast; outputs float32 all the same)."""
 
     kind = "eager"
 
-    def __init__(self, model, class_names=None, eval_size=None, max_size=None):
+    def __init__(self, model, class_names=None, eval_size=None, max_size=None, amp="off"):
+        check_amp(amp)
         super().__init__(export_metadata(model, class_names, eval_size, max_size), next(model.parameters()).device)
-        self.model = model
+        self.model, self.amp = model, amp
 
     def run(self, images, mask):
         training = self.model.training
         try:
-            return self.model.eval().predict(images, mask)
+            with autocast_context(self.device, self.amp):
+                outputs = self.model.eval().predict(images, mask)
+            return [output.float() for output in outputs] if self.amp != "off" else outputs
         finally:
             self.model.train(training)
 
@@ -129,18 +134,23 @@ def artifact_kind(path):
     return "aoti" if any("/data/aotinductor/" in name for name in names) else "torch-export"
 
 
-def load_detector(path, runtime="auto", device="cpu"):
+def load_detector(path, runtime="auto", device="cpu", amp="off"):
     """The Detector of path: an exported artifact (.onnx, .pt2), whose kind "auto" reads from the
     file, or (runtime "auto" or "eager") any checkpoint load_pretrained reads, run eagerly with
-    its class names and the image sizes it was evaluated at."""
+    its class names and the image sizes it was evaluated at, in the precision amp says
+    (EagerDetector; an exported model computes as it was exported)."""
     if runtime not in ("auto", *RUNTIMES):
         raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES}, got {runtime!r}")
+    check_amp(amp)
     exported = os.fspath(path).endswith((".onnx", ".pt2"))
     if runtime == "eager" and exported:
         raise ValueError(f"{path} is an exported model: run it with runtime onnx, torch-export or aoti (or auto)")
     if runtime == "eager" or (runtime == "auto" and not exported):
         model, metadata = load_pretrained(os.fspath(path))
-        return EagerDetector(model.to(device), metadata["class_names"], metadata["eval_size"], metadata["max_size"])
+        return EagerDetector(model.to(device), metadata["class_names"], metadata["eval_size"], metadata["max_size"],
+                             amp)
+    if amp != "off":
+        raise ValueError(f"amp={amp!r} is for models run eagerly; {path} computes in the precision it was exported in")
     kind = artifact_kind(path)
     if runtime not in ("auto", kind):
         raise ValueError(f"{path} is a {kind} artifact, not one for runtime {runtime!r}")

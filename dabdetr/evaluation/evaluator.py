@@ -1,5 +1,5 @@
 """The evaluation loop: detections of a dataset (over all processes) and their COCO box AP;
-detections of one image; the autocast context both training and evaluation run the model in."""
+detections of one image; the precision (amp) training, evaluation and eager prediction run the model in."""
 
 from contextlib import nullcontext
 
@@ -11,13 +11,21 @@ from dabdetr.box_ops import clip_boxes_to_image
 from dabdetr.evaluation.coco_eval import evaluate_detections, to_coco_results
 from dabdetr.models.detector import post_process
 
+AMP_MODES = ("off", "bf16", "fp16")  # the model's precision: float32, or autocast to bfloat16 / float16
+
+
+def check_amp(amp):
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+
 
 def autocast_context(device, amp):
-    """torch.autocast for amp "bf16" / "fp16" on CUDA; nothing for "off"."""
+    """torch.autocast to bfloat16 / float16 on device's type for amp "bf16" / "fp16" (on a CPU
+    too: bfloat16 is fast where it has AVX-512 BF16 or AMX); nothing for "off"."""
+    check_amp(amp)
     if amp == "off":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
 
 
 @torch.no_grad()

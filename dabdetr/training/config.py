@@ -3,9 +3,9 @@
 from dataclasses import dataclass, field
 
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, COCO_TRAIN_SIZES
+from dabdetr.evaluation.evaluator import check_amp
 from dabdetr.models.config import DictConfig
 
-AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -91,8 +91,7 @@ class TrainConfig(DictConfig):
     progress: bool = True  # tqdm bars
 
     def __post_init__(self):
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check_amp(self.amp)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "eval_every", "log_every", "accumulate_steps", "checkpoint_epochs"):
