@@ -25,7 +25,7 @@ import torch
 
 from dabdetr.data.coco import LABEL_MAPPINGS
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE
-from dabdetr.evaluation.evaluator import AMP_MODES
+from dabdetr.evaluation.precision import AMP_MODES
 from dabdetr.weights.pretrained import SOURCES
 
 LOG = logging.getLogger("dabdetr")

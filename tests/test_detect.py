@@ -10,7 +10,7 @@ from PIL import ExifTags, Image
 
 import dabdetr
 from dabdetr.deployment.runtime import EagerDetector, load_detector
-from dabdetr.evaluation import evaluator
+from dabdetr.evaluation import precision
 from dabdetr.models import DABDETR
 from dabdetr.models.config import preset
 
@@ -118,14 +118,14 @@ def test_detect_in_16_bits_is_close_to_float32(model, amp):
 
 
 def test_16_bits_on_a_cpu_without_them_is_warned_about_once(model, monkeypatch, caplog):
-    monkeypatch.setattr(evaluator, "cpu_has_16_bit_convolutions", lambda amp: amp == "bf16")
-    evaluator.warn_if_cpu_lacks_16_bit.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_16_bit_convolutions", lambda amp: amp == "bf16")
+    precision.warn_if_cpu_lacks_16_bit.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="dabdetr"):
             for amp in ("bf16", "fp16", "fp16"):
                 dabdetr.detect(model, photo(), size=48, amp=amp)
     finally:
-        evaluator.warn_if_cpu_lacks_16_bit.cache_clear()
+        precision.warn_if_cpu_lacks_16_bit.cache_clear()
     assert "amp=bf16" not in caplog.text
     assert caplog.text.count("amp=fp16 on a CPU without float16 convolutions (oneDNN needs AVX-512 FP16 or "
                              "AMX-FP16): the model runs about 14x slower than in float32") == 1

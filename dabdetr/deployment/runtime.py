@@ -17,7 +17,7 @@ import zipfile
 import torch
 
 from dabdetr.deployment.export import EXPORT_FORMAT_TAG, METADATA_KEY, export_metadata, require_packages
-from dabdetr.evaluation.evaluator import autocast_context, check_amp
+from dabdetr.evaluation.precision import autocast_context, check_amp
 from dabdetr.models.detector import checked_inputs
 from dabdetr.weights.pretrained import load_pretrained
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, COCO_TRAIN_SIZES
-from dabdetr.evaluation.evaluator import check_amp
+from dabdetr.evaluation.precision import check_amp
 from dabdetr.models.config import DictConfig
 
 LR_SCHEDULES = ("step", "cosine")

@@ -7,7 +7,7 @@ import torch
 from tqdm import tqdm
 
 from dabdetr import distributed
-from dabdetr.evaluation.evaluator import autocast_context
+from dabdetr.evaluation.precision import autocast_context
 from dabdetr.training.criterion import global_num_boxes
 
 
