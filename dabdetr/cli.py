@@ -8,6 +8,7 @@
     dabdetr eval weights.pth --annotations instances_val2017.json --images val2017/
     dabdetr zoo                                                  # the published checkpoints
     dabdetr eval dab-detr-r50 --data-root /data/coco             # one of them on COCO val2017
+    torchrun --nproc_per_node 8 -m dabdetr.cli eval dab-detr-r50 --data-root /data/coco   # on 8 GPUs
     dabdetr predict runs/demo/model photos/ --output-dir predictions/ --save-images
     dabdetr export runs/demo/model model.onnx --format onnx      # also torch-export, aoti (.pt2)
     dabdetr predict model.onnx 'photos/*.jpg' --batch-size 8   # the runtime from the file (--runtime)
@@ -211,15 +212,45 @@ def add_eval_parser(subparsers):
 
 
 def run_eval(args):
-    from dabdetr.data import CocoDetection, build_datasets, collate_detection, load_coco, make_transforms
+    """COCO evaluation; under torchrun each process evaluates its share of the images and the
+    first one prints and writes the results of all."""
+    from dabdetr import distributed
+    from dabdetr.data import collate_detection
     from dabdetr.data.worker_logging import WorkerLogHandlers
-    from dabdetr.distributed import resolve_device
     from dabdetr.evaluation.coco_eval import per_category_table
     from dabdetr.evaluation.evaluator import evaluate
+
+    device = distributed.resolve_device(args.device)
+    rank, world_size, local_rank = distributed.init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    model, metadata = load_model(args.checkpoint, device)
+    dataset = eval_dataset(args, model, metadata)
+    sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=collate_detection, worker_init_fn=WorkerLogHandlers())
+    metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
+                                model.config.num_select, args.amp)
+    if rank == 0:
+        print(metrics.pop("table"), end="")
+        print(per_category_table(metrics["classes"]), end="")
+        print(json.dumps({k: v for k, v in metrics.items() if k != "classes"}))
+        with open(args.output, "w") as f:
+            json.dump(results, f)
+        if args.metrics:
+            with open(args.metrics, "w") as f:
+                json.dump(metrics, f, indent=1)
+        processes = f" by {world_size} processes" if world_size > 1 else ""
+        print(f"{len(results)} detections on {len(dataset)} images{processes} written to {args.output}")
+    distributed.shutdown()  # not on an error: torchrun stops the other processes then
+
+
+def eval_dataset(args, model, metadata):
+    """The dataset `dabdetr eval` measures: --data-root's val2017, --annotations / --images, or
+    the validation set of the training checkpoint's run."""
+    from dabdetr.data import CocoDetection, build_datasets, load_coco, make_transforms
     from dabdetr.training.config import TrainConfig
 
-    device = resolve_device(args.device)
-    model, metadata = load_model(args.checkpoint, device)
     if args.data_root is not None:
         if args.annotations or args.images:
             raise SystemExit("eval: --data-root names the annotations and images; give it or them, not both")
@@ -231,32 +262,19 @@ def run_eval(args):
             raise SystemExit("eval: --annotations is needed unless the checkpoint is a training checkpoint")
         train_config = TrainConfig.from_dict(metadata["train_config"])
         overrides = {k: v for k, v in (("eval_size", args.eval_size), ("max_size", args.max_size)) if v is not None}
-        dataset = build_datasets(train_config.replace(**overrides))[1]
-    else:
-        if args.images is None:
-            raise SystemExit("eval: --annotations needs --images")
-        coco = load_coco(args.annotations)
-        mapping = args.label_mapping
-        if mapping == "auto":
-            mapping = "category_id" if model.config.num_classes > max(coco.cats) else "contiguous"
-        transforms = make_transforms(False, [args.eval_size or COCO_EVAL_SIZE], args.max_size or COCO_MAX_SIZE)
-        dataset = CocoDetection(coco, args.images, transforms, mapping)
-        if dataset.num_classes > model.config.num_classes:
-            raise SystemExit(f"eval: the model has {model.config.num_classes} logits but the dataset needs "
-                             f"{dataset.num_classes} ({mapping} labels)")
-    loader = torch.utils.data.DataLoader(dataset, args.batch_size, num_workers=args.num_workers,
-                                         collate_fn=collate_detection, worker_init_fn=WorkerLogHandlers())
-    metrics, results = evaluate(model, loader, dataset.coco, dataset.label_to_category_id, device,
-                                model.config.num_select, args.amp)
-    print(metrics.pop("table"), end="")
-    print(per_category_table(metrics["classes"]), end="")
-    print(json.dumps({k: v for k, v in metrics.items() if k != "classes"}))
-    with open(args.output, "w") as f:
-        json.dump(results, f)
-    if args.metrics:
-        with open(args.metrics, "w") as f:
-            json.dump(metrics, f, indent=1)
-    print(f"{len(results)} detections on {len(dataset)} images written to {args.output}")
+        return build_datasets(train_config.replace(**overrides))[1]
+    if args.images is None:
+        raise SystemExit("eval: --annotations needs --images")
+    coco = load_coco(args.annotations)
+    mapping = args.label_mapping
+    if mapping == "auto":
+        mapping = "category_id" if model.config.num_classes > max(coco.cats) else "contiguous"
+    transforms = make_transforms(False, [args.eval_size or COCO_EVAL_SIZE], args.max_size or COCO_MAX_SIZE)
+    dataset = CocoDetection(coco, args.images, transforms, mapping)
+    if dataset.num_classes > model.config.num_classes:
+        raise SystemExit(f"eval: the model has {model.config.num_classes} logits but the dataset needs "
+                         f"{dataset.num_classes} ({mapping} labels)")
+    return dataset
 
 
 # --- zoo ---------------------------------------------------------------------------------------

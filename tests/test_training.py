@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="COCO loading and COCOeval need pycocotools (not on the GPU "
                                          "machines unless its wheel is carried)")
 
-from coco_fixture import write_coco_folder
+from coco_fixture import CATEGORY_IDS, write_coco_folder
 
 import dabdetr
 from dabdetr import from_pretrained
@@ -246,6 +246,35 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert report["max_parameter_difference"] == 0.0
     assert report["parameters_changed"]
     assert report["ranks_draw_differently"]  # dropout masks and denoising noise differ per rank
+
+
+def test_two_process_eval_equals_one_process(tmp_path):
+    """`torchrun -m dabdetr.cli eval`: each process evaluates its share (5 images over 2: the
+    sampler repeats one, which must count once) and the first writes the results of all: the
+    detections and AP of one process."""
+    annotations, images = write_coco_folder(str(tmp_path / "coco"), count=5)
+    model = DABDETR(preset("demo", num_classes=91, **TINY_MODEL))
+    with torch.no_grad():  # random weights, but scores that favour the set's own ids
+        model.class_embed.bias[sorted(CATEGORY_IDS.values())] += 3.0
+    model.save_pretrained(str(tmp_path / "model"))
+    args = ["eval", str(tmp_path / "model"), "--annotations", annotations, "--images", images, "--eval-size", "64",
+            "--max-size", "64", "--batch-size", "1", "--num-workers", "0"]
+    cli([*args, "--output", str(tmp_path / "one.json"), "--metrics", str(tmp_path / "one_metrics.json")])
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                             "127.0.0.1", "--master_port", str(free_port()), "-m", "dabdetr.cli", *args,
+                             "--output", str(tmp_path / "two.json"), "--metrics", str(tmp_path / "two_metrics.json")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 1  # the first process
+    assert "on 5 images by 2 processes written to" in result.stdout
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert len(one) == len(two) and {d["image_id"] for d in one} == {d["image_id"] for d in two} and len(one) > 0
+    for image_id in {d["image_id"] for d in one}:  # sorted scores: a near tie may swap places
+        scores = [torch.tensor(sorted(d["score"] for d in found if d["image_id"] == image_id)) for found in (one, two)]
+        torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=1e-4)
+    metrics = [json.loads((tmp_path / f"{name}_metrics.json").read_text()) for name in ("one", "two")]
+    for key in ("AP", "AP50", "AP75"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-3)
 
 
 def test_cli_train_eval_predict_convert(tmp_path, capsys):
