@@ -68,8 +68,7 @@ def add_train_parser(subparsers):
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto | cpu | cuda")
-    parser.add_argument("--amp", choices=AMP_MODES, help="off: float32; bf16 / fp16: autocast (fp16 with a gradient "
-                                                         "scaler), faster where the hardware computes in 16 bits")
+    parser.add_argument("--amp", choices=AMP_MODES, help=AMP_HELP + "; fp16 with a gradient scaler")
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", dest="train_overrides", action="append", metavar="FIELD=VALUE",
