@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include "cpu/kernels.h"
+#include "op_params.h"
 #include "op_schemas.h"
 
 TORCH_LIBRARY(dabdetr, m) { dabdetr::define_ops(m); }
@@ -30,6 +31,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     pybind11::dict info;
     info["cpu"] = true;
     info["cpu_dtypes"] = dabdetr::cpu::kernel_dtypes();
+    info["deformable_max_levels"] = dabdetr::kMaxDeformableLevels;
     info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
                             std::to_string(TORCH_VERSION_MINOR) + "." +
                             std::to_string(TORCH_VERSION_PATCH);

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -115,6 +116,78 @@ inline SineEmbedSizes check_sine_embed_inputs(const at::Tensor& boxes,
   return {boxes.numel() / boxes.size(-1), boxes.size(-1)};
 }
 
+// The sizes of a multi-scale deformable attention call, and its levels read from spatial_shapes.
+struct DeformableAttentionSizes {
+  int64_t batch, num_values, heads, head_dim, num_queries, levels, points;
+  std::vector<int64_t> heights, widths, starts;
+};
+
+// spatial_shapes and level_start_index hold sizes, read on the host: they may be on the CPU or on the
+// device of value (there, reading them waits for the device).
+inline std::vector<int64_t> read_index_tensor(const at::Tensor& t, const char* name, const at::Tensor& value) {
+  TORCH_CHECK(!at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()) &&
+                  t.scalar_type() != at::kBool,
+              name, " must hold integers (int64), got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu() || t.device() == value.device(), name, " is on ", t.device(),
+              " but value is on ", value.device(), " (it may be on the CPU or on value's device)");
+  const at::Tensor host = t.to(at::kCPU, at::kLong).contiguous();
+  return std::vector<int64_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
+}
+
+inline DeformableAttentionSizes check_deformable_attention_inputs(const at::Tensor& value,
+                                                                  const at::Tensor& spatial_shapes,
+                                                                  const std::optional<at::Tensor>& level_start_index,
+                                                                  const at::Tensor& sampling_locations,
+                                                                  const at::Tensor& attention_weights) {
+  TORCH_CHECK(at::isFloatingType(value.scalar_type()), "value must be a floating tensor, got ", value.scalar_type());
+  TORCH_CHECK(value.dim() == 4, "value must have 4 dims [B, S, H, D], got shape ", value.sizes());
+  TORCH_CHECK(value.size(3) <= 1 || value.stride(3) == 1,
+              "value must be contiguous in its last dim (stride 1), got strides ", value.strides());
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{sampling_locations, "sampling_locations"},
+                                {attention_weights, "attention_weights"}}) {
+    TORCH_CHECK(t.scalar_type() == value.scalar_type(), name, " has dtype ", t.scalar_type(),
+                " but value has dtype ", value.scalar_type());
+    TORCH_CHECK(t.device() == value.device(), name, " is on ", t.device(), " but value is on ", value.device());
+  }
+  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
+              "sampling_locations must have shape [B, Nq, H, L, P, 2], got ", sampling_locations.sizes());
+  DeformableAttentionSizes s{value.size(0), value.size(1), value.size(2), value.size(3),
+                             sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4),
+                             {}, {}, {}};
+  TORCH_CHECK(sampling_locations.size(0) == s.batch && sampling_locations.size(2) == s.heads,
+              "sampling_locations has shape ", sampling_locations.sizes(), ", whose B and H do not match value ",
+              value.sizes());
+  TORCH_CHECK(s.levels >= 1 && s.points >= 1, "sampling_locations must have at least one level and one point, got ",
+              sampling_locations.sizes());
+  TORCH_CHECK(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5), "attention_weights must have shape ",
+              sampling_locations.sizes().slice(0, 5), " [B, Nq, H, L, P] of sampling_locations, got ",
+              attention_weights.sizes());
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(0) == s.levels && spatial_shapes.size(1) == 2,
+              "spatial_shapes must have shape [L, 2] = [", s.levels, ", 2] (the levels of sampling_locations), got ",
+              spatial_shapes.sizes());
+  const std::vector<int64_t> shapes = read_index_tensor(spatial_shapes, "spatial_shapes", value);
+  int64_t total = 0;
+  for (int64_t l = 0; l < s.levels; ++l) {
+    const int64_t h = shapes[2 * l], w = shapes[2 * l + 1];
+    TORCH_CHECK(h >= 1 && w >= 1, "spatial_shapes: level ", l, " has size ", h, " x ", w,
+                "; every level needs a height and width of at least 1");
+    s.heights.push_back(h);
+    s.widths.push_back(w);
+    s.starts.push_back(total);
+    total += h * w;
+  }
+  TORCH_CHECK(total == s.num_values, "spatial_shapes: the levels hold ", total, " tokens (sum of H * W) but value has S = ",
+              s.num_values);
+  if (level_start_index.has_value()) {
+    TORCH_CHECK(level_start_index->dim() == 1 && level_start_index->size(0) == s.levels,
+                "level_start_index must have shape [L] = [", s.levels, "], got ", level_start_index->sizes());
+    const std::vector<int64_t> starts = read_index_tensor(*level_start_index, "level_start_index", value);
+    TORCH_CHECK(starts == s.starts, "level_start_index is ", at::IntArrayRef(starts),
+                " but the levels of spatial_shapes start at ", at::IntArrayRef(s.starts));
+  }
+  return s;
+}
+
 // The shape of `t` with its last dim replaced by `last`.
 inline std::vector<int64_t> with_last_dim(const at::Tensor& t, int64_t last) {
   std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
@@ -152,6 +225,13 @@ inline void check_sine_embed_backward_inputs(const at::Tensor& boxes, const Sine
   if (grad_modulated_xy.has_value())
     check_like(*grad_modulated_xy, "grad_modulated_xy", with_last_dim(boxes, 2 * num_feats), boxes.scalar_type(),
                boxes.device());
+}
+
+// The incoming gradient of the deformable attention backward: [B, Nq, H * D] like its output.
+inline void check_deformable_attention_backward_inputs(const DeformableAttentionSizes& s, const at::Tensor& value,
+                                                       const at::Tensor& grad_out) {
+  check_like(grad_out, "grad_out", {s.batch, s.num_queries, s.heads * s.head_dim}, value.scalar_type(),
+             value.device());
 }
 
 }  // namespace dabdetr

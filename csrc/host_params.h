@@ -138,4 +138,49 @@ struct SineEmbedGrads {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {boxes, xy_scale, ref_wh}; }
 };
 
+// The kernels' parameter block holds at most kMaxDeformableLevels levels.
+inline void check_deformable_levels_served(const DeformableAttentionSizes& s, const char* op) {
+  TORCH_CHECK(s.levels <= kMaxDeformableLevels, op, ": the kernels serve at most ", kMaxDeformableLevels,
+              " levels, got ", s.levels, " (use impl=\"reference\")");
+}
+
+// The inputs of the deformable attention (value read in place, the other two contiguous) and its
+// sizes (check_deformable_levels_served first).
+template <typename Params, typename DataOf>
+void set_deformable_attention_inputs(Params& p, const DeformableAttentionSizes& s, const at::Tensor& value,
+                                     const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+                                     DataOf data_of) {
+  p.value = data_of(value);
+  p.value_stride_b = value.stride(0);
+  p.value_stride_s = value.stride(1);
+  p.value_stride_h = value.stride(2);
+  p.batch = s.batch;
+  p.num_values = s.num_values;
+  p.heads = s.heads;
+  p.head_dim = s.head_dim;
+  p.num_queries = s.num_queries;
+  p.levels = s.levels;
+  p.points = s.points;
+  for (int64_t l = 0; l < s.levels; ++l) {
+    p.level_height[l] = s.heights[l];
+    p.level_width[l] = s.widths[l];
+    p.level_start[l] = s.starts[l];
+  }
+  p.sampling_locations = data_of(sampling_locations);
+  p.attention_weights = data_of(attention_weights);
+}
+
+// The gradients of the deformable attention backward, in the inputs' dtype and layout (contiguous).
+struct DeformableAttentionGrads {
+  at::Tensor value, sampling_locations, attention_weights;
+
+  DeformableAttentionGrads(const at::Tensor& value_in, const at::Tensor& sampling_locations_in,
+                           const at::Tensor& attention_weights_in)
+      : value(at::zeros(value_in.sizes(), value_in.options())),
+        sampling_locations(at::empty(sampling_locations_in.sizes(), sampling_locations_in.options())),
+        attention_weights(at::empty(attention_weights_in.sizes(), attention_weights_in.options())) {}
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {value, sampling_locations, attention_weights}; }
+};
+
 }  // namespace dabdetr

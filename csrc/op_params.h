@@ -54,4 +54,29 @@ struct SineEmbedParamsOf {
   Ptr grad_ref_wh = nullptr;             // [N, 2] or null
 };
 
+// Levels of a multi-scale deformable attention call, at most kMaxDeformableLevels (their sizes
+// travel by value in the parameter block, so a CUDA launch needs no device copy of them).
+constexpr int kMaxDeformableLevels = 16;
+
+template <typename ConstPtr, typename Ptr>
+struct DeformableAttentionParamsOf {
+  // value [B, S, H, D]: element strides of the batch, token and head dims; D is contiguous.
+  ConstPtr value = nullptr;
+  int64_t value_stride_b = 0, value_stride_s = 0, value_stride_h = 0;
+  int64_t batch = 0, num_values = 0, heads = 0, head_dim = 0, num_queries = 0, levels = 0, points = 0;
+  // Level l: height, width and first token in value (row-major, tokens start .. start + H W - 1).
+  int64_t level_height[kMaxDeformableLevels] = {}, level_width[kMaxDeformableLevels] = {},
+          level_start[kMaxDeformableLevels] = {};
+  ConstPtr sampling_locations = nullptr;  // contiguous [B, Nq, H, L, P, 2]: (x, y) in [0, 1] of each level
+  ConstPtr attention_weights = nullptr;   // contiguous [B, Nq, H, L, P]
+  Ptr out = nullptr;                      // contiguous [B, Nq, H, D]
+  // Backward only: grad_out like out; gradients contiguous like their inputs.
+  ConstPtr grad_out = nullptr;
+  Ptr grad_value = nullptr;
+  Ptr grad_sampling_locations = nullptr;
+  Ptr grad_attention_weights = nullptr;
+
+  int64_t samples_per_query() const { return heads * levels * points; }
+};
+
 }  // namespace dabdetr

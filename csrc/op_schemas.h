@@ -29,6 +29,16 @@ inline void define_ops(torch::Library& m) {
       "anchor_sine_embed_backward(Tensor? grad_embed, Tensor? grad_modulated_xy, Tensor embed, "
       "Tensor boxes, Tensor? xy_scale, Tensor? ref_wh, int num_feats, float temperature) "
       "-> (Tensor, Tensor, Tensor)");
+  // Multi-scale deformable attention: value [B, S, H, D], spatial_shapes [L, 2] (H_l, W_l) and
+  // level_start_index [L] (None: computed), integers on the CPU or value's device,
+  // sampling_locations [B, Nq, H, L, P, 2], attention_weights [B, Nq, H, L, P]. Returns [B, Nq, H * D].
+  m.def(
+      "multi_scale_deformable_attention(Tensor value, Tensor spatial_shapes, Tensor? level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  // Returns the gradients of (value, sampling_locations, attention_weights).
+  m.def(
+      "multi_scale_deformable_attention_backward(Tensor grad_out, Tensor value, Tensor spatial_shapes, "
+      "Tensor? level_start_index, Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace dabdetr

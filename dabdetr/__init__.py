@@ -1,4 +1,5 @@
-"""dabdetr: DAB-DETR with fused kernels for its modulated attention and anchor sine embedding.
+"""dabdetr: DAB-DETR with fused kernels for its modulated attention, anchor sine embedding and
+multi-scale deformable attention.
 
 The package, by role, from the bottom up (each layer imports only the layers below it; the
 import-linter contract in pyproject.toml keeps it so):
@@ -20,7 +21,13 @@ import importlib
 
 from dabdetr import ops
 from dabdetr.models import DABDETR, DABDETRConfig, build_model, post_process, preset
-from dabdetr.ops import anchor_sine_embed, kernel_info, modulated_anchor_sine_embed, modulated_attention
+from dabdetr.ops import (
+    anchor_sine_embed,
+    kernel_info,
+    modulated_anchor_sine_embed,
+    modulated_attention,
+    multi_scale_deformable_attention,
+)
 from dabdetr.weights import from_pretrained, load_pretrained, save_pretrained
 
 _ON_FIRST_USE = {
@@ -41,7 +48,8 @@ __all__ = [
     # deployment
     "detect", "export", "load_detector", "predict_images",
     # the fused ops
-    "ops", "modulated_attention", "anchor_sine_embed", "modulated_anchor_sine_embed", "kernel_info",
+    "ops", "modulated_attention", "anchor_sine_embed", "modulated_anchor_sine_embed",
+    "multi_scale_deformable_attention", "kernel_info",
     "__version__",
 ]
 

@@ -167,3 +167,140 @@ def assert_error_ratio(candidate, same_dtype_reference, truth, factor, what, flo
     assert err <= factor * ref_err + floor, (
         f"{what}: error {err:.3e} exceeds {factor} x reference error {ref_err:.3e} + {floor:.1e}"
     )
+
+
+@dataclass(frozen=True)
+class DeformableCase:
+    name: str
+    levels: tuple = ((6, 9), (3, 5), (2, 3), (1, 2))  # (H_l, W_l)
+    B: int = 2
+    Nq: int = 7
+    H: int = 2
+    D: int = 8
+    P: int = 3
+    # inside: all in (0, 1); outside: in (-0.5, 1.5), many outside; borders: on the levels' edges
+    # and on pixel centres and cell edges, exactly (the levels' sizes are powers of 2)
+    locations: str = "inside"
+    strided: bool = False  # value a slice of a wider Linear output, sampling_locations a strided view
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def num_values(self):
+        return sum(h * w for h, w in self.levels)
+
+
+DEFORMABLE_CASES = [
+    DeformableCase("tiny", levels=((2, 3),), B=1, Nq=3, H=1, P=1),
+    DeformableCase("four_levels", D=16, P=4),
+    DeformableCase("rows_and_columns", levels=((1, 7), (5, 1), (1, 1), (3, 1)), D=8, P=2, locations="outside"),
+    DeformableCase("outside", levels=((4, 5), (2, 3)), B=2, Nq=9, H=3, D=24, P=4, locations="outside"),
+    DeformableCase("borders", levels=((4, 8), (2, 4), (1, 2)), B=1, Nq=16, H=2, D=8, P=4, locations="borders"),
+    DeformableCase("strided", D=32, P=2, strided=True),
+    DeformableCase("odd_dim", levels=((3, 4), (2, 2)), B=2, Nq=5, H=3, D=5, P=2, locations="outside"),
+    DeformableCase("wide_head", levels=((5, 6), (3, 3)), B=1, Nq=6, H=2, D=64, P=4),
+    DeformableCase("no_queries", Nq=0),
+]
+# gradcheck cost grows fast: small odd shapes.
+DEFORMABLE_GRADCHECK_CASES = [
+    DeformableCase("gc_two_levels", levels=((3, 4), (2, 2)), B=1, Nq=3, H=2, D=3, P=2, locations="outside"),
+    DeformableCase("gc_column", levels=((4, 1), (1, 3)), B=2, Nq=2, H=1, D=2, P=3),
+]
+
+
+def _border_locations(case, generator):
+    """Normalized locations exactly on the levels' edges (0, 1, 1 + 1/(2W), -1/(2W): pixel -1 and W),
+    on pixel centres and on cell edges, as (x, y) pairs drawn per sample: exact in binary for
+    power-of-2 level sizes."""
+    B, Nq, H, P = case.B, case.Nq, case.H, case.P
+    per_level = []
+    for h, w in case.levels:
+        def choices(n):
+            edges = [0.0, 1.0, -0.5 / n, 1.0 + 0.5 / n, 1.0 - 0.5 / n]
+            return torch.tensor(edges + [(k + 0.5) / n for k in range(n)] + [k / n for k in range(n + 1)],
+                                dtype=torch.float64)
+        xs, ys = choices(w), choices(h)
+        x = xs[torch.randint(len(xs), (B, Nq, H, P), generator=generator)]
+        y = ys[torch.randint(len(ys), (B, Nq, H, P), generator=generator)]
+        per_level.append(torch.stack((x, y), dim=-1))
+    return torch.stack(per_level, dim=3)
+
+
+def deformable_inputs(case, device="cpu", dtype=torch.float64, requires_grad=False, seed=0):
+    """dict of multi_scale_deformable_attention's arguments for `case` (spatial_shapes int64 on the
+    CPU, level_start_index beside it)."""
+    g = torch.Generator().manual_seed(seed)
+    B, S, H, D, L, P = case.B, case.num_values, case.H, case.D, len(case.levels), case.P
+    if case.strided:
+        # A fused projection's output [B, S, 2 H D], value its first half viewed per head.
+        projected = torch.randn(B, S, 2 * H * D, generator=g, dtype=torch.float64).to(device, dtype)
+        value = projected[..., : H * D].unflatten(-1, (H, D))
+    else:
+        value = torch.randn(B, S, H, D, generator=g, dtype=torch.float64).to(device, dtype)
+    if case.locations == "borders":
+        locations = _border_locations(case, g)
+    else:
+        low, high = (0.02, 0.98) if case.locations == "inside" else (-0.5, 1.5)
+        locations = torch.rand(B, case.Nq, H, L, P, 2, generator=g, dtype=torch.float64) * (high - low) + low
+    locations = locations.to(device, dtype)
+    if case.strided:
+        locations = torch.cat((locations, locations), dim=-1)[..., :2]  # a view with strides past the pair
+    weights = torch.rand(B, case.Nq, H, L * P, generator=g, dtype=torch.float64).softmax(-1).view(B, case.Nq, H, L, P)
+    weights = weights.to(device, dtype)
+    leaves = {"value": value, "sampling_locations": locations, "attention_weights": weights}
+    if requires_grad:
+        for t in leaves.values():
+            t.requires_grad_(True)
+    shapes = torch.tensor(case.levels, dtype=torch.int64)
+    starts = torch.tensor([0] + [h * w for h, w in case.levels][:-1], dtype=torch.int64).cumsum(0)
+    return {"value": value, "spatial_shapes": shapes, "level_start_index": starts, **leaves}
+
+
+def naive_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights):
+    """In fp64, with the bilinear weights written as tents over every pixel of a level:
+    weight of pixel (i, j) = max(0, 1 - |x - j|) max(0, 1 - |y - i|) at the pixel position (x, y) =
+    (loc_x W - 0.5, loc_y H - 0.5); pixels outside a level do not exist, so they weigh nothing.
+    Differentiable (away from pixel positions, where the tents have kinks)."""
+    value, loc, weights = (t.double() for t in (value, sampling_locations, attention_weights))
+    B, _, H, D = value.shape
+    out = value.new_zeros(B, loc.shape[1], H, D)
+    start = 0
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        grid = value[:, start: start + h * w].reshape(B, h, w, H, D)
+        x = loc[:, :, :, level, :, 0] * w - 0.5  # [B, Nq, H, P]
+        y = loc[:, :, :, level, :, 1] * h - 0.5
+        tent_x = (1 - (x[..., None] - torch.arange(w, dtype=torch.float64, device=x.device)).abs()).clamp(min=0)
+        tent_y = (1 - (y[..., None] - torch.arange(h, dtype=torch.float64, device=y.device)).abs()).clamp(min=0)
+        sampled = torch.einsum("bqhpi,bqhpj,bijhd->bqhpd", tent_y, tent_x, grid)
+        out = out + (sampled * weights[:, :, :, level, :, None]).sum(3)
+        start += h * w
+    return out.flatten(2)
+
+
+def deformable_in_dtype(value, spatial_shapes, sampling_locations, attention_weights):
+    """The same-dtype computation the 16-bit CUDA kernels are held to: pixel positions and bilinear
+    weights in float32 (a 16-bit position is off by up to half a pixel on a 134-pixel row), each
+    corner's weight (bilinear x attention) rounded to value's dtype, products and sums in that dtype."""
+    dtype = value.dtype
+    value, locations, weights = value.detach(), sampling_locations.detach().float(), attention_weights.detach()
+    B, _, H, D = value.shape
+    out = value.new_zeros(B, locations.shape[1], H, D)
+    start = 0
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        grid = value[:, start: start + h * w].reshape(B, h, w, H, D)
+        x = locations[:, :, :, level, :, 0] * w - 0.5  # [B, Nq, H, P], float32
+        y = locations[:, :, :, level, :, 1] * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            cx, cy = (x0 + dx).long(), (y0 + dy).long()
+            bilinear = (1 - (x - cx).abs()) * (1 - (y - cy).abs())
+            inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            corner_weight = (bilinear * weights[:, :, :, level].float() * inside).to(dtype)  # [B, Nq, H, P]
+            b = torch.arange(B).view(B, 1, 1, 1)
+            heads = torch.arange(H).view(1, 1, H, 1)
+            rows = grid[b, cy.clamp(0, h - 1), cx.clamp(0, w - 1), heads]  # [B, Nq, H, P, D]
+            for p in range(rows.shape[3]):
+                out = out + rows[:, :, :, p] * corner_weight[:, :, :, p, None]
+        start += h * w
+    return out.flatten(2)

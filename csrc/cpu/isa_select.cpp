@@ -33,14 +33,17 @@ KernelTable<T> table_for(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     case Isa::kAvx512:
       return {avx512::attention_forward<T>, avx512::attention_backward<T>,
-              avx512::sine_embed_forward<T>, avx512::sine_embed_backward<T>};
+              avx512::sine_embed_forward<T>, avx512::sine_embed_backward<T>,
+              avx512::deformable_attention_forward<T>, avx512::deformable_attention_backward<T>};
     case Isa::kAvx2:
       return {avx2::attention_forward<T>, avx2::attention_backward<T>,
-              avx2::sine_embed_forward<T>, avx2::sine_embed_backward<T>};
+              avx2::sine_embed_forward<T>, avx2::sine_embed_backward<T>,
+              avx2::deformable_attention_forward<T>, avx2::deformable_attention_backward<T>};
 #endif
     default:
       return {generic::attention_forward<T>, generic::attention_backward<T>,
-              generic::sine_embed_forward<T>, generic::sine_embed_backward<T>};
+              generic::sine_embed_forward<T>, generic::sine_embed_backward<T>,
+              generic::deformable_attention_forward<T>, generic::deformable_attention_backward<T>};
   }
 }
 

@@ -46,4 +46,7 @@ struct AttentionParams : AttentionParamsOf<const T*, T*, T> {
 template <typename T>
 using SineEmbedParams = SineEmbedParamsOf<const T*, T*>;
 
+template <typename T>
+using DeformableAttentionParams = DeformableAttentionParamsOf<const T*, T*>;
+
 }  // namespace dabdetr::cpu

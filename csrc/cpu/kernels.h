@@ -1,5 +1,6 @@
 // Entry points of the CPU kernels, one set per instruction-set level (isa_*.cpp), and the
-// runtime choice between them. Each entry point processes work items [begin, end).
+// runtime choice between them. Each entry point processes work items [begin, end); scratch, where
+// taken, is the calling thread's (ops_cpu.cpp sizes it).
 #pragma once
 
 #include "cpu/kernel_params.h"
@@ -16,6 +17,12 @@ namespace dabdetr::cpu {
   void sine_embed_forward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);         \
   template <typename T>                                                                     \
   void sine_embed_backward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);        \
+  template <typename T>                                                                     \
+  void deformable_attention_forward(const DeformableAttentionParams<T>& p, int64_t begin,   \
+                                    int64_t end, T* scratch);                               \
+  template <typename T>                                                                     \
+  void deformable_attention_backward(const DeformableAttentionParams<T>& p, int64_t begin,  \
+                                     int64_t end, T* scratch);                              \
   }
 
 DABDETR_DECLARE_CPU_KERNELS(generic)
@@ -38,6 +45,8 @@ struct KernelTable {
   void (*attention_backward)(const AttentionParams<T>&, int64_t, int64_t, T*);
   void (*sine_embed_forward)(const SineEmbedParams<T>&, int64_t, int64_t);
   void (*sine_embed_backward)(const SineEmbedParams<T>&, int64_t, int64_t);
+  void (*deformable_attention_forward)(const DeformableAttentionParams<T>&, int64_t, int64_t, T*);
+  void (*deformable_attention_backward)(const DeformableAttentionParams<T>&, int64_t, int64_t, T*);
 };
 
 template <typename T>

@@ -185,6 +185,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cpu(
   return grads.tuple();
 }
 
+// Grain of the deformable attention forward, in query rows (each H * L * P samples).
+constexpr int64_t kQueriesPerTask = 16;
+
+at::Tensor multi_scale_deformable_attention_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                                const std::optional<at::Tensor>& level_start_index,
+                                                const at::Tensor& sampling_locations,
+                                                const at::Tensor& attention_weights) {
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
+                                                                       sampling_locations, attention_weights);
+  if (is_half(value))
+    return multi_scale_deformable_attention_cpu(to_float(value), spatial_shapes, level_start_index,
+                                                to_float(sampling_locations), to_float(attention_weights))
+        .to(value.scalar_type());
+  check_cpu_dtype(value, "multi_scale_deformable_attention");
+  check_deformable_levels_served(s, "multi_scale_deformable_attention");
+  const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
+  at::Tensor out = at::empty({s.batch, s.num_queries, s.heads * s.head_dim}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "multi_scale_deformable_attention_cpu", [&] {
+    cpu::DeformableAttentionParams<scalar_t> p;
+    set_deformable_attention_inputs(p, s, value, locations, weights, DataOf<scalar_t>());
+    p.out = out.data_ptr<scalar_t>();
+    const auto& kernel = cpu::kernels<scalar_t>().deformable_attention_forward;
+    at::parallel_for(0, s.batch * s.num_queries, kQueriesPerTask, [&](int64_t begin, int64_t end) {
+      kernel(p, begin, end, thread_scratch<scalar_t>(s.head_dim));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const std::optional<at::Tensor>& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
+                                                                       sampling_locations, attention_weights);
+  check_deformable_attention_backward_inputs(s, value, grad_out);
+  if (is_half(value))
+    return rounded_to(value.scalar_type(), multi_scale_deformable_attention_backward_cpu(
+                                               to_float(grad_out), to_float(value), spatial_shapes, level_start_index,
+                                               to_float(sampling_locations), to_float(attention_weights)));
+  check_cpu_dtype(value, "multi_scale_deformable_attention_backward");
+  check_deformable_levels_served(s, "multi_scale_deformable_attention_backward");
+  const at::Tensor grad_out_c = grad_out.contiguous();
+  const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
+  DeformableAttentionGrads grads(value, locations, weights);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "multi_scale_deformable_attention_backward_cpu", [&] {
+    cpu::DeformableAttentionParams<scalar_t> p;
+    set_deformable_attention_inputs(p, s, value, locations, weights, DataOf<scalar_t>());
+    p.grad_out = grad_out_c.data_ptr<scalar_t>();
+    p.grad_value = grads.value.data_ptr<scalar_t>();
+    p.grad_sampling_locations = grads.sampling_locations.data_ptr<scalar_t>();
+    p.grad_attention_weights = grads.attention_weights.data_ptr<scalar_t>();
+    const auto& kernel = cpu::kernels<scalar_t>().deformable_attention_backward;
+    // One work item per (batch, head): it owns that slice of grad_value (no races, deterministic).
+    at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+      kernel(p, begin, end, thread_scratch<scalar_t>(s.head_dim));
+    });
+  });
+  return grads.tuple();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dabdetr, CPU, m) {
@@ -193,6 +254,8 @@ TORCH_LIBRARY_IMPL(dabdetr, CPU, m) {
   m.impl("anchor_sine_embed", &anchor_sine_embed_cpu);
   m.impl("modulated_anchor_sine_embed", &modulated_anchor_sine_embed_cpu);
   m.impl("anchor_sine_embed_backward", &anchor_sine_embed_backward_cpu);
+  m.impl("multi_scale_deformable_attention", &multi_scale_deformable_attention_cpu);
+  m.impl("multi_scale_deformable_attention_backward", &multi_scale_deformable_attention_backward_cpu);
 }
 
 }  // namespace dabdetr

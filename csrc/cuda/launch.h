@@ -25,6 +25,11 @@ constexpr int64_t kMmaRowsPerBlock = 64;
 constexpr int64_t kMmaKeyTile = 64;
 constexpr int kMaxKeySplits = 16;
 
+// The deformable attention kernels (deformable_attention.cu) serve head dims that are multiples of
+// kDeformableHeadDimStep up to kDeformableMaxHeadDim (one or two channels per lane of a warp).
+constexpr int64_t kDeformableMaxHeadDim = 64;
+constexpr int64_t kDeformableHeadDimStep = 8;
+
 using Operand = OperandOf<const void*>;
 
 // Pointers are type-erased: each .cu dispatches on dtype. lse (and the backward's delta scratch)

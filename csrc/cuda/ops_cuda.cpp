@@ -67,6 +67,8 @@ pybind11::dict cuda_build_info() {
   pybind11::list tensor_core_dtypes;  // float32 only where TF32 is allowed (attention_path)
   for (const auto t : {at::kHalf, at::kBFloat16, at::kFloat}) tensor_core_dtypes.append(dtype_name(t));
   info["cuda_tensor_core_dtypes"] = tensor_core_dtypes;
+  info["cuda_deformable_max_head_dim"] = kDeformableMaxHeadDim;
+  info["cuda_deformable_head_dim_step"] = kDeformableHeadDimStep;
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
   return info;
 }

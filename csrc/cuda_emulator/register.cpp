@@ -11,8 +11,13 @@
 
 namespace {
 
-// [max head dim, max queries (and keys) per head]: what csrc/cuda/launch.h allows.
-std::vector<int64_t> limits() { return {dabdetr::cuda::kMaxHeadDim, dabdetr::cuda::kMaxAttentionRows}; }
+// [max head dim, max queries (and keys) per head, most deformable levels, deformable max head dim,
+// deformable head dim step]: what csrc/cuda/launch.h and csrc/op_params.h allow
+// (dabdetr/ops/extension.py names them).
+std::vector<int64_t> limits() {
+  return {dabdetr::cuda::kMaxHeadDim, dabdetr::cuda::kMaxAttentionRows, dabdetr::kMaxDeformableLevels,
+          dabdetr::cuda::kDeformableMaxHeadDim, dabdetr::cuda::kDeformableHeadDimStep};
+}
 
 }  // namespace
 

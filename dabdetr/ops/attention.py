@@ -5,7 +5,14 @@ import math
 import torch
 
 from dabdetr.ops import reference
-from dabdetr.ops.extension import BUILD_INFO, EMULATOR_LIMITS, kernel_ops, no_double_backward, op_libraries
+from dabdetr.ops.extension import (
+    BUILD_INFO,
+    EMULATOR_LIMITS,
+    kernel_ops,
+    last_dim_contiguous,
+    no_double_backward,
+    op_libraries,
+)
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -39,7 +46,7 @@ def modulated_attention(
     ops = kernel_ops(impl, "modulated_attention", q_content.device, q_content.dtype, unsupported)
     if ops is not None:
         q_content, q_pos, k_content, k_pos, value = (
-            _last_dim_contiguous(t) for t in (q_content, q_pos, k_content, k_pos, value)
+            last_dim_contiguous(t) for t in (q_content, q_pos, k_content, k_pos, value)
         )
         out, _ = ops.modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, float(scale))
         return out
@@ -58,14 +65,6 @@ def _unsupported(q_content, q_pos, k_content, value):
         return (f"the CUDA kernel serves at most {limits['cuda_max_attention_rows']} queries and keys per head, "
                 f"got {rows}")
     return None
-
-
-def _last_dim_contiguous(t):
-    # Views straight from a Linear (view + transpose) pass as they are; only a tensor whose
-    # features are themselves strided is copied, since the kernels read feature rows.
-    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
-        return t
-    return t.contiguous()
 
 
 def _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask):

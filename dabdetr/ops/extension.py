@@ -40,7 +40,9 @@ def _load_emulator():
         warnings.warn(f"dabdetr: the CUDA emulator at {EMULATOR_LIBRARY} does not load ({error}); rebuild it with "
                       "bash scripts/build_cuda_emulator.sh", RuntimeWarning, stacklevel=2)
         return None
-    return dict(zip(("cuda_max_head_dim", "cuda_max_attention_rows"), limits))
+    names = ("cuda_max_head_dim", "cuda_max_attention_rows", "deformable_max_levels", "cuda_deformable_max_head_dim",
+             "cuda_deformable_head_dim_step")
+    return dict(zip(names, limits))
 
 
 _C, _UNAVAILABLE = _load()
@@ -104,6 +106,15 @@ def op_libraries():
     return [name for name, loaded in (("dabdetr", _C is not None), ("dabdetr_emulated", _EMULATOR)) if loaded]
 
 
+def last_dim_contiguous(t):
+    """t, or a copy of it whose last dim is contiguous: the kernels read feature rows in place, so
+    views straight from a Linear (view + transpose) pass as they are; only a tensor whose features
+    are themselves strided is copied."""
+    if t is None or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
 def no_double_backward(op_name):
     """Autograd formula for a kernel's backward op: first derivatives only."""
 
@@ -127,7 +138,10 @@ def kernel_info():
     kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
     cuda_attention_default_path (the one used unless DABDETR_ATTENTION_PATH says otherwise) and
     cuda_tensor_core_dtypes (the tensor-core path's: float32 only where TF32 is allowed; with CUDA
-    only), cuda_emulated (bool: the CUDA emulator's ops are loaded, impl="cuda_emulated"),
+    only), deformable_max_levels (the deformable attention kernels' most levels),
+    cuda_deformable_max_head_dim and cuda_deformable_head_dim_step (the head dims its CUDA kernels
+    serve: multiples of the step up to the max; with CUDA only), cuda_emulated (bool: the CUDA
+    emulator's ops are loaded, impl="cuda_emulated"),
     torch_version (torch the extension was built against), runtime_torch_version.
     """
     info = {

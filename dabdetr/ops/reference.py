@@ -1,12 +1,14 @@
-"""Pure-PyTorch specification of the two ops (and their fallback where no kernel serves a call).
+"""Pure-PyTorch specification of the ops (and their fallback where no kernel serves a call).
 
 Written for clarity, not speed: attention builds the per-head concatenation and the full
-probability matrix; the sine embedding follows docs/ops.md (op 2) literally.
+probability matrix; the sine embedding follows docs/ops.md (op 2) literally; the deformable
+attention samples each level with grid_sample, as Deformable DETR's own fallback does.
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def modulated_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
@@ -64,3 +66,58 @@ def modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats, temperature)
         x_mod = (ref_wh[..., 0] / boxes[..., 2])[..., None]
         xy = torch.cat((xy[..., :num_feats] * y_mod, xy[..., num_feats:] * x_mod), dim=-1)
     return embed, xy
+
+
+def multi_scale_deformable_attention(value, level_sizes, sampling_locations, attention_weights):
+    """Multi-scale deformable attention by grid_sample (docs/ops.md, op 3).
+
+    Args:
+        value: [B, S, H, D], the levels' tokens one level after another, each level row-major.
+        level_sizes: the levels' (H_l, W_l) as ints, summing (H_l * W_l) to S.
+        sampling_locations: [B, Nq, H, L, P, 2], (x, y) normalized to each level: pixel x W_l - 0.5.
+        attention_weights: [B, Nq, H, L, P].
+    Returns:
+        [B, Nq, H * D]: per query and head, the attention-weighted sum over levels and points of the
+        bilinear sample of that head's value map (corners outside a level count as zero).
+    """
+    B, _, H, D = value.shape
+    _, Nq, _, L, P, _ = sampling_locations.shape
+    levels = value.split([h * w for h, w in level_sizes], dim=1)
+    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1], corners of the corner pixels
+    samples = []
+    for level, (h, w), grid in zip(levels, level_sizes, grids.unbind(3)):
+        maps = level.permute(0, 2, 3, 1).reshape(B * H, D, h, w)  # [B*H, D, H_l, W_l]
+        grid = grid.transpose(1, 2).reshape(B * H, Nq, P, 2)
+        samples.append(F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    sampled = torch.stack(samples, dim=3)  # [B*H, D, Nq, L, P]
+    weights = attention_weights.transpose(1, 2).reshape(B * H, 1, Nq, L, P)
+    out = (sampled * weights).sum(dim=(3, 4))  # [B*H, D, Nq]
+    return out.view(B, H * D, Nq).transpose(1, 2).contiguous()
+
+
+def multi_scale_deformable_attention_by_index(value, spatial_shapes, sampling_locations, attention_weights):
+    """The same op as multi_scale_deformable_attention, with the bilinear corners gathered by index
+    arithmetic: the level sizes stay tensor values (spatial_shapes [L, 2] integers), so a graph traced
+    with symbolic sizes (torch.export, ONNX) needs no size that depends on data. For export only:
+    it holds the same [B*H, Nq*L*P, D] samples per corner as grid_sample holds per level."""
+    B, S, H, D = value.shape
+    _, Nq, _, L, P, _ = sampling_locations.shape
+    shapes = spatial_shapes.to(device=value.device, dtype=torch.int64)
+    heights, widths = shapes[:, 0].view(L, 1), shapes[:, 1].view(L, 1)  # [L, 1], against [..., L, P]
+    starts = torch.cumsum(heights * widths, dim=0) - heights * widths
+    x = sampling_locations[..., 0] * widths.to(value.dtype) - 0.5  # [B, Nq, H, L, P] pixels
+    y = sampling_locations[..., 1] * heights.to(value.dtype) - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    maps = value.permute(0, 2, 1, 3).reshape(B * H, S, D)
+    out = value.new_zeros(B * H, Nq, D)
+    corners = ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy))
+    for dx, dy, bilinear in corners:
+        cx, cy = x0 + dx, y0 + dy
+        inside = (cx >= 0) & (cx < widths) & (cy >= 0) & (cy < heights)
+        token = torch.where(inside, starts + cy * widths + cx, 0)  # [B, Nq, H, L, P]
+        token = token.transpose(1, 2).reshape(B * H, Nq * L * P, 1).expand(-1, -1, D)
+        weight = torch.where(inside, bilinear * attention_weights, 0).transpose(1, 2).reshape(B * H, Nq, L * P, 1)
+        out = out + (maps.gather(1, token).view(B * H, Nq, L * P, D) * weight).sum(dim=2)
+    return out.view(B, H, Nq, D).transpose(1, 2).reshape(B, Nq, H * D)
