@@ -10,7 +10,8 @@
 # Any finding fails the script. Then the proof that each check can fail: the kernels' deliberately
 # broken variants (DABDETR_EMULATOR_FAULT, csrc/cuda/execution.cuh) must be caught, a dropped
 # __syncthreads by TSan, a read past a shared tile by ASan, permuted fragment lanes by the parity
-# check. Objects go to $OUT (default build-cuda-emulator-sanitizers).
+# check, a plain += where the deformable attention's backward needs an atomic by TSan (in global and
+# in shared memory). Objects go to $OUT (default build-cuda-emulator-sanitizers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build-cuda-emulator-sanitizers}
@@ -67,3 +68,5 @@ expect_caught 1 tsan csrc/cuda/attention_forward.cu "attention simt float32 B2" 
 expect_caught 2 asan csrc/cuda/attention_mma_forward.cu "attention tensor_core bfloat16 splits 1 B2" \
   "AddressSanitizer: heap-buffer-overflow"
 expect_caught 3 asan csrc/cuda/attention_mma_forward.cu "attention tensor_core" "WRONG attention tensor_core"
+expect_caught 4 tsan csrc/cuda/deformable_attention.cu "deformable float32 D32 global" "ThreadSanitizer: data race"
+expect_caught 4 tsan csrc/cuda/deformable_attention.cu "deformable float32 D32 shared" "ThreadSanitizer: data race"

@@ -200,6 +200,8 @@ DEFORMABLE_CASES = [
     DeformableCase("strided", D=32, P=2, strided=True),
     DeformableCase("odd_dim", levels=((3, 4), (2, 2)), B=2, Nq=5, H=3, D=5, P=2, locations="outside"),
     DeformableCase("wide_head", levels=((5, 6), (3, 3)), B=1, Nq=6, H=2, D=64, P=4),
+    # A level too large for the CUDA backward's shared-memory sums (40 x 41 x 8 floats > 48 KB).
+    DeformableCase("large_level", levels=((40, 41), (3, 3)), B=1, Nq=8, H=2, D=8, P=2),
     DeformableCase("no_queries", Nq=0),
 ]
 # gradcheck cost grows fast: small odd shapes.

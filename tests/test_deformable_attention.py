@@ -234,18 +234,21 @@ def test_cuda_half_within_error_ratio(case, dtype, gpu):
     kernel = _run(inputs, gpu.impl, cot)
     same_dtype = deformable_in_dtype(*(inputs[k] for k in ("value", "spatial_shapes", *LEAVES[1:])))
     eps = torch.finfo(dtype).eps
-    assert kernel[0].dtype == dtype
-    assert_error_ratio(kernel[0], same_dtype, truth[0], 2.0, "output", floor=eps * truth[0].abs().max().item())
+    assert kernel[0].dtype == dtype and kernel[0].shape == truth[0].shape
+    if case.Nq:
+        assert_error_ratio(kernel[0], same_dtype, truth[0], 2.0, "output", floor=eps * truth[0].abs().max().item())
     # Gradients: the float32 computation rounded to dtype once (the kernels accumulate in float32).
     widened = _run(retyped(inputs, torch.float32), "reference", cot.float())
     for i, (k, w, t) in enumerate(zip(kernel[1:], widened[1:], truth[1:]), start=1):
-        assert k.dtype == dtype
+        assert k.dtype == dtype and k.shape == t.shape
+        if not t.numel():
+            continue
         bound = 2 * eps * max(1.0, t.abs().max().item()) + (w.double() - t).abs().max().item()
         assert (k.double() - t).abs().max().item() <= bound, f"grad {i}"
 
 
 def test_cuda_deterministic_backward(gpu, monkeypatch):
-    case = DeformableCase("collisions", levels=((2, 3), (1, 2)), B=2, Nq=200, H=2, D=32, P=4)
+    case = DeformableCase("collisions", levels=((2, 3), (1, 2)), B=2, Nq=48, H=2, D=32, P=4)
     inputs = deformable_inputs(case, gpu, torch.float32, requires_grad=True)
     cot = _cotangent(case, gpu, torch.float32)
     previous = torch.are_deterministic_algorithms_enabled()
@@ -257,7 +260,9 @@ def test_cuda_deterministic_backward(gpu, monkeypatch):
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     atomic = _run(inputs, gpu.impl, cot)
-    reference = _run(retyped(inputs, torch.float64), "reference", cot.double())
-    for d, a, r in zip(runs[0], atomic, reference):
-        assert_error_ratio(d, a, r, 2.0, "deterministic against atomic", floor=1e-6)
+    same_dtype = _run(inputs, "reference", cot)
+    truth = _run(retyped(inputs, torch.float64), "reference", cot.double())
+    for i, (d, a, r, t) in enumerate(zip(runs[0], atomic, same_dtype, truth)):
+        for path, result in (("deterministic", d), ("atomic", a)):
+            assert_error_ratio(result, r, t, 2.0 if i == 0 else 3.0, f"{path} output/grad {i}", floor=1e-6)
 

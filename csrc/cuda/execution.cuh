@@ -15,7 +15,9 @@
 // The deliberately broken variants that prove the emulator's checks can fail, built only by
 // scripts/check_cuda_emulator_sanitizers.sh: 1 drops a __syncthreads of the SIMT forward (TSan
 // reports the race), 2 reads one row past the tensor-core forward's last shared tile (ASan reports
-// it), 3 permutes the lanes of the tensor-core products' A fragments (the results are wrong). 0: none.
+// it), 3 permutes the lanes of the tensor-core products' A fragments (the results are wrong), 4 adds
+// the deformable attention's value gradients with a plain += instead of atomicAdd (TSan reports the
+// race). 0: none.
 #ifndef DABDETR_EMULATOR_FAULT
 #define DABDETR_EMULATOR_FAULT 0
 #endif

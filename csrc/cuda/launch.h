@@ -57,6 +57,31 @@ struct SineEmbedArgs : SineEmbedParamsOf<const void*, void*> {
   Dtype dtype = Dtype::kFloat32;
 };
 
+// Multi-scale deformable attention (deformable_attention.cu). The backward accumulates the value
+// gradient in the accumulation type: into grad_value itself for float32 and float64, into a float32
+// workspace (grad_value_accumulator) for the 16-bit types, rounded into grad_value at the end.
+struct DeformableAttentionArgs : DeformableAttentionParamsOf<const void*, void*> {
+  Dtype dtype = Dtype::kFloat32;
+  void* grad_value_accumulator = nullptr;  // contiguous [B, S, H, D] of Acc, zeroed by the caller
+  // The atomic backward's tiling (deformable_backward_tiling): queries per block, and the levels
+  // whose value gradient a block sums in shared memory first (bit l), in shared_bytes in all.
+  int64_t tile_queries = 0;
+  unsigned shared_levels = 0;
+  int64_t shared_bytes = 0;
+  // The deterministic backward (sort_entries_by_row): each corner of each sample is an entry
+  // (entries_per_group = L * P * 4 per (b, q, h)); entry_rows[e] its value row (b * H + h) * S + token,
+  // or B * H * S for a corner outside the level, entry_weights[e] its a * bilinear (Acc); then the
+  // entries sorted by row (stable), row_starts[r] the first of row r (B * H * S + 1 of them).
+  int64_t* entry_rows = nullptr;
+  void* entry_weights = nullptr;
+  const int64_t* sorted_entries = nullptr;
+  const int64_t* row_starts = nullptr;
+};
+
+// Most shared memory one block of the atomic backward sums value gradients in (the default 48 KB a
+// launch gets without an opt-in).
+constexpr int64_t kDeformableSharedBytes = 48 * 1024;
+
 cudaError_t attention_forward(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t attention_backward(const AttentionArgs& args, cudaStream_t stream);
 // The tensor-core path on sm_80+: bfloat16, float16, and float32 as tf32 (ops_cuda.cpp chooses the path).
@@ -64,5 +89,13 @@ cudaError_t attention_forward_mma(const AttentionArgs& args, cudaStream_t stream
 cudaError_t attention_backward_mma(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t sine_embed_forward(const SineEmbedArgs& args, cudaStream_t stream);
 cudaError_t sine_embed_backward(const SineEmbedArgs& args, cudaStream_t stream);
+cudaError_t deformable_attention_forward(const DeformableAttentionArgs& args, cudaStream_t stream);
+// The default backward: value gradients by atomics (nondeterministic sums), after shared-memory sums
+// per block for the levels in shared_levels; the location and weight gradients have one writer each.
+cudaError_t deformable_attention_backward(const DeformableAttentionArgs& args, cudaStream_t stream);
+// The deterministic backward, in two steps around a stable sort of the entries by row (ops_cuda.cpp):
+// the entries, then every gradient with one writer and a fixed order of summation.
+cudaError_t deformable_attention_entries(const DeformableAttentionArgs& args, cudaStream_t stream);
+cudaError_t deformable_attention_backward_sorted(const DeformableAttentionArgs& args, cudaStream_t stream);
 
 }  // namespace dabdetr::cuda

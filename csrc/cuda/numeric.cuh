@@ -29,6 +29,8 @@ __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 __device__ __forceinline__ float log_acc(float x) { return logf(x); }
 __device__ __forceinline__ double log_acc(double x) { return log(x); }
+__device__ __forceinline__ float floor_acc(float x) { return floorf(x); }
+__device__ __forceinline__ double floor_acc(double x) { return floor(x); }
 __device__ __forceinline__ void sincos_acc(float x, float* s, float* c) { sincosf(x, s, c); }
 __device__ __forceinline__ void sincos_acc(double x, double* s, double* c) { sincos(x, s, c); }
 

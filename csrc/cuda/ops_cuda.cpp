@@ -297,6 +297,113 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cuda(
   return grads.tuple();
 }
 
+// The deformable attention's launch arguments: inputs (sampling_locations and attention_weights
+// contiguous), after the kernels' limits.
+DeformableAttentionArgs deformable_args(const DeformableAttentionSizes& s, const at::Tensor& value,
+                                        const at::Tensor& locations, const at::Tensor& weights, const char* op) {
+  check_deformable_levels_served(s, op);
+  TORCH_CHECK(s.head_dim > 0 && s.head_dim <= kDeformableMaxHeadDim && s.head_dim % kDeformableHeadDimStep == 0, op,
+              ": the CUDA kernels serve head dims ", kDeformableHeadDimStep, " to ", kDeformableMaxHeadDim,
+              " in steps of ", kDeformableHeadDimStep, ", got D=", s.head_dim, " (use impl=\"reference\")");
+  TORCH_CHECK(s.batch * s.heads <= 65535, op, ": batch * heads = ", s.batch * s.heads,
+              " exceeds the CUDA grid's y dimension (65535)");
+  DeformableAttentionArgs a;
+  a.dtype = dtype_of(value, op);
+  set_deformable_attention_inputs(a, s, value, locations, weights, data_of);
+  return a;
+}
+
+// The atomic backward's tiling: blocks serve tiles of consecutive queries of one (b, h), as long as
+// the grid still has about two blocks per SM (64 queries, halved down to a warp's groups); the
+// smallest levels whose value gradients fit kDeformableSharedBytes together are summed in shared
+// memory per block, where the tile makes at least a quarter as many corner updates to the level as
+// it has cells (else zeroing and flushing the sums would cost more than they save). A first choice
+// from the shapes, not yet measured on a GPU.
+void deformable_backward_tiling(DeformableAttentionArgs& a) {
+  const int64_t groups_per_block = 256 / std::min<int64_t>(32, std::max<int64_t>(8, a.head_dim));
+  const int64_t target = 2 * int64_t(device_attribute(cudaDevAttrMultiProcessorCount));
+  a.tile_queries = 64;
+  while (a.tile_queries > groups_per_block &&
+         (a.num_queries + a.tile_queries - 1) / a.tile_queries * a.batch * a.heads < target)
+    a.tile_queries /= 2;
+  const int64_t element = a.dtype == Dtype::kFloat64 ? 8 : 4;
+  std::vector<int64_t> order(a.levels);
+  for (int64_t l = 0; l < a.levels; ++l) order[l] = l;
+  std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+    return a.level_height[x] * a.level_width[x] < a.level_height[y] * a.level_width[y];
+  });
+  a.shared_levels = 0;
+  a.shared_bytes = 0;
+  for (const int64_t l : order) {
+    const int64_t cells = a.level_height[l] * a.level_width[l], bytes = cells * a.head_dim * element;
+    if (a.shared_bytes + bytes > kDeformableSharedBytes || cells > 4 * 4 * a.tile_queries * a.points) break;
+    a.shared_levels |= 1u << l;
+    a.shared_bytes += bytes;
+  }
+}
+
+at::Tensor multi_scale_deformable_attention_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                                 const std::optional<at::Tensor>& level_start_index,
+                                                 const at::Tensor& sampling_locations,
+                                                 const at::Tensor& attention_weights) {
+  const char* op = "multi_scale_deformable_attention";
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
+                                                                       sampling_locations, attention_weights);
+  const DeviceGuard guard(value.device());
+  const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
+  DeformableAttentionArgs a = deformable_args(s, value, locations, weights, op);
+  at::Tensor out = at::empty({s.batch, s.num_queries, s.heads * s.head_dim}, value.options());
+  a.out = out.data_ptr();
+  check_launch(deformable_attention_forward(a, current_stream()), op);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const std::optional<at::Tensor>& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const char* op = "multi_scale_deformable_attention_backward";
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
+                                                                       sampling_locations, attention_weights);
+  check_deformable_attention_backward_inputs(s, value, grad_out);
+  const DeviceGuard guard(value.device());
+  const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
+  const at::Tensor grad_out_c = grad_out.contiguous();
+  DeformableAttentionArgs a = deformable_args(s, value, locations, weights, op);
+  a.grad_out = grad_out_c.data_ptr();
+  const at::Tensor grad_locations = at::empty(locations.sizes(), locations.options());
+  const at::Tensor grad_weights = at::empty(weights.sizes(), weights.options());
+  a.grad_sampling_locations = grad_locations.data_ptr();
+  a.grad_attention_weights = grad_weights.data_ptr();
+  const at::TensorOptions acc_options = value.options().dtype(acc_dtype(value));
+  const cudaStream_t stream = current_stream();
+  if (at::globalContext().deterministicAlgorithms()) {
+    // Every gradient element has one writer, which sums in a fixed order: the entries sorted by row.
+    const at::Tensor grad_value = at::empty(value.sizes(), value.options().memory_format(at::MemoryFormat::Contiguous));
+    a.grad_value = grad_value.data_ptr();
+    const int64_t entries = s.batch * s.num_queries * s.heads * s.levels * s.points * 4;
+    const at::Tensor rows = at::empty({entries}, value.options().dtype(at::kLong));
+    const at::Tensor entry_weights = at::empty({entries}, acc_options);
+    a.entry_rows = rows.data_ptr<int64_t>();
+    a.entry_weights = entry_weights.data_ptr();
+    check_launch(deformable_attention_entries(a, stream), op);
+    const auto [sorted_rows, order] = at::sort(rows, /*stable=*/std::optional<bool>(true), /*dim=*/0);
+    const at::Tensor row_starts =
+        at::searchsorted(sorted_rows, at::arange(s.batch * s.heads * s.num_values + 1, rows.options()));
+    a.sorted_entries = order.data_ptr<int64_t>();
+    a.row_starts = row_starts.data_ptr<int64_t>();
+    check_launch(deformable_attention_backward_sorted(a, stream), op);
+    return {grad_value, grad_locations, grad_weights};
+  }
+  const at::Tensor grad_value = at::zeros(value.sizes(), value.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor sums = acc_dtype(value) == value.scalar_type() ? grad_value : at::zeros(value.sizes(), acc_options);
+  a.grad_value = grad_value.data_ptr();
+  a.grad_value_accumulator = sums.data_ptr();
+  deformable_backward_tiling(a);
+  check_launch(deformable_attention_backward(a, stream), op);
+  return {grad_value, grad_locations, grad_weights};
+}
+
 }  // namespace
 
 #ifdef DABDETR_CUDA_EMULATOR
@@ -309,6 +416,8 @@ TORCH_LIBRARY_IMPL(dabdetr, CUDA, m) {
   m.impl("anchor_sine_embed", &anchor_sine_embed_cuda);
   m.impl("modulated_anchor_sine_embed", &modulated_anchor_sine_embed_cuda);
   m.impl("anchor_sine_embed_backward", &anchor_sine_embed_backward_cuda);
+  m.impl("multi_scale_deformable_attention", &multi_scale_deformable_attention_cuda);
+  m.impl("multi_scale_deformable_attention_backward", &multi_scale_deformable_attention_backward_cuda);
 }
 
 }  // namespace cuda

@@ -124,13 +124,13 @@ struct Launch {
   std::unique_ptr<unsigned char[]> shared;
   size_t shared_size = 0;
   std::string failure;
-  // The generation of the block's barrier and of each warp's collective: the sanitizers' sync
-  // objects alternate with it, so a thread leaving a barrier acquires what was released at that
-  // one, not what faster threads already released at the next.
+  // The generation of the block's barrier and of each warp's collectives (per collective_slot: the
+  // lanes of one mask): the sanitizers' sync objects alternate with it, so a thread leaving a barrier
+  // acquires what was released at that one, not what faster threads already released at the next.
   unsigned barrier_generation = 0;
-  std::vector<unsigned> warp_generation;
+  std::vector<unsigned> warp_generation;  // [warp][lowest lane of the mask]
   char barrier_sync[2] = {}, begin_sync = 0, end_sync = 0, block_sync = 0;
-  std::vector<char> warp_sync;  // [warp][2]
+  std::vector<char> warp_sync;  // [warp][lowest lane of the mask][2]
   // The scheduler's side of the fiber switches.
   void* asan_fake_stack = nullptr;
   const void* scheduler_stack = nullptr;
@@ -370,18 +370,16 @@ bool run_ldmatrix(Launch& l, Fiber* lanes[kWarpSize], bool transpose) {
   return true;
 }
 
-// Completes warp `warp`'s collective if every lane of its mask has arrived; false on a failure.
-bool try_warp_op(Launch& l, int warp) {
-  const int count = lanes_in_block(l, warp);
-  Fiber* lanes[kWarpSize] = {};
-  for (int lane = 0; lane < count; ++lane) lanes[lane] = &l.fibers[warp * kWarpSize + lane];
-  const Fiber* first = nullptr;
-  for (int lane = 0; lane < count; ++lane)
-    if (lanes[lane]->state == State::kAtWarpOp) {
-      first = lanes[lane];
-      break;
-    }
-  if (first == nullptr) return true;
+int lowest_lane(unsigned mask) { return mask == 0 ? 0 : __builtin_ctz(mask); }
+
+// The collectives' bookkeeping slot of the lanes of `mask` in warp `warp`: lanes with disjoint masks
+// (shuffles of width 8 among groups of 8 lanes, say) run collectives of their own.
+int collective_slot(int warp, unsigned mask) { return warp * kWarpSize + lowest_lane(mask); }
+
+// Completes the collective of the lanes of warp `warp` that wait with `first`'s mask, if every lane
+// of the mask has arrived; *done says whether it completed; false on a failure.
+bool try_collective(Launch& l, int warp, Fiber* (&lanes)[kWarpSize], int count, const Fiber* first, bool* done) {
+  *done = false;
   const unsigned mask = first->op.kind == WarpOpKind::kShfl ? first->op.mask : 0xffffffffu;
   for (int lane = 0; lane < kWarpSize; ++lane) {
     if (!(mask >> lane & 1u)) continue;
@@ -432,7 +430,21 @@ bool try_warp_op(Launch& l, int warp) {
   }
   for (int lane = 0; lane < kWarpSize; ++lane)
     if (mask >> lane & 1u) lanes[lane]->state = State::kRunnable;
-  ++l.warp_generation[warp];
+  ++l.warp_generation[collective_slot(warp, mask)];
+  *done = true;
+  return true;
+}
+
+// Completes every collective of warp `warp` whose lanes have all arrived; false on a failure.
+bool try_warp_op(Launch& l, int warp) {
+  const int count = lanes_in_block(l, warp);
+  Fiber* lanes[kWarpSize] = {};
+  for (int lane = 0; lane < count; ++lane) lanes[lane] = &l.fibers[warp * kWarpSize + lane];
+  for (int lane = 0; lane < count; ++lane) {
+    if (lanes[lane]->state != State::kAtWarpOp) continue;
+    bool done = false;
+    if (!try_collective(l, warp, lanes, count, lanes[lane], &done)) return false;
+  }
   return true;
 }
 
@@ -584,7 +596,7 @@ cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, si
     l.shared.reset(new unsigned char[dynamic_shared]);  // exactly the launch's size: the sanitizers see past it
     l.shared_size = dynamic_shared;
   }
-  l.warp_generation.assign((threads + kWarpSize - 1) / kWarpSize, 0);
+  l.warp_generation.assign((threads + kWarpSize - 1) / kWarpSize * kWarpSize, 0);
   l.warp_sync.assign(l.warp_generation.size() * 2, 0);
 #ifdef DABDETR_TSAN
   l.tsan_scheduler = __tsan_get_current_fiber();
@@ -644,12 +656,13 @@ WarpOp& arrive(WarpOpKind kind) {
   return op;
 }
 
-// Waits until the warp's collective completes, ordering it with the other lanes' sides of it.
-void wait_for_warp() {
+// Waits until the collective of the lanes of `mask` completes, ordering it with the other lanes'
+// sides of it.
+void wait_for_warp(unsigned mask) {
   Launch& l = *g_launch;
-  const int warp = linear(threadIdx, blockDim) / kWarpSize;
-  const unsigned generation = l.warp_generation[warp];
-  char* sync = &l.warp_sync[warp * 2 + (generation & 1)];
+  const int slot = collective_slot(linear(threadIdx, blockDim) / kWarpSize, mask);
+  const unsigned generation = l.warp_generation[slot];
+  char* sync = &l.warp_sync[slot * 2 + (generation & 1)];
   release(sync);
   yield(State::kAtWarpOp);
   acquire(sync);
@@ -666,7 +679,7 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
   op.width = width;
   const int lane = linear(threadIdx, blockDim) % kWarpSize;
   if (!(mask >> lane & 1u)) fail("__shfl_xor_sync: the calling lane is not in its mask");
-  wait_for_warp();
+  wait_for_warp(mask);
   return g_launch->current->op.out_bits;
 }
 
@@ -676,7 +689,7 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool transpose) {
 #ifdef DABDETR_TSAN
   __tsan_read16(const_cast<void*>(row));  // this lane's row, read by the scheduler on its behalf
 #endif
-  wait_for_warp();
+  wait_for_warp(0xffffffffu);
   std::memcpy(r, g_launch->current->op.out_r, sizeof(r));
 }
 
@@ -686,7 +699,7 @@ void mma(MmaType type, float (&c)[4], const uint32_t* a, const uint32_t* b) {
   std::memcpy(op.a, a, sizeof(op.a));
   std::memcpy(op.b, b, sizeof(op.b));
   std::memcpy(op.c, c, sizeof(op.c));
-  wait_for_warp();
+  wait_for_warp(0xffffffffu);
   std::memcpy(c, g_launch->current->op.out_r, sizeof(c));
 }
 

@@ -1,8 +1,8 @@
 // Runs every CUDA kernel on the emulator without torch, for the sanitizer builds
 // (scripts/check_cuda_emulator_sanitizers.sh): the attention forward and backward on both paths
 // (SIMT in the four dtypes; tensor cores in bf16, fp16 and tf32, with one and with three key
-// splits) and the sine embedding forward and backward (plain and modulated, four dtypes), each on
-// three shapes. Every buffer is its own heap allocation of exactly its size, as a torch tensor's
+// splits), the sine embedding forward and backward (plain and modulated, four dtypes) and the
+// deformable attention (forward, both backwards; four dtypes), each on three shapes. Every buffer is its own heap allocation of exactly its size, as a torch tensor's
 // storage would be, so AddressSanitizer sees a read or write past any of them. The attention
 // outputs are also compared with a naive fp64 evaluation (the Python tests hold every output and
 // gradient to the error-ratio bound; this catches a kernel gone wrong in the sanitizer builds, such
@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -236,6 +237,128 @@ void run_sine(int64_t boxes, int64_t coords, int64_t feats, bool modulated, cuda
   check(cuda::sine_embed_backward(a, nullptr), name + " backward");
 }
 
+struct DeformableShape {
+  int64_t B, Nq, H, D, P;
+  std::vector<std::pair<int64_t, int64_t>> levels;  // (H_l, W_l)
+};
+
+// The largest |out - naive fp64 deformable attention| (corners outside a level count as zero).
+double deformable_error(const cuda::DeformableAttentionArgs& a, const Buffer& value, const Buffer& loc,
+                        const Buffer& weights, const Buffer& out) {
+  double worst = 0;
+  std::vector<double> sum(a.head_dim);
+  for (int64_t g = 0; g < a.batch * a.num_queries * a.heads; ++g) {
+    const int64_t b = g / (a.num_queries * a.heads), h = g % a.heads;
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (int64_t l = 0; l < a.levels; ++l)
+      for (int64_t p = 0; p < a.points; ++p) {
+        const int64_t i = (g * a.levels + l) * a.points + p;
+        const double x = element(loc, a.dtype, 2 * i) * a.level_width[l] - 0.5;
+        const double y = element(loc, a.dtype, 2 * i + 1) * a.level_height[l] - 0.5;
+        const double w = element(weights, a.dtype, i);
+        for (int64_t row = 0; row < a.level_height[l]; ++row)
+          for (int64_t col = 0; col < a.level_width[l]; ++col) {
+            const double tent = std::max(0.0, 1 - std::abs(x - col)) * std::max(0.0, 1 - std::abs(y - row));
+            if (tent == 0) continue;
+            const int64_t token = a.level_start[l] + row * a.level_width[l] + col;
+            for (int64_t d = 0; d < a.head_dim; ++d)
+              sum[d] += w * tent * element(value, a.dtype, ((b * a.num_values + token) * a.heads + h) * a.head_dim + d);
+          }
+      }
+    for (int64_t d = 0; d < a.head_dim; ++d)
+      worst = std::max(worst, std::abs(element(out, a.dtype, g * a.head_dim + d) - sum[d]));
+  }
+  return worst;
+}
+
+// Forward, the atomic backward (with the given levels summed in shared memory first) and the
+// deterministic backward (its entries sorted here as ops_cuda.cpp sorts them with torch); the
+// forward against the naive evaluation, the two backwards' value gradients against each other.
+void run_deformable(const DeformableShape& s, cuda::Dtype dtype, unsigned shared_levels, const std::string& name) {
+  cuda::DeformableAttentionArgs a;
+  a.dtype = dtype;
+  a.batch = s.B;
+  a.num_queries = s.Nq;
+  a.heads = s.H;
+  a.head_dim = s.D;
+  a.points = s.P;
+  a.levels = static_cast<int64_t>(s.levels.size());
+  for (size_t l = 0; l < s.levels.size(); ++l) {
+    a.level_height[l] = s.levels[l].first;
+    a.level_width[l] = s.levels[l].second;
+    a.level_start[l] = a.num_values;
+    a.num_values += s.levels[l].first * s.levels[l].second;
+  }
+  const int64_t S = a.num_values, samples = s.B * s.Nq * s.H * a.levels * s.P;
+  const size_t size = element_size(dtype), acc = dtype == cuda::Dtype::kFloat64 ? 8 : 4;
+  Buffer value = random_buffer(dtype, s.B * S * s.H * s.D), loc = random_buffer(dtype, samples * 2, -0.2, 1.2);
+  Buffer weights = random_buffer(dtype, samples, 0, 1);
+  a.value = value.data();
+  a.value_stride_b = S * s.H * s.D;
+  a.value_stride_s = s.H * s.D;
+  a.value_stride_h = s.D;
+  a.sampling_locations = loc.data();
+  a.attention_weights = weights.data();
+  Buffer out = empty_buffer(s.B * s.Nq * s.H * s.D * size);
+  a.out = out.data();
+  check(cuda::deformable_attention_forward(a, nullptr), name + " forward");
+  const double error = deformable_error(a, value, loc, weights, out);
+  const double tolerance_forward = tolerance(dtype, false) * a.levels * s.P;  // |out| up to L P
+  if (!(error <= tolerance_forward)) {
+    std::fprintf(stderr, "WRONG %s forward: max error %.3g (tolerance %.1g)\n", name.c_str(), error, tolerance_forward);
+    ++failures;
+  }
+
+  Buffer grad_out = random_buffer(dtype, s.B * s.Nq * s.H * s.D);
+  a.grad_out = grad_out.data();
+  const int64_t value_elements = s.B * S * s.H * s.D;
+  Buffer grad_value = empty_buffer(value_elements * size), sums = empty_buffer(value_elements * acc);
+  std::memset(sums.bytes.get(), 0, sums.size);
+  Buffer grad_loc = empty_buffer(samples * 2 * size), grad_weights = empty_buffer(samples * size);
+  a.grad_value = grad_value.data();
+  a.grad_value_accumulator = acc == size ? grad_value.data() : sums.data();
+  if (acc == size) std::memset(grad_value.bytes.get(), 0, grad_value.size);
+  a.grad_sampling_locations = grad_loc.data();
+  a.grad_attention_weights = grad_weights.data();
+  a.tile_queries = 16;
+  a.shared_levels = shared_levels;
+  for (int64_t l = 0; l < a.levels; ++l)
+    if (shared_levels >> l & 1u) a.shared_bytes += a.level_height[l] * a.level_width[l] * s.D * acc;
+  check(cuda::deformable_attention_backward(a, nullptr), name + " backward");
+
+  // The deterministic backward, into buffers of its own.
+  Buffer rows = empty_buffer(samples * 4 * 8), entry_weights = empty_buffer(samples * 4 * acc);
+  a.entry_rows = reinterpret_cast<int64_t*>(rows.data());
+  a.entry_weights = entry_weights.data();
+  check(cuda::deformable_attention_entries(a, nullptr), name + " entries");
+  std::vector<int64_t> order(samples * 4), starts(s.B * s.H * S + 1);
+  for (size_t e = 0; e < order.size(); ++e) order[e] = static_cast<int64_t>(e);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return a.entry_rows[x] < a.entry_rows[y]; });
+  for (int64_t r = 0, e = 0; r <= s.B * s.H * S; ++r) {
+    while (e < static_cast<int64_t>(order.size()) && a.entry_rows[order[e]] < r) ++e;
+    starts[r] = e;
+  }
+  a.sorted_entries = order.data();
+  a.row_starts = starts.data();
+  Buffer sorted_grad_value = empty_buffer(value_elements * size);
+  Buffer sorted_grad_loc = empty_buffer(samples * 2 * size), sorted_grad_weights = empty_buffer(samples * size);
+  a.grad_value = sorted_grad_value.data();
+  a.grad_sampling_locations = sorted_grad_loc.data();
+  a.grad_attention_weights = sorted_grad_weights.data();
+  check(cuda::deformable_attention_backward_sorted(a, nullptr), name + " deterministic backward");
+  double worst = 0, largest = 1;
+  for (int64_t e = 0; e < value_elements; ++e) {
+    worst = std::max(worst, std::abs(element(grad_value, dtype, e) - element(sorted_grad_value, dtype, e)));
+    largest = std::max(largest, std::abs(element(sorted_grad_value, dtype, e)));
+  }
+  const double tolerance_backward = 4 * tolerance(dtype, false) * largest;  // two orders of summation
+  if (!(worst <= tolerance_backward)) {
+    std::fprintf(stderr, "WRONG %s backward: the atomic and deterministic value gradients differ by %.3g\n",
+                 name.c_str(), worst);
+    ++failures;
+  }
+}
+
 const char* dtype_name(cuda::Dtype dtype) {
   switch (dtype) {
     case cuda::Dtype::kFloat32: return "float32";
@@ -288,6 +411,23 @@ int main(int argc, char** argv) {
                                  " " + std::to_string(s[0]) + "x" + std::to_string(s[1]);
         if (!wanted(name)) continue;
         run_sine(s[0], s[1], s[2], modulated, dtype, name);
+        ++runs;
+      }
+  // Small levels and many queries, so that samples collide on value rows within a block (a race
+  // where an atomic is missing); the value gradients summed in global memory, or in shared memory
+  // first; D 8, 32 and 64.
+  const DeformableShape deformable_shapes[] = {
+      {2, 37, 2, 32, 4, {{2, 3}, {1, 2}}},
+      {1, 20, 3, 8, 2, {{7, 5}, {3, 1}, {1, 4}}},
+      {1, 9, 1, 64, 3, {{4, 4}, {2, 2}}},
+  };
+  for (const auto& shape : deformable_shapes)
+    for (const auto dtype : dtypes)
+      for (const unsigned shared_levels : {0u, (1u << shape.levels.size()) - 1}) {  // none or all in shared
+        const std::string name = std::string("deformable ") + dtype_name(dtype) + " D" + std::to_string(shape.D) +
+                                 (shared_levels ? " shared" : " global");
+        if (!wanted(name)) continue;
+        run_deformable(shape, dtype, shared_levels, name);
         ++runs;
       }
   std::printf("%d kernel runs, %d failed\n", runs, failures);

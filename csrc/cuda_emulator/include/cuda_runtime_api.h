@@ -54,6 +54,27 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) 
   return value;
 }
 
+// atomicAdd on a float or double in global or shared memory, as a compare-and-swap loop on its bits:
+// a relaxed atomic read-modify-write to the sanitizers too, so ThreadSanitizer reports a plain add
+// where an atomic belongs (two CUDA threads updating one element with no barrier between them) as a
+// race, and two atomics as none. Returns the old value, as CUDA's does.
+template <typename T, typename Bits>
+inline T emulated_atomic_add(T* address, T value) {
+  static_assert(sizeof(T) == sizeof(Bits), "the value's bits");
+  Bits* bits = reinterpret_cast<Bits*>(address);
+  Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+  for (;;) {
+    T old;
+    std::memcpy(&old, &expected, sizeof old);
+    const T sum = old + value;
+    Bits desired;
+    std::memcpy(&desired, &sum, sizeof desired);
+    if (__atomic_compare_exchange_n(bits, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
+  }
+}
+inline float atomicAdd(float* address, float value) { return emulated_atomic_add<float, uint32_t>(address, value); }
+inline double atomicAdd(double* address, double value) { return emulated_atomic_add<double, uint64_t>(address, value); }
+
 [[noreturn]] inline void __trap() { dabdetr_cuda_emulator::fail("__trap()"); }
 
 inline float __uint_as_float(unsigned int x) { return dabdetr_cuda_emulator::bit_cast_to<float>(&x); }
