@@ -135,6 +135,7 @@ MISUSE = {
     4: "^invalid configuration argument$",  # grid y of 65536
     5: "^invalid argument$",  # 48 KiB + 1 of dynamic shared memory, limit not raised
     6: "^invalid argument$",  # the limit raised past the device's opt-in maximum
+    8: "lanes of warp 0 meet at different collectives",  # shuffles under overlapping masks
 }
 
 
@@ -142,7 +143,7 @@ MISUSE = {
 def test_misuse_is_refused_with_the_runtime_error(kind):
     message = torch.ops.dabdetr_emulated.misuse_check(kind)
     assert re.search(MISUSE[kind], message), message
-    if kind <= 2:  # inside a kernel: named as compute-sanitizer would
+    if kind <= 2 or kind == 8:  # inside a kernel: named as compute-sanitizer would
         assert message.startswith("unspecified launch failure: dabdetr::cuda::")
         assert "block (0, 0, 0)" in message
 
@@ -152,3 +153,17 @@ def test_dynamic_shared_memory_up_to_the_emulated_gpus_opt_in_maximum(gpu, optin
     monkeypatch.setenv("DABDETR_EMULATED_GPU", gpu)
     assert torch.ops.dabdetr_emulated.misuse_check(7) == ""  # exactly the maximum, once raised
     assert torch.ops.dabdetr_emulated.misuse_check(6) == "invalid argument"  # one byte more
+
+
+def test_sub_warp_shuffles_and_atomics():
+    """Groups of 8 lanes shuffle under their own masks, each group a different number of times (so
+    a warp's groups meet their collectives at different times), and every thread of two blocks adds
+    to the same floats with atomicAdd (the deformable attention's backward does both)."""
+    group_sums, sums = torch.ops.dabdetr_emulated.collective_check()
+    expected = torch.zeros(64)
+    for t in range(64):
+        group = range(t // 8 * 8, t // 8 * 8 + 8)
+        expected[t] = sum(sum(u + r for u in group) for r in range(t // 8 % 3 + 1))
+    assert torch.equal(group_sums, expected.expand(2, 64))
+    by_residue = [2.0 * sum(t for t in range(64) if t % 4 == r) for r in range(4)]
+    assert torch.equal(sums, torch.tensor([128.0, *by_residue]))

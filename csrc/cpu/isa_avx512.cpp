@@ -1,5 +1,6 @@
 // CPU kernels compiled for AVX512 (selected at run time only on CPUs that have it). The
 // target pragma comes after every system and project header, so only our kernels get it.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>

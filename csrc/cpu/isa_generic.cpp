@@ -1,4 +1,5 @@
 // CPU kernels compiled for the baseline instruction set of the build (runs on any CPU).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>

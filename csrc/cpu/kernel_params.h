@@ -46,7 +46,34 @@ struct AttentionParams : AttentionParamsOf<const T*, T*, T> {
 template <typename T>
 using SineEmbedParams = SineEmbedParamsOf<const T*, T*>;
 
+// A deformable attention sample's four bilinear corners (deformable_attention_kernel.inc): the
+// token of each corner in value (-1 outside the level), its bilinear weight, and the position
+// (fx, fy) within the cell; inside is false when no corner is inside the level.
 template <typename T>
-using DeformableAttentionParams = DeformableAttentionParamsOf<const T*, T*>;
+struct BilinearCorners {
+  int64_t token[4];
+  T weight[4];
+  T fx, fy;
+  bool inside;
+};
+
+template <typename T>
+struct DeformableAttentionParams : DeformableAttentionParamsOf<const T*, T*> {
+  // The backward's work items: a batch entry's block of heads_per_item heads each.
+  int64_t heads_per_item = 1;
+
+  int64_t samples_per_group() const { return this->levels * this->points; }  // per (b, q, h)
+  int64_t backward_work_items() const {
+    return this->batch * ((this->heads + heads_per_item - 1) / heads_per_item);
+  }
+
+  // Scratch each thread needs, in elements of T: the corners of two query groups' samples (one
+  // being summed while the next one's rows are prefetched), then a row of D (for head dims that
+  // take no register layout).
+  int64_t workspace() const {
+    const int64_t corner_bytes = 2 * samples_per_group() * static_cast<int64_t>(sizeof(BilinearCorners<T>));
+    return (corner_bytes + static_cast<int64_t>(sizeof(T)) - 1) / static_cast<int64_t>(sizeof(T)) + this->head_dim;
+  }
+};
 
 }  // namespace dabdetr::cpu

@@ -1,5 +1,6 @@
 // CPU registrations of the dabdetr ops: validate, allocate, split the work with
 // at::parallel_for and run the kernels of the instruction set chosen at load time.
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -208,7 +209,7 @@ at::Tensor multi_scale_deformable_attention_cpu(const at::Tensor& value, const a
     p.out = out.data_ptr<scalar_t>();
     const auto& kernel = cpu::kernels<scalar_t>().deformable_attention_forward;
     at::parallel_for(0, s.batch * s.num_queries, kQueriesPerTask, [&](int64_t begin, int64_t end) {
-      kernel(p, begin, end, thread_scratch<scalar_t>(s.head_dim));
+      kernel(p, begin, end, thread_scratch<scalar_t>(p.workspace()));
     });
   });
   return out;
@@ -238,9 +239,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_
     p.grad_sampling_locations = grads.sampling_locations.data_ptr<scalar_t>();
     p.grad_attention_weights = grads.attention_weights.data_ptr<scalar_t>();
     const auto& kernel = cpu::kernels<scalar_t>().deformable_attention_backward;
-    // One work item per (batch, head): it owns that slice of grad_value (no races, deterministic).
-    at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-      kernel(p, begin, end, thread_scratch<scalar_t>(s.head_dim));
+    // A work item owns grad_value[b, :, h, :] for a block of heads and sums into it in the order of
+    // the queries, then the heads: no races, and every element gets its terms in the same order
+    // whatever the blocks, so the result does not depend on the thread count. The blocks are as
+    // large as leave every thread an item (neighbouring heads read neighbouring memory).
+    const int64_t threads = at::get_num_threads();
+    p.heads_per_item = std::max<int64_t>(1, s.heads * s.batch / std::max<int64_t>(threads, 1));
+    p.heads_per_item = std::min(p.heads_per_item, s.heads);
+    at::parallel_for(0, p.backward_work_items(), 1, [&](int64_t begin, int64_t end) {
+      kernel(p, begin, end, thread_scratch<scalar_t>(p.workspace()));
     });
   });
   return grads.tuple();

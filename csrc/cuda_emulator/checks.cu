@@ -4,6 +4,8 @@
 //   attention kernels call them, so the test can hold the emulated instructions to the PTX ISA (the
 //   registers each lane receives from ldmatrix, plain and .trans, and the products of mma.sync,
 //   against torch.matmul and fragment tables written in Python);
+// - dabdetr_emulated::collective_check: sub-warp shuffles under disjoint masks that reach their
+//   collectives at different times, and atomicAdd from every thread of two blocks;
 // - dabdetr_emulated::misuse_check: kernels and launches that break the execution model's rules,
 //   each of which the emulator must refuse with the runtime's or compute-sanitizer's error.
 #include <ATen/ATen.h>
@@ -107,6 +109,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fragment_check(const 
   return {d, a_regs, b_regs, bt_regs};
 }
 
+// Groups of 8 lanes sum their values with shuffles of width 8 under their own mask, group g (of the
+// block) g % 3 + 1 times, so the groups of a warp reach their collectives at different times; then
+// every thread adds 1 to sums[0] and its index to sums[1 + index % 4] with atomicAdd.
+__global__ void group_kernel(float* group_sums, float* sums) {
+  const unsigned mask = 0xffu << (threadIdx.x % kLanes / 8 * 8);
+  float total = 0;
+  for (unsigned round = 0; round <= threadIdx.x / 8 % 3; ++round) {
+    float v = static_cast<float>(threadIdx.x + round);
+    for (int offset = 4; offset > 0; offset /= 2) v += __shfl_xor_sync(mask, v, offset, 8);
+    total += v;
+  }
+  group_sums[blockIdx.x * blockDim.x + threadIdx.x] = total;
+  atomicAdd(&sums[0], 1.0f);
+  atomicAdd(&sums[1 + threadIdx.x % 4], static_cast<float>(threadIdx.x));
+}
+
+// (group sums [2, 64], sums [5]) of group_kernel on two blocks of 64 threads.
+std::tuple<at::Tensor, at::Tensor> collective_check() {
+  at::Tensor group_sums = at::zeros({2, 64}, at::kFloat), sums = at::zeros({5}, at::kFloat);
+  const cudaError_t error = launch_kernel<group_kernel>(2, 64, 0, nullptr, group_sums.data_ptr<float>(),
+                                                       sums.data_ptr<float>());
+  TORCH_CHECK(error == cudaSuccess, "collective_check: ", cudaGetErrorString(error));
+  return {group_sums, sums};
+}
+
+// Lanes 0..3 shuffle under mask 0xff while lanes 4..11 shuffle under 0xff0: lanes 4..7 are named by
+// two collectives at once.
+__global__ void overlapping_masks_kernel(int) {
+  float x = static_cast<float>(threadIdx.x);
+  if (threadIdx.x < 4) x += __shfl_xor_sync(0xffu, x, 1);
+  else if (threadIdx.x < 12) x += __shfl_xor_sync(0xff0u, x, 1);
+}
+
 // Threads 0..31 of a block of 64 return early: the rest wait at a barrier they never pass.
 __global__ void early_exit_kernel(int) {
   if (threadIdx.x < 32) return;
@@ -135,7 +170,8 @@ __global__ void unraised_kernel(int) {}  // never gets cudaFuncSetAttribute
 // The error (its text) of misuse `kind`: 0 a thread exits while others wait at a barrier, 1 a
 // shuffle's lane has exited, 2 a barrier some threads never reach, 3 1025 threads a block,
 // 4 a 65536-block grid's y, 5 48 KiB + 1 of dynamic shared memory without raising the limit,
-// 6 the opt-in maximum + 1 (the attribute itself refused), 7 a launch that fits (empty text).
+// 6 the opt-in maximum + 1 (the attribute itself refused), 7 a launch that fits (empty text), 8
+// shuffles under overlapping masks.
 std::string misuse_check(int64_t kind) {
   const size_t optin = dabdetr_cuda_emulator::device().max_shared_optin;
   cudaError_t error = cudaSuccess;
@@ -153,7 +189,8 @@ std::string misuse_check(int64_t kind) {
       error = cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(optin));
       if (error == cudaSuccess) error = launch_kernel<empty_kernel>(1, 32, optin, nullptr, 0);
       break;
-    default: TORCH_CHECK(false, "misuse_check: kind must be 0..7");
+    case 8: error = launch_kernel<overlapping_masks_kernel>(1, 32, 0, nullptr, 0); break;
+    default: TORCH_CHECK(false, "misuse_check: kind must be 0..8");
   }
   cudaGetLastError();  // cleared, as a host that handled the error would
   return error == cudaSuccess ? "" : std::string(cudaGetErrorString(error));
@@ -165,5 +202,6 @@ std::string misuse_check(int64_t kind) {
 TORCH_LIBRARY_FRAGMENT(dabdetr_emulated, m) {
   m.def("fragment_check(Tensor a, Tensor bt, Tensor b, int type) -> (Tensor, Tensor, Tensor, Tensor)",
         &dabdetr::cuda::fragment_check);
+  m.def("collective_check() -> (Tensor, Tensor)", &dabdetr::cuda::collective_check);
   m.def("misuse_check(int kind) -> str", &dabdetr::cuda::misuse_check);
 }
