@@ -266,3 +266,50 @@ def test_cuda_deterministic_backward(gpu, monkeypatch):
         for path, result in (("deterministic", d), ("atomic", a)):
             assert_error_ratio(result, r, t, 2.0 if i == 0 else 3.0, f"{path} output/grad {i}", floor=1e-6)
 
+
+
+# ---- use outside this project: Hugging Face transformers' Deformable DETR attention on our op ----
+
+class DeformableAttentionOnDabdetr(torch.nn.Module):
+    """transformers' MultiScaleDeformableAttention module, on dabdetr's op (docs/ops.md shows it)."""
+
+    def __init__(self, impl="auto"):
+        super().__init__()
+        self.impl = impl
+
+    def forward(self, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index, sampling_locations,
+                attention_weights, im2col_step):
+        return multi_scale_deformable_attention(value, value_spatial_shapes, level_start_index, sampling_locations,
+                                                attention_weights, impl=self.impl)
+
+
+def test_transformers_deformable_detr_attention_on_our_op(device):
+    modeling = pytest.importorskip("transformers.models.deformable_detr.modeling_deformable_detr")
+    from transformers import DeformableDetrConfig
+
+    torch.manual_seed(0)
+    config = DeformableDetrConfig(d_model=64, encoder_attention_heads=4, num_feature_levels=3, encoder_n_points=4)
+    layer = modeling.DeformableDetrMultiscaleDeformableAttention(config, num_heads=4, n_points=4).double()
+    for parameter in layer.parameters():  # trained-looking weights, not the init's zeros and grid
+        torch.nn.init.normal_(parameter, std=0.2)
+    levels = [(7, 9), (4, 5), (2, 3)]
+    S = sum(h * w for h, w in levels)
+    spatial_shapes = torch.tensor(levels, dtype=torch.int64, device=device)
+    level_start_index = torch.tensor([0, 63, 83], dtype=torch.int64, device=device)
+    layer = layer.to(device)
+    queries = torch.randn(2, 11, 64, dtype=torch.float64, device=device, requires_grad=True)
+    features = torch.randn(2, S, 64, dtype=torch.float64, device=device, requires_grad=True)
+    reference_points = torch.rand(2, 11, 3, 2, dtype=torch.float64, device=device)
+    mask = torch.ones(2, S, dtype=torch.bool, device=device)
+    mask[1, -10:] = False  # padding
+
+    def run():
+        out, _ = layer(queries, attention_mask=mask, encoder_hidden_states=features, reference_points=reference_points,
+                       spatial_shapes=spatial_shapes, spatial_shapes_list=levels, level_start_index=level_start_index)
+        return [out, *torch.autograd.grad(out.square().sum(), [queries, features, *layer.parameters()])]
+
+    theirs = run()
+    layer.attn = DeformableAttentionOnDabdetr(device.impl)
+    ours = run()
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -69,6 +69,7 @@ def test_kernel_info_describes_the_build():
     assert info["cpu_isa"] in ("generic", "avx2", "avx512")
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_archs"], list)
+    assert info["deformable_max_levels"] == 16  # csrc/op_params.h's kMaxDeformableLevels
 
 
 ISA_CHECK = """
@@ -95,6 +96,18 @@ ISA_CHECK = """
             results.append([embed, xy, *torch.autograd.grad(embed.sum() + xy.square().sum(), tensors)])
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol * 10)
+    from dabdetr.ops import multi_scale_deformable_attention
+    from op_samples import DEFORMABLE_CASES, deformable_inputs
+    leaves = ("value", "sampling_locations", "attention_weights")
+    for case in DEFORMABLE_CASES:
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+            inputs = deformable_inputs(case, dtype=dtype, requires_grad=True)
+            results = []
+            for impl in ("kernel", "reference"):
+                out = multi_scale_deformable_attention(**inputs, impl=impl)
+                results.append([out, *torch.autograd.grad(out.square().sum(), [inputs[n] for n in leaves])])
+            for got, want in zip(*results):
+                torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=case.name)
     print("OK")
 """
 

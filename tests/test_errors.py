@@ -3,9 +3,14 @@ called directly); nothing crashes."""
 
 import pytest
 import torch
-from op_samples import AttentionCase, attention_inputs, sine_inputs
+from op_samples import AttentionCase, DeformableCase, attention_inputs, deformable_inputs, sine_inputs
 
-from dabdetr.ops import anchor_sine_embed, modulated_anchor_sine_embed, modulated_attention
+from dabdetr.ops import (
+    anchor_sine_embed,
+    modulated_anchor_sine_embed,
+    modulated_attention,
+    multi_scale_deformable_attention,
+)
 
 CASE = AttentionCase("errors", B=2, H=2, Nq=3, Nk=5, Dc=4, Dp=4, Dv=4, mask="random")
 
@@ -130,3 +135,90 @@ def test_backward_ops_called_directly_check_their_inputs():
         torch.ops.dabdetr.anchor_sine_embed_backward(embed, xy[:, :4], embed, boxes, xy_scale, ref_wh, 8, 20.0)
     with pytest.raises(RuntimeError, match="embed must be"):
         torch.ops.dabdetr.anchor_sine_embed_backward(None, None, embed[:2], boxes, None, None, 8, 20.0)
+
+
+DEFORMABLE = DeformableCase("errors", levels=((3, 4), (2, 2)), B=2, Nq=3, H=2, D=8, P=2)
+
+
+def _bad_deformable_inputs():
+    t = deformable_inputs(DEFORMABLE, dtype=torch.float32)
+    value, shapes, starts, loc, weights = (t[k] for k in ("value", "spatial_shapes", "level_start_index",
+                                                          "sampling_locations", "attention_weights"))
+    return [
+        ("value_rank", dict(value=value[0]), "value must have 4 dims"),
+        ("value_tokens", dict(value=value[:, :15]), "levels hold 16 tokens .* S = 15"),
+        ("value_heads", dict(value=value[:, :, :1]), "sampling_locations .*B and H"),
+        ("value_integer", dict(value=value.long()), "value must be a floating"),
+        ("locations_rank", dict(sampling_locations=loc[..., 0]), "sampling_locations must have shape"),
+        ("locations_dtype", dict(sampling_locations=loc.double()), "sampling_locations .*dtype"),
+        ("locations_device", dict(sampling_locations=loc.to("meta")), "sampling_locations .*meta"),
+        ("weights_shape", dict(attention_weights=weights[:, :, :, :, :1]), "attention_weights must have shape"),
+        ("weights_dtype", dict(attention_weights=weights.half()), "attention_weights .*dtype"),
+        ("shapes_float", dict(spatial_shapes=shapes.float()), "spatial_shapes must hold integers"),
+        ("shapes_levels", dict(spatial_shapes=shapes[:1]), "spatial_shapes must have shape"),
+        ("shapes_zero", dict(spatial_shapes=torch.tensor([[4, 4], [0, 2]])), "level 1 has size 0 x 2"),
+        ("shapes_sum", dict(spatial_shapes=torch.tensor([[3, 4], [2, 3]])), "levels hold 18 tokens .* S = 16"),
+        ("shapes_device", dict(spatial_shapes=shapes.to("meta")), "spatial_shapes is on meta"),
+        ("start_index", dict(level_start_index=torch.tensor([0, 11])), "level_start_index is \\[0, 11\\]"),
+        ("start_index_shape", dict(level_start_index=starts[:1]), "level_start_index must have shape"),
+        ("start_index_float", dict(level_start_index=starts.float()), "level_start_index must hold integers"),
+    ]
+
+
+@pytest.mark.parametrize("impl", ["reference", "kernel", "auto"])
+@pytest.mark.parametrize("name,changes,message", _bad_deformable_inputs(), ids=[c[0] for c in _bad_deformable_inputs()])
+def test_deformable_bad_inputs_name_the_argument(name, changes, message, impl):
+    inputs = deformable_inputs(DEFORMABLE, dtype=torch.float32)
+    inputs.update(changes)
+    with pytest.raises((ValueError, TypeError), match=message):
+        multi_scale_deformable_attention(**inputs, impl=impl)
+
+
+DIRECT_SKIPS = ("locations_device", "shapes_device")  # meta tensors route to the fake implementation
+
+
+@pytest.mark.parametrize("name,changes,message", [c for c in _bad_deformable_inputs() if c[0] not in DIRECT_SKIPS],
+                         ids=[c[0] for c in _bad_deformable_inputs() if c[0] not in DIRECT_SKIPS])
+def test_deformable_kernel_op_called_directly_checks_its_inputs(name, changes, message):
+    inputs = deformable_inputs(DEFORMABLE, dtype=torch.float32)
+    inputs.update(changes)
+    args = [inputs[k] for k in ("value", "spatial_shapes", "level_start_index", "sampling_locations",
+                                "attention_weights")]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.dabdetr.multi_scale_deformable_attention(*args)
+    grad_out = torch.zeros(2, 3, 16)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.dabdetr.multi_scale_deformable_attention_backward(grad_out, *args)
+
+
+def test_deformable_backward_op_checks_grad_out():
+    t = deformable_inputs(DEFORMABLE, dtype=torch.float32)
+    args = [t[k] for k in ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")]
+    with pytest.raises(RuntimeError, match="grad_out must be"):
+        torch.ops.dabdetr.multi_scale_deformable_attention_backward(torch.zeros(2, 3, 15), *args)
+    with pytest.raises(RuntimeError, match="grad_out must be"):
+        torch.ops.dabdetr.multi_scale_deformable_attention_backward(torch.zeros(2, 3, 16).double(), *args)
+
+
+def test_deformable_locations_far_outside_or_nan_land_nowhere():
+    # A location far outside every level, or NaN, contributes nothing and gets zero gradients, with
+    # nothing undefined in its conversion to a pixel index, as in the Deformable DETR kernel (where
+    # grid_sample, the reference, turns a NaN location into a NaN output).
+    t = deformable_inputs(DEFORMABLE, dtype=torch.float32, requires_grad=True)
+    leaves = ("value", "sampling_locations", "attention_weights")
+    far = t["sampling_locations"].detach().clone()
+    far[0, 1, 0, 0, 0] = torch.tensor([1e30, -1e30])
+    nan, both_far = far.clone(), far.clone()
+    nan[0, 0, 0, 0, 0] = torch.tensor([float("nan"), 0.5])
+    both_far[0, 0, 0, 0, 0] = torch.tensor([-1e30, 0.5])
+    results = {}
+    for name, locations in (("far", far), ("nan", nan), ("both_far", both_far)):
+        inputs = dict(t, sampling_locations=locations.requires_grad_())
+        for impl in ("kernel", "reference"):
+            out = multi_scale_deformable_attention(**inputs, impl=impl)
+            results[name, impl] = [out, *torch.autograd.grad(out.sum(), [inputs[k] for k in leaves])]
+    for got, want in zip(results["far", "kernel"], results["far", "reference"]):
+        torch.testing.assert_close(got, want)
+    assert results["far", "kernel"][2][0, 1, 0, 0, 0].eq(0).all()
+    for got, far_result in zip(results["nan", "kernel"], results["both_far", "kernel"]):
+        torch.testing.assert_close(got, far_result)  # the NaN sample as good as absent: no NaN anywhere

@@ -13,6 +13,7 @@ from coco_fixture import TINYCOCO
 from PIL import Image
 from test_training import TINY_RUN, tiny_config
 
+import dabdetr
 from dabdetr.cli import main as cli
 from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
 from dabdetr.deployment import export, runtime
@@ -346,3 +347,56 @@ def test_missing_export_packages_name_the_extra(demo_model, tmp_path, monkeypatc
     monkeypatch.setattr(importlib, "import_module", without_onnxscript)
     with pytest.raises(ImportError, match=r"ONNX export needs onnx, onnxscript .*dabdetr\[export\]"):
         export.export(demo_model, str(tmp_path / "m.onnx"), "onnx")
+
+
+class DeformableLayer(torch.nn.Module):
+    """Deformable DETR's attention layer around the op: queries and their reference points sample
+    a feature map of two levels (sizes fixed by the buffer spatial_shapes)."""
+
+    def __init__(self, channels=32, heads=4, levels=((6, 8), (3, 4)), points=3):
+        super().__init__()
+        self.heads, self.levels, self.points = heads, len(levels), points
+        self.register_buffer("spatial_shapes", torch.tensor(levels, dtype=torch.int64))
+        self.value_proj = torch.nn.Linear(channels, channels)
+        self.offsets = torch.nn.Linear(channels, heads * len(levels) * points * 2)
+        self.weights = torch.nn.Linear(channels, heads * len(levels) * points)
+
+    def forward(self, query, reference_points, features):
+        B, Nq, _ = query.shape
+        value = self.value_proj(features).unflatten(-1, (self.heads, -1))
+        offsets = self.offsets(query).view(B, Nq, self.heads, self.levels, self.points, 2)
+        locations = reference_points[:, :, None, None, None, :] + 0.2 * offsets.tanh()
+        weights = self.weights(query).view(B, Nq, self.heads, -1).softmax(-1)
+        weights = weights.view(B, Nq, self.heads, self.levels, self.points)
+        return dabdetr.ops.multi_scale_deformable_attention(value, self.spatial_shapes, None, locations, weights)
+
+
+def test_onnx_export_of_the_deformable_attention_runs_in_onnx_runtime():
+    import onnxruntime
+
+    torch.manual_seed(0)
+    layer = DeformableLayer().eval()
+    S = int(layer.spatial_shapes.prod(1).sum())
+
+    def inputs(batch, queries):
+        return torch.randn(batch, queries, 32), torch.rand(batch, queries, 2) * 1.2 - 0.1, torch.randn(batch, S, 32)
+
+    batch, queries = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("queries", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(layer, inputs(2, 5), strict=False, dynamic_shapes=(
+            {0: batch, 1: queries}, {0: batch, 1: queries}, {0: batch}))
+    targets = [node.target for node in program.graph.nodes]
+    assert torch.ops.dabdetr.multi_scale_deformable_attention.default in targets
+    decomposed = export.decompose_custom_ops(program)
+    assert torch.ops.dabdetr.multi_scale_deformable_attention.default not in [n.target for n in decomposed.graph.nodes]
+    names = ["query", "reference_points", "features"]
+    proto = torch.onnx.export(decomposed, (), dynamo=True, opset_version=export.ONNX_OPSET, verbose=False,
+                              input_names=names).model_proto
+    onnx.checker.check_model(proto, full_check=True)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch_size, num_queries in ((1, 7), (3, 40)):  # other sizes than the traced ones
+        args = inputs(batch_size, num_queries)
+        (got,) = session.run(None, {name: t.numpy() for name, t in zip(names, args)})
+        with torch.no_grad():
+            want = layer(*args)
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-5)

@@ -12,7 +12,7 @@ denoising queries, no auxiliary heads), with a dynamic batch, height and width:
 The fused ops stay opaque custom ops (dabdetr::...) in the torch.export program and the
 AOTInductor package, which run them through the installed dabdetr. ONNX has no such ops: there
 they are replaced by their PyTorch reference (dabdetr.ops.reference), which becomes standard
-operators (MatMul, Softmax, Sin, Cos, ...) that any ONNX runtime, TensorRT included, can run.
+operators (MatMul, Softmax, Sin, Cos, Gather, ...) that any ONNX runtime, TensorRT included, can run.
 Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessing sizes) for
 dabdetr.deployment.runtime.
 """
@@ -105,10 +105,18 @@ def _reference_attention(q_content, q_pos, k_content, k_pos, value, key_padding_
     return out, torch.zeros(out.shape[:-1], dtype=out.dtype, device=out.device)
 
 
+def _reference_deformable_attention(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    # The index formulation: in the traced program the level sizes are tensor values, which
+    # grid_sample's per-level reshapes would need as ints.
+    return reference.multi_scale_deformable_attention_by_index(value, spatial_shapes, sampling_locations,
+                                                               attention_weights)
+
+
 REFERENCE_DECOMPOSITIONS = {
     "modulated_attention": _reference_attention,
     "anchor_sine_embed": reference.anchor_sine_embed,
     "modulated_anchor_sine_embed": reference.modulated_anchor_sine_embed,
+    "multi_scale_deformable_attention": _reference_deformable_attention,
 }
 
 

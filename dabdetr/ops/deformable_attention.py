@@ -46,11 +46,16 @@ def multi_scale_deformable_attention(
         return _unsupported(value, sampling_locations, cuda)
 
     ops = kernel_ops(impl, OP, value.device, value.dtype, unsupported)
+    # The sizes' values are checked here on every path (under torch.compile, where they are not
+    # known while tracing, the kernels check them when they run).
+    level_sizes = None if torch.compiler.is_compiling() else level_sizes_of(spatial_shapes, level_start_index,
+                                                                             value.shape[1])
     if ops is not None:
         return ops.multi_scale_deformable_attention(
             last_dim_contiguous(value), spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
-    level_sizes = level_sizes_of(spatial_shapes, level_start_index, value.shape[1])
+    if level_sizes is None:
+        level_sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     return reference.multi_scale_deformable_attention(value, level_sizes, sampling_locations, attention_weights)
 
 
