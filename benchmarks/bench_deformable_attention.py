@@ -11,7 +11,7 @@ sampling_locations and attention_weights), float32 by default. Each row gives th
 (4 corners x D multiply-adds per sample forward, three times that backward) against the device's
 measured matmul peak; a separate table gives the forward+backward's peak memory above its inputs.
 
-    python benchmarks/bench_deformable_attention.py [--device cuda] [--keep-memory]
+    python benchmarks/bench_deformable_attention.py [--device cuda] [--keep-memory] [--quick]
 """
 
 import argparse
@@ -161,6 +161,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_op_arguments(parser, "float32")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    parser.add_argument("--quick", action="store_true", help="the decoder's shape only")
     args = parser.parse_args()
     result_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)
@@ -171,7 +172,7 @@ def main():
         dtype = getattr(torch, dtype_name)
         roofline = harness.measure_roofline(device, dtype)
         print(f"{dtype_name}: measured matmul peak {roofline[0] / 1e9:.0f} GFLOP/s")
-        for shape in SHAPES:
+        for shape in SHAPES[:1] if args.quick else SHAPES:
             for backward in (False, True):
                 inputs = make_inputs(shape, device, dtype, requires_grad=backward)
                 times = harness.time_peers(peer_functions(inputs, backward, args.cpu_isas), device, repeats)

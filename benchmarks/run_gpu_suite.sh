@@ -18,7 +18,8 @@
 #           and in float32/tf32 at the target shape, and bench_model
 #           at batch 8 with them (attention's share of the step), under $OUT/tensor_core. A phase of
 #           its own, so a fault there cannot cost the other results.
-#   bench   bench_attention, bench_sine_embed (JSON + markdown under $OUT), then the targets.
+#   bench   bench_attention, bench_sine_embed, bench_deformable_attention (JSON + markdown under $OUT),
+#           then the targets.
 #   model   bench_model: dab_detr_r50 at 800x1066, batch 2 and 8, fp32 and bf16 autocast.
 #   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
 #           torch.compile, ONNX Runtime (its CUDA provider where installed), Hugging Face.
@@ -106,14 +107,16 @@ phase_build() {
 phase_tests() {
   say "== CUDA tests (the tensor-core kernels: phase tensor_core)"
   run tests_cuda 360 "${PYTEST[@]}" tests/test_cuda.py tests/test_attention.py \
-    tests/test_sine_embed.py -k "cuda and not tensor_core" -rs --junitxml="$OUT/tests_cuda.xml"
+    tests/test_sine_embed.py tests/test_deformable_attention.py -k "cuda and not tensor_core" -rs \
+    --junitxml="$OUT/tests_cuda.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_cuda.log" | tail -30 | tee -a "$LOG"
   [ $status = 0 ] || { say "CUDA tests failed: stopping before the rest"; exit 1; }
   say "== the CPU tests of the ops, the model, the losses and the data"
   # Not the whole suite: it takes 13-15 minutes on 2 cores (these files 45 s), more than a phase's
   # limit; CI runs it all.
-  run tests_all 300 "${PYTEST[@]}" tests/test_attention.py tests/test_sine_embed.py tests/test_model.py \
-    tests/test_dispatch.py tests/test_losses.py tests/test_data.py -k "not cuda" -rs --junitxml="$OUT/tests_all.xml"
+  run tests_all 300 "${PYTEST[@]}" tests/test_attention.py tests/test_sine_embed.py tests/test_deformable_attention.py \
+    tests/test_model.py tests/test_dispatch.py tests/test_losses.py tests/test_data.py -k "not cuda" -rs \
+    --junitxml="$OUT/tests_all.xml"
   grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/tests_all.log" | tail -30 | tee -a "$LOG"
 }
 
@@ -157,6 +160,11 @@ phase_bench() {
   [ $DRY_RUN = 1 ] && sine=(--dtypes float32 --repeats 2)  # the CPU kernels are fp32/fp64
   run bench_sine_embed 120 $PY benchmarks/bench_sine_embed.py --device "$DEVICE" --out-dir "$OUT" "${sine[@]}"
   tail -3 "$OUT/bench_sine_embed.log"
+  local deformable=(--dtypes float32,bfloat16)
+  [ $DRY_RUN = 1 ] && deformable=(--quick --repeats 2 --no-memory)
+  run bench_deformable_attention 200 $PY benchmarks/bench_deformable_attention.py --device "$DEVICE" --out-dir "$OUT" \
+    "${deformable[@]}"
+  tail -3 "$OUT/bench_deformable_attention.log"
   $PY benchmarks/summarize_targets.py "$OUT" 2>&1 | tee -a "$LOG"
 }
 

@@ -82,6 +82,21 @@ def main(results_dir):
                        and r["dtype"] == dtype and r["pass"] == "fwd"]
                 all_ok &= check(f"{dtype} 1M boxes fwd, fraction of copy bandwidth",
                                 big[0]["of_copy_bandwidth"] if big else None, 0.5)
+    for path, data in load(os.path.join(results_dir, "deformable_attention_*.json")):
+        if "memory" in os.path.basename(path):
+            continue
+        kind = data["meta"]["device"]["kind"]
+        print(f"{os.path.basename(path)} ({data['meta']['device']['name']}, {data['meta']['date']})")
+        for shape in sorted({r["shape"] for r in data["rows"]}):
+            for dtype in sorted({r["dtype"] for r in data["rows"]}):
+                fwd = times(data["rows"], shape=shape, dtype=dtype, **{"pass": "fwd"})
+                both = times(data["rows"], shape=shape, dtype=dtype, **{"pass": "fwd+bwd"})
+                if kind == "cpu":
+                    all_ok &= check(f"{shape} {dtype} fwd kernel vs reference", ratio(fwd, "reference", "kernel"), 3.0)
+                all_ok &= check(f"{shape} {dtype} fwd+bwd kernel vs reference", ratio(both, "reference", "kernel"), 5.0)
+                if "deformable_detr_extension" in both:
+                    all_ok &= check(f"{shape} {dtype} fwd+bwd kernel vs the Deformable DETR extension",
+                                    ratio(both, "deformable_detr_extension", "kernel"), 1.0)
     for path, data in load(os.path.join(results_dir, "model_*.json")):
         print(f"{os.path.basename(path)} ({data['meta']['device']['name']}, {data['meta']['date']})")
         for row in data["rows"]:

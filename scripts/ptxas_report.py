@@ -24,10 +24,21 @@ ARCHS = {"sm_80": {"gpu": "A100", "smem_per_sm": 167936, "max_smem_block": 16691
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 64, 32
 NVCC_FLAGS = ["-std=c++17", "-O3", "-Icsrc", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "-Xptxas", "-v"]
-# Threads per block of each kernel (the kRowsPerBlock, kMmaThreads, kThreads of the sources).
-KERNEL_THREADS = {"forward_kernel": 64, "key_grad_kernel": 64, "query_grad_kernel": 64, "delta_kernel": 256,
-                  "mma_forward_kernel": 128, "mma_key_grad_kernel": 128, "mma_query_grad_kernel": 128,
-                  "combine_kernel": 256, "backward_kernel": 256}
+# Threads per block of each kernel (the kRowsPerBlock, kMmaThreads, kThreads of the sources), by source
+# and name: two files may each have a forward_kernel.
+DEFORMABLE_KERNELS = ("forward_kernel", "backward_kernel", "entries_kernel", "value_grad_sorted_kernel",
+                      "sample_grad_kernel", "round_value_grad_kernel")
+KERNEL_THREADS = {
+    "attention_forward.cu": {"forward_kernel": 64},
+    "attention_backward.cu": {"key_grad_kernel": 64, "query_grad_kernel": 64, "delta_kernel": 256},
+    "attention_mma_forward.cu": {"mma_forward_kernel": 128, "combine_kernel": 256},
+    "attention_mma_backward.cu": {"mma_key_grad_kernel": 128, "mma_query_grad_kernel": 128, "delta_kernel": 256},
+    "sine_embed.cu": {"forward_kernel": 256, "backward_kernel": 256},
+    "deformable_attention.cu": dict.fromkeys(DEFORMABLE_KERNELS, 256),
+}
+# Dynamic shared memory that depends on the call: the deformable backward's shared sums, at most
+# kDeformableSharedBytes (csrc/cuda/launch.h); its occupancy is given at that most.
+CALL_DYNAMIC_SMEM = {("deformable_attention.cu", "backward_kernel"): 48 * 1024}
 # The dynamic shared memory of the tensor-core kernels: sizeof their tiles, per instantiation.
 TILES_PROGRAM = r"""
 #include <cstdio>
@@ -124,9 +135,9 @@ def main():
         kernels = parse(log)
         for kernel, name in zip(kernels, demangle([k["mangled"] for k in kernels])):
             short = re.sub(r"^void |\(.*$", "", name.replace("dabdetr::cuda::(anonymous namespace)::", ""))
-            base = short.split("<")[0]
-            threads = KERNEL_THREADS.get(base)
-            dyn = dynamic.get(short, 0)
+            base, file = short.split("<")[0], os.path.basename(source)
+            threads = KERNEL_THREADS.get(file, {}).get(base)
+            dyn = dynamic.get(short, CALL_DYNAMIC_SMEM.get((file, base), 0))
             total_smem = kernel.get("smem", 0) + dyn
             blocks, occ = occupancy(kernel["registers"], threads, total_smem, arch) if threads else (None, None)
             rows.append({"source": source, "arch": arch, "kernel": short, "threads": threads,
@@ -137,7 +148,9 @@ def main():
         json.dump({"nvcc": version, "flags": NVCC_FLAGS, "kernels": rows}, f, indent=1)
     lines = [f"# ptxas resource usage ({version})", "",
              "Registers, spills and shared memory of every kernel instantiation, and the theoretical occupancy "
-             "(resident warps of 64 per SM) of its launch; written by `python scripts/ptxas_report.py`.", "",
+             "(resident warps of 64 per SM) of its launch; written by `python scripts/ptxas_report.py`. The "
+             "deformable attention's backward_kernel is given with the most shared memory it asks for (48 KiB).",
+             "",
              "| arch | kernel | threads | registers | spill st/ld (B) | stack (B) | smem static + dynamic (B) "
              "| blocks/SM | occupancy |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["arch"], r["source"], r["kernel"])):

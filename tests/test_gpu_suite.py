@@ -22,10 +22,11 @@ def test_dry_run_of_every_phase(tmp_path):
     assert "== done: status 0" in log
     for phase in ("build", "tests_cuda", "tests_all", "diagnose_tensor_core_float32", "tests_tensor_core",
                   "bench_tensor_core", "bench_tensor_core_tf32", "bench_model_tensor_core", "bench_attention",
-                  "bench_sine_embed", "bench_model", "bench_inference", "demo"):
+                  "bench_sine_embed", "bench_deformable_attention", "bench_model", "bench_inference", "demo"):
         assert f"   {phase}: exit 0" in log, phase
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["epochs"] == 1
     assert any(p.name.startswith("attention_") and p.suffix == ".json" for p in tmp_path.iterdir())
+    assert any(p.name.startswith("deformable_attention_") and p.suffix == ".json" for p in tmp_path.iterdir())
     assert any(p.name.startswith("attention_") for p in (tmp_path / "tensor_core").iterdir())
     assert any(p.name.startswith("attention_") for p in (tmp_path / "tensor_core" / "tf32").iterdir())
 

@@ -132,15 +132,12 @@ __device__ __forceinline__ void add_atomically(A* address, A value) {
 // global memory.
 template <typename A>
 struct ValueGradTarget {
-  A* global;                  // grad_value_accumulator at (b, h): row t at global + t * H * D
-  A* shared;                  // the block's shared sums (levels in shared_levels), or nullptr
-  int64_t shared_offset[kMaxDeformableLevels];  // elements before level l's [H_l * W_l, D] in shared
-  unsigned shared_levels;
-  int64_t row_stride;
+  A* global;  // grad_value_accumulator at (b, h): row t at global + t * H * D
+  A* shared;  // the block's shared sums of the levels in a.shared_levels, or nullptr
 
   __device__ __forceinline__ A* row(const DeformableAttentionArgs& a, int l, int64_t token) const {
-    if (shared_levels >> l & 1u) return shared + shared_offset[l] + (token - a.level_start[l]) * a.head_dim;
-    return global + token * row_stride;
+    if (a.shared_levels >> l & 1u) return shared + a.shared_offset[l] + (token - a.level_start[l]) * a.head_dim;
+    return global + token * a.heads * a.head_dim;
   }
 };
 
@@ -247,16 +244,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const DeformableAtte
   using A = Acc<T>;
   const Lane<G> me;
   const int64_t bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads, D = a.head_dim;
-  ValueGradTarget<A> target;
-  target.global = static_cast<A*>(a.grad_value_accumulator) + (b * a.num_values * a.heads + h) * D;
-  target.row_stride = a.heads * D;
-  target.shared_levels = a.shared_levels;
-  target.shared = reinterpret_cast<A*>(dynamic_shared_memory());
-  int64_t shared_elements = 0;
-  for (int l = 0; l < a.levels; ++l) {
-    target.shared_offset[l] = shared_elements;
-    if (a.shared_levels >> l & 1u) shared_elements += a.level_height[l] * a.level_width[l] * D;
-  }
+  const ValueGradTarget<A> target{static_cast<A*>(a.grad_value_accumulator) + (b * a.num_values * a.heads + h) * D,
+                                  reinterpret_cast<A*>(dynamic_shared_memory())};
+  const int64_t shared_elements = a.shared_bytes / static_cast<int64_t>(sizeof(A));
   for (int64_t e = threadIdx.x; e < shared_elements; e += kThreads) target.shared[e] = A(0);
   __syncthreads();
 
@@ -271,8 +261,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const DeformableAtte
     if (!(a.shared_levels >> l & 1u)) continue;
     const int64_t elements = a.level_height[l] * a.level_width[l] * D;
     for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
-      const A sum = target.shared[target.shared_offset[l] + e];
-      if (sum != A(0)) add_atomically(target.global + (a.level_start[l] + e / D) * target.row_stride + e % D, sum);
+      const A sum = target.shared[a.shared_offset[l] + e];
+      if (sum != A(0)) add_atomically(target.global + (a.level_start[l] + e / D) * a.heads * D + e % D, sum);
     }
   }
 }
@@ -335,7 +325,7 @@ template <typename T, int G, int kPerLane>
 __global__ void __launch_bounds__(kThreads) sample_grad_kernel(const DeformableAttentionArgs a) {
   const Lane<G> me;
   const int64_t groups = a.batch * a.num_queries * a.heads;
-  const ValueGradTarget<Acc<T>> unused{};
+  const ValueGradTarget<Acc<T>> unused{nullptr, nullptr};
   const int64_t stride = int64_t(gridDim.x) * (kThreads / G);
   for (int64_t g = int64_t(blockIdx.x) * (kThreads / G) + threadIdx.x / G; g < groups; g += stride)
     backward_group<T, G, kPerLane, false>(a, g, me, unused);

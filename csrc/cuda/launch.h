@@ -64,9 +64,11 @@ struct DeformableAttentionArgs : DeformableAttentionParamsOf<const void*, void*>
   Dtype dtype = Dtype::kFloat32;
   void* grad_value_accumulator = nullptr;  // contiguous [B, S, H, D] of Acc, zeroed by the caller
   // The atomic backward's tiling (deformable_backward_tiling): queries per block, and the levels
-  // whose value gradient a block sums in shared memory first (bit l), in shared_bytes in all.
+  // whose value gradient a block sums in shared memory first (bit l; level l's [H_l W_l, D] sums start
+  // shared_offset[l] elements in), shared_bytes in all.
   int64_t tile_queries = 0;
   unsigned shared_levels = 0;
+  int64_t shared_offset[kMaxDeformableLevels] = {};
   int64_t shared_bytes = 0;
   // The deterministic backward (sort_entries_by_row): each corner of each sample is an entry
   // (entries_per_group = L * P * 4 per (b, q, h)); entry_rows[e] its value row (b * H + h) * S + token,
@@ -81,6 +83,16 @@ struct DeformableAttentionArgs : DeformableAttentionParamsOf<const void*, void*>
 // Most shared memory one block of the atomic backward sums value gradients in (the default 48 KB a
 // launch gets without an opt-in).
 constexpr int64_t kDeformableSharedBytes = 48 * 1024;
+
+// Sets shared_levels' offsets and shared_bytes (element: the accumulation type's size).
+inline void set_shared_levels(DeformableAttentionArgs& a, unsigned levels, int64_t element) {
+  a.shared_levels = levels;
+  a.shared_bytes = 0;
+  for (int64_t l = 0; l < a.levels; ++l) {
+    a.shared_offset[l] = a.shared_bytes / element;
+    if (levels >> l & 1u) a.shared_bytes += a.level_height[l] * a.level_width[l] * a.head_dim * element;
+  }
+}
 
 cudaError_t attention_forward(const AttentionArgs& args, cudaStream_t stream);
 cudaError_t attention_backward(const AttentionArgs& args, cudaStream_t stream);

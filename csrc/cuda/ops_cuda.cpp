@@ -332,14 +332,16 @@ void deformable_backward_tiling(DeformableAttentionArgs& a) {
   std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
     return a.level_height[x] * a.level_width[x] < a.level_height[y] * a.level_width[y];
   });
-  a.shared_levels = 0;
-  a.shared_bytes = 0;
+  unsigned levels = 0;
+  int64_t bytes = 0;
   for (const int64_t l : order) {
-    const int64_t cells = a.level_height[l] * a.level_width[l], bytes = cells * a.head_dim * element;
-    if (a.shared_bytes + bytes > kDeformableSharedBytes || cells > 4 * 4 * a.tile_queries * a.points) break;
-    a.shared_levels |= 1u << l;
-    a.shared_bytes += bytes;
+    const int64_t cells = a.level_height[l] * a.level_width[l];
+    if (bytes + cells * a.head_dim * element > kDeformableSharedBytes || cells > 4 * 4 * a.tile_queries * a.points)
+      break;
+    levels |= 1u << l;
+    bytes += cells * a.head_dim * element;
   }
+  set_shared_levels(a, levels, element);
 }
 
 at::Tensor multi_scale_deformable_attention_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,

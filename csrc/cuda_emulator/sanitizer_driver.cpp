@@ -321,9 +321,7 @@ void run_deformable(const DeformableShape& s, cuda::Dtype dtype, unsigned shared
   a.grad_sampling_locations = grad_loc.data();
   a.grad_attention_weights = grad_weights.data();
   a.tile_queries = 16;
-  a.shared_levels = shared_levels;
-  for (int64_t l = 0; l < a.levels; ++l)
-    if (shared_levels >> l & 1u) a.shared_bytes += a.level_height[l] * a.level_width[l] * s.D * acc;
+  cuda::set_shared_levels(a, shared_levels, static_cast<int64_t>(acc));
   check(cuda::deformable_attention_backward(a, nullptr), name + " backward");
 
   // The deterministic backward, into buffers of its own.
