@@ -1,9 +1,12 @@
 """What the benchmarks share: timing, peak memory, the device's measured roofline, and output.
 
 Timing: every peer of a shape is run in turn within each repetition (so drift in machine load
-hits all of them alike), starting one peer later in each repetition (so no peer always runs
-after the same neighbour: on a CPU, a peer that just ran the reference's large temporaries is
-slower for it), and the median is reported; on CUDA with events after warm-up.
+hits all of them alike), in an order shuffled anew for each repetition from a fixed seed, and each
+timed call comes right after an untimed call of the same peer: a CPU peer that runs just after
+another finds the caches full of that one's data and its own inputs evicted (1 ms more for the
+deformable attention's decoder shape after the reference, a bimodal spread whose median fell on
+whichever peer happened to follow the reference in most repetitions; until 2026-12-05 peers ran
+in rotation without the untimed call). The median is reported; on CUDA with events.
 Memory on CPU: glibc returns each freed block of a few MiB or more to the OS, and the next
 allocation faults fresh zeroed pages in, a few milliseconds that land on whichever peer
 allocates next; --keep-memory (dabdetr.host_memory) keeps freed memory mapped instead, as a
@@ -19,6 +22,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import re
 import statistics
 import time
@@ -91,11 +95,14 @@ def time_peers(peers, device, repeats, warmup=3):
             fn()
     synchronize(device)
     samples = {name: [] for name in peers}
-    names = list(peers)
-    for repetition in range(repeats):
-        first = repetition % len(names)
-        for name in names[first:] + names[:first]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        names = list(peers)
+        order.shuffle(names)
+        for name in names:
             fn = peers[name]
+            fn()  # its own data into the caches, whatever ran before
+            synchronize(device)
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
