@@ -25,5 +25,6 @@ export LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 PYTHONP
 # The instrumented extension is the one imported (run from elsewhere: python puts its cwd first).
 PACKAGE="$PWD/$BUILD/python/"
 (cd / && python -c "import dabdetr._C as e; assert e.__file__.startswith('$PACKAGE'), e.__file__")
-pytest -q -p no:cacheprovider -k "cpu" tests/test_attention.py tests/test_sine_embed.py tests/test_errors.py
+pytest -q -p no:cacheprovider -k "cpu" tests/test_attention.py tests/test_sine_embed.py tests/test_errors.py \
+  tests/test_deformable_attention.py
 echo "== CPU kernels: no sanitizer findings"

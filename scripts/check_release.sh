@@ -32,6 +32,10 @@ assert info["extension_loaded"] and info["cpu"], info
 q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
 kernel = modulated_attention(q, q, k, k, v, impl="kernel")
 torch.testing.assert_close(kernel, modulated_attention(q, q, k, k, v, impl="reference"))
+value, locations, weights = torch.randn(1, 10, 2, 8), torch.rand(1, 3, 2, 2, 2, 2), torch.rand(1, 3, 2, 2, 2)
+args = (value, torch.tensor([[2, 3], [2, 2]]), None, locations, weights)
+torch.testing.assert_close(dabdetr.multi_scale_deformable_attention(*args, impl="kernel"),
+                           dabdetr.multi_scale_deformable_attention(*args, impl="reference"))
 print("   works:", dabdetr.__file__, "version", dabdetr.__version__, "CPU kernels", info["cpu_isa"])
 PY
   )

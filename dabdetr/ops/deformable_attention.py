@@ -48,8 +48,8 @@ def multi_scale_deformable_attention(
     ops = kernel_ops(impl, OP, value.device, value.dtype, unsupported)
     # The sizes' values are checked here on every path (under torch.compile, where they are not
     # known while tracing, the kernels check them when they run).
-    level_sizes = None if torch.compiler.is_compiling() else level_sizes_of(spatial_shapes, level_start_index,
-                                                                             value.shape[1])
+    compiling = torch.compiler.is_compiling()
+    level_sizes = None if compiling else _level_sizes(spatial_shapes, level_start_index, value.shape[1])
     if ops is not None:
         return ops.multi_scale_deformable_attention(
             last_dim_contiguous(value), spatial_shapes, level_start_index, sampling_locations, attention_weights
@@ -59,7 +59,7 @@ def multi_scale_deformable_attention(
     return reference.multi_scale_deformable_attention(value, level_sizes, sampling_locations, attention_weights)
 
 
-def level_sizes_of(spatial_shapes, level_start_index, num_values):
+def _level_sizes(spatial_shapes, level_start_index, num_values):
     """The levels' [(H_l, W_l)] as ints, checked: positive, adding up to S = num_values, and
     starting where level_start_index (if given) says."""
     sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
