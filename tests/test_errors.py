@@ -155,6 +155,7 @@ def _bad_deformable_inputs():
         ("weights_shape", dict(attention_weights=weights[:, :, :, :, :1]), "attention_weights must have shape"),
         ("weights_dtype", dict(attention_weights=weights.half()), "attention_weights .*dtype"),
         ("shapes_float", dict(spatial_shapes=shapes.float()), "spatial_shapes must hold integers"),
+        ("shapes_float_pairs", dict(spatial_shapes=[(3.5, 4), (2, 2)]), "spatial_shapes must hold integers"),
         ("shapes_levels", dict(spatial_shapes=shapes[:1]), "spatial_shapes must have shape"),
         ("shapes_zero", dict(spatial_shapes=torch.tensor([[4, 4], [0, 2]])), "level 1 has size 0 x 2"),
         ("shapes_sum", dict(spatial_shapes=torch.tensor([[3, 4], [2, 3]])), "levels hold 18 tokens .* S = 16"),
@@ -174,7 +175,8 @@ def test_deformable_bad_inputs_name_the_argument(name, changes, message, impl):
         multi_scale_deformable_attention(**inputs, impl=impl)
 
 
-DIRECT_SKIPS = ("locations_device", "shapes_device")  # meta tensors route to the fake implementation
+# Meta tensors route to the fake implementation; the op itself takes tensors, not pairs.
+DIRECT_SKIPS = ("locations_device", "shapes_device", "shapes_float_pairs")
 
 
 @pytest.mark.parametrize("name,changes,message", [c for c in _bad_deformable_inputs() if c[0] not in DIRECT_SKIPS],

@@ -79,13 +79,15 @@ def _level_sizes(spatial_shapes, level_start_index, num_values):
 
 
 def _as_index_tensor(t):
+    """A sequence of ints as an int64 tensor on the CPU (tensors pass as they are, to be checked)."""
     if t is None or isinstance(t, torch.Tensor):
         return t
     try:
-        return torch.as_tensor(t, dtype=torch.int64)
+        as_tensor = torch.as_tensor(t)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{OP}: spatial_shapes and level_start_index must be integer tensors or sequences of "
                         f"ints, got {t!r}") from error
+    return as_tensor.to(torch.int64) if not as_tensor.dtype.is_floating_point else as_tensor
 
 
 def _unsupported(value, sampling_locations, cuda):
