@@ -281,10 +281,15 @@ def test_backbone_freezing_and_dc5_stride():
     for overrides, stride, channels in (({}, 32, 512), ({"dilation": True}, 16, 512), ({"backbone_stage": 3}, 16, 256),
                                         ({"backbone_stage": 2}, 8, 128)):
         model = build_model("demo", **{"backbone_stage": 4, **overrides})
-        features, feature_mask = model.backbone(images, mask)
+        (features,), (feature_mask,) = model.backbone(images, mask)
         assert features.shape[1:] == (channels, math.ceil(128 / stride), math.ceil(160 / stride))
         assert feature_mask.shape == (1, *features.shape[-2:])
-        assert model.backbone.num_channels == channels
+        assert model.backbone.num_channels == [channels]
+    # The multi-scale models read the last three stages: C3, C4, C5 at strides 8, 16, 32.
+    features, masks = build_model("demo_deformable", backbone_stage=4).backbone(images, mask)
+    assert [f.shape[1:] for f in features] == [(c, math.ceil(128 / s), math.ceil(160 / s))
+                                               for c, s in ((128, 8), (256, 16), (512, 32))]
+    assert [m.shape[1:] for m in masks] == [f.shape[-2:] for f in features]
     assert not any(k.startswith("backbone.body.layer3") for k in build_model("demo", backbone_stage=2).state_dict())
 
 

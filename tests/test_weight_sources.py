@@ -212,7 +212,7 @@ def torchvision_resnet_state(name, seed=0):
                 for tensor in (module.weight, module.bias, module.running_mean):
                     tensor.normal_(0, 0.1)
                 module.running_var.uniform_(0.5, 2)
-    width = resnet.num_channels
+    width = resnet.num_channels[-1]
     return {**resnet.state_dict(), "fc.weight": torch.randn(1000, width), "fc.bias": torch.randn(1000)}
 
 
@@ -273,7 +273,7 @@ def test_huggingface_resnet_layout_computes_what_transformers_computes(tmp_path)
     images = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         expected = classifier.resnet(images).last_hidden_state
-        torch.testing.assert_close(model.backbone.body(images), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.backbone.body(images)[-1], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_backbone_weights_of_another_depth_or_kind_are_refused(tmp_path):
@@ -363,7 +363,7 @@ def test_unknown_model_field_is_a_one_line_error(tmp_path, caplog):
     with pytest.raises(SystemExit), caplog.at_level("ERROR", logger="dabdetr"):
         cli(["train", "--model", "nonsense=1", "--output-dir", str(tmp_path)])
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert "unknown DABDETRConfig field nonsense; the fields are backbone, " in record.getMessage()
+    assert "unknown DABDETRConfig field nonsense; the fields are architecture, backbone, " in record.getMessage()
     assert "backbone_weights" in record.getMessage() and "\n" not in record.getMessage()
 
 

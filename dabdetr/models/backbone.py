@@ -1,8 +1,9 @@
 """ResNet backbones with torchvision's state-dict names, frozen batch norm, and DC5 dilation.
 
-The transformer reads one stage's output: C5 (stride 32, or 16 with dilation) in every published
+DAB-DETR reads one stage's output: C5 (stride 32, or 16 with dilation) in every published
 model; C4 or C3 (backbone_stage=3 or 2, stride 16 or 8) for small images, where the later stages
-are not built at all. With pretrained weights (every published recipe) the norms are
+are not built at all. DAB-Deformable-DETR reads the last three (C3, C4, C5). With pretrained
+weights (every published recipe) the norms are
 FrozenBatchNorm2d and the stem and layer1 stay frozen (backbone_frozen_stages=1);
 train_backbone=False freezes everything. Training from scratch (the synthetic demo, no
 pretrained weights at hand) uses backbone_norm="batch_norm" with every stage trainable, since a
@@ -93,11 +94,12 @@ ARCHITECTURES = {
 
 
 class ResNet(nn.Module):
-    """conv1/bn1/layer1..layer{last_stage} as in torchvision (no fc); forward returns the last.
-    With dilate_c5, layer4 keeps stride 16 and dilates its 3x3 convs by 2 (its first block's conv
-    keeps dilation 1, as torchvision does)."""
+    """conv1/bn1/layer1..layer{last_stage} as in torchvision (no fc); forward returns the outputs
+    of the last `outputs` stages (C5 alone by default; C3, C4, C5 for the multi-scale models), and
+    num_channels their channel counts. With dilate_c5, layer4 keeps stride 16 and dilates its 3x3
+    convs by 2 (its first block's conv keeps dilation 1, as torchvision does)."""
 
-    def __init__(self, name, dilate_c5=False, norm_layer=FrozenBatchNorm2d, last_stage=4):
+    def __init__(self, name, dilate_c5=False, norm_layer=FrozenBatchNorm2d, last_stage=4, outputs=1):
         super().__init__()
         block, counts = ARCHITECTURES[name]
         self._norm_layer = norm_layer
@@ -106,11 +108,14 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self._in_ch, self._dilation = 64, 1
         self.last_stage = last_stage
+        self.output_stages = range(last_stage - outputs + 1, last_stage + 1)
+        self.num_channels = []
         for stage in range(1, last_stage + 1):
             stride = 1 if stage == 1 else 2
             layer = self._make_layer(block, 64 * 2 ** (stage - 1), counts[stage - 1], stride, dilate_c5 and stage == 4)
             setattr(self, f"layer{stage}", layer)
-        self.num_channels = self._in_ch
+            if stage in self.output_stages:
+                self.num_channels.append(self._in_ch)
 
     def _make_layer(self, block, width, count, stride=1, dilate=False):
         previous_dilation = self._dilation
@@ -128,19 +133,28 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        features = []
         for stage in range(1, self.last_stage + 1):
             x = getattr(self, f"layer{stage}")(x)
-        return x
+            if stage in self.output_stages:
+                features.append(x)
+        return features
+
+
+def downsampled_mask(mask, size):
+    """mask [B, H, W] (True = padding) at size (h, w), by nearest interpolation."""
+    return F.interpolate(mask[None].float(), size=size)[0].to(torch.bool)
 
 
 class Backbone(nn.Module):
-    """images [B, 3, H, W], mask [B, H, W] (True = padding) -> (C5 features [B, C, h, w],
-    mask [B, h, w]), the mask downsampled by nearest interpolation."""
+    """images [B, 3, H, W], mask [B, H, W] (True = padding) -> (features, masks): the outputs of
+    the last `outputs` stages up to config.backbone_stage ([B, C_i, h_i, w_i], finest first) and the
+    mask downsampled to each (downsampled_mask); num_channels lists their channel counts."""
 
-    def __init__(self, config):
+    def __init__(self, config, outputs=1):
         super().__init__()
         norm_layer = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
-        self.body = ResNet(config.backbone, config.dilation, norm_layer, config.backbone_stage)
+        self.body = ResNet(config.backbone, config.dilation, norm_layer, config.backbone_stage, outputs)
         self.num_channels = self.body.num_channels
         if config.backbone_norm == "batch_norm":
             for module in self.body.modules():  # torchvision's init for training from scratch
@@ -152,5 +166,4 @@ class Backbone(nn.Module):
 
     def forward(self, images, mask):
         features = self.body(images)
-        mask = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
-        return features, mask
+        return features, [downsampled_mask(mask, f.shape[-2:]) for f in features]

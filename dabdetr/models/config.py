@@ -7,6 +7,9 @@ from dabdetr.ops.extension import IMPLS as OPS_IMPLS
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONE_NORMS = ("frozen_bn", "batch_norm")
+# "dab_detr": one feature map, modulated attention (models/detector.py); "dab_deformable_detr":
+# multi-scale features, deformable attention (models/deformable_detector.py).
+ARCHITECTURES = ("dab_detr", "dab_deformable_detr")
 
 
 class DictConfig:
@@ -30,8 +33,9 @@ class DictConfig:
 
 @dataclass
 class DABDETRConfig(DictConfig):
-    """Architecture of a DAB-DETR model (docs/architecture.md), defaults = DAB-DETR-R50."""
+    """Architecture of a model of the DAB-DETR family (docs/architecture.md), defaults = DAB-DETR-R50."""
 
+    architecture: str = "dab_detr"
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: stride 16, layer4 dilated
     backbone_stage: int = 4  # the ResNet stage whose output the transformer reads: 4 = C5 (every published
@@ -71,8 +75,18 @@ class DABDETRConfig(DictConfig):
     dn_groups: int = 0
     dn_label_noise: float = 0.2
     dn_box_noise: float = 0.4
+    # DAB-Deformable-DETR only. Feature levels: the last min(3, L) backbone stages up to
+    # backbone_stage (C3-C5 in the published models), then strided 3x3 convolutions for the rest.
+    num_feature_levels: int = 4
+    encoder_points: int = 4  # sampling points per head and level of the encoder's deformable attention
+    decoder_points: int = 4  # the decoder's
+    # Two-stage (detrex's): the encoder's top-scoring proposals become the decoder's anchors and
+    # queries (num_queries of them), instead of learned ones.
+    two_stage: bool = False
 
     def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.ops_impl not in OPS_IMPLS:
@@ -95,6 +109,27 @@ class DABDETRConfig(DictConfig):
             raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
         if self.hidden_dim % 4:
             raise ValueError(f"hidden_dim must be a multiple of 4 (sine encodings), got {self.hidden_dim}")
+        if self.architecture == "dab_deformable_detr":
+            self._check_deformable()
+
+    def _check_deformable(self):
+        if self.hidden_dim % 32:
+            raise ValueError(f"dab_deformable_detr normalizes its input projections with GroupNorm(32): hidden_dim "
+                             f"must be a multiple of 32, got {self.hidden_dim}")
+        if not 1 <= self.num_feature_levels <= 16:  # the fused op's most levels
+            raise ValueError(f"num_feature_levels must be 1 to 16, got {self.num_feature_levels}")
+        if self.encoder_points < 1 or self.decoder_points < 1:
+            raise ValueError(f"encoder_points and decoder_points must be positive, got {self.encoder_points} and "
+                             f"{self.decoder_points}")
+        if min(3, self.num_feature_levels) > self.backbone_stage:
+            raise ValueError(f"{min(3, self.num_feature_levels)} backbone levels need backbone_stage >= "
+                             f"{min(3, self.num_feature_levels)}, got {self.backbone_stage}")
+        unsupported = {"dn_groups": 0, "keep_query_pos": False}
+        for field, value in unsupported.items():
+            if getattr(self, field) != value:
+                raise ValueError(f"dab_deformable_detr does not use {field} (got {getattr(self, field)!r})")
+        if self.two_stage and self.num_patterns:
+            raise ValueError("two_stage takes its queries from the encoder: it has no num_patterns")
 
     @property
     def total_queries(self):
@@ -126,6 +161,26 @@ PRESETS = {
         "num_queries": 30, "num_select": 100, "dn_groups": 3, "dn_label_noise": 0.5, "anchor_temperature": 20.0,
     },
 }
+
+
+# DAB-Deformable-DETR (models/deformable_detector.py): the official repository's README model,
+# 48.7 AP with R50 in 50 epochs. Its position encoding is Deformable DETR's, at temperature 10000
+# (the official code ignores its pe_temperature arguments), and it keeps the top 100 detections.
+DEFORMABLE = {
+    "architecture": "dab_deformable_detr", "pe_temperature_h": 10000.0, "pe_temperature_w": 10000.0,
+    "num_select": 100,
+}
+PRESETS.update({
+    "dab_deformable_detr_r50": DEFORMABLE,
+    # The synthetic-shapes demo's size (see "demo"), on four levels: C2-C4 of a ResNet-18 (strides
+    # 4 to 16: 32x32 to 8x8 for the 128-pixel images) and a stride-32 convolution on C4.
+    "demo_deformable": {
+        **DEFORMABLE, "backbone": "resnet18", "backbone_norm": "batch_norm", "backbone_frozen_stages": 0,
+        "backbone_weights": "none", "backbone_stage": 3,
+        "hidden_dim": 128, "num_heads": 8, "ffn_dim": 512, "num_encoder_layers": 3, "num_decoder_layers": 3,
+        "num_queries": 30, "num_select": 100,
+    },
+})
 
 
 def preset(name, **overrides):

@@ -33,7 +33,7 @@ class DABDETR(nn.Module):
         self.config = config
         d = config.hidden_dim
         self.backbone = Backbone(config)
-        self.input_proj = nn.Conv2d(self.backbone.num_channels, d, kernel_size=1)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels[-1], d, kernel_size=1)
         self.position_encoding = PositionEmbeddingSineHW(d // 2, config.pe_temperature_h, config.pe_temperature_w,
                                                          config.ops_impl)
         self.transformer = Transformer(config)
@@ -77,9 +77,8 @@ class DABDETR(nn.Module):
         """Backbone, encoder and decoder: hs [L, B, N, d], references [L, B, N, 4]: the Nq matching
         queries, then the extra_queries (Transformer.forward) if any."""
         mask = checked_inputs(images, mask)
-        features, feature_mask = self.backbone(images, mask)
-        # The encoding is computed in float32 from the mask; a float64 model wants it in float64.
-        pos = self.position_encoding(feature_mask).to(self.input_proj.weight.dtype)
+        (features,), (feature_mask,) = self.backbone(images, mask)
+        pos = self.position_encoding(feature_mask, self.input_proj.weight.dtype)
         src = self.input_proj(features).flatten(2).transpose(1, 2)
         return self.transformer(src, pos, feature_mask.flatten(1), self.refpoint_embed.weight, self.bbox_embed,
                                 extra_queries)

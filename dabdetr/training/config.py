@@ -125,6 +125,8 @@ RECIPES = {
         "crop_resize_sizes": (), "eval_size": 128, "num_workers": 1, "log_every": 20,
     },
 }
+# DAB-Deformable-DETR's demo: the same data, schedule and time budget as DAB-DETR's, side by side.
+RECIPES["demo_deformable"] = {**RECIPES["demo"], "preset": "demo_deformable"}
 
 
 def recipe(preset, **overrides):

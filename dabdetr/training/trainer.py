@@ -35,7 +35,7 @@ from dabdetr.data.batching import TrainBatchSampler
 from dabdetr.data.worker_logging import WorkerLogHandlers
 from dabdetr.evaluation.coco_eval import per_category_table
 from dabdetr.evaluation.evaluator import evaluate
-from dabdetr.models import DABDETR
+from dabdetr.models import build_model
 from dabdetr.models.config import DABDETRConfig, preset
 from dabdetr.training.checkpoint import keep_epoch_checkpoint, load_train_checkpoint, rng_state, set_rng_state
 from dabdetr.training.config import TrainConfig
@@ -181,7 +181,7 @@ class Trainer:
         else:
             model_config = build_model_config(config, self.train_set.num_classes)
         torch.manual_seed(config.seed)  # the same initial model on every rank
-        self.model = DABDETR(model_config).to(self.device)
+        self.model = build_model(model_config).to(self.device)
         if config.channels_last:
             self.model.backbone.to(memory_format=torch.channels_last)  # its activations follow the weights
         if self.rank > 0:

@@ -6,12 +6,13 @@ May import: dabdetr.models, dabdetr.ops, dabdetr.box_ops. Never data, training, 
 deployment or the CLI.
 """
 
-from dabdetr.models import DABDETR
+from dabdetr.models import MODEL_CLASSES
 from dabdetr.weights.formats.native import save_pretrained
 from dabdetr.weights.pretrained import from_pretrained, load_pretrained
 
-# The model's save method comes from here, so that the dependency points from saving code to the
-# model and never back.
-DABDETR.save_pretrained = save_pretrained
+# The models' save method comes from here, so that the dependency points from saving code to the
+# models and never back.
+for _model_class in MODEL_CLASSES.values():
+    _model_class.save_pretrained = save_pretrained
 
 __all__ = ["from_pretrained", "load_pretrained", "save_pretrained"]

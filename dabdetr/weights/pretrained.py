@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from dabdetr.models import DABDETR, DABDETRConfig
+from dabdetr.models import DABDETRConfig, build_model
 from dabdetr.weights import hub, zoo
 from dabdetr.weights.files import read_torch_file
 from dabdetr.weights.formats import huggingface, mmdetection, native, official
@@ -210,7 +210,7 @@ def load_pretrained(path, source="auto", revision=None, **overrides):
     if source == "auto":
         source, checkpoint = _detect(path)
     state, values, metadata = _load_source(path, source, checkpoint)
-    model = DABDETR(DABDETRConfig.from_dict({**values, **overrides}))
+    model = build_model(DABDETRConfig.from_dict({**values, **overrides}))
     try:
         _load_state(model, state, path)
     except RuntimeError as error:  # shape mismatches

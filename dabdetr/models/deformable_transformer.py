@@ -1,0 +1,249 @@
+"""DAB-Deformable-DETR's encoder and decoder (docs/architecture.md), batch-first.
+
+The encoder's self-attention and the decoder's cross-attention are Deformable DETR's multi-scale
+deformable attention (dabdetr.ops.multi_scale_deformable_attention); the decoder's queries carry
+DAB-DETR's dynamic anchor boxes: each layer's positional query is the sine embedding of its anchor
+(dabdetr.ops.anchor_sine_embed), and each layer refines the anchors. Parameter names follow the
+official implementation (IDEA-Research/DAB-DETR, models/dab_deformable_detr).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dabdetr.models.transformer import MLP, EncoderSelfAttention, inverse_sigmoid
+from dabdetr.ops import anchor_sine_embed, multi_scale_deformable_attention
+
+
+@dataclass
+class FeatureLevels:
+    """The levels of a multi-scale feature map, flattened one after another.
+
+    sizes: [(H_l, W_l)]; spatial_shapes [L, 2] int64 on the CPU (where the op reads sizes without
+    waiting for a device); pixel_sizes [L, 2] (W_l, H_l) in the features' dtype and device;
+    valid_ratios [B, L, 2]: the unpadded fraction (w, h) of each level of each image.
+    """
+
+    sizes: list
+    spatial_shapes: torch.Tensor
+    pixel_sizes: torch.Tensor
+    valid_ratios: torch.Tensor
+
+    @classmethod
+    def of(cls, masks, dtype):
+        """From the levels' masks [B, H_l, W_l] (True = padding)."""
+        sizes = [tuple(m.shape[-2:]) for m in masks]
+        spatial_shapes = torch.tensor(sizes, dtype=torch.int64)
+        pixel_sizes = spatial_shapes.flip(-1).to(masks[0].device, dtype)
+        return cls(sizes, spatial_shapes, pixel_sizes, torch.stack([valid_ratio(m, dtype) for m in masks], 1))
+
+
+def valid_ratio(mask, dtype):
+    """mask [B, H, W] (True = padding) -> [B, 2]: the unpadded fraction of its width and height (the
+    padding is at the right and bottom)."""
+    _, H, W = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(1).to(dtype) / H
+    valid_w = (~mask[:, 0, :]).sum(1).to(dtype) / W
+    return torch.stack((valid_w, valid_h), -1)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Deformable DETR's attention (the official MSDeformAttn's parameters): each query samples, per
+    head and level, `points` locations around its reference point and sums their bilinear samples of
+    the projected values with softmax weights over levels and points.
+
+    reference_points [B, N, L, 2] (x, y): offsets in pixels of each level; or [B, N, L, 4]
+    (x, y, w, h): offsets relative to the box, as points / P * (w, h) / 2 (DAB-Deformable-DETR's).
+    """
+
+    def __init__(self, dim, levels, heads, points, ops_impl):
+        super().__init__()
+        self.levels, self.heads, self.points, self.ops_impl = levels, heads, points, ops_impl
+        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(dim, heads * levels * points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Deformable DETR's init: every head starts looking along its own direction (a ring of H
+        angles), point p at p + 1 pixels; uniform attention; xavier projections."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.heads, dtype=torch.float32) * (2 * math.pi / self.heads)
+        directions = torch.stack((angles.cos(), angles.sin()), -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values  # to the unit square's edge
+        grid = directions[:, None, None, :] * torch.arange(1, self.points + 1, dtype=torch.float32)[:, None]
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.expand(self.heads, self.levels, self.points, 2).flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for projection in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
+
+    def forward(self, query, reference_points, values, levels, padding_mask=None):
+        """query [B, N, d]; values [B, S, d] (the levels flattened); levels: FeatureLevels;
+        padding_mask [B, S] (True = padding: those values count as zero) -> [B, N, d]."""
+        B, N, _ = query.shape
+        H, L, P = self.heads, self.levels, self.points
+        value = self.value_proj(values)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.unflatten(-1, (H, -1))
+        offsets = self.sampling_offsets(query).view(B, N, H, L, P, 2)
+        weights = self.attention_weights(query).view(B, N, H, L * P).softmax(-1).view(B, N, H, L, P)
+        reference = reference_points[:, :, None, :, None, :]  # [B, N, 1, L, 1, 2 or 4]
+        if reference_points.shape[-1] == 2:
+            locations = reference + offsets / levels.pixel_sizes[:, None, :]
+        else:
+            locations = reference[..., :2] + offsets / P * reference[..., 2:] * 0.5
+        out = multi_scale_deformable_attention(value, levels.spatial_shapes, None, locations, weights,
+                                               impl=self.ops_impl)
+        return self.output_proj(out)
+
+
+class LayerWithFeedForward(nn.Module):
+    """A layer's feed-forward block (linear1, linear2: the official names) and dropout: ReLU, as the
+    official code hard-codes whatever its activation argument says."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.linear1 = nn.Linear(config.hidden_dim, config.ffn_dim)
+        self.linear2 = nn.Linear(config.ffn_dim, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def feed_forward(self, x, norm):
+        """norm(x + linear2(relu(linear1(x))))."""
+        return norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+class DeformableEncoderLayer(LayerWithFeedForward):
+    """Post-norm: x = norm1(x + MSDeformAttn(x + pos, pixel centres, x)); x = norm2(x + FFN(x))."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.hidden_dim
+        self.self_attn = MultiScaleDeformableAttention(d, config.num_feature_levels, config.num_heads,
+                                                       config.encoder_points, config.ops_impl)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, src, pos, reference_points, levels, padding_mask):
+        src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, levels, padding_mask)))
+        return self.feed_forward(src, self.norm2)
+
+
+def encoder_reference_points(levels, device):
+    """[B, S, L, 2]: every token's pixel centre (x, y) normalized by the valid extent of its own
+    level, then scaled to each level's valid extent (Deformable DETR's reference points)."""
+    dtype, ratios = levels.valid_ratios.dtype, levels.valid_ratios
+    per_level = []
+    for level, (h, w) in enumerate(levels.sizes):
+        y, x = torch.meshgrid(torch.arange(h, dtype=dtype, device=device) + 0.5,
+                              torch.arange(w, dtype=dtype, device=device) + 0.5, indexing="ij")
+        x = x.reshape(-1)[None] / (ratios[:, None, level, 0] * w)
+        y = y.reshape(-1)[None] / (ratios[:, None, level, 1] * h)
+        per_level.append(torch.stack((x, y), -1))
+    return torch.cat(per_level, 1)[:, :, None] * ratios[:, None]
+
+
+class DeformableEncoder(nn.Module):
+    """src, pos [B, S, d]; padding_mask [B, S] -> memory [B, S, d]."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(DeformableEncoderLayer(config) for _ in range(config.num_encoder_layers))
+
+    def forward(self, src, pos, levels, padding_mask):
+        reference_points = encoder_reference_points(levels, src.device)
+        for layer in self.layers:
+            src = layer(src, pos, reference_points, levels, padding_mask)
+        return src
+
+
+class DABDeformableDecoderLayer(LayerWithFeedForward):
+    """Self-attention (q = k = tgt + query_pos), then deformable cross-attention sampling around
+    each query's anchor box, then the FFN; post-norm (norm2, norm1, norm3, the official names)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.hidden_dim
+        self.self_attn = EncoderSelfAttention(d, config.num_heads, config.ops_impl)
+        self.cross_attn = MultiScaleDeformableAttention(d, config.num_feature_levels, config.num_heads,
+                                                        config.decoder_points, config.ops_impl)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, tgt, query_pos, anchors, memory, levels, padding_mask):
+        """tgt, query_pos [B, N, d]; anchors [B, N, L, 4] (scaled per level); memory [B, S, d]."""
+        q = k = tgt + query_pos
+        tgt = self.norm2(tgt + self.dropout(self.self_attn(q, k, tgt, None)))
+        cross = self.cross_attn(tgt + query_pos, anchors, memory, levels, padding_mask)
+        tgt = self.norm1(tgt + self.dropout(cross))
+        return self.feed_forward(tgt, self.norm3)
+
+
+class DABDeformableDecoder(nn.Module):
+    """The DAB decoder on deformable attention: anchors refined layer by layer."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_dim
+        self.config = config
+        self.layers = nn.ModuleList(DABDeformableDecoderLayer(config) for _ in range(config.num_decoder_layers))
+        self.query_scale = MLP(d, d, d, 2)
+        self.ref_point_head = MLP(2 * d, d, d, 2)
+
+    def forward(self, tgt, anchors, memory, levels, padding_mask, bbox_embed):
+        """tgt [B, N, d]; anchors [B, N, 4] (cx, cy, w, h) in (0, 1), of the unpadded image; memory
+        [B, S, d]; bbox_embed: the per-layer box heads (shared with the detector).
+
+        Returns hs [L, B, N, d] (every layer's output) and references [L, B, N, 4] (the anchors
+        each layer used; the first not detached).
+        """
+        config = self.config
+        scale_to_levels = torch.cat((levels.valid_ratios, levels.valid_ratios), -1)[:, None]  # [B, 1, L, 4]
+        reference, references, hs = anchors, [anchors], []
+        for i, layer in enumerate(self.layers):
+            level_anchors = reference[:, :, None] * scale_to_levels  # [B, N, L, 4]
+            # Position from the anchor as level 0 sees it: sines of (y, x, w, h), 4 x d/2 features.
+            embed = anchor_sine_embed(level_anchors[:, :, 0], num_feats=config.hidden_dim // 2,
+                                      temperature=config.anchor_temperature, impl=config.ops_impl)
+            query_pos = self.ref_point_head(embed.to(tgt.dtype))
+            if i > 0:
+                query_pos = self.query_scale(tgt) * query_pos
+            tgt = layer(tgt, query_pos, level_anchors, memory, levels, padding_mask)
+            new_reference = (bbox_embed[i](tgt) + inverse_sigmoid(reference, config.anchor_update_eps)).sigmoid()
+            reference = new_reference.detach()
+            if i < len(self.layers) - 1:
+                references.append(reference)
+            hs.append(tgt)
+        return torch.stack(hs), torch.stack(references)
+
+
+class DeformableTransformer(nn.Module):
+    """Encoder and decoder, with the learned level embedding added to the position encoding."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.encoder = DeformableEncoder(config)
+        self.decoder = DABDeformableDecoder(config)
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.hidden_dim))
+        for p in self.parameters():  # the official init
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, srcs, masks, pos, tgt, anchors, bbox_embed):
+        """srcs, pos: per level [B, d, H_l, W_l] and [B, H_l * W_l, d]; masks: per level [B, H_l, W_l];
+        tgt [B, N, d]; anchors [B, N, 4]. Returns (hs [L, B, N, d], references [L, B, N, 4])."""
+        levels = FeatureLevels.of(masks, pos[0].dtype)  # the parameters' (float32 under autocast too)
+        src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+        pos = torch.cat([p + self.level_embed[level] for level, p in enumerate(pos)], 1)
+        padding_mask = torch.cat([m.flatten(1) for m in masks], 1)
+        memory = self.encoder(src, pos, levels, padding_mask)
+        return self.decoder(tgt, anchors, memory, levels, padding_mask, bbox_embed)

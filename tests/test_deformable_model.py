@@ -1,0 +1,192 @@
+"""DAB-Deformable-DETR (dabdetr.models.deformable_detector): its parts against formulas written here,
+the fused ops against the reference ops (CPU kernels, and the CUDA kernels on the emulator), the
+query layout with patterns, the presets, and a training run."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, check_target
+
+from dabdetr.models import DABDeformableDETR, build_model
+from dabdetr.models.deformable_transformer import (
+    FeatureLevels,
+    MultiScaleDeformableAttention,
+    encoder_reference_points,
+)
+from dabdetr.models.position_encoding import PositionEmbeddingSineHW
+
+TINY = {"architecture": "dab_deformable_detr", "backbone": "resnet18", "backbone_norm": "batch_norm",
+        "backbone_frozen_stages": 0, "backbone_weights": "none", "backbone_stage": 3, "hidden_dim": 64,
+        "num_heads": 4, "ffn_dim": 96, "num_encoder_layers": 2, "num_decoder_layers": 2, "num_queries": 7,
+        "num_classes": 5, "num_select": 20, "pe_temperature_h": 10000.0, "pe_temperature_w": 10000.0}
+CPU_KERNELS = [t for t in DEVICES if t.id != "cuda"]
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    model = build_model("dab_detr_r50", **{**TINY, **overrides})
+    with torch.no_grad():  # trained-looking weights: the init's zero offsets and weights hide most paths
+        for name, parameter in model.named_parameters():
+            if "backbone" not in name:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model
+
+
+def images_and_mask(batch=2, height=80, width=112):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, height, width, generator=g)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool)
+    mask[1, :, width * 3 // 4:] = True
+    mask[1, height * 5 // 6:, :] = True
+    return images, mask
+
+
+def test_outputs_and_levels():
+    model = tiny().eval()
+    images, mask = images_and_mask()
+    out = model(images, mask)
+    assert out["pred_logits"].shape == (2, 7, 5) and out["pred_boxes"].shape == (2, 7, 4)
+    assert len(out["aux_outputs"]) == 1 and out["references"].shape == (2, 2, 7, 4)
+    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
+    # Four levels: ResNet-18's C2-C4 (64, 128, 256 channels) and a stride-2 convolution on C4.
+    assert [p[0].in_channels for p in model.input_proj] == [64, 128, 256, 256]
+    assert [p[0].stride for p in model.input_proj] == [(1, 1)] * 3 + [(2, 2)]
+    logits, boxes = model.predict(images, mask)
+    torch.testing.assert_close(logits, out["pred_logits"])
+    torch.testing.assert_close(boxes, out["pred_boxes"])
+
+
+def test_position_encoding_of_pixel_centres():
+    """Deformable DETR's encoding: per axis, (valid pixels counted up to here - 0.5) / (valid pixels
+    in the row or column) * 2 pi over temperature^(2 floor(k / 2) / n), sin at even k, cos at odd k,
+    y first; written here in loops."""
+    mask = torch.zeros(1, 3, 5, dtype=torch.bool)
+    mask[0, :, 4:] = True
+    n, temperature = 6, 10000.0
+    pos = PositionEmbeddingSineHW(n, temperature, temperature, "reference", offset=0.5)(mask)
+    for i in range(3):
+        for j in range(4):  # the unpadded pixels (a padded column counts no valid pixel: no sensible y)
+            y, x = (i + 1 - 0.5) / (3 + 1e-6), (j + 1 - 0.5) / (4 + 1e-6)
+            expected = []
+            for u in (y, x):
+                for k in range(n):
+                    angle = u * 2 * math.pi / temperature ** (2 * (k // 2) / n)
+                    expected.append(math.sin(angle) if k % 2 == 0 else math.cos(angle))
+            torch.testing.assert_close(pos[0, i * 5 + j], torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+def test_valid_ratios_and_encoder_reference_points():
+    masks = [torch.zeros(2, 4, 6, dtype=torch.bool), torch.zeros(2, 2, 3, dtype=torch.bool)]
+    masks[0][1, :, 3:] = True  # image 1: half its width padded at level 0
+    masks[0][1, 3:, :] = True  # and its last row
+    masks[1][1, :, 2:] = True
+    levels = FeatureLevels.of(masks, torch.float64)
+    assert levels.sizes == [(4, 6), (2, 3)] and levels.spatial_shapes.tolist() == [[4, 6], [2, 3]]
+    assert levels.pixel_sizes.tolist() == [[6, 4], [3, 2]]
+    torch.testing.assert_close(levels.valid_ratios[1], torch.tensor([[3 / 6, 3 / 4], [2 / 3, 2 / 2]],
+                                                                    dtype=torch.float64))
+    refs = encoder_reference_points(levels, "cpu")
+    assert refs.shape == (2, 24 + 6, 2, 2)
+    # Token (row 1, column 2) of level 0 in image 1: its centre (2.5, 1.5) over the valid extent (3, 3),
+    # seen from level l: times level l's valid ratio.
+    token = 1 * 6 + 2
+    for level in range(2):
+        expected = torch.tensor([2.5 / 3, 1.5 / 3], dtype=torch.float64) * levels.valid_ratios[1, level]
+        torch.testing.assert_close(refs[1, token, level], expected)
+
+
+@pytest.mark.parametrize("corners", [2, 4])
+def test_deformable_attention_samples_where_the_offsets_say(corners):
+    """With the offsets' weights zeroed, every query samples reference + bias offsets: a 2-d reference
+    moves by bias pixels of each level, a 4-d one by bias / points * (w, h) / 2. The module's output
+    against bilinear sampling written with grid_sample here."""
+    torch.manual_seed(0)
+    dim, heads, levels, points = 8, 2, 2, 3
+    attn = MultiScaleDeformableAttention(dim, levels, heads, points, "reference").double()
+    with torch.no_grad():
+        attn.sampling_offsets.weight.zero_()
+        attn.sampling_offsets.bias.copy_(torch.randn(heads * levels * points * 2) * 2)
+        attn.attention_weights.weight.zero_()
+        attn.attention_weights.bias.copy_(torch.randn(heads * levels * points))
+    masks = [torch.zeros(1, 5, 7, dtype=torch.bool), torch.zeros(1, 3, 4, dtype=torch.bool)]
+    feature_levels = FeatureLevels.of(masks, torch.float64)
+    values = torch.randn(1, 35 + 12, dim, dtype=torch.float64)
+    query = torch.randn(1, 2, dim, dtype=torch.float64)
+    reference = torch.rand(1, 2, levels, corners, dtype=torch.float64) * 0.6 + 0.2
+    out = attn(query, reference, values, feature_levels)
+
+    bias = attn.sampling_offsets.bias.view(heads, levels, points, 2)
+    weights = attn.attention_weights.bias.view(heads, levels * points).softmax(-1).view(heads, levels, points)
+    value = attn.value_proj(values)[0]
+    expected = torch.zeros(2, heads, dim // heads, dtype=torch.float64)
+    start = 0
+    for level, (h, w) in enumerate(feature_levels.sizes):
+        grid = value[start: start + h * w].view(h, w, heads, -1).permute(2, 3, 0, 1)  # [heads, D, h, w]
+        for q in range(2):
+            for head in range(heads):
+                for p in range(points):
+                    r = reference[0, q, level]
+                    if corners == 2:
+                        loc = r + bias[head, level, p] / torch.tensor([w, h], dtype=torch.float64)
+                    else:
+                        loc = r[:2] + bias[head, level, p] / points * r[2:] * 0.5
+                    sample = F.grid_sample(grid[head: head + 1], (2 * loc - 1).view(1, 1, 1, 2), align_corners=False)
+                    expected[q, head] += weights[head, level, p] * sample.view(-1)
+        start += h * w
+    torch.testing.assert_close(out[0], attn.output_proj(expected.flatten(1)))
+
+
+def test_patterns_lay_out_queries_pattern_by_pattern():
+    model = tiny(num_patterns=3)
+    tgt, anchors = model.queries(2)
+    assert tgt.shape == (2, 21, 64) and anchors.shape == (2, 21, 4)
+    for p in range(3):
+        for q in range(7):
+            torch.testing.assert_close(tgt[1, p * 7 + q], model.tgt_embed.weight[q] + model.patterns_embed.weight[p])
+            torch.testing.assert_close(anchors[1, p * 7 + q], model.refpoint_embed.weight[q].sigmoid())
+    out = model.eval()(*images_and_mask())
+    assert out["pred_logits"].shape == (2, 21, 5)
+
+
+def _outputs_and_grads(model, images, mask):
+    model.train()
+    out = model(images, mask)
+    loss = sum(o["pred_logits"].sigmoid().sum() + o["pred_boxes"].sum() for o in [out, *out["aux_outputs"]])
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [out["pred_logits"], out["pred_boxes"], *torch.autograd.grad(loss, params)]
+
+
+@pytest.mark.parametrize("target", CPU_KERNELS)
+def test_fused_ops_match_the_reference_ops_in_float64(target):
+    """The whole model, forward and backward, on the fused ops (CPU kernels; CUDA kernels on the
+    emulator) against the same weights on the reference ops (grid_sample, the PyTorch sine
+    embedding), in float64."""
+    check_target(target)
+    base = tiny(num_patterns=2, ops_impl="reference").double()
+    images, mask = images_and_mask(height=48, width=64)
+    runs = []
+    for impl in ("reference", target.impl):
+        model = DABDeformableDETR(base.config.replace(ops_impl=impl)).double()
+        model.load_state_dict(base.state_dict())
+        runs.append(_outputs_and_grads(model, images.double(), mask))
+    for i, (got, want) in enumerate(zip(*runs)):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"output/gradient {i}")
+
+
+def test_presets_and_config_checks():
+    r50 = build_model("dab_deformable_detr_r50", backbone_weights="none")
+    assert isinstance(r50, DABDeformableDETR) and r50.config.num_feature_levels == 4
+    assert [p[0].in_channels for p in r50.input_proj] == [512, 1024, 2048, 2048]
+    assert r50.config.pe_temperature_h == 10000.0 and r50.config.num_select == 100
+    assert len(r50.class_embed) == len(r50.bbox_embed) == 6
+    assert isinstance(build_model("demo_deformable"), DABDeformableDETR)
+    with pytest.raises(ValueError, match="GroupNorm"):
+        build_model("demo_deformable", hidden_dim=80, num_heads=8)
+    with pytest.raises(ValueError, match="does not use dn_groups"):
+        build_model("demo_deformable", dn_groups=2)
+    with pytest.raises(ValueError, match="backbone_stage >= 3"):
+        build_model("demo_deformable", backbone_stage=2)
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        build_model("demo_deformable", architecture="deformable")
