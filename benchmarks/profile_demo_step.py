@@ -3,7 +3,7 @@ optimizer by wall clock; then, under torch.profiler, the forward and backward by
 (the backbone's convolutions and batch norms, the fused ops, the transformer's matrix products,
 the rest).
 
-    python benchmarks/profile_demo_step.py [--steps 30] [--set FIELD=VALUE ...]
+    python benchmarks/profile_demo_step.py [--recipe demo_deformable] [--steps 30] [--set FIELD=VALUE ...]
 
 The steps are the trainer's own (dabdetr.training.engine.train_step), so AMP, channels-last
 and accumulation settings are profiled as a run would use them.
@@ -105,6 +105,8 @@ def endless(loader):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="demo", choices=("demo", "demo_deformable"),
+                        help="DAB-DETR's demo, or DAB-Deformable-DETR's")
     parser.add_argument("--steps", type=int, default=30, help="timed steps (after 5 of warm-up)")
     parser.add_argument("--profiled-steps", type=int, default=5)
     parser.add_argument("--top-ops", type=int, default=15, help="the ops with the most self time, listed")
@@ -114,7 +116,7 @@ def main():
     args = parser.parse_args()
     overrides = parse_assignments(args.set, "--set")
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = dabdetr.Trainer(dabdetr.recipe("demo", output_dir=output_dir, device="cpu", progress=False,
+        trainer = dabdetr.Trainer(dabdetr.recipe(args.recipe, output_dir=output_dir, device="cpu", progress=False,
                                                  **overrides))
         batches = endless(trainer.train_loader)
         run_steps(trainer, batches, 5, defaultdict(float))  # warm-up: oneDNN primitives, allocator, loader workers
@@ -145,12 +147,13 @@ def main():
               "ms_per_step": round(e.self_cpu_time_total / 1000 / args.profiled_steps, 1),
               "share": f"{e.self_cpu_time_total / 1000 / args.profiled_steps / profiled_ms:.0%}"} for e in top]
     config = trainer.config
-    extra = {"kernels": isa, "batch_size": config.batch_size, "image_size": config.synthetic_image_size,
-             "num_workers": config.num_workers, "amp": config.amp, "channels_last": config.channels_last,
-             "steps": args.steps, "overrides": overrides,
+    extra = {"recipe": args.recipe, "kernels": isa, "batch_size": config.batch_size,
+             "image_size": config.synthetic_image_size, "num_workers": config.num_workers, "amp": config.amp,
+             "channels_last": config.channels_last, "steps": args.steps, "overrides": overrides,
              "allocator": "freed memory kept (keep_freed_memory)" if config.keep_freed_memory else "default"}
     device = torch.device("cpu")
-    harness.write_results("demo_step_profile", device, rows,
+    name = "demo_step_profile" if args.recipe == "demo" else "demo_deformable_step_profile"
+    harness.write_results(name, device, rows,
                           ["table", "part", "ms_per_step", "share"], extra, args.out_dir)
 
 

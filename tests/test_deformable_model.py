@@ -50,7 +50,7 @@ def test_outputs_and_levels():
     assert out["pred_logits"].shape == (2, 7, 5) and out["pred_boxes"].shape == (2, 7, 4)
     assert len(out["aux_outputs"]) == 1 and out["references"].shape == (2, 2, 7, 4)
     assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
-    # Four levels: ResNet-18's C2-C4 (64, 128, 256 channels) and a stride-2 convolution on C4.
+    # Four levels: ResNet-18's C2-C4 (64, 128, 256 channels: backbone_stage 3) and a strided one on C4.
     assert [p[0].in_channels for p in model.input_proj] == [64, 128, 256, 256]
     assert [p[0].stride for p in model.input_proj] == [(1, 1)] * 3 + [(2, 2)]
     logits, boxes = model.predict(images, mask)
@@ -190,3 +190,123 @@ def test_presets_and_config_checks():
         build_model("demo_deformable", backbone_stage=2)
     with pytest.raises(ValueError, match="architecture must be one of"):
         build_model("demo_deformable", architecture="deformable")
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+def test_official_checkpoint_round_trip(tmp_path):
+    """An official DAB-Deformable-DETR checkpoint (the official names, the decoder's copies of the box
+    heads, the args the official code builds the model from) reads back as the same model, with what
+    the weights cannot tell (heads, and so points per head) from the args; the official code ignores
+    its temperature args, and so does the reader."""
+    from dabdetr import from_pretrained
+    from dabdetr.weights.formats.official import official_args, to_official_state_dict
+
+    model = tiny(num_patterns=2, num_heads=2, encoder_points=3, decoder_points=2, num_feature_levels=3).eval()
+    state = to_official_state_dict(model)
+    assert "backbone.0.body.conv1.weight" in state and "transformer.decoder.bbox_embed.1.layers.2.bias" in state
+    args = official_args(model.config)
+    assert (args.modelname, args.nheads, args.enc_n_points, args.dec_n_points) == ("dab_deformable_detr", 2, 3, 2)
+    args.pe_temperatureH = args.pe_temperatureW = 20  # the official parser's defaults, which its model ignores
+    torch.save({"model": state, "args": args, "epoch": 49}, tmp_path / "checkpoint.pth")
+    loaded = from_pretrained(str(tmp_path / "checkpoint.pth"))
+    assert isinstance(loaded, DABDeformableDETR) and loaded.config.pe_temperature_h == 10000.0
+    fields = ("num_heads", "encoder_points", "decoder_points", "num_feature_levels", "num_patterns", "num_queries",
+              "hidden_dim", "num_classes")
+    assert {f: getattr(loaded.config, f) for f in fields} == {f: getattr(model.config, f) for f in fields}
+    images, mask = images_and_mask()
+    for got, want in zip(loaded.predict(images, mask), model.predict(images, mask)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_official_checkpoint_without_args_takes_eight_heads(tmp_path):
+    from dabdetr import from_pretrained
+    from dabdetr.weights.formats.official import to_official_state_dict
+
+    model = tiny(num_heads=8)
+    torch.save({"model": to_official_state_dict(model)}, tmp_path / "bare.pth")
+    assert from_pretrained(str(tmp_path / "bare.pth")).config.decoder_points == 4
+    odd = tiny(num_heads=4, encoder_points=3)  # 4 x 4 x 3 x 2 offsets: no whole number of points for 8 heads
+    torch.save({"model": to_official_state_dict(odd)}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="not a whole number of points for 8 heads"):
+        from_pretrained(str(tmp_path / "odd.pth"))
+
+
+def test_formats_without_the_model_refuse_it():
+    from dabdetr.weights.formats.huggingface import to_huggingface_state_dict
+    from dabdetr.weights.formats.mmdetection import to_mmdetection_state_dict
+    from dabdetr.weights.formats.official import to_official_state_dict
+
+    model = tiny()
+    for write, name in ((to_huggingface_state_dict, "Hugging Face"), (to_mmdetection_state_dict, "MMDetection")):
+        with pytest.raises(ValueError, match=f"the {name} format has no DAB-Deformable-DETR"):
+            write(model)
+    with pytest.raises(ValueError, match="fixes DAB-Deformable-DETR's position encoding at temperature 10000"):
+        to_official_state_dict(tiny(pe_temperature_h=20.0))
+
+
+def test_saved_model_directory_round_trip(tmp_path):
+    from dabdetr import from_pretrained
+
+    model = tiny().eval()
+    model.save_pretrained(str(tmp_path / "model"), class_names={0: "a"})
+    loaded = from_pretrained(str(tmp_path / "model"))
+    assert isinstance(loaded, DABDeformableDETR) and loaded.config == model.config
+    images, mask = images_and_mask()
+    torch.testing.assert_close(loaded.predict(images, mask)[1], model.predict(images, mask)[1], rtol=0, atol=0)
+
+
+# ---- two-stage ------------------------------------------------------------------------------------
+
+def test_two_stage_proposals_and_queries():
+    """Every encoder token proposes a box at its pixel centre (normalized by its level's unpadded
+    size) with sides 0.05 * 2^level; padded and edge tokens (a coordinate outside (0.01, 0.99)) are
+    never usable (inf logits: boxes of 1); the best num_queries proposals by the first class's
+    logit become the decoder's anchors."""
+    model = tiny(two_stage=True).eval()
+    images, mask = images_and_mask()
+    out = model(images, mask)
+    proposals = out["enc_outputs"]
+    S = proposals["pred_logits"].shape[1]
+    assert proposals["pred_boxes"].shape == (2, S, 4) and out["pred_boxes"].shape == (2, 7, 4)
+    assert len(model.class_embed) == len(model.bbox_embed) == 3 and not hasattr(model, "tgt_embed")
+    # Image 1 is padded on its right quarter: its padded tokens' proposals are boxes of 1.
+    features, masks = model.backbone(images, mask)
+    level0 = masks[0][1].flatten()
+    assert (proposals["pred_boxes"][1, : level0.numel()][level0] == 1).all()
+    # The decoder's first anchors: the sigmoids of the chosen proposals' logits, i.e. among the proposals.
+    first = out["references"][0]
+    chosen = proposals["pred_logits"][..., 0].topk(7, dim=1).indices
+    torch.testing.assert_close(first, proposals["pred_boxes"].gather(1, chosen[..., None].expand(-1, -1, 4)))
+
+
+@pytest.mark.parametrize("target", CPU_KERNELS)
+def test_two_stage_fused_ops_match_the_reference_ops(target):
+    check_target(target)
+    base = tiny(two_stage=True, ops_impl="reference").double()
+    images, mask = images_and_mask(height=48, width=64)
+    runs = []
+    for impl in ("reference", target.impl):
+        model = DABDeformableDETR(base.config.replace(ops_impl=impl)).double().train()
+        model.load_state_dict(base.state_dict())
+        out = model(images.double(), mask)
+        proposals = out["enc_outputs"]
+        loss = (out["pred_logits"].sigmoid().sum() + out["pred_boxes"].sum() + proposals["pred_logits"].sum()
+                + proposals["pred_boxes"].sum())
+        runs.append([out["pred_logits"], out["pred_boxes"], *torch.autograd.grad(loss, list(model.parameters()))])
+    for i, (got, want) in enumerate(zip(*runs)):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9, msg=f"output/gradient {i}")
+
+
+def test_two_stage_official_checkpoint_round_trip(tmp_path):
+    from dabdetr import from_pretrained
+    from dabdetr.weights.formats.official import official_args, to_official_state_dict
+
+    model = tiny(two_stage=True, num_queries=5).eval()
+    state = to_official_state_dict(model)
+    assert "transformer.enc_output.weight" in state and "transformer.decoder.bbox_embed.2.layers.0.weight" in state
+    torch.save({"model": state, "args": official_args(model.config)}, tmp_path / "two_stage.pth")
+    loaded = from_pretrained(str(tmp_path / "two_stage.pth"))
+    assert loaded.config.two_stage and loaded.config.num_queries == 5
+    images, mask = images_and_mask()
+    torch.testing.assert_close(loaded.predict(images, mask)[0], model.predict(images, mask)[0], rtol=0, atol=0)

@@ -4,9 +4,10 @@ DAB-DETR reads one stage's output: C5 (stride 32, or 16 with dilation) in every 
 model; C4 or C3 (backbone_stage=3 or 2, stride 16 or 8) for small images, where the later stages
 are not built at all. DAB-Deformable-DETR reads the last three (C3, C4, C5). With pretrained
 weights (every published recipe) the norms are FrozenBatchNorm2d and the stem and layer1 stay
-frozen (backbone_frozen_stages=1); train_backbone=False freezes everything. Training from scratch (the synthetic demo, no
-pretrained weights at hand) uses backbone_norm="batch_norm" with every stage trainable, since a
-ResNet with frozen identity norms and random weights learns poorly.
+frozen (backbone_frozen_stages=1); train_backbone=False freezes everything. Training from
+scratch (the synthetic demo, no pretrained weights at hand) uses backbone_norm="batch_norm" with
+every stage trainable, since a ResNet with frozen identity norms and random weights learns
+poorly.
 """
 
 import torch

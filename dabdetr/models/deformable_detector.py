@@ -27,9 +27,10 @@ class DABDeformableDETR(nn.Module):
     3x3 stride-2 convolutions with GroupNorm for the rest (the first on the last stage's features,
     the next on the level before); each level's position encoding (Deformable DETR's sine encoding
     of pixel centres) plus a learned level embedding. Queries: tgt_embed (content) and
-    refpoint_embed (anchor logits), with patterns_embed added per pattern when num_patterns > 0.
-    Every decoder layer has its own class and box head (class_embed.{i}, bbox_embed.{i}), and the
-    box heads refine the anchors layer by layer.
+    refpoint_embed (anchor logits), with patterns_embed added per pattern when num_patterns > 0;
+    with two_stage, none: the encoder's best proposals instead. Every decoder layer has its own class
+    and box head (class_embed.{i}, bbox_embed.{i}; two-stage: one more each, for the proposals), and
+    the box heads refine the anchors layer by layer.
     """
 
     def __init__(self, config: DABDETRConfig):
@@ -50,38 +51,46 @@ class DABDeformableDETR(nn.Module):
         self.position_encoding = PositionEmbeddingSineHW(d // 2, config.pe_temperature_h, config.pe_temperature_w,
                                                          config.ops_impl, offset=0.5)
         self.transformer = DeformableTransformer(config)
-        self.tgt_embed = nn.Embedding(config.num_queries, d)
-        self.refpoint_embed = nn.Embedding(config.num_queries, 4)
-        if config.random_refpoints_xy:
-            with torch.no_grad():  # centres logit(U(0, 1)); they stay trainable, as in the official code
-                self.refpoint_embed.weight[:, :2].uniform_(0, 1)
-                self.refpoint_embed.weight[:, :2] = inverse_sigmoid(self.refpoint_embed.weight[:, :2], 1e-5)
+        if not config.two_stage:  # two-stage: the queries come from the encoder's proposals
+            self.tgt_embed = nn.Embedding(config.num_queries, d)
+            self.refpoint_embed = nn.Embedding(config.num_queries, 4)
+            if config.random_refpoints_xy:
+                with torch.no_grad():  # centres logit(U(0, 1)); they stay trainable, as in the official code
+                    self.refpoint_embed.weight[:, :2].uniform_(0, 1)
+                    self.refpoint_embed.weight[:, :2] = inverse_sigmoid(self.refpoint_embed.weight[:, :2], 1e-5)
         self.patterns_embed = nn.Embedding(config.num_patterns, d) if config.num_patterns > 0 else None
         class_embed = nn.Linear(d, config.num_classes)
         nn.init.constant_(class_embed.bias, -math.log((1 - config.prior_prob) / config.prior_prob))
         bbox_embed = MLP(d, d, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)
         nn.init.zeros_(bbox_embed.layers[-1].bias)
-        layers = config.num_decoder_layers
-        self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(layers))
-        self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(layers))
-        nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)  # the first layer's boxes start small
+        heads = config.num_decoder_layers + config.two_stage  # two-stage: the last heads score the proposals
+        self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(heads))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(heads))
+        if not config.two_stage:  # the first layer's boxes start small (two-stage: as their proposals)
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
 
     def forward(self, images, mask=None, targets=None):
-        """mask None: no padding. targets: unused (the criterion's; DABDETR's signature)."""
-        hs, references = self.encode_decode(images, mask)
+        """mask None: no padding. targets: unused (the criterion's; DABDETR's signature). With
+        two_stage, also "enc_outputs": {"pred_logits" [B, S, K], "pred_boxes" [B, S, 4]}, the
+        proposals of every encoder token (trained with the same losses)."""
+        hs, references, proposals = self.encode_decode(images, mask)
         logits = torch.stack([head(h) for head, h in zip(self.class_embed, hs)])
         boxes = self.box_head(hs, references)
-        return {**layer_outputs(logits, boxes), "references": references}
+        outputs = {**layer_outputs(logits, boxes), "references": references}
+        if proposals is not None:
+            outputs["enc_outputs"] = proposals
+        return outputs
 
     def predict(self, images, mask=None):
         """(logits [B, Nq, num_classes], boxes [B, Nq, 4]) of the last decoder layer alone."""
-        hs, references = self.encode_decode(images, mask)
+        hs, references, _ = self.encode_decode(images, mask)
         last = len(hs) - 1
         return self.class_embed[last](hs[last]), self.box_sigmoid(last, hs[last], references[last])
 
     def encode_decode(self, images, mask):
-        """Backbone, input projections, encoder and decoder: hs [L, B, N, d], references [L, B, N, 4]."""
+        """Backbone, input projections, encoder and decoder: hs [L, B, N, d], references [L, B, N, 4],
+        and the encoder's proposals (two_stage) or None (DeformableTransformer.forward)."""
         mask = checked_inputs(images, mask)
         features, masks = self.backbone(images, mask)
         srcs = [projection(f) for projection, f in zip(self.input_proj, features)]
@@ -89,8 +98,8 @@ class DABDeformableDETR(nn.Module):
             srcs.append(projection(features[-1] if len(srcs) == len(features) else srcs[-1]))
             masks.append(downsampled_mask(mask, srcs[-1].shape[-2:]))
         pos = [self.position_encoding(m, self.level_dtype) for m in masks]
-        tgt, anchors = self.queries(images.shape[0])
-        return self.transformer(srcs, masks, pos, tgt, anchors, self.bbox_embed)
+        queries = None if self.config.two_stage else self.queries(images.shape[0])
+        return self.transformer(srcs, masks, pos, queries, self.class_embed, self.bbox_embed)
 
     @property
     def level_dtype(self):
@@ -112,4 +121,5 @@ class DABDeformableDETR(nn.Module):
         return (self.bbox_embed[layer](hs) + inverse_sigmoid(reference, self.config.box_head_eps)).sigmoid()
 
     def box_head(self, hs, references):
+        """Every decoder layer's boxes [L, B, N, 4]."""
         return torch.stack([self.box_sigmoid(i, h, r) for i, (h, r) in enumerate(zip(hs, references))])

@@ -223,13 +223,19 @@ class DABDeformableDecoder(nn.Module):
 
 
 class DeformableTransformer(nn.Module):
-    """Encoder and decoder, with the learned level embedding added to the position encoding."""
+    """Encoder and decoder, with the learned level embedding added to the position encoding; with
+    config.two_stage, the encoder's proposals as the decoder's queries (encoder_proposals)."""
 
     def __init__(self, config):
         super().__init__()
+        d = config.hidden_dim
+        self.config = config
         self.encoder = DeformableEncoder(config)
         self.decoder = DABDeformableDecoder(config)
-        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.hidden_dim))
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d))
+        if config.two_stage:  # the official names (detrex's, but for its enc_output_norm)
+            self.enc_output, self.enc_output_norm = nn.Linear(d, d), nn.LayerNorm(d)
+            self.pos_trans, self.pos_trans_norm = nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d)
         for p in self.parameters():  # the official init
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -238,12 +244,49 @@ class DeformableTransformer(nn.Module):
                 module.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def forward(self, srcs, masks, pos, tgt, anchors, bbox_embed):
+    def forward(self, srcs, masks, pos, queries, class_embed, bbox_embed):
         """srcs, pos: per level [B, d, H_l, W_l] and [B, H_l * W_l, d]; masks: per level [B, H_l, W_l];
-        tgt [B, N, d]; anchors [B, N, 4]. Returns (hs [L, B, N, d], references [L, B, N, 4])."""
+        queries: (tgt [B, N, d], anchors [B, N, 4]), or None with two_stage; class_embed, bbox_embed:
+        the detector's per-layer heads (with two_stage, one more each, for the proposals).
+        Returns (hs [L, B, N, d], references [L, B, N, 4], proposals): proposals None, or with
+        two_stage {"pred_logits" [B, S, K], "pred_boxes" [B, S, 4]} of every encoder token."""
         levels = FeatureLevels.of(masks, pos[0].dtype)  # the parameters' (float32 under autocast too)
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos = torch.cat([p + self.level_embed[level] for level, p in enumerate(pos)], 1)
         padding_mask = torch.cat([m.flatten(1) for m in masks], 1)
         memory = self.encoder(src, pos, levels, padding_mask)
-        return self.decoder(tgt, anchors, memory, levels, padding_mask, bbox_embed)
+        proposals = None
+        if self.config.two_stage:
+            queries, proposals = self.encoder_proposals(memory, padding_mask, levels, class_embed[-1], bbox_embed[-1])
+        tgt, anchors = queries
+        hs, references = self.decoder(tgt, anchors, memory, levels, padding_mask, bbox_embed)
+        return hs, references, proposals
+
+    def encoder_proposals(self, memory, padding_mask, levels, class_head, box_head):
+        """Two-stage Deformable DETR: every token proposes a box (its pixel centre, a side of 0.05
+        2^level), refined and scored by the last heads from its memory; the num_queries best
+        proposals (by the first class's logit) become the anchors, detached, and the content queries
+        come from the sine embedding of their (x, y, w, h) through pos_trans.
+        Returns ((tgt, anchors), {"pred_logits", "pred_boxes"} of every proposal)."""
+        d = memory.shape[-1]
+        boxes = []
+        for level, (h, w) in enumerate(levels.sizes):
+            y, x = torch.meshgrid(torch.arange(h, dtype=memory.dtype, device=memory.device),
+                                  torch.arange(w, dtype=memory.dtype, device=memory.device), indexing="ij")
+            valid = levels.valid_ratios[:, level] * levels.pixel_sizes[level]  # [B, 2]: unpadded (w, h)
+            centres = (torch.stack((x, y), -1)[None] + 0.5) / valid[:, None, None]  # [B, h, w, 2]
+            sides = torch.full_like(centres, 0.05 * 2.0**level)
+            boxes.append(torch.cat((centres, sides), -1).flatten(1, 2))
+        boxes = torch.cat(boxes, 1)  # [B, S, 4]
+        usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1, keepdim=True) & ~padding_mask[..., None]
+        box_logits = torch.log(boxes / (1 - boxes)).masked_fill(~usable, float("inf"))
+        memory = self.enc_output_norm(self.enc_output(memory.masked_fill(~usable, 0.0)))
+        logits, box_logits = class_head(memory), box_head(memory) + box_logits
+        best = logits[..., 0].topk(self.config.num_queries, dim=1).indices
+        chosen = box_logits.gather(1, best[..., None].expand(-1, -1, 4)).detach()
+        # The sine embedding of (x, y, w, h): the op's blocks come (y, x, w, h).
+        embed = anchor_sine_embed(chosen.sigmoid(), num_feats=d // 2, temperature=self.config.anchor_temperature,
+                                  impl=self.config.ops_impl)
+        embed = torch.cat((embed[..., d // 2: d], embed[..., : d // 2], embed[..., d:]), -1)
+        tgt = self.pos_trans_norm(self.pos_trans(embed.to(memory.dtype)))[..., d:]
+        return (tgt, chosen.sigmoid()), {"pred_logits": logits, "pred_boxes": box_logits.sigmoid()}

@@ -35,7 +35,8 @@ class SetCriterion(nn.Module):
     targets: list of B dicts, labels [n] (int64 class index < K), boxes [n, 4] (normalized cxcywh).
     Returns loss_ce, loss_bbox, loss_giou of the last layer, the same with suffix _0 .. _{L-2} for
     the auxiliary layers, with outputs["dn_outputs"] (denoising training) the same again with
-    infix _dn (loss_ce_dn, loss_ce_dn_0, ...), and "loss": their sum weighted by the weights.
+    infix _dn (loss_ce_dn, loss_ce_dn_0, ...), with outputs["enc_outputs"] (two-stage proposals)
+    suffix _enc, and "loss": their sum weighted by the weights.
     """
 
     def __init__(self, num_classes, matcher, loss_ce=1.0, loss_bbox=5.0, loss_giou=2.0, focal_alpha=0.25,
@@ -92,11 +93,14 @@ class SetCriterion(nn.Module):
         if self.aux_loss:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
+        proposals = outputs.get("enc_outputs")  # two-stage: every encoder token's box, matched as a layer's
+        if proposals is not None:
+            losses.update({f"{k}_enc": v for k, v in self.layer_losses(proposals, targets, num_boxes).items()})
         dn = outputs.get("dn_outputs")
         if dn is not None:
             padded, dn_num_boxes = padded_targets(targets, dn["groups"]), num_boxes * dn["groups"]
             losses.update(self.denoising_losses(dn, padded, dn_num_boxes))
             for i, aux in enumerate(dn["aux_outputs"] if self.aux_loss else []):
                 losses.update({f"{k}_{i}": v for k, v in self.denoising_losses(aux, padded, dn_num_boxes).items()})
-        losses["loss"] = sum(self.weights[re.sub(r"(_dn)?(_\d+)?$", "", k)] * v for k, v in losses.items())
+        losses["loss"] = sum(self.weights[re.sub(r"(_dn|_enc)?(_\d+)?$", "", k)] * v for k, v in losses.items())
         return losses

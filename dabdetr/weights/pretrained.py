@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from dabdetr.models import DABDETRConfig, build_model
+from dabdetr.models import PRESETS, DABDETRConfig, build_model
 from dabdetr.weights import hub, zoo
 from dabdetr.weights.files import read_torch_file
 from dabdetr.weights.formats import huggingface, mmdetection, native, official
@@ -26,23 +26,27 @@ __all__ = ["SOURCES", "from_pretrained", "load_pretrained", "official_args", "sa
            "to_huggingface_config", "to_huggingface_state_dict", "to_mmdetection_state_dict", "to_official_state_dict"]
 
 
+def _count(state, prefix):
+    """Distinct indices right after prefix "a.b.c." among the state's keys."""
+    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+
 def _infer_config(state, described, **known):
     """Architecture fields that tensor shapes determine (our key names); described: what the
     checkpoint is ("model.pth, an official checkpoint"), for the error when it holds no DAB-DETR."""
-    def count(prefix):  # distinct indices right after prefix "a.b.c."
-        return len({k.split(".")[3] for k in state if k.startswith(prefix)})
-
     def not_dab_detr(what):
         some_keys = ", ".join(list(state)[:5]) or "none"
         return ValueError(f"{described}, but its weights are not a DAB-DETR model's: {what} "
                           f"(its first keys, renamed to ours: {some_keys})")
 
-    layer3_blocks = count("backbone.body.layer3.")
+    layer3_blocks = _count(state, "backbone.body.layer3.")
     has_conv3 = any(k.startswith("backbone.body.layer1.0.conv3.") for k in state)
     backbone = {(6, True): "resnet50", (23, True): "resnet101", (2, False): "resnet18", (6, False): "resnet34"}.get(
         (layer3_blocks, has_conv3))
     if backbone is None:
         raise not_dab_detr(f"no ResNet-18/34/50/101 backbone (layer3 has {layer3_blocks} blocks)")
+    if official.DEFORMABLE_KEY in state:
+        return {"backbone": backbone, **_infer_deformable_config(state, not_dab_detr, known)}
     missing = [key for key in ("input_proj.weight", "transformer.encoder.layers.0.linear1.weight",
                                "refpoint_embed.weight", "class_embed.weight") if key not in state]
     if missing:
@@ -51,8 +55,8 @@ def _infer_config(state, described, **known):
         "backbone": backbone,
         "hidden_dim": state["input_proj.weight"].shape[0],
         "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_encoder_layers": count("transformer.encoder.layers."),
-        "num_decoder_layers": count("transformer.decoder.layers."),
+        "num_encoder_layers": _count(state, "transformer.encoder.layers."),
+        "num_decoder_layers": _count(state, "transformer.decoder.layers."),
         "num_queries": state["refpoint_embed.weight"].shape[0],
         "num_patterns": state["transformer.patterns.weight"].shape[0] if "transformer.patterns.weight" in state else 0,
         "keep_query_pos": "transformer.decoder.layers.1.ca_qpos_proj.weight" in state,
@@ -60,6 +64,45 @@ def _infer_config(state, described, **known):
     }
     values.update(known)
     return values
+
+
+def _infer_deformable_config(state, not_dab_detr, known):
+    """_infer_config's fields of a DAB-Deformable-DETR: sizes from the shapes, the heads from
+    `known` (the args; 8 where none say), and from them the points per head and level; a two-stage
+    model's query count from `known` too (the preset's 300 where none says)."""
+    two_stage = "transformer.enc_output.weight" in state  # its queries come from proposals: no query weights
+    required = ("input_proj.0.0.weight", "transformer.encoder.layers.0.linear1.weight", "class_embed.0.weight",
+                *(() if two_stage else ("refpoint_embed.weight",)))
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise not_dab_detr(f"a DAB-Deformable-DETR level embedding but no {', '.join(missing)}")
+    levels, heads = state[official.DEFORMABLE_KEY].shape[0], known.get("num_heads", 8)
+
+    def points(key):
+        rows = state[key].shape[0]
+        if rows % (2 * heads * levels):
+            raise not_dab_detr(f"{key} has {rows} rows, not a whole number of points for {heads} heads and {levels} "
+                               "levels (num_heads is in the checkpoint's args)")
+        return rows // (2 * heads * levels)
+
+    values = {
+        **PRESETS["dab_deformable_detr_r50"],
+        "hidden_dim": state["input_proj.0.0.weight"].shape[0],
+        "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        "num_encoder_layers": _count(state, "transformer.encoder.layers."),
+        "num_decoder_layers": _count(state, "transformer.decoder.layers."),
+        "num_patterns": state["patterns_embed.weight"].shape[0] if "patterns_embed.weight" in state else 0,
+        "two_stage": two_stage,
+        "num_classes": state["class_embed.0.weight"].shape[0],
+        "num_feature_levels": levels,
+        # The last stage the backbone has (C5 in every official checkpoint).
+        "backbone_stage": max(stage for stage in (2, 3, 4) if f"backbone.body.layer{stage}.0.conv1.weight" in state),
+        "encoder_points": points("transformer.encoder.layers.0.self_attn.sampling_offsets.weight"),
+        "decoder_points": points("transformer.decoder.layers.0.cross_attn.sampling_offsets.weight"),
+    }
+    if not two_stage:
+        values["num_queries"] = state["refpoint_embed.weight"].shape[0]
+    return {**values, **known}
 
 
 def _torch_load(path):
@@ -144,7 +187,8 @@ def _load_source(path, source, checkpoint=None):
     if source == "official":
         state = official.from_official(checkpoint["model"])
         described = f"{path}: read as an official DAB-DETR checkpoint (it has a 'model' key)"
-        return state, _infer_config(state, described, **official.config_from_args(checkpoint.get("args"))), no_metadata
+        args = official.config_from_args(checkpoint.get("args"), deformable=official.DEFORMABLE_KEY in state)
+        return state, _infer_config(state, described, **args), no_metadata
     state = mmdetection.from_mmdetection(checkpoint["state_dict"])
     described = f"{path}: read as an MMDetection checkpoint (it has a 'state_dict' key)"
     return state, _infer_config(state, described, **mmdetection.CONFIG_VALUES), no_metadata

@@ -8,7 +8,7 @@ import re
 import torch
 
 from dabdetr.weights.files import atomic_write, read_torch_file
-from dabdetr.weights.formats.fixed_settings import require_fixed_settings
+from dabdetr.weights.formats.fixed_settings import require_architecture, require_fixed_settings
 from dabdetr.weights.formats.native import CONFIG_FILE
 from dabdetr.weights.formats.renames import drop_shared_box_head, rename
 from dabdetr.weights.hub import HUB_WEIGHT_FILES
@@ -90,6 +90,7 @@ def from_huggingface(state):
 def to_huggingface_state_dict(model, hf_resnet_backbone=False):
     """Hugging Face keys; the backbone under timm's (= torchvision's) names, or Hugging Face's
     own ResNet names with hf_resnet_backbone=True."""
+    require_architecture(model.config, "Hugging Face")
     state = {}
     for key, tensor in model.state_dict().items():
         m = re.match(r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", key)

@@ -1,5 +1,7 @@
-"""The official DAB-DETR checkpoint (IDEA-Research/DAB-DETR): {'model': state dict, 'args': Namespace}.
-Names are ours but for the backbone prefix; its decoder registers the box head a second time."""
+"""The official checkpoints (IDEA-Research/DAB-DETR): {'model': state dict, 'args': Namespace}, of
+DAB-DETR and of DAB-Deformable-DETR. Names are ours but for the backbone prefix; the decoder
+registers the box heads a second time (transformer.decoder.bbox_embed: the one of DAB-DETR, the
+per-layer ones of DAB-Deformable-DETR)."""
 
 import argparse
 
@@ -7,6 +9,7 @@ from dabdetr.weights.formats.fixed_settings import require_fixed_settings
 from dabdetr.weights.formats.renames import drop_shared_box_head, rename
 
 RULES = [("backbone.body.", "backbone.0.body.")]
+DEFORMABLE_KEY = "transformer.level_embed"  # a DAB-Deformable-DETR checkpoint's, not DAB-DETR's
 
 
 def from_official(state):
@@ -26,16 +29,30 @@ def to_official_state_dict(model):
 ARGS = {"dilation": "dilation", "pe_temperatureH": "pe_temperature_h", "pe_temperatureW": "pe_temperature_w",
         "random_refpoints_xy": "random_refpoints_xy", "nheads": "num_heads", "dropout": "dropout",
         "num_select": "num_select"}
+# DAB-Deformable-DETR's. Its code ignores the temperatures (Deformable DETR's encoding at 10000) and
+# num_select (its post-processing keeps 100): those come from the preset's settings, not args.
+DEFORMABLE_ARGS = {"dilation": "dilation", "random_refpoints_xy": "random_refpoints_xy", "nheads": "num_heads",
+                   "dropout": "dropout", "num_feature_levels": "num_feature_levels", "enc_n_points": "encoder_points",
+                   "dec_n_points": "decoder_points", "two_stage": "two_stage", "num_queries": "num_queries"}
 
 
-def config_from_args(args):
+def config_from_args(args, deformable=False):
     """ModelConfig fields from an official checkpoint's 'args' (a Namespace, a dict or None)."""
     if args is None:
         return {}
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    return {ours: args[theirs] for theirs, ours in ARGS.items() if theirs in args}
+    names = DEFORMABLE_ARGS if deformable else ARGS
+    return {ours: args[theirs] for theirs, ours in names.items() if theirs in args}
 
 
 def official_args(config):
-    """The 'args' an official checkpoint of a model with this config carries (config_from_args reads them)."""
+    """The 'args' an official checkpoint of a model with this config carries (config_from_args
+    reads them; the official code builds the model from them)."""
+    if config.architecture == "dab_deformable_detr":
+        sizes = {"modelname": "dab_deformable_detr", "backbone": config.backbone, "hidden_dim": config.hidden_dim,
+                 "dim_feedforward": config.ffn_dim, "enc_layers": config.num_encoder_layers,
+                 "dec_layers": config.num_decoder_layers, "num_patterns": config.num_patterns,
+                 "transformer_activation": "relu"}
+        read = {theirs: getattr(config, ours) for theirs, ours in DEFORMABLE_ARGS.items()}
+        return argparse.Namespace(**sizes, **read)
     return argparse.Namespace(**{theirs: getattr(config, ours) for theirs, ours in ARGS.items()})
