@@ -17,7 +17,7 @@ import dabdetr
 from dabdetr.cli import main as cli
 from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
 from dabdetr.deployment import export, runtime
-from dabdetr.models import DABDETR, post_process, preset
+from dabdetr.models import DABDETR, build_model, post_process, preset
 from dabdetr.training.trainer import Trainer
 from dabdetr.weights.pretrained import from_pretrained
 
@@ -164,6 +164,41 @@ def test_torch_export_program_matches_eager(demo_model, demo_pt2, images):
     detector = runtime.load_detector(demo_pt2)
     assert detector.kind == "torch-export"
     assert_same_outputs(detector, demo_model, images)
+
+
+@pytest.fixture(scope="module")
+def deformable_model():
+    torch.manual_seed(2)
+    model = build_model("demo_deformable").eval()
+    with torch.no_grad():  # away from the init's zero offsets and attention weights, so that every path shows
+        for name, parameter in model.named_parameters():
+            if "sampling_offsets" in name or "attention_weights" in name:
+                parameter.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def deformable_artifacts(deformable_model, tmp_path_factory):
+    """DAB-Deformable-DETR exported once to ONNX and once by torch.export."""
+    folder = tmp_path_factory.mktemp("deformable")
+    onnx_path, pt2_path = str(folder / "deformable.onnx"), str(folder / "deformable.pt2")
+    metadata = export.export(deformable_model, onnx_path, "onnx")
+    export.export(deformable_model, pt2_path, "torch-export")
+    return metadata, onnx_path, pt2_path
+
+
+def test_deformable_model_exports_to_onnx_and_torch_export(deformable_model, deformable_artifacts, images):
+    """DAB-Deformable-DETR through ONNX (its deformable attention lowered to Gather, Floor, Where)
+    and torch.export (kept as the dabdetr op), at three sizes and batches 1 and 3 from one file."""
+    metadata, onnx_path, pt2_path = deformable_artifacts
+    assert metadata["min_side"] == 65  # the 4th level is at stride 64
+    proto = onnx.load(onnx_path)
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert {"GatherElements", "Floor"} <= {node.op_type for node in proto.graph.node}
+    assert_same_outputs(runtime.load_detector(onnx_path), deformable_model, images)
+    targets = {str(node.target) for node in torch.export.load(pt2_path).graph.nodes if node.op == "call_function"}
+    assert "dabdetr.multi_scale_deformable_attention.default" in targets
+    assert_same_outputs(runtime.load_detector(pt2_path), deformable_model, images)
 
 
 def test_export_copies_a_model_it_cannot_trace_as_it_is(tmp_path):

@@ -33,9 +33,8 @@ FORMATS = ("onnx", "torch-export", "aoti")
 EXPORT_FORMAT_TAG = "dabdetr-export"
 METADATA_KEY = "dabdetr"  # ONNX metadata_props key, .pt2 extra file stem, AOTInductor metadata key
 ONNX_OPSET = 18
-# Image sides an artifact accepts. At 32 or less a stride-32 feature map has a side of 1, on which
-# torch.export would specialize the graph.
-MIN_SIDE, MAX_SIDE = 33, 8192
+# Image sides an artifact accepts: at least min_side(config), at most MAX_SIDE.
+MAX_SIDE = 8192
 PLAIN_IO = (("images", "mask"), ("logits", "boxes"))
 POSTPROCESS_IO = (("images", "mask", "orig_sizes"), ("scores", "labels", "boxes"))
 EXPORT_EXTRA_HINT = "pip install 'dabdetr[export]' (onnx, onnxruntime, onnxscript)"
@@ -58,6 +57,17 @@ class DetectorGraph(nn.Module):
         return select_detections(logits, boxes, orig_sizes, self.model.config.num_select)
 
 
+def min_side(config):
+    """The smallest image side an artifact of this model accepts: one more than its coarsest
+    feature map's stride (a ResNet stage: 2^(stage + 1), halved with DC5; each of DAB-Deformable-
+    DETR's extra levels another 2), and at least 33. At a side of 1 in some map, which a smaller
+    image makes, torch.export would specialize the graph."""
+    stride = 2 ** (config.backbone_stage + 1) // (2 if config.dilation else 1)
+    if config.architecture == "dab_deformable_detr":
+        stride *= 2 ** (config.num_feature_levels - min(3, config.num_feature_levels))
+    return max(33, stride + 1)
+
+
 def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False):
     """The dict every artifact carries: what runtime.py needs to feed it and read its outputs."""
     inputs, outputs = POSTPROCESS_IO if postprocess else PLAIN_IO
@@ -69,7 +79,7 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
         "class_names": {str(label): name for label, name in (class_names or {}).items()},
         "eval_size": eval_size,
         "max_size": max_size,
-        "min_side": MIN_SIDE,
+        "min_side": min_side(model.config),
         "max_side": MAX_SIDE,
         "model_config": model.config.to_dict(),
     }
@@ -83,12 +93,13 @@ def export_program(model, postprocess=False):
         model = copy.deepcopy(model).float().cpu()
     graph = DetectorGraph(model, postprocess)
     # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
-    images = torch.zeros(2, 3, 128, 160)
+    side = min_side(model.config)
+    images = torch.zeros(2, 3, max(128, 2 * side), max(160, 2 * side + 32))
     mask = torch.zeros(2, *images.shape[2:], dtype=torch.bool)
     mask[1, :, -32:] = True
     batch = torch.export.Dim("batch", min=1, max=4096)
-    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    height = torch.export.Dim("height", min=side, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=side, max=MAX_SIDE)
     args = (images, mask)
     shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
     if postprocess:
