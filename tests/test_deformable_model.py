@@ -192,6 +192,30 @@ def test_presets_and_config_checks():
         build_model("demo_deformable", architecture="deformable")
 
 
+def test_dc5_dilates_the_last_stage_and_the_extra_level_strides_it():
+    """With dilation (DC5) the last stage keeps stride 16: levels at strides 8, 16, 16, 32."""
+    model = tiny(backbone_stage=4, dilation=True).eval()
+    sizes = []
+    hooks = [p.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:]))) for p in model.input_proj]
+    images, mask = images_and_mask(height=80, width=112)
+    model(images, mask)
+    for hook in hooks:
+        hook.remove()
+    assert sizes == [(10, 14), (5, 7), (5, 7), (3, 4)]
+    assert [p[0].in_channels for p in model.input_proj] == [128, 256, 512, 512]
+
+
+def test_compiles_into_one_graph():
+    """torch.compile(fullgraph=True) of predict: the level sizes, valid ratios and the op's checks
+    trace without a graph break, and the compiled model gives the eager outputs."""
+    model = tiny().eval()
+    images, mask = images_and_mask()
+    compiled = torch.compile(model.predict, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        for got, expected in zip(compiled(images, mask), model.predict(images, mask)):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------
 
 def test_official_checkpoint_round_trip(tmp_path):
