@@ -8,6 +8,7 @@ from dabdetr.ops import reference
 from dabdetr.ops.extension import (
     BUILD_INFO,
     EMULATOR_LIMITS,
+    check_floating_tensors,
     kernel_ops,
     last_dim_contiguous,
     no_double_backward,
@@ -73,17 +74,10 @@ def _check_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask):
         raise ValueError("modulated_attention: q_pos and k_pos must be given together or both be None")
     if q_pos is not None:
         named.update(q_pos=q_pos, k_pos=k_pos)
+    check_floating_tensors("modulated_attention", named)
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"modulated_attention: {name} must be a Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"modulated_attention: {name} must have 4 dims [B, H, N, D], got shape {tuple(t.shape)}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"modulated_attention: {name} must be a floating tensor, got {t.dtype}")
-        if t.dtype != q_content.dtype:
-            raise TypeError(f"modulated_attention: {name} has dtype {t.dtype} but q_content has {q_content.dtype}")
-        if t.device != q_content.device:
-            raise ValueError(f"modulated_attention: {name} is on {t.device} but q_content is on {q_content.device}")
     B, H, Nq, Dc = q_content.shape
     Nk = k_content.shape[2]
 

@@ -6,6 +6,7 @@ from dabdetr.ops import reference
 from dabdetr.ops.extension import (
     BUILD_INFO,
     EMULATOR_LIMITS,
+    check_floating_tensors,
     kernel_ops,
     last_dim_contiguous,
     no_double_backward,
@@ -107,16 +108,8 @@ def _unsupported(value, sampling_locations, cuda):
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Types, ranks, shapes, dtypes and devices: what can be checked without reading the sizes'
     values (also the fake implementation's check)."""
-    named = {"value": value, "sampling_locations": sampling_locations, "attention_weights": attention_weights}
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{OP}: {name} must be a Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{OP}: {name} must be a floating tensor, got {t.dtype}")
-        if t.dtype != value.dtype:
-            raise TypeError(f"{OP}: {name} has dtype {t.dtype} but value has {value.dtype}")
-        if t.device != value.device:
-            raise ValueError(f"{OP}: {name} is on {t.device} but value is on {value.device}")
+    check_floating_tensors(OP, {"value": value, "sampling_locations": sampling_locations,
+                                "attention_weights": attention_weights})
     if value.dim() != 4:
         raise ValueError(f"{OP}: value must have 4 dims [B, S, H, D], got shape {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[5] != 2:

@@ -115,6 +115,21 @@ def last_dim_contiguous(t):
     return t.contiguous()
 
 
+def check_floating_tensors(op_name, named):
+    """Each of named ({name: tensor}, the first the one the others are compared with) is a floating
+    Tensor of the first's dtype and device; the error names the op and the argument."""
+    first_name, first = next(iter(named.items()))
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op_name}: {name} must be a Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{op_name}: {name} must be a floating tensor, got {t.dtype}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{op_name}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{op_name}: {name} is on {t.device} but {first_name} is on {first.device}")
+
+
 def no_double_backward(op_name):
     """Autograd formula for a kernel's backward op: first derivatives only."""
 
