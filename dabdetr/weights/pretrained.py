@@ -31,6 +31,16 @@ def _count(state, prefix):
     return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
 
 
+def _transformer_sizes(state, input_proj_key):
+    """hidden_dim, ffn_dim and the layer counts, from the shapes and keys both models share."""
+    return {
+        "hidden_dim": state[input_proj_key].shape[0],
+        "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        "num_encoder_layers": _count(state, "transformer.encoder.layers."),
+        "num_decoder_layers": _count(state, "transformer.decoder.layers."),
+    }
+
+
 def _infer_config(state, described, **known):
     """Architecture fields that tensor shapes determine (our key names); described: what the
     checkpoint is ("model.pth, an official checkpoint"), for the error when it holds no DAB-DETR."""
@@ -53,10 +63,7 @@ def _infer_config(state, described, **known):
         raise not_dab_detr(f"no {', '.join(missing)}")
     values = {
         "backbone": backbone,
-        "hidden_dim": state["input_proj.weight"].shape[0],
-        "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_encoder_layers": _count(state, "transformer.encoder.layers."),
-        "num_decoder_layers": _count(state, "transformer.decoder.layers."),
+        **_transformer_sizes(state, "input_proj.weight"),
         "num_queries": state["refpoint_embed.weight"].shape[0],
         "num_patterns": state["transformer.patterns.weight"].shape[0] if "transformer.patterns.weight" in state else 0,
         "keep_query_pos": "transformer.decoder.layers.1.ca_qpos_proj.weight" in state,
@@ -87,10 +94,7 @@ def _infer_deformable_config(state, not_dab_detr, known):
 
     values = {
         **PRESETS["dab_deformable_detr_r50"],
-        "hidden_dim": state["input_proj.0.0.weight"].shape[0],
-        "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_encoder_layers": _count(state, "transformer.encoder.layers."),
-        "num_decoder_layers": _count(state, "transformer.decoder.layers."),
+        **_transformer_sizes(state, "input_proj.0.0.weight"),
         "num_patterns": state["patterns_embed.weight"].shape[0] if "patterns_embed.weight" in state else 0,
         "two_stage": two_stage,
         "num_classes": state["class_embed.0.weight"].shape[0],
