@@ -1,5 +1,5 @@
-"""Run by test_training.py under torchrun (2 processes, gloo): a few training steps, then every
-rank's parameters are compared. Rank 0 writes OUTPUT_DIR/ddp_result.json."""
+"""Run by test_training.py under torchrun (2 processes, gloo) with OUTPUT_DIR PRESET: a few
+training steps, then every rank's parameters are compared. Rank 0 writes OUTPUT_DIR/ddp_result.json."""
 
 import json
 import os
@@ -15,8 +15,8 @@ from dabdetr.training.trainer import Trainer
 sys.path.insert(0, os.path.dirname(__file__))
 from test_training import TINY_RUN
 
-output_dir = sys.argv[1]
-trainer = Trainer(recipe("demo", output_dir=output_dir, **{**TINY_RUN, "device": "cpu"}))
+output_dir, preset = sys.argv[1:3]
+trainer = Trainer(recipe(preset, output_dir=output_dir, **{**TINY_RUN, "device": "cpu"}))
 initial = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
 trainer.fit()
 flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])

@@ -39,8 +39,12 @@ TINY_RUN = {"synthetic_train_images": 8, "synthetic_val_images": 4, "synthetic_i
             "log_every": 1, "progress": False, "epochs": 2, "lr_drop": 1, "model": TINY_MODEL}
 
 
-def tiny_config(output_dir, **overrides):
-    return recipe("demo", output_dir=str(output_dir), **{**TINY_RUN, **overrides})
+# The two architectures' demo presets (DAB-DETR's, DAB-Deformable-DETR's), for the tests that run both.
+PRESETS = ("demo", "demo_deformable")
+
+
+def tiny_config(output_dir, preset="demo", **overrides):
+    return recipe(preset, output_dir=str(output_dir), **{**TINY_RUN, **overrides})
 
 
 def log_records(output_dir):
@@ -90,11 +94,12 @@ def fit_until_killed(trainer, monkeypatch, criterion_call):
     monkeypatch.setattr(SetCriterion, "forward", original_forward)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
-    Trainer(tiny_config(tmp_path / "straight")).fit()
+@pytest.mark.parametrize("preset", PRESETS)
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, preset):
+    Trainer(tiny_config(tmp_path / "straight", preset)).fit()
 
     # Same run, killed in the middle of epoch 1 (2 steps per epoch: at the first step of epoch 1).
-    fit_until_killed(Trainer(tiny_config(tmp_path / "cut")), monkeypatch, 3)
+    fit_until_killed(Trainer(tiny_config(tmp_path / "cut", preset)), monkeypatch, 3)
     checkpoint = load_train_checkpoint(str(tmp_path / "cut" / "checkpoint.pt"))
     assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 1
 
@@ -233,11 +238,13 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_process_ddp_keeps_ranks_identical(tmp_path, preset):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script, str(tmp_path)],
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script, str(tmp_path),
+                             preset],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "ddp_result.json") as f:
@@ -275,6 +282,49 @@ def test_two_process_eval_equals_one_process(tmp_path):
     metrics = [json.loads((tmp_path / f"{name}_metrics.json").read_text()) for name in ("one", "two")]
     for key in ("AP", "AP50", "AP75"):
         assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-3)
+
+
+def test_cli_deformable_train_eval_predict_convert(tmp_path, capsys):
+    """Every command on DAB-Deformable-DETR: trained (bf16 autocast, two accumulated micro-batches
+    a step), resumed, evaluated, run on an image (the CLI, detect), converted to the official
+    format and back."""
+    run = tmp_path / "run"
+    settings = [f"--set={k}={json.dumps(v)}" for k, v in TINY_RUN.items() if k not in ("model", "progress")]
+    model = {**TINY_MODEL, "backbone_norm": "frozen_bn", "backbone_frozen_stages": 0}
+    cli(["train", "--preset", "demo_deformable", "--output-dir", str(run), "--no-progress", "--epochs", "1",
+         "--amp", "bf16", "--set=accumulate_steps=2", "--set=batch_size=2", "--set=allow_random_backbone=true",
+         *settings, *[f"--model={k}={v}" for k, v in model.items()]])
+    cli(["train", "--resume", str(run / "checkpoint.pt"), "--epochs", "2", "--no-progress"])
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert from_pretrained(str(run / "model")).config.architecture == "dab_deformable_detr"
+
+    cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0",
+         "--metrics", str(tmp_path / "eval_metrics.json")])
+    assert "Average Precision" in capsys.readouterr().out
+    assert 0 <= json.loads((tmp_path / "eval_metrics.json").read_text())["AP"] <= 1
+    assert json.loads((tmp_path / "detections.json").read_text())
+
+    dataset = SyntheticShapes(2, make_transforms(False, [64], 64), image_size=64)
+    image_path = tmp_path / "shapes.png"
+    dataset.load_image(dataset.coco.imgs[1]).save(image_path)
+    cli(["predict", str(run / "model"), str(image_path), "--output-dir", str(tmp_path / "predicted"),
+         "--score-threshold", "0", "--save-images", "--num-workers", "0"])
+    predictions = json.loads((tmp_path / "predicted" / "detections.json").read_text())
+    assert predictions and {p["category_id"] for p in predictions} <= {0, 1, 2, 3}
+    assert (tmp_path / "predicted" / "shapes.png").exists()
+    found = dabdetr.detect(str(run / "model"), str(image_path), 0.0)
+    assert len(found["boxes"]) == len(predictions)
+
+    official = tmp_path / "official.pth"
+    cli(["convert", str(run / "checkpoint.pt"), str(official), "--to", "official"])
+    original = from_pretrained(str(run / "model"))
+    converted = from_pretrained(str(official), backbone_frozen_stages=0)  # what the weights cannot tell
+    assert converted.config.architecture == "dab_deformable_detr"
+    assert all(torch.equal(v, converted.state_dict()[k]) for k, v in original.state_dict().items())
+    images, mask = torch.rand(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        for got, want in zip(converted.predict(images, mask), original.predict(images, mask)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_cli_train_eval_predict_convert(tmp_path, capsys):
@@ -672,14 +722,15 @@ def test_resume_auto_without_checkpoints_starts_a_new_run(tmp_path, caplog, monk
 
 # --- accumulation, bad images, TensorBoard --------------------------------------------------------
 
-def test_two_accumulated_batches_of_one_update_like_one_batch_of_two(tmp_path):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_accumulated_batches_of_one_update_like_one_batch_of_two(tmp_path, preset):
     # Frozen batch norm, no dropout, no denoising noise: the model treats images independently,
     # so the only difference is the grouping. Same images (equal size: no padding), same order.
     model = {**TINY_MODEL, "backbone_norm": "frozen_bn", "dn_groups": 0}
     run = {"synthetic_train_images": 2, "epochs": 1, "model": model, "clip_max_norm": 0.0,
            "allow_random_backbone": True}
-    whole = Trainer(tiny_config(tmp_path / "whole", batch_size=2, **run))
-    accumulated = Trainer(tiny_config(tmp_path / "accumulated", batch_size=1, accumulate_steps=2, **run))
+    whole = Trainer(tiny_config(tmp_path / "whole", preset, batch_size=2, **run))
+    accumulated = Trainer(tiny_config(tmp_path / "accumulated", preset, batch_size=1, accumulate_steps=2, **run))
     assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
                                                  accumulated.model.state_dict().values()))
     whole.train_batches.sampler.shuffle = accumulated.train_batches.sampler.shuffle = False
@@ -822,12 +873,13 @@ def test_tensorboard_missing_is_one_warning(tmp_path, monkeypatch, caplog):
     assert caplog.text.count("tensorboard package is not installed") == 1
 
 
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_training_on_the_cpu(tmp_path, amp):
+def test_amp_training_on_the_cpu(tmp_path, amp, preset):
     """Autocast (and for fp16 the gradient scaler) through a whole step: 16-bit MLP outputs meet
     the float32 anchors in the sine embedding, which once raised a dtype mismatch."""
     # fp16: the scaler skips the first steps, whose scaled gradients overflow, halving its scale.
-    trainer = Trainer(tiny_config(tmp_path, amp=amp, epochs=1, synthetic_train_images=48))
+    trainer = Trainer(tiny_config(tmp_path, preset, amp=amp, epochs=1, synthetic_train_images=48))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train_epoch(0)
     losses = step_losses(tmp_path, 0)

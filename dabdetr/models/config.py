@@ -78,6 +78,9 @@ class DABDETRConfig(DictConfig):
     # DAB-Deformable-DETR only. Feature levels: the last min(3, L) backbone stages up to
     # backbone_stage (C3-C5 in the published models), then strided 3x3 convolutions for the rest.
     num_feature_levels: int = 4
+    # Kernel of the backbone levels' input projections: 1 (official), 3 (detrex's ChannelMapper
+    # default, where one of its checkpoints has it; read from the weights).
+    input_proj_kernel_size: int = 1
     encoder_points: int = 4  # sampling points per head and level of the encoder's deformable attention
     decoder_points: int = 4  # the decoder's
     # Two-stage (detrex's): the encoder's top-scoring proposals become the decoder's anchors and
@@ -118,6 +121,8 @@ class DABDETRConfig(DictConfig):
                              f"must be a multiple of 32, got {self.hidden_dim}")
         if not 1 <= self.num_feature_levels <= 16:  # the fused op's most levels
             raise ValueError(f"num_feature_levels must be 1 to 16, got {self.num_feature_levels}")
+        if self.input_proj_kernel_size not in (1, 3):
+            raise ValueError(f"input_proj_kernel_size must be 1 or 3, got {self.input_proj_kernel_size}")
         if self.encoder_points < 1 or self.decoder_points < 1:
             raise ValueError(f"encoder_points and decoder_points must be positive, got {self.encoder_points} and "
                              f"{self.decoder_points}")

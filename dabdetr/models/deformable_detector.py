@@ -23,7 +23,8 @@ class DABDeformableDETR(nn.Module):
     references [L, B, Nq, 4]: the anchors each decoder layer used.
 
     Levels: the backbone's last min(3, num_feature_levels) stages (C3, C4, C5 in the published
-    models), each projected by a 1x1 convolution and GroupNorm(32) (input_proj.{l}.0 and .1), then
+    models), each projected by a 1x1 convolution (input_proj_kernel_size) and GroupNorm(32)
+    (input_proj.{l}.0 and .1), then
     3x3 stride-2 convolutions with GroupNorm for the rest (the first on the last stage's features,
     the next on the level before); each level's position encoding (Deformable DETR's sine encoding
     of pixel centres) plus a learned level embedding. Queries: tgt_embed (content) and
@@ -39,7 +40,8 @@ class DABDeformableDETR(nn.Module):
         d, levels = config.hidden_dim, config.num_feature_levels
         self.backbone = Backbone(config, outputs=min(3, levels))
         channels = self.backbone.num_channels
-        projections = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in channels]
+        k = config.input_proj_kernel_size
+        projections = [nn.Sequential(nn.Conv2d(c, d, k, padding=k // 2), nn.GroupNorm(32, d)) for c in channels]
         for extra in range(levels - len(channels)):
             in_channels = channels[-1] if extra == 0 else d
             projections.append(nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1),
@@ -72,8 +74,8 @@ class DABDeformableDETR(nn.Module):
 
     def forward(self, images, mask=None, targets=None):
         """mask None: no padding. targets: unused (the criterion's; DABDETR's signature). With
-        two_stage, also "enc_outputs": {"pred_logits" [B, S, K], "pred_boxes" [B, S, 4]}, the
-        proposals of every encoder token (trained with the same losses)."""
+        two_stage, also "enc_outputs": {"pred_logits" [B, Nq, K], "pred_boxes" [B, Nq, 4]}, the
+        encoder's proposals that became the queries (trained with the same losses)."""
         hs, references, proposals = self.encode_decode(images, mask)
         logits = torch.stack([head(h) for head, h in zip(self.class_embed, hs)])
         boxes = self.box_head(hs, references)

@@ -100,8 +100,11 @@ class MultiScaleDeformableAttention(nn.Module):
             locations = reference + offsets / levels.pixel_sizes[:, None, :]
         else:
             locations = reference[..., :2] + offsets / P * reference[..., 2:] * 0.5
-        out = multi_scale_deformable_attention(value, levels.spatial_shapes, None, locations, weights,
-                                               impl=self.ops_impl)
+        # Under autocast the locations come out float32 (the anchors are): the op runs in float32
+        # then, as the official extension does (16-bit locations would miss by pixels).
+        dtype = torch.promote_types(value.dtype, locations.dtype)
+        out = multi_scale_deformable_attention(value.to(dtype), levels.spatial_shapes, None, locations.to(dtype),
+                                               weights.to(dtype), impl=self.ops_impl)
         return self.output_proj(out)
 
 
@@ -233,9 +236,8 @@ class DeformableTransformer(nn.Module):
         self.encoder = DeformableEncoder(config)
         self.decoder = DABDeformableDecoder(config)
         self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d))
-        if config.two_stage:  # the official names (detrex's, but for its enc_output_norm)
+        if config.two_stage:  # detrex's names
             self.enc_output, self.enc_output_norm = nn.Linear(d, d), nn.LayerNorm(d)
-            self.pos_trans, self.pos_trans_norm = nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d)
         for p in self.parameters():  # the official init
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -249,7 +251,7 @@ class DeformableTransformer(nn.Module):
         queries: (tgt [B, N, d], anchors [B, N, 4]), or None with two_stage; class_embed, bbox_embed:
         the detector's per-layer heads (with two_stage, one more each, for the proposals).
         Returns (hs [L, B, N, d], references [L, B, N, 4], proposals): proposals None, or with
-        two_stage {"pred_logits" [B, S, K], "pred_boxes" [B, S, 4]} of every encoder token."""
+        two_stage {"pred_logits" [B, N, K], "pred_boxes" [B, N, 4]} of the proposals chosen as queries."""
         levels = FeatureLevels.of(masks, pos[0].dtype)  # the parameters' (float32 under autocast too)
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos = torch.cat([p + self.level_embed[level] for level, p in enumerate(pos)], 1)
@@ -263,12 +265,23 @@ class DeformableTransformer(nn.Module):
         return hs, references, proposals
 
     def encoder_proposals(self, memory, padding_mask, levels, class_head, box_head):
-        """Two-stage Deformable DETR: every token proposes a box (its pixel centre, a side of 0.05
-        2^level), refined and scored by the last heads from its memory; the num_queries best
-        proposals (by the first class's logit) become the anchors, detached, and the content queries
-        come from the sine embedding of their (x, y, w, h) through pos_trans.
-        Returns ((tgt, anchors), {"pred_logits", "pred_boxes"} of every proposal)."""
-        d = memory.shape[-1]
+        """Two-stage, as detrex's DAB-Deformable-DETR: every token proposes a box (its pixel centre,
+        a side of 0.05 2^level), refined and scored by the last heads from its projected memory; the
+        num_queries proposals of highest logit (over all classes) become the anchors (detached) and
+        their projected memory the content queries (detached).
+        Returns ((tgt, anchors), {"pred_logits", "pred_boxes"} of the chosen proposals)."""
+        memory, logits, box_logits = self.proposals(memory, padding_mask, levels, class_head, box_head)
+        best = logits.max(-1).values.topk(self.config.num_queries, dim=1).indices[..., None]
+        chosen = box_logits.gather(1, best.expand(-1, -1, 4))
+        tgt = memory.gather(1, best.expand(-1, -1, memory.shape[-1]))
+        proposals = {"pred_logits": logits.gather(1, best.expand(-1, -1, logits.shape[-1])),
+                     "pred_boxes": chosen.sigmoid()}
+        return (tgt.detach(), chosen.detach().sigmoid()), proposals
+
+    def proposals(self, memory, padding_mask, levels, class_head, box_head):
+        """Every encoder token's proposal: (projected memory [B, S, d], class logits [B, S, K], box
+        logits [B, S, 4]); padded tokens and boxes with a coordinate outside (0.01, 0.99) are never
+        usable: zero memory, infinite box logits."""
         boxes = []
         for level, (h, w) in enumerate(levels.sizes):
             y, x = torch.meshgrid(torch.arange(h, dtype=memory.dtype, device=memory.device),
@@ -281,12 +294,4 @@ class DeformableTransformer(nn.Module):
         usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1, keepdim=True) & ~padding_mask[..., None]
         box_logits = torch.log(boxes / (1 - boxes)).masked_fill(~usable, float("inf"))
         memory = self.enc_output_norm(self.enc_output(memory.masked_fill(~usable, 0.0)))
-        logits, box_logits = class_head(memory), box_head(memory) + box_logits
-        best = logits[..., 0].topk(self.config.num_queries, dim=1).indices
-        chosen = box_logits.gather(1, best[..., None].expand(-1, -1, 4)).detach()
-        # The sine embedding of (x, y, w, h): the op's blocks come (y, x, w, h).
-        embed = anchor_sine_embed(chosen.sigmoid(), num_feats=d // 2, temperature=self.config.anchor_temperature,
-                                  impl=self.config.ops_impl)
-        embed = torch.cat((embed[..., d // 2: d], embed[..., : d // 2], embed[..., d:]), -1)
-        tgt = self.pos_trans_norm(self.pos_trans(embed.to(memory.dtype)))[..., d:]
-        return (tgt, chosen.sigmoid()), {"pred_logits": logits, "pred_boxes": box_logits.sigmoid()}
+        return memory, class_head(memory), box_head(memory) + box_logits

@@ -93,7 +93,7 @@ class SetCriterion(nn.Module):
         if self.aux_loss:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux, targets, num_boxes).items()})
-        proposals = outputs.get("enc_outputs")  # two-stage: every encoder token's box, matched as a layer's
+        proposals = outputs.get("enc_outputs")  # two-stage: the encoder's chosen proposals, matched as a layer's
         if proposals is not None:
             losses.update({f"{k}_enc": v for k, v in self.layer_losses(proposals, targets, num_boxes).items()})
         dn = outputs.get("dn_outputs")

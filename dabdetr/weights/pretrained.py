@@ -1,5 +1,5 @@
 """Loading DAB-DETR checkpoints of every format this library knows (dabdetr.weights.formats: ours,
-Hugging Face, official, MMDetection) from wherever they are (a path, a published model's name in
+Hugging Face, official, MMDetection, detrex) from wherever they are (a path, a published model's name in
 dabdetr.weights.zoo, a Hugging Face hub id, a URL: dabdetr.weights.hub): detection of the format, the config
 (read where the checkpoint carries one, inferred from tensor shapes otherwise; what weights
 cannot tell, such as DC5 dilation, comes from the caller's overrides), and the model.
@@ -15,13 +15,13 @@ import torch
 from dabdetr.models import PRESETS, DABDETRConfig, build_model
 from dabdetr.weights import hub, zoo
 from dabdetr.weights.files import read_torch_file
-from dabdetr.weights.formats import huggingface, mmdetection, native, official
+from dabdetr.weights.formats import detrex, huggingface, mmdetection, native, official
 from dabdetr.weights.formats.huggingface import save_huggingface, to_huggingface_config, to_huggingface_state_dict
 from dabdetr.weights.formats.mmdetection import to_mmdetection_state_dict
 from dabdetr.weights.formats.native import TRAIN_CHECKPOINT_FORMAT, save_pretrained
 from dabdetr.weights.formats.official import official_args, to_official_state_dict
 
-SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection")
+SOURCES = ("auto", "dabdetr", "dabdetr-train", "huggingface", "official", "mmdetection", "detrex")
 __all__ = ["SOURCES", "from_pretrained", "load_pretrained", "official_args", "save_pretrained", "save_huggingface",
            "to_huggingface_config", "to_huggingface_state_dict", "to_mmdetection_state_dict", "to_official_state_dict"]
 
@@ -95,6 +95,7 @@ def _infer_deformable_config(state, not_dab_detr, known):
     values = {
         **PRESETS["dab_deformable_detr_r50"],
         **_transformer_sizes(state, "input_proj.0.0.weight"),
+        "input_proj_kernel_size": state["input_proj.0.0.weight"].shape[-1],
         "num_patterns": state["patterns_embed.weight"].shape[0] if "patterns_embed.weight" in state else 0,
         "two_stage": two_stage,
         "num_classes": state["class_embed.0.weight"].shape[0],
@@ -148,12 +149,13 @@ def _detect(path):
     if isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT:
         return "dabdetr-train", checkpoint
     if isinstance(checkpoint, dict) and "model" in checkpoint:
-        return "official", checkpoint
+        is_detrex = isinstance(checkpoint["model"], dict) and detrex.is_detrex(checkpoint["model"])
+        return ("detrex" if is_detrex else "official"), checkpoint
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         return "mmdetection", checkpoint
     keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise ValueError(f"{path}: not a DAB-DETR checkpoint this library knows (top-level keys: {keys}); "
-                     "expected an official ('model'), MMDetection ('state_dict'), Hugging Face or dabdetr one")
+                     "expected an official or detrex ('model'), MMDetection ('state_dict'), Hugging Face or dabdetr one")
 
 
 def _class_names(stored):
@@ -185,7 +187,7 @@ def _load_source(path, source, checkpoint=None):
                     "eval_size": train_config.get("eval_size"), "max_size": train_config.get("max_size")}
         # A run with ema_decay evaluated (and chose best.pt by) its moving average: serve that.
         return checkpoint.get("ema_model") or checkpoint["model"], checkpoint["model_config"], metadata
-    key = "model" if source == "official" else "state_dict"
+    key = "state_dict" if source == "mmdetection" else "model"
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         raise ValueError(f"{path}: source={source!r} expects a checkpoint with a {key!r} key; this one has none")
     if source == "official":
@@ -193,6 +195,10 @@ def _load_source(path, source, checkpoint=None):
         described = f"{path}: read as an official DAB-DETR checkpoint (it has a 'model' key)"
         args = official.config_from_args(checkpoint.get("args"), deformable=official.DEFORMABLE_KEY in state)
         return state, _infer_config(state, described, **args), no_metadata
+    if source == "detrex":
+        state = detrex.from_detrex(checkpoint["model"])
+        described = f"{path}: read as a detrex checkpoint (a 'model' key, detectron2's backbone names)"
+        return state, _infer_config(state, described), no_metadata
     state = mmdetection.from_mmdetection(checkpoint["state_dict"])
     described = f"{path}: read as an MMDetection checkpoint (it has a 'state_dict' key)"
     return state, _infer_config(state, described, **mmdetection.CONFIG_VALUES), no_metadata
@@ -214,11 +220,12 @@ def from_pretrained(path, source="auto", revision=None, **overrides):
     path: a dabdetr directory (save_pretrained), a training checkpoint of `dabdetr train`
     (checkpoint.pt, best.pt), a Hugging Face DabDetr directory (config.json +
     model.safetensors or pytorch_model.bin), an official DAB-DETR .pth ('model' key) or an
-    MMDetection .pth ('state_dict' key, 80-class head); or, where no such path exists, a
+    MMDetection .pth ('state_dict' key, 80-class head), a detrex .pth ('model' key with
+    detectron2's backbone names, 80-class head); or, where no such path exists, a
     published model's name (`dabdetr zoo`), a Hugging Face hub id ("IDEA-Research/dab-detr-resnet-50",
     "org/name@revision") or a URL, fetched once into the hub's or torch's cache (dabdetr.weights.hub).
     source: "auto" (detected) or one of "dabdetr", "dabdetr-train", "huggingface", "official",
-    "mmdetection".
+    "mmdetection", "detrex".
     revision: of a hub id: a branch, tag or commit.
     overrides: DABDETRConfig fields, e.g. dilation=True for a DC5 checkpoint that carries no
     config, or ops_impl="reference".
@@ -238,6 +245,9 @@ def resolve_checkpoint(path, source="auto", revision=None):
             if not close:
                 raise
             raise FileNotFoundError(f"{error}; did you mean the published model {close[0]!r}? (dabdetr zoo)") from None
+    if published.manual_download:
+        raise FileNotFoundError(f"{path}: the {published.ap_source}'s weights need a browser to download; get them "
+                                f"from {published.location} and pass the file's path")
     source = published.format if source == "auto" else source
     return hub.resolve(published.location, revision), source, published.overrides
 
