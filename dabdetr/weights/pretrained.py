@@ -155,7 +155,8 @@ def _detect(path):
         return "mmdetection", checkpoint
     keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise ValueError(f"{path}: not a DAB-DETR checkpoint this library knows (top-level keys: {keys}); "
-                     "expected an official or detrex ('model'), MMDetection ('state_dict'), Hugging Face or dabdetr one")
+                     "expected an official or detrex ('model'), MMDetection ('state_dict'), Hugging Face or dabdetr "
+                     "one")
 
 
 def _class_names(stored):

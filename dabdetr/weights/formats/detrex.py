@@ -22,7 +22,8 @@ OFFSETS = {"s": -1}
 
 def _feed_forward(prefix, activation):
     """FFN: layers.0 = (Linear, activation, Dropout), layers.1 = Linear."""
-    rules = [(f"{prefix}.linear1.", f"{prefix}.ffns.0.layers.0.0."), (f"{prefix}.linear2.", f"{prefix}.ffns.0.layers.1.")]
+    rules = [(f"{prefix}.linear1.", f"{prefix}.ffns.0.layers.0.0."),
+             (f"{prefix}.linear2.", f"{prefix}.ffns.0.layers.1.")]
     return rules + ([(f"{prefix}.activation.", f"{prefix}.ffns.0.layers.0.1.")] if activation else [])
 
 
