@@ -14,6 +14,9 @@ first_call_s: the first call (compiles for torch.compile). bf16 autocast rows fo
 eager paths (`dabdetr predict --amp bf16`, `dabdetr eval --amp bf16`), compared with eager
 reference in bf16 autocast too.
 
+A DAB-Deformable-DETR preset has no Hugging Face row (transformers has no such model); its
+results are written as inference_<preset>_<machine>.
+
     python benchmarks/bench_inference.py [--device cuda] [--preset dab_detr_r50] [--size 800x1066] [--batches 1,8]
 """
 
@@ -31,7 +34,7 @@ import harness
 
 from dabdetr.deployment import runtime
 from dabdetr.deployment.export import DetectorGraph, export
-from dabdetr.models import DABDETR, preset
+from dabdetr.models import build_model, preset
 from dabdetr.weights.pretrained import save_huggingface
 
 RUNTIME_NAMES = ("eager reference", "eager kernel", "torch.compile", "aoti", "onnxruntime", "huggingface")
@@ -41,8 +44,8 @@ def build_runtimes(config, device, names, scratch):
     """{name: (callable(images, mask) -> (logits, boxes), seconds it took to build, where it runs)}
     of the names that this machine can run; the reason for each one left out is printed."""
     torch.manual_seed(0)
-    reference = DABDETR(config.replace(ops_impl="reference")).eval()
-    kernel = DABDETR(config.replace(ops_impl="auto")).eval()
+    reference = build_model(config.replace(ops_impl="reference")).eval()
+    kernel = build_model(config.replace(ops_impl="auto")).eval()
     kernel.load_state_dict(reference.state_dict())
     builders = {
         "eager reference": lambda: (reference.to(device).predict, device.type),
@@ -81,6 +84,8 @@ def _exported(model, format, path, device):
 def _huggingface(model, directory, device):
     import transformers
 
+    if model.config.architecture != "dab_detr":
+        raise ValueError("transformers has no DAB-Deformable-DETR")
     save_huggingface(model, directory)
     hf = transformers.DabDetrForObjectDetection.from_pretrained(directory).to(device).eval()
 
@@ -151,7 +156,7 @@ def main():
                                                                   for row in measured))
                 rows += measured
     harness.write_results(
-        "inference", device, rows,
+        "inference" if args.preset == "dab_detr_r50" else f"inference_{args.preset}", device, rows,
         ["batch", "image", "precision", "runtime", "backend", "median_ms", "images_per_s", "speedup_vs_eager_reference",
          "max_abs_diff", "build_s", "first_call_s"],
         extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,

@@ -9,6 +9,11 @@ CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory
 The kernel rows also give the share of the call spent in the attention ops (torch.profiler);
 --tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA).
 
+A DAB-Deformable-DETR preset (--preset dab_deformable_detr_r50) has no Hugging Face peer; its rows
+give the share of the deformable attention for the reference ops too (on the CPU: the time inside
+the model's calls of the op and in the backward of what they ran), so that the share before and
+after the fused op stand side by side. Its results are written as model_<preset>_<machine>.
+
     python benchmarks/bench_model.py [--device cuda] [--preset dab_detr_r50] [--size 800x1066] [--batches 2,8]
 """
 
@@ -22,11 +27,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
-from dabdetr.models import DABDETR, preset
+import dabdetr.models.deformable_transformer as deformable_transformer
+from dabdetr.models import build_model, preset
 
 
 def huggingface_peer(config, device):
-    """HF's DAB-DETR with the same architecture, or None where transformers is not installed."""
+    """HF's DAB-DETR with the same architecture, or None where transformers is not installed (or
+    the model is DAB-Deformable-DETR, which it does not have)."""
+    if config.architecture != "dab_detr":
+        return None
     try:
         import transformers
     except ImportError:
@@ -84,11 +93,51 @@ def step_functions(models, images, mask, train, autocast):
     return fns
 
 
+@contextlib.contextmanager
+def deformable_attention_scope():
+    """The deformable transformer's op calls inside a profiler scope named "deformable_attention"."""
+    original = deformable_transformer.multi_scale_deformable_attention
+
+    def scoped(*args, **kwargs):
+        with torch.profiler.record_function("deformable_attention"):
+            return original(*args, **kwargs)
+
+    deformable_transformer.multi_scale_deformable_attention = scoped
+    try:
+        yield
+    finally:
+        deformable_transformer.multi_scale_deformable_attention = original
+
+
+def deformable_attention_share(fn):
+    """CPU: the fraction of one call's time inside the deformable attention, whichever ops compute
+    it: the time of the scopes (forward) and of the backward functions of every op run inside
+    them (matched by the autograd sequence number), over all ops' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def descendants(event):
+        for child in event.cpu_children:
+            yield child
+            yield from descendants(child)
+
+    with deformable_attention_scope():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+    events = prof.events()
+    scopes = [e for e in events if e.name == "deformable_attention"]
+    forward_ops = {d.sequence_nr for e in scopes for d in descendants(e) if d.sequence_nr >= 0}
+    backward = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")
+                and e.sequence_nr in forward_ops]
+    total = sum(e.self_cpu_time_total for e in events)
+    return (sum(e.cpu_time_total for e in scopes + backward) / total) if total else None
+
+
 def attention_share(fn, device):
     """Fraction of one call's time spent in the modulated attention ops, forward and backward (one
-    profiled call after a warm-up): on CUDA their kernels' time (the kernels taking AttentionArgs)
-    over every kernel's; on the CPU the self time of the dabdetr::modulated_attention* ops over
-    every op's."""
+    profiled call after a warm-up): on CUDA their kernels' time (the kernels taking AttentionArgs,
+    DeformableAttentionArgs in a DAB-Deformable-DETR) over every kernel's; on the CPU the self time
+    of the dabdetr::modulated_attention* ops over every op's."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -127,8 +176,9 @@ def main():
     repeats = args.repeats or (10 if cuda else 3)
     config = preset(args.preset)
     torch.manual_seed(0)
-    models = {"reference": DABDETR(config.replace(ops_impl="reference")).to(device)}
-    models["kernel"] = DABDETR(config.replace(ops_impl="kernel")).to(device)
+    deformable = config.architecture == "dab_deformable_detr"
+    models = {"reference": build_model(config.replace(ops_impl="reference")).to(device)}
+    models["kernel"] = build_model(config.replace(ops_impl="kernel")).to(device)
     models["kernel"].load_state_dict(models["reference"].state_dict())
     hf = huggingface_peer(config, device)
     if hf is not None:
@@ -148,14 +198,17 @@ def main():
             for impl, ms in times.items():
                 # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.
                 peak = harness.peak_memory_bytes(lambda fn=fns[impl]: fn, (), device) / 2**20 if cuda else None
-                share = attention_share(fns[impl], device) if impl.startswith("kernel") else None
+                if deformable and not cuda:
+                    share = deformable_attention_share(fns[impl])
+                else:
+                    share = attention_share(fns[impl], device) if impl.startswith("kernel") else None
                 rows.append({"task": task, "batch": batch, "image": f"{height}x{width}", "precision": precision,
                              "impl": impl, "median_ms": ms, "speedup_vs_reference": times["reference"] / ms,
                              "images_per_s": batch / (ms * 1e-3), "peak_extra_mb": peak, "attention_share": share})
             print(f"  {precision} {task} batch {batch}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()))
             del images, mask, fns
     harness.write_results(
-        "model", device, rows,
+        "model" if args.preset == "dab_detr_r50" else f"model_{args.preset}", device, rows,
         ["task", "batch", "image", "precision", "impl", "median_ms", "speedup_vs_reference", "images_per_s",
          "peak_extra_mb", "attention_share"],
         extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,

@@ -226,6 +226,20 @@ def test_aoti_package_matches_eager(demo_model, demo_aoti, images):
     assert_same_outputs(detector, demo_model, images)
 
 
+@pytest.fixture(scope="module")
+def deformable_aoti(deformable_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("deformable_aoti") / "deformable.aoti.pt2")
+    export.export(deformable_model, path, "aoti")
+    return path
+
+
+def test_deformable_aoti_package_matches_eager(deformable_model, deformable_aoti, images):
+    """AOTInductor compiles the deformable model around the dabdetr op, as it does DAB-DETR."""
+    detector = runtime.load_detector(deformable_aoti)
+    assert detector.kind == "aoti"
+    assert_same_outputs(detector, deformable_model, images)
+
+
 @pytest.fixture(scope="module", params=["onnx", "torch-export"])
 def demo_postprocess(demo_model, tmp_path_factory, request):
     path = str(tmp_path_factory.mktemp("post") / ("post.onnx" if request.param == "onnx" else "post.pt2"))
