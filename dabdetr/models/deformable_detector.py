@@ -24,14 +24,13 @@ class DABDeformableDETR(nn.Module):
 
     Levels: the backbone's last min(3, num_feature_levels) stages (C3, C4, C5 in the published
     models), each projected by a 1x1 convolution (input_proj_kernel_size) and GroupNorm(32)
-    (input_proj.{l}.0 and .1), then
-    3x3 stride-2 convolutions with GroupNorm for the rest (the first on the last stage's features,
-    the next on the level before); each level's position encoding (Deformable DETR's sine encoding
-    of pixel centres) plus a learned level embedding. Queries: tgt_embed (content) and
-    refpoint_embed (anchor logits), with patterns_embed added per pattern when num_patterns > 0;
-    with two_stage, none: the encoder's best proposals instead. Every decoder layer has its own class
-    and box head (class_embed.{i}, bbox_embed.{i}; two-stage: one more each, for the proposals), and
-    the box heads refine the anchors layer by layer.
+    (input_proj.{l}.0 and .1), then 3x3 stride-2 convolutions with GroupNorm for the rest (the
+    first on the last stage's features, the next on the level before); each level's position
+    encoding (Deformable DETR's sine encoding of pixel centres) plus a learned level embedding.
+    Queries: tgt_embed (content) and refpoint_embed (anchor logits), with patterns_embed added per
+    pattern when num_patterns > 0; with two_stage, none: the encoder's best proposals instead.
+    Every decoder layer has its own class and box head (class_embed.{i}, bbox_embed.{i}; two-stage:
+    one more each, for the proposals), and the box heads refine the anchors layer by layer.
     """
 
     def __init__(self, config: DABDETRConfig):
