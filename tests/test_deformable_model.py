@@ -356,3 +356,11 @@ def test_two_stage_saved_model_directory_round_trip(tmp_path):
     assert loaded.config.two_stage and loaded.config.num_queries == 5
     images, mask = images_and_mask()
     torch.testing.assert_close(loaded.predict(images, mask)[0], model.predict(images, mask)[0], rtol=0, atol=0)
+
+
+def test_two_stage_needs_as_many_tokens_as_queries():
+    model = tiny(two_stage=True, num_queries=1000).eval()
+    images, mask = images_and_mask(height=64, width=64)  # 16x16 + 8x8 + 4x4 + 2x2 = 340 tokens
+    with pytest.raises(RuntimeError, match="chooses its 1000 queries among the encoder's tokens, but these images "
+                                           "give 340: use larger images or fewer num_queries"):
+        model(images, mask)

@@ -271,7 +271,10 @@ class DeformableTransformer(nn.Module):
         their projected memory the content queries (detached).
         Returns ((tgt, anchors), {"pred_logits", "pred_boxes"} of the chosen proposals)."""
         memory, logits, box_logits = self.proposals(memory, padding_mask, levels, class_head, box_head)
-        best = logits.max(-1).values.topk(self.config.num_queries, dim=1).indices[..., None]
+        tokens, queries = logits.shape[1], self.config.num_queries
+        torch._check(tokens >= queries, lambda: f"two-stage DAB-Deformable-DETR chooses its {queries} queries among "
+                     f"the encoder's tokens, but these images give {tokens}: use larger images or fewer num_queries")
+        best = logits.max(-1).values.topk(queries, dim=1).indices[..., None]
         chosen = box_logits.gather(1, best.expand(-1, -1, 4))
         tgt = memory.gather(1, best.expand(-1, -1, memory.shape[-1]))
         proposals = {"pred_logits": logits.gather(1, best.expand(-1, -1, logits.shape[-1])),
