@@ -20,13 +20,15 @@ def from_official(state):
 def to_official_state_dict(model):
     """The model's weights under the official names (a checkpoint's 'model'); official_args gives its 'args'."""
     require_fixed_settings(model.config, "official")
-    if model.config.architecture == "dab_deformable_detr" and model.config.two_stage:
-        raise ValueError("the official code's two-stage path does not run: write a two-stage DAB-Deformable-DETR "
-                         "in our format")
-    k = model.config.input_proj_kernel_size
-    if model.config.architecture == "dab_deformable_detr" and k != 1:
-        raise ValueError(f"the official code's input projections are 1x1 convolutions; this model's are {k}x{k}: "
-                         "write it in our format")
+    config = model.config
+    if config.architecture == "dab_deformable_detr":
+        if config.two_stage:
+            raise ValueError("the official code's two-stage path does not run: write a two-stage DAB-Deformable-DETR "
+                             "in our format")
+        if config.input_proj_kernel_size != 1:
+            kernel = config.input_proj_kernel_size
+            raise ValueError(f"the official code's input projections are 1x1 convolutions; this model's are "
+                             f"{kernel}x{kernel}: write it in our format")
     state = rename(model.state_dict(), RULES, to_ours=False)
     state.update({"transformer.decoder." + k: v for k, v in model.state_dict().items() if k.startswith("bbox_embed.")})
     return state
