@@ -153,18 +153,28 @@ def peak_memory_bytes(build, args, device):
         return pool.apply(_rss_probe, (build, args))
 
 
+# The CPU features our timings depend on: vector width, and 16-bit matrix arithmetic (AVX-512 BF16, AMX).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
 def describe_device(device):
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"name": props.name, "kind": "cuda", "memory_gib": round(props.total_memory / 2**30, 1),
                 "cuda_version": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
-    name = platform.processor() or "cpu"
+    name, numbers, flags = platform.processor() or "cpu", "", []
     try:
         with open("/proc/cpuinfo") as f:
-            name = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+            cpuinfo = f.read()
+        name = re.search(r"model name\s*:\s*(.*)", cpuinfo).group(1)
+        present = set(re.search(r"flags\s*:\s*(.*)", cpuinfo).group(1).split())
+        flags = [flag for flag in CPU_FLAGS if flag in present]
+        family, model = (re.search(rf"{key}\s*:\s*(\d+)", cpuinfo).group(1) for key in ("cpu family", "model"))
+        numbers = f"family {family} model {model}"
     except (OSError, AttributeError):
         pass
-    return {"name": name, "kind": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+    return {"name": name, "kind": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "model_numbers": numbers, "flags": flags}
 
 
 def measure_roofline(device, dtype):
@@ -258,6 +268,8 @@ def write_results(bench_name, device, rows, columns, extra_meta=None, out_dir=No
         f.write(f"# {bench_name} on {meta['device']['name']} ({device.type})\n\n")
         f.write(f"{meta['date']}; torch {meta['torch']}; CUDA {torch.version.cuda}; "
                 f"CPU kernels: {meta['kernel_info']['cpu_isa']}; threads: {torch.get_num_threads()}"
+                + (f"; CPU: {meta['device']['model_numbers']}, {' '.join(meta['device']['flags'])}"
+                   if device.type == "cpu" else "")
                 + (f"; allocator: {meta['allocator']}" if "allocator" in meta else "") + "\n\n")
         f.write(table + "\n")
     print(f"wrote {stem}.json and .md")

@@ -149,7 +149,7 @@ def main():
     config = trainer.config
     extra = {"recipe": args.recipe, "kernels": isa, "batch_size": config.batch_size,
              "image_size": config.synthetic_image_size, "num_workers": config.num_workers, "amp": config.amp,
-             "channels_last": config.channels_last, "steps": args.steps, "overrides": overrides,
+             "steps": args.steps, "overrides": overrides,
              "allocator": "freed memory kept (keep_freed_memory)" if config.keep_freed_memory else "default"}
     device = torch.device("cpu")
     name = "demo_step_profile" if args.recipe == "demo" else "demo_deformable_step_profile"

@@ -360,6 +360,9 @@ def add_export_parser(subparsers):
                              ".pt2 program keeping the dabdetr ops; aoti: an AOTInductor package (compiled, CPU)")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="add input orig_sizes [B, 2] and output the top-k scores, labels and xyxy pixel boxes")
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off",
+                        help="bf16: the graph computes under bfloat16 autocast (torch-export and aoti; inputs and "
+                             "outputs stay float32), faster on CPUs with AVX-512 BF16 or AMX")
     parser.set_defaults(run=run_export)
 
 
@@ -371,8 +374,9 @@ def run_export(args):
         raise ValueError(f"export --format {args.format} writes a {suffix} file; got output {args.output}")
     model, metadata = load_model(args.model, torch.device("cpu"))
     export(model, args.output, args.format, metadata["class_names"], metadata["eval_size"], metadata["max_size"],
-           postprocess=args.with_postprocess)
-    print(f"wrote {args.output} ({args.format}{', with post-processing' if args.with_postprocess else ''})")
+           postprocess=args.with_postprocess, amp=args.amp)
+    print(f"wrote {args.output} ({args.format}{', with post-processing' if args.with_postprocess else ''}"
+          f"{', bf16 autocast' if args.amp == 'bf16' else ''})")
 
 
 # --- convert -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ python -m dabdetr train --preset "$PRESET" --data-root "$DATA" --output-dir "$OU
   --set val_annotations=annotations/instances_train2017.json \
   --set 'train_sizes=[160]' --set max_size=274 --set eval_size=160 --set hflip_prob=0 \
   --set batch_size=4 --set lr=4e-4 --set lr_backbone=4e-4 --set num_workers=0 --amp bf16 \
-  --set channels_last=true --set ema_decay=0.99 --set epochs=700 --set lr_drop=600 \
+  --set ema_decay=0.99 --set epochs=700 --set lr_drop=600 \
   --set eval_every=70 --set log_every=8 --set cache_images=true --set checkpoint_epochs=50 \
   --set time_budget_min=0 \
   --model num_queries=60 "${MODEL[@]}" "$@"

@@ -449,3 +449,32 @@ def test_onnx_export_of_the_deformable_attention_runs_in_onnx_runtime():
         with torch.no_grad():
             want = layer(*args)
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("format", ["torch-export", "aoti"])
+def test_bf16_export_computes_as_eager_bf16_autocast(format, tmp_path):
+    """amp="bf16" traces the autocast region into the artifact: float32 inputs and outputs, the
+    arithmetic inside in bfloat16 (as far from float32's outputs as eager bf16 autocast is, and
+    within a bfloat16 rounding of eager bf16's)."""
+    torch.manual_seed(0)
+    model = DABDETR(preset("demo")).eval()
+    with torch.no_grad():  # a box head that refines the anchors, so that the boxes show the precision too
+        model.bbox_embed.layers[-1].weight.normal_(0, 0.05)
+    path = str(tmp_path / "bf16.pt2")
+    assert export.export(model, path, format, amp="bf16")["amp"] == "bf16"
+    detector = runtime.load_detector(path)
+    for pixels, mask, _ in batches(generated_images()):
+        outputs = detector(pixels, mask)
+        with torch.no_grad():
+            float32 = model.predict(pixels, mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = [t.float() for t in model.predict(pixels, mask)]
+        for got, want, exact in zip(outputs.values(), bf16, float32):
+            assert got.dtype == torch.float32
+            assert (got - exact).abs().max() > TOLERANCE  # not float32 arithmetic (those agree within it)
+            torch.testing.assert_close(got, want, rtol=0, atol=0.05)  # logits up to 8: a bf16 step is 0.03
+
+
+def test_onnx_export_refuses_bf16(demo_model, tmp_path):
+    with pytest.raises(ValueError, match="export format onnx takes amp off, got 'bf16' .ONNX's Conv takes no bfloat16"):
+        export.export(demo_model, str(tmp_path / "m.onnx"), "onnx", amp="bf16")

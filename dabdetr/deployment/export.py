@@ -1,7 +1,9 @@
 """Export of a DABDETR for deployment: ONNX, a torch.export program (.pt2), an AOTInductor package.
 
 Every artifact computes DABDETR.predict in eval mode, so it holds no training-only part (no
-denoising queries, no auxiliary heads), with a dynamic batch, height and width:
+denoising queries, no auxiliary heads), with a dynamic batch, height and width, in float32 or
+(amp="bf16", torch-export and aoti) under bfloat16 autocast, traced into the graph; the inputs and
+outputs are float32 either way:
 
     inputs:  images [B, 3, H, W] float32, mask [B, H, W] bool (True = padding)
              (+ orig_sizes [B, 2] int64 (height, width) with postprocess)
@@ -13,7 +15,7 @@ The fused ops stay opaque custom ops (dabdetr::...) in the torch.export program 
 AOTInductor package, which run them through the installed dabdetr. ONNX has no such ops: there
 they are replaced by their PyTorch reference (dabdetr.ops.reference), which becomes standard
 operators (MatMul, Softmax, Sin, Cos, Gather, ...) that any ONNX runtime, TensorRT included, can run.
-Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessing sizes) for
+Each artifact carries its metadata (EXPORT_FORMAT_TAG, class names, preprocessing sizes, amp) for
 dabdetr.deployment.runtime.
 """
 
@@ -25,6 +27,7 @@ import tempfile
 import torch
 from torch import nn
 
+from dabdetr.evaluation.precision import autocast_context, check_amp
 from dabdetr.models.detector import select_detections
 from dabdetr.ops import reference
 from dabdetr.weights.files import atomic_write
@@ -38,20 +41,28 @@ MAX_SIDE = 8192
 PLAIN_IO = (("images", "mask"), ("logits", "boxes"))
 POSTPROCESS_IO = (("images", "mask", "orig_sizes"), ("scores", "labels", "boxes"))
 EXPORT_EXTRA_HINT = "pip install 'dabdetr[export]' (onnx, onnxruntime, onnxscript)"
+# The precisions each format is exported in (amp). A bfloat16 ONNX graph is invalid at our opset
+# (Conv takes no bfloat16 there), and ONNX Runtime 1.32 refuses to load it.
+AMP_BY_FORMAT = {"onnx": ("off",), "torch-export": ("off", "bf16"), "aoti": ("off", "bf16")}
 
 
 class DetectorGraph(nn.Module):
     """What an artifact computes: forward(images, mask) -> (logits, boxes), or with postprocess
-    forward(images, mask, orig_sizes) -> (scores, labels, boxes) (see the module docstring).
-    Puts model in eval mode."""
+    forward(images, mask, orig_sizes) -> (scores, labels, boxes) (see the module docstring); the
+    model runs under autocast for amp "bf16" / "fp16", its outputs returned in float32. Puts model
+    in eval mode."""
 
-    def __init__(self, model, postprocess=False):
+    def __init__(self, model, postprocess=False, amp="off"):
         super().__init__()
+        check_amp(amp)
         self.model = model.eval()
-        self.postprocess = postprocess
+        self.postprocess, self.amp = postprocess, amp
 
     def forward(self, images, mask, orig_sizes=None):
-        logits, boxes = self.model.predict(images, mask)
+        # Inside forward, so that torch.export traces the autocast region into the graph.
+        with autocast_context(images.device, self.amp):
+            logits, boxes = self.model.predict(images, mask)
+        logits, boxes = logits.float(), boxes.float()
         if not self.postprocess:
             return logits, boxes
         return select_detections(logits, boxes, orig_sizes, self.model.config.num_select)
@@ -68,7 +79,7 @@ def min_side(config):
     return max(33, stride + 1)
 
 
-def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False):
+def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off"):
     """The dict every artifact carries: what runtime.py needs to feed it and read its outputs."""
     inputs, outputs = POSTPROCESS_IO if postprocess else PLAIN_IO
     return {
@@ -76,6 +87,7 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
         "inputs": list(inputs),
         "outputs": list(outputs),
         "postprocess": postprocess,
+        "amp": amp,
         "class_names": {str(label): name for label, name in (class_names or {}).items()},
         "eval_size": eval_size,
         "max_size": max_size,
@@ -85,13 +97,13 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
     }
 
 
-def export_program(model, postprocess=False):
-    """torch.export.ExportedProgram of DetectorGraph(model) on the CPU, float32, with dynamic
-    batch, height and width; the fused ops stay dabdetr:: custom ops. A model on another device
-    or in another dtype is copied, not moved."""
+def export_program(model, postprocess=False, amp="off"):
+    """torch.export.ExportedProgram of DetectorGraph(model, postprocess, amp) on the CPU, with
+    float32 weights, inputs and outputs and dynamic batch, height and width; the fused ops stay
+    dabdetr:: custom ops. A model on another device or in another dtype is copied, not moved."""
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float().cpu()
-    graph = DetectorGraph(model, postprocess)
+    graph = DetectorGraph(model, postprocess, amp)
     # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
     side = min_side(model.config)
     images = torch.zeros(2, 3, max(128, 2 * side), max(160, 2 * side + 32))
@@ -152,7 +164,7 @@ def export_onnx(model, path, metadata):
     """Writes the ONNX file: opset ONNX_OPSET, named inputs and outputs, dynamic dims named batch,
     height and width, metadata under metadata_props["dabdetr"]; checked by onnx.checker."""
     onnx, _ = require_packages("ONNX export", "onnx", "onnxscript")
-    program = decompose_custom_ops(export_program(model, metadata["postprocess"]))
+    program = decompose_custom_ops(export_program(model, metadata["postprocess"], metadata["amp"]))
     onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
                                      input_names=metadata["inputs"], output_names=metadata["outputs"])
     proto = onnx_program.model_proto
@@ -180,7 +192,7 @@ def _name_dynamic_dims(proto):
 
 def export_torch(model, path, metadata):
     """Writes the torch.export program (torch.export.save), metadata as extra file dabdetr.json."""
-    program = export_program(model, metadata["postprocess"])
+    program = export_program(model, metadata["postprocess"], metadata["amp"])
     extra_files = {f"{METADATA_KEY}.json": json.dumps(metadata)}
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra_files), binary=True)
 
@@ -188,7 +200,7 @@ def export_torch(model, path, metadata):
 def export_aoti(model, path, metadata):
     """Compiles the program ahead of time with AOTInductor (C++ here, minutes for R50) into a
     package; Inductor's freezing folds the frozen batch norms into the convolutions."""
-    program = export_program(model, metadata["postprocess"])
+    program = export_program(model, metadata["postprocess"], metadata["amp"])
     configs = {"freezing": True, "aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)  # as atomic_write does for the other formats
@@ -201,10 +213,15 @@ def export_aoti(model, path, metadata):
 EXPORTERS = {"onnx": export_onnx, "torch-export": export_torch, "aoti": export_aoti}
 
 
-def export(model, path, format, class_names=None, eval_size=None, max_size=None, postprocess=False):
-    """Writes `model` as an artifact of `format` (one of FORMATS) at path; returns its metadata."""
+def export(model, path, format, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off"):
+    """Writes `model` as an artifact of `format` (one of FORMATS) at path, computing in the
+    precision amp says (AMP_BY_FORMAT); returns its metadata."""
     if format not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {format!r}")
-    metadata = export_metadata(model, class_names, eval_size, max_size, postprocess)
+    if amp not in AMP_BY_FORMAT[format]:
+        raise ValueError(f"export format {format} takes amp {' or '.join(AMP_BY_FORMAT[format])}, got {amp!r}"
+                         + (" (ONNX's Conv takes no bfloat16 at opset 18: ONNX Runtime refuses the graph)" if format == "onnx"
+                            else ""))
+    metadata = export_metadata(model, class_names, eval_size, max_size, postprocess, amp)
     EXPORTERS[format](model, path, metadata)
     return metadata

@@ -8,6 +8,13 @@ frozen (backbone_frozen_stages=1); train_backbone=False freezes everything. Trai
 scratch (the synthetic demo, no pretrained weights at hand) uses backbone_norm="batch_norm" with
 every stage trainable, since a ResNet with frozen identity norms and random weights learns
 poorly.
+
+Each convolution and the norm after it run as one convolution wherever the norm's statistics are
+fixed (always for FrozenBatchNorm2d, in eval mode for BatchNorm2d): the norm's per-channel scale
+goes into the weights and its shift becomes the bias (conv_norm). Under bfloat16 autocast the
+activations then stay in 16 bits from one convolution to the next, with no float32 norm between
+them. On the CPU the activations are channels-last (NHWC), the layout oneDNN's convolutions work
+in, so that no convolution reorders its input and output.
 """
 
 import torch
@@ -33,9 +40,31 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])  # one pass over x
+        scale, shift = norm_scale_and_shift(self)
+        # In x's dtype: a bfloat16 activation stays bfloat16.
+        return torch.addcmul(shift.to(x.dtype)[None, :, None, None], x, scale.to(x.dtype)[None, :, None, None])
+
+
+def has_fixed_statistics(norm):
+    """Whether norm is a per-channel affine map: FrozenBatchNorm2d, or BatchNorm2d in eval mode."""
+    return isinstance(norm, FrozenBatchNorm2d) or (not norm.training and norm.running_mean is not None)
+
+
+def norm_scale_and_shift(norm):
+    """(scale [C], shift [C]) of a norm with fixed statistics: norm(x) = x * scale + shift."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    return scale, norm.bias - norm.running_mean * scale
+
+
+def conv_norm(conv, norm, x):
+    """norm(conv(x)) for a bias-free conv: one convolution with the weights scaled per output
+    channel and the shift as bias where norm's statistics are fixed (differentiable in the conv's
+    and norm's parameters alike), else the two in turn (BatchNorm2d training)."""
+    if not has_fixed_statistics(norm):
+        return norm(conv(x))
+    scale, shift = norm_scale_and_shift(norm)
+    return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
 
 
 def conv3x3(in_ch, out_ch, stride=1, dilation=1):
@@ -44,6 +73,13 @@ def conv3x3(in_ch, out_ch, stride=1, dilation=1):
 
 def conv1x1(in_ch, out_ch, stride=1):
     return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
+
+
+class Downsample(nn.Sequential):
+    """The shortcut's projection, conv (0) and norm (1): torchvision's keys, conv_norm's arithmetic."""
+
+    def forward(self, x):
+        return conv_norm(self[0], self[1], x)
 
 
 class BasicBlock(nn.Module):
@@ -59,8 +95,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + identity)
+        out = conv_norm(self.conv1, self.bn1, x).relu_()
+        return conv_norm(self.conv2, self.bn2, out).add_(identity).relu_()
 
 
 class Bottleneck(nn.Module):
@@ -80,9 +116,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + identity)
+        out = conv_norm(self.conv1, self.bn1, x).relu_()
+        out = conv_norm(self.conv2, self.bn2, out).relu_()
+        return conv_norm(self.conv3, self.bn3, out).add_(identity).relu_()
 
 
 ARCHITECTURES = {
@@ -124,15 +160,17 @@ class ResNet(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self._in_ch != width * block.expansion:
-            downsample = nn.Sequential(conv1x1(self._in_ch, width * block.expansion, stride),
-                                       self._norm_layer(width * block.expansion))
+            downsample = Downsample(conv1x1(self._in_ch, width * block.expansion, stride),
+                                    self._norm_layer(width * block.expansion))
         layers = [block(self._in_ch, width, self._norm_layer, stride, downsample, previous_dilation)]
         self._in_ch = width * block.expansion
         layers += [block(self._in_ch, width, self._norm_layer, dilation=self._dilation) for _ in range(1, count)]
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(conv_norm(self.conv1, self.bn1, x).relu_())
         features = []
         for stage in range(1, self.last_stage + 1):
             x = getattr(self, f"layer{stage}")(x)

@@ -1,5 +1,6 @@
 """Training settings (one object, saved in every checkpoint) and the recipe of each preset."""
 
+import logging
 from dataclasses import dataclass, field
 
 from dabdetr.data.transforms import COCO_EVAL_SIZE, COCO_MAX_SIZE, COCO_TRAIN_SIZES
@@ -7,6 +8,10 @@ from dabdetr.evaluation.precision import check_amp
 from dabdetr.models.config import DictConfig
 
 LR_SCHEDULES = ("step", "cosine")
+# Settings of earlier versions, read from their checkpoints and ignored: name -> why.
+RETIRED_FIELDS = {"channels_last": "the backbone now arranges its own memory format"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +62,6 @@ class TrainConfig(DictConfig):
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     amp: str = "off"  # "bf16" | "fp16" autocast (fp16 with a gradient scaler)
-    channels_last: bool = False  # the backbone's weights and activations in NHWC layout (faster CPU convolutions)
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights,
     # updated after every optimizer step (ema = decay * ema + (1 - decay) * weights); 0: off
     time_budget_min: float = 0.0  # > 0: after the first epoch, shorten the later ones (fewer steps
@@ -89,6 +93,12 @@ class TrainConfig(DictConfig):
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping with an error
     tensorboard: bool = False  # also write TensorBoard scalars and pictures to output_dir/tensorboard
     progress: bool = True  # tqdm bars
+
+    @classmethod
+    def from_dict(cls, values):
+        for name in RETIRED_FIELDS.keys() & values.keys():
+            logger.info("ignoring the training setting %s=%r: %s", name, values[name], RETIRED_FIELDS[name])
+        return super().from_dict({k: v for k, v in values.items() if k not in RETIRED_FIELDS})
 
     def __post_init__(self):
         check_amp(self.amp)

@@ -182,8 +182,6 @@ class Trainer:
             model_config = build_model_config(config, self.train_set.num_classes)
         torch.manual_seed(config.seed)  # the same initial model on every rank
         self.model = build_model(model_config).to(self.device)
-        if config.channels_last:
-            self.model.backbone.to(memory_format=torch.channels_last)  # its activations follow the weights
         if self.rank > 0:
             # Then a stream of its own (dropout, denoising noise); rank 0 continues the one above,
             # so a one-process run is unchanged by the number of processes it could have had.
