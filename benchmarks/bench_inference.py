@@ -8,11 +8,13 @@
                       CUDA where installed; its inputs and outputs then cross through host memory)
     huggingface       transformers' DabDetrForObjectDetection loaded with the same weights
 
-Median latency and images/s per batch size; max_abs_diff: the largest difference of logits and
-boxes from eager reference on that input; build_s: export and load (compiles for aoti);
-first_call_s: the first call (compiles for torch.compile). bf16 autocast rows follow for the
-eager paths (`dabdetr predict --amp bf16`, `dabdetr eval --amp bf16`), compared with eager
-reference in bf16 autocast too.
+Median latency and images/s per batch size, every runtime and precision timed interleaved in one
+process; max_abs_diff: the largest difference of logits and boxes from eager reference in the
+same precision on that input; build_s: export and load (compiles for aoti); first_call_s: the
+first call (compiles for torch.compile). bf16 autocast rows: the eager paths called under it
+(`dabdetr predict --amp bf16`, `dabdetr eval --amp bf16`), torch.compile and aoti with it inside
+their graph (`dabdetr export --amp bf16`); speedup_vs_float32_eager_kernel compares every row
+with the float32 eager kernel row.
 
 A DAB-Deformable-DETR preset has no Hugging Face row (transformers has no such model); its
 results are written as inference_<preset>_<machine>.
@@ -21,7 +23,6 @@ results are written as inference_<preset>_<machine>.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -40,52 +41,71 @@ from dabdetr.weights.pretrained import save_huggingface
 RUNTIME_NAMES = ("eager reference", "eager kernel", "torch.compile", "aoti", "onnxruntime", "huggingface")
 
 
+PRECISIONS = ("float32", "bf16 autocast")
+
+
 def build_runtimes(config, device, names, scratch):
-    """{name: (callable(images, mask) -> (logits, boxes), seconds it took to build, where it runs)}
-    of the names that this machine can run; the reason for each one left out is printed."""
+    """{(precision, name): (callable(images, mask) -> (logits, boxes), seconds it took to build,
+    where it runs)} of the names that this machine can run, in each precision it has: the eager
+    paths called under bf16 autocast, torch.compile and aoti built with it inside their graph,
+    ONNX Runtime and Hugging Face in float32 only. The reason for each one left out is printed."""
     torch.manual_seed(0)
-    reference = build_model(config.replace(ops_impl="reference")).eval()
-    kernel = build_model(config.replace(ops_impl="auto")).eval()
+    reference = build_model(config.replace(ops_impl="reference")).eval().to(device)
+    kernel = build_model(config.replace(ops_impl="auto")).eval().to(device)
     kernel.load_state_dict(reference.state_dict())
     builders = {
-        "eager reference": lambda: (reference.to(device).predict, device.type),
-        "eager kernel": lambda: (kernel.to(device).predict, device.type),
-        "torch.compile": lambda: _compiled(kernel, device),
-        "aoti": lambda: _exported(kernel, "aoti", os.path.join(scratch, "model.aoti.pt2"), device),
-        "onnxruntime": lambda: _exported(kernel, "onnx", os.path.join(scratch, "model.onnx"), device),
-        "huggingface": lambda: _huggingface(kernel, os.path.join(scratch, "hf"), device),
+        "eager reference": lambda amp: (_eager(reference, device, amp), device.type),
+        "eager kernel": lambda amp: (_eager(kernel, device, amp), device.type),
+        "torch.compile": lambda amp: _compiled(kernel, device, amp),
+        "aoti": lambda amp: _exported(kernel, "aoti", os.path.join(scratch, f"model_{amp}.aoti.pt2"), device, amp),
+        "onnxruntime": lambda amp: _exported(kernel, "onnx", os.path.join(scratch, "model.onnx"), device, amp),
+        "huggingface": lambda amp: _huggingface(kernel, os.path.join(scratch, "hf"), device, amp),
     }
     runtimes = {}
-    for name in names:
-        start = time.perf_counter()
-        try:
-            fn, backend = builders[name]()
-        except Exception as error:  # a runtime this machine lacks (a package, a compiler): no row, said why
-            print(f"{name}: unavailable ({type(error).__name__}: {str(error)[:300]})")
-            continue
-        runtimes[name] = (fn, time.perf_counter() - start, backend)
-        print(f"{name}: ready in {runtimes[name][1]:.0f} s ({backend})")
+    for precision in PRECISIONS:
+        for name in names:
+            start = time.perf_counter()
+            try:
+                fn, backend = builders[name]("off" if precision == "float32" else "bf16")
+            except Exception as error:  # a runtime this machine lacks (a package, a compiler): no row, said why
+                print(f"{name} ({precision}): unavailable ({type(error).__name__}: {str(error)[:300]})")
+                continue
+            runtimes[precision, name] = (fn, time.perf_counter() - start, backend)
+            print(f"{name} ({precision}): ready in {runtimes[precision, name][1]:.0f} s ({backend})")
     return runtimes
 
 
-def _compiled(model, device):
-    return torch.compile(DetectorGraph(model.to(device)), options={"freezing": True}), device.type
+def _eager(model, device, amp):
+    if amp == "off":
+        return model.predict
+
+    def run(images, mask):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return model.predict(images, mask)
+
+    return run
 
 
-def _exported(model, format, path, device):
+def _compiled(model, device, amp):
+    return torch.compile(DetectorGraph(model, amp=amp), options={"freezing": True}), device.type
+
+
+def _exported(model, format, path, device, amp):
     if format == "aoti" and device.type != "cpu":
         raise ValueError("the AOTInductor export is compiled for the CPU")
-    export(model, path, format)
+    export(model, path, format, amp=amp)
     detector = runtime.load_detector(path, device=device)
     backend = detector.session.get_providers()[0] if format == "onnx" else "cpu"
     return (lambda images, mask: tuple(detector(images, mask).values())), backend
 
 
-def _huggingface(model, directory, device):
+def _huggingface(model, directory, device, amp):
     import transformers
 
     if model.config.architecture != "dab_detr":
         raise ValueError("transformers has no DAB-Deformable-DETR")
+    if amp != "off":
+        raise ValueError("measured in float32 only")
     save_huggingface(model, directory)
     hf = transformers.DabDetrForObjectDetection.from_pretrained(directory).to(device).eval()
 
@@ -96,30 +116,34 @@ def _huggingface(model, directory, device):
     return run, device.type
 
 
-def measure(runtimes, batch, height, width, device, autocast, repeats):
-    """One row per runtime (see build_runtimes) on one random batch, later images padded."""
+def measure(runtimes, batch, height, width, device, repeats):
+    """One row per runtime and precision (see build_runtimes) on one random batch, later images
+    padded, all timed interleaved."""
     images, mask = harness.image_batch(batch, height, width, device)
 
     def call(fn):
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
             return fn(images, mask)
 
-    fns = {name: (lambda fn=fn: call(fn)) for name, (fn, _, _) in runtimes.items()}
+    fns = {key: (lambda fn=fn: call(fn)) for key, (fn, _, _) in runtimes.items()}
     outputs, first_call_s = {}, {}
-    for name, fn in fns.items():  # torch.compile compiles here, for each new batch size
+    for key, fn in fns.items():  # torch.compile compiles here, for each new batch size
         start = time.perf_counter()
-        outputs[name] = fn()
-        first_call_s[name] = time.perf_counter() - start
+        outputs[key] = fn()
+        first_call_s[key] = time.perf_counter() - start
     times = harness.time_peers(fns, device, repeats, warmup=1)
-    base, base_ms = outputs.get("eager reference"), times.get("eager reference")
+    float32_kernel_ms = times.get(("float32", "eager kernel"))
     rows = []
-    for name, ms in times.items():
+    for (precision, name), ms in times.items():
+        base, base_ms = outputs.get((precision, "eager reference")), times.get((precision, "eager reference"))
         diff = None if base is None else max((a.float() - b.float()).abs().max().item()
-                                             for a, b in zip(outputs[name], base))
-        rows.append({"batch": batch, "image": f"{height}x{width}", "runtime": name, "backend": runtimes[name][2],
-                     "median_ms": ms, "images_per_s": batch / (ms * 1e-3),
-                     "speedup_vs_eager_reference": base_ms / ms if base_ms else None, "max_abs_diff": diff,
-                     "build_s": runtimes[name][1], "first_call_s": first_call_s[name]})
+                                             for a, b in zip(outputs[precision, name], base))
+        rows.append({"batch": batch, "image": f"{height}x{width}", "precision": precision, "runtime": name,
+                     "backend": runtimes[precision, name][2], "median_ms": ms, "images_per_s": batch / (ms * 1e-3),
+                     "speedup_vs_eager_reference": base_ms / ms if base_ms else None,
+                     "speedup_vs_float32_eager_kernel": float32_kernel_ms / ms if float32_kernel_ms else None,
+                     "max_abs_diff": diff, "build_s": runtimes[precision, name][1],
+                     "first_call_s": first_call_s[precision, name]})
     return rows
 
 
@@ -139,26 +163,18 @@ def main():
     if unknown:
         raise SystemExit(f"unknown runtimes {unknown}; choose from {RUNTIME_NAMES}")
     config = preset(args.preset)
-    # bf16 on a CPU is fast only with native instructions (AVX-512 BF16, AMX): the rows show which.
-    precisions = [("float32", contextlib.nullcontext),
-                  ("bf16 autocast", lambda: torch.autocast(device.type, dtype=torch.bfloat16))]
-
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         runtimes = build_runtimes(config, device, names, scratch)
-        for precision, autocast in precisions:
-            # Only the eager paths take autocast; exported graphs are float32 programs.
-            chosen = {name: built for name, built in runtimes.items() if precision == "float32" or "eager" in name}
-            for batch in (int(b) for b in args.batches.split(",")):
-                measured = [{"precision": precision, **row}
-                            for row in measure(chosen, batch, height, width, device, autocast, repeats)]
-                print(f"  {precision} batch {batch}: " + ", ".join(f"{row['runtime']} {row['median_ms']:.0f} ms"
-                                                                  for row in measured))
-                rows += measured
+        for batch in (int(b) for b in args.batches.split(",")):
+            measured = measure(runtimes, batch, height, width, device, repeats)
+            print(f"  batch {batch}: " + ", ".join(f"{row['runtime']} {row['precision']} {row['median_ms']:.0f} ms"
+                                                   for row in measured))
+            rows += measured
     harness.write_results(
         "inference" if args.preset == "dab_detr_r50" else f"inference_{args.preset}", device, rows,
         ["batch", "image", "precision", "runtime", "backend", "median_ms", "images_per_s", "speedup_vs_eager_reference",
-         "max_abs_diff", "build_s", "first_call_s"],
+         "speedup_vs_float32_eager_kernel", "max_abs_diff", "build_s", "first_call_s"],
         extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,
     )
 

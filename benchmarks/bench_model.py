@@ -4,8 +4,9 @@ DabDetrForObjectDetection (same architecture, random weights) as a peer on the s
 Inference and one training step (forward + backward of a scalar of all outputs). Hugging Face's
 stem and layer1 are frozen as ours are, so the training steps do the same work. Images are
 800x1066 (the COCO evaluation size, where the attention ops matter; at small sizes the ResNet
-dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2.
-CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory of each call.
+dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2, float32 (--precisions float32,bf16 adds bfloat16
+autocast, for CPUs with AVX-512 BF16 or AMX). CUDA: both at batch 2 and 8, float32 and bfloat16
+autocast, with the peak memory of each call.
 The kernel rows also give the share of the call spent in the attention ops (torch.profiler);
 --tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA).
 
@@ -160,6 +161,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_model_arguments(parser)
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes of every task")
+    parser.add_argument("--precisions", default=None,
+                        help="float32 and/or bf16, comma-separated (default: both on CUDA, float32 on the CPU)")
     parser.add_argument("--tensor-cores", action="store_true",
                         help="CUDA: also the kernel model with the tensor-core attention path, in bf16 autocast")
     args = parser.parse_args()
@@ -183,9 +186,12 @@ def main():
     hf = huggingface_peer(config, device)
     if hf is not None:
         models["huggingface"] = hf
-    precisions = [("float32", contextlib.nullcontext)]
-    if cuda:
-        precisions.append(("bf16 autocast", lambda: torch.autocast("cuda", dtype=torch.bfloat16)))
+    autocasts = {"float32": ("float32", contextlib.nullcontext),
+                 "bf16": ("bf16 autocast", lambda: torch.autocast(device.type, dtype=torch.bfloat16))}
+    chosen = (args.precisions or ("float32,bf16" if cuda else "float32")).split(",")
+    if not set(chosen) <= autocasts.keys():
+        raise SystemExit(f"--precisions takes float32 and bf16, got {args.precisions}")
+    precisions = [autocasts[name] for name in chosen]
 
     rows = []
     for precision, autocast in precisions:

@@ -27,7 +27,7 @@ import tempfile
 import torch
 from torch import nn
 
-from dabdetr.evaluation.precision import autocast_context, check_amp
+from dabdetr.evaluation.precision import check_amp, traced_autocast
 from dabdetr.models.detector import select_detections
 from dabdetr.ops import reference
 from dabdetr.weights.files import atomic_write
@@ -60,7 +60,7 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images, mask, orig_sizes=None):
         # Inside forward, so that torch.export traces the autocast region into the graph.
-        with autocast_context(images.device, self.amp):
+        with traced_autocast(images.device, self.amp):
             logits, boxes = self.model.predict(images, mask)
         logits, boxes = logits.float(), boxes.float()
         if not self.postprocess:

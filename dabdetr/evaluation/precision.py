@@ -24,10 +24,16 @@ def autocast_context(device, amp):
     "off". On a CPU without 16-bit convolutions it warns (once per mode) that the model will run
     far slower than in float32."""
     check_amp(amp)
+    if amp != "off" and device.type == "cpu":
+        warn_if_cpu_lacks_16_bit(amp)
+    return traced_autocast(device, amp)
+
+
+def traced_autocast(device, amp):
+    """autocast_context without the check and the warning: what a traced graph (torch.compile,
+    torch.export) runs in, with nothing for Dynamo to break its graph on."""
     if amp == "off":
         return nullcontext()
-    if device.type == "cpu":
-        warn_if_cpu_lacks_16_bit(amp)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
