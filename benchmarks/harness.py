@@ -240,6 +240,28 @@ def image_batch(batch, height, width, device):
     return images, mask
 
 
+# Profiler op names (forward and backward) by the part of the model they belong to, first match wins.
+OP_CATEGORIES = [
+    ("fused ops (attention, sine embedding)", ("dabdetr",)),
+    ("data loader (in the profiled step)", ("dataloader",)),
+    ("convolutions (backbone)", ("convolution", "conv2d", "mkldnn_conv")),
+    ("max pooling (backbone stem)", ("max_pool",)),
+    ("batch norm (backbone)", ("batch_norm",)),
+    ("matrix products (transformer, heads)", ("addmm", "aten::mm", "aten::bmm", "matmul", "linear")),
+    ("optimizer", ("adamw", "foreach", "clip_grad", "aten::norm", "linalg_vector_norm")),
+    # dtype conversions (autocast's casts) and layout changes (oneDNN reorders, contiguous copies)
+    ("dtype conversions and layout copies", ("copy", "to_dense", "reorder", "clone", "contiguous")),
+]
+
+
+def op_category(op_name):
+    lowered = op_name.lower()
+    for name, patterns in OP_CATEGORIES:
+        if any(p in lowered for p in patterns):
+            return name
+    return "other element-wise"
+
+
 def slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 

@@ -30,26 +30,6 @@ import dabdetr
 from dabdetr.cli import parse_assignments
 from dabdetr.training.engine import train_step
 
-# Profiler op names (forward and backward) by the part of the model they belong to, first match wins.
-CATEGORIES = [
-    ("fused ops (attention, sine embedding)", ("dabdetr",)),
-    ("data loader (in the profiled step)", ("dataloader",)),
-    ("convolutions (backbone)", ("convolution", "conv2d", "mkldnn_conv")),
-    ("max pooling (backbone stem)", ("max_pool",)),
-    ("batch norm (backbone)", ("batch_norm",)),
-    ("matrix products (transformer, heads)", ("addmm", "aten::mm", "aten::bmm", "matmul", "linear")),
-    ("optimizer", ("adamw", "foreach", "clip_grad", "aten::norm", "linalg_vector_norm")),
-]
-
-
-def category(op_name):
-    lowered = op_name.lower()
-    for name, patterns in CATEGORIES:
-        if any(p in lowered for p in patterns):
-            return name
-    return "other element-wise and copies"
-
-
 @contextlib.contextmanager
 def timed(totals, name):
     start = time.perf_counter()
@@ -129,7 +109,7 @@ def main():
             run_steps(trainer, batches, args.profiled_steps, defaultdict(float))
     by_category = defaultdict(float)
     for event in profile.key_averages():
-        by_category[category(event.key)] += event.self_cpu_time_total / 1000 / args.profiled_steps
+        by_category[harness.op_category(event.key)] += event.self_cpu_time_total / 1000 / args.profiled_steps
     profiled_ms = sum(by_category.values())
 
     info = dabdetr.kernel_info()
@@ -143,7 +123,7 @@ def main():
     rows.append({"table": "ops (profiled forward + backward + optimizer)", "part": "all ops (self time)",
                  "ms_per_step": round(profiled_ms, 1), "share": "100%"})
     top = sorted(profile.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.top_ops]
-    rows += [{"table": "the top ops", "part": f"{e.key} ({category(e.key).split(' (')[0]})",
+    rows += [{"table": "the top ops", "part": f"{e.key} ({harness.op_category(e.key).split(' (')[0]})",
               "ms_per_step": round(e.self_cpu_time_total / 1000 / args.profiled_steps, 1),
               "share": f"{e.self_cpu_time_total / 1000 / args.profiled_steps / profiled_ms:.0%}"} for e in top]
     config = trainer.config
