@@ -4,9 +4,9 @@ DabDetrForObjectDetection (same architecture, random weights) as a peer on the s
 Inference and one training step (forward + backward of a scalar of all outputs). Hugging Face's
 stem and layer1 are frozen as ours are, so the training steps do the same work. Images are
 800x1066 (the COCO evaluation size, where the attention ops matter; at small sizes the ResNet
-dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2, float32 (--precisions float32,bf16 adds bfloat16
-autocast, for CPUs with AVX-512 BF16 or AMX). CUDA: both at batch 2 and 8, float32 and bfloat16
-autocast, with the peak memory of each call.
+dominates and the peers are within noise). CPU: inference at batch 1 and 8, training at batch 2,
+float32 (--precisions float32,bf16 adds bfloat16 autocast, for CPUs with AVX-512 BF16 or AMX).
+CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory of each call.
 The kernel rows also give the share of the call spent in the attention ops (torch.profiler);
 --tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA).
 

@@ -30,6 +30,7 @@ import dabdetr
 from dabdetr.cli import parse_assignments
 from dabdetr.training.engine import train_step
 
+
 @contextlib.contextmanager
 def timed(totals, name):
     start = time.perf_counter()

@@ -124,7 +124,8 @@ class _ActivationLog(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("preset,train", [("dab_detr_r50", False), ("demo", True), ("demo_deformable", False)])
+@pytest.mark.parametrize("preset,train", [("dab_detr_r50", False), ("dab_detr_r50", True), ("demo", True),
+                                          ("demo_deformable", False)])
 def test_bfloat16_autocast_keeps_the_backbone_in_bfloat16(preset, train):
     """The image is converted once; every activation after it is bfloat16 and channels-last (no
     float32 norm between convolutions, no layout reorders), in inference and training alike."""

@@ -478,3 +478,13 @@ def test_bf16_export_computes_as_eager_bf16_autocast(format, tmp_path):
 def test_onnx_export_refuses_bf16(demo_model, tmp_path):
     with pytest.raises(ValueError, match="export format onnx takes amp off, got 'bf16' .ONNX's Conv takes no bfloat16"):
         export.export(demo_model, str(tmp_path / "m.onnx"), "onnx", amp="bf16")
+
+
+def test_cli_export_in_bf16(trained_demo, tmp_path, caplog, capsys):
+    path = tmp_path / "bf16.pt2"
+    cli(["export", str(trained_demo), str(path), "--format", "torch-export", "--amp", "bf16"])
+    assert "(torch-export, bf16 autocast)" in capsys.readouterr().out
+    assert runtime.load_detector(str(path)).metadata["amp"] == "bf16"
+    with pytest.raises(SystemExit):
+        cli(["export", str(trained_demo), str(tmp_path / "m.onnx"), "--format", "onnx", "--amp", "bf16"])
+    assert "export format onnx takes amp off, got 'bf16'" in caplog.text

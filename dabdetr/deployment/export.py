@@ -219,9 +219,8 @@ def export(model, path, format, class_names=None, eval_size=None, max_size=None,
     if format not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {format!r}")
     if amp not in AMP_BY_FORMAT[format]:
-        raise ValueError(f"export format {format} takes amp {' or '.join(AMP_BY_FORMAT[format])}, got {amp!r}"
-                         + (" (ONNX's Conv takes no bfloat16 at opset 18: ONNX Runtime refuses the graph)" if format == "onnx"
-                            else ""))
+        why = " (ONNX's Conv takes no bfloat16 at opset 18: ONNX Runtime refuses the graph)" if format == "onnx" else ""
+        raise ValueError(f"export format {format} takes amp {' or '.join(AMP_BY_FORMAT[format])}, got {amp!r}{why}")
     metadata = export_metadata(model, class_names, eval_size, max_size, postprocess, amp)
     EXPORTERS[format](model, path, metadata)
     return metadata
