@@ -35,6 +35,7 @@ import harness
 
 from dabdetr.deployment import runtime
 from dabdetr.deployment.export import DetectorGraph, export
+from dabdetr.evaluation.precision import autocast_context
 from dabdetr.models import build_model, preset
 from dabdetr.weights.pretrained import save_huggingface
 
@@ -76,11 +77,8 @@ def build_runtimes(config, device, names, scratch):
 
 
 def _eager(model, device, amp):
-    if amp == "off":
-        return model.predict
-
     def run(images, mask):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast_context(device, amp):  # what `dabdetr predict --amp` runs the model in
             return model.predict(images, mask)
 
     return run

@@ -9,7 +9,6 @@ Written as forward_profile_<preset>_<machine>.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 from collections import defaultdict
@@ -20,14 +19,15 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
+from dabdetr.evaluation.precision import autocast_context
 from dabdetr.models import build_model, preset
 
-PRECISIONS = {"float32": contextlib.nullcontext, "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+PRECISIONS = {"float32": "off", "bf16 autocast": "bf16"}  # row label -> amp
 
 
-def profile_forward(model, images, mask, autocast, calls, top_ops):
+def profile_forward(model, images, mask, amp, calls, top_ops):
     """Rows of ms per forward by category and for the top ops, over `calls` profiled forwards."""
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast_context(images.device, amp):
         model(images, mask)  # warm-up: oneDNN's primitives, the allocator
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(calls):
@@ -62,8 +62,8 @@ def main():
     model = build_model(preset(args.preset)).eval()
     images, mask = harness.image_batch(args.batch, height, width, torch.device("cpu"))
     rows = []
-    for precision, autocast in PRECISIONS.items():
-        measured = profile_forward(model, images, mask, autocast, args.calls, args.top_ops)
+    for precision, amp in PRECISIONS.items():
+        measured = profile_forward(model, images, mask, amp, args.calls, args.top_ops)
         rows += [{"precision": precision, **row} for row in measured]
     harness.write_results(f"forward_profile_{args.preset}", torch.device("cpu"), rows,
                           ["precision", "table", "part", "calls", "ms_per_forward", "share"],
