@@ -5,12 +5,18 @@
 # code as the CUDA build (csrc/cuda/ops_cuda.cpp). Then dabdetr.ops runs the CUDA kernels on CPU
 # tensors with impl="cuda_emulated" (docs/ops.md, "The CUDA emulator").
 #
+#   COUNTERS=1                         the counting build instead (_cuda_emulated_counted.so, op library
+#                                      dabdetr_emulated_counted): every load and store of the kernels
+#                                      counted (csrc/cuda_emulator/counters.h, docs/gpu_model.md)
 #   SANITIZE=address,undefined|thread  a sanitizer build (then preload the sanitizer's runtime)
-#   OUT=DIR                            objects (default build-cuda-emulator[-SANITIZE])
+#   OUT=DIR                            objects (default build-cuda-emulator[-counted|-SANITIZE])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANITIZE=${SANITIZE:-}
-OUT=${OUT:-build-cuda-emulator${SANITIZE:+-${SANITIZE//,/-}}}
+COUNTERS=${COUNTERS:-}
+VARIANT=${COUNTERS:+counted}
+VARIANT=${VARIANT:-${SANITIZE//,/_}}
+OUT=${OUT:-build-cuda-emulator${VARIANT:+-${VARIANT//_/-}}}
 CXX=${CXX:-g++}
 JOBS=${MAX_JOBS:-$(nproc)}
 read -r TORCH_DIR PACKAGE_DIR < <(python - <<'PY'
@@ -18,22 +24,33 @@ import importlib.util, os, torch  # dabdetr found, not imported: it loads the li
 print(os.path.dirname(torch.__file__), os.path.dirname(importlib.util.find_spec("dabdetr").origin))
 PY
 )
-TARGET=${TARGET:-$PACKAGE_DIR/_cuda_emulated${SANITIZE:+_${SANITIZE//,/_}}.so}
+TARGET=${TARGET:-$PACKAGE_DIR/_cuda_emulated${VARIANT:+_$VARIANT}.so}
 ABI=$(python -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 FLAGS=(-std=c++20 -fPIC -O2 -g0 -fno-strict-aliasing -Wall -Wno-unknown-pragmas
        -DDABDETR_CUDA_EMULATOR -DDABDETR_CUDA_ARCHS='"8.0;9.0"' -D_GLIBCXX_USE_CXX11_ABI="$ABI"
        -Icsrc/cuda_emulator/include -Icsrc
        -isystem "$TORCH_DIR/include" -isystem "$TORCH_DIR/include/torch/csrc/api/include")
+KERNEL_FLAGS=()  # for the kernels (*.cu) only
 if [ -n "$SANITIZE" ]; then
   FLAGS+=(-fsanitize="$SANITIZE" -fno-omit-frame-pointer -O1 -DDABDETR_CUDA_EMULATOR_SANITIZER)
 fi
+if [ -n "$COUNTERS" ]; then
+  # Every load and store of a kernel calls counters.cpp's hooks, one access of the source one call:
+  # no vectorized, merged, split (SRA) or libc-copied accesses; no tail calls, which would hide the
+  # site of a kernel's last atomicAdd. -g: sites as file:line.
+  FLAGS+=(-g -DDABDETR_CUDA_EMULATOR_COUNTERS -fno-tree-vectorize -fno-tree-slp-vectorize -fno-tree-sra
+          -fno-store-merging -fno-tree-loop-distribute-patterns -fno-optimize-sibling-calls)
+  KERNEL_FLAGS=(-fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
+                --param asan-stack=0 --param asan-globals=0)
+fi
 mkdir -p "$OUT"
-echo "== building the CUDA emulator (${SANITIZE:-no sanitizer}) into $TARGET"
+echo "== building the CUDA emulator (${VARIANT:-plain}) into $TARGET"
 SOURCES=(csrc/cuda/*.cu csrc/cuda/ops_cuda.cpp csrc/cuda_emulator/*.cu csrc/cuda_emulator/*.cpp)
 printf '%s\n' "${SOURCES[@]}" | xargs -P "$JOBS" -I{} sh -c '
   src={}; obj="$0/$(echo "$src" | tr / _).o"
-  case "$src" in *.cu) lang="-x c++";; *) lang="";; esac
-  '"$CXX"' $lang "$@" -c "$src" -o "$obj"' "$OUT" "${FLAGS[@]}"
+  case "$src" in *.cu) extra="-x c++ $1";; *) extra="";; esac
+  shift
+  '"$CXX"' $extra "$@" -c "$src" -o "$obj"' "$OUT" "${KERNEL_FLAGS[*]}" "${FLAGS[@]}"
 "$CXX" -shared ${SANITIZE:+-fsanitize=$SANITIZE} -o "$TARGET.tmp" "$OUT"/*.o \
   -L"$TORCH_DIR/lib" -lc10 -ltorch_cpu -Wl,-rpath,"$TORCH_DIR/lib"
 mv "$TARGET.tmp" "$TARGET"

@@ -20,6 +20,7 @@ JOBS=${MAX_JOBS:-$(nproc)}
 BASE=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fno-strict-aliasing -Wall -Wno-unknown-pragmas
       -DDABDETR_CUDA_EMULATOR -Icsrc/cuda_emulator/include -Icsrc ${DABDETR_SANITIZER_FLAGS:-})
 KERNELS=(csrc/cuda/*.cu)
+RUNTIME=(csrc/cuda_emulator/runtime.cpp csrc/cuda_emulator/counters.cpp)
 
 compile() {  # compile DIR "FLAGS" SOURCE...: objects into DIR, in parallel
   local dir=$1 flags=$2
@@ -33,14 +34,14 @@ compile() {  # compile DIR "FLAGS" SOURCE...: objects into DIR, in parallel
 
 echo "== AddressSanitizer + UBSan"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
-compile "$OUT/asan" "$SAN" "${KERNELS[@]}" csrc/cuda_emulator/runtime.cpp csrc/cuda_emulator/sanitizer_driver.cpp
+compile "$OUT/asan" "$SAN" "${KERNELS[@]}" "${RUNTIME[@]}" csrc/cuda_emulator/sanitizer_driver.cpp
 "$CXX" $SAN -o "$OUT/asan/driver" "$OUT"/asan/*.o
 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "$OUT/asan/driver"
 
 echo "== ThreadSanitizer"
 # The emulator's bookkeeping is not instrumented (it tells TSan of the switches and edges itself).
 compile "$OUT/tsan" "-fsanitize=thread" "${KERNELS[@]}" csrc/cuda_emulator/sanitizer_driver.cpp
-compile "$OUT/tsan-runtime" "-DDABDETR_CUDA_EMULATOR_TSAN" csrc/cuda_emulator/runtime.cpp
+compile "$OUT/tsan-runtime" "-DDABDETR_CUDA_EMULATOR_TSAN" "${RUNTIME[@]}"
 "$CXX" -fsanitize=thread -o "$OUT/tsan/driver" "$OUT"/tsan/*.o "$OUT"/tsan-runtime/*.o
 TSAN_OPTIONS=halt_on_error=1:exitcode=66 "$OUT/tsan/driver"
 echo "== sanitizers: no findings"

@@ -26,6 +26,7 @@ else
 fi
 step bash scripts/check_release.sh
 step bash scripts/build_cuda_emulator.sh  # the CUDA kernels' tests run on it (impl="cuda_emulated")
+step env COUNTERS=1 bash scripts/build_cuda_emulator.sh  # its counting build (dabdetr.ops.emulated_counters)
 step bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
 step bash scripts/check_cpu_sanitizers.sh  # the CPU kernels under ASan + UBSan
 # Last, so that its summary (with its own time) closes the output; the slowest tests before it

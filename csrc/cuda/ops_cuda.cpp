@@ -409,7 +409,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_
 }  // namespace
 
 #ifdef DABDETR_CUDA_EMULATOR
-TORCH_LIBRARY_IMPL(dabdetr_emulated, CPU, m) {
+TORCH_LIBRARY_IMPL(DABDETR_EMULATED_LIBRARY, CPU, m) {
 #else
 TORCH_LIBRARY_IMPL(dabdetr, CUDA, m) {
 #endif

@@ -199,7 +199,7 @@ std::string misuse_check(int64_t kind) {
 }  // namespace
 }  // namespace dabdetr::cuda
 
-TORCH_LIBRARY_FRAGMENT(dabdetr_emulated, m) {
+TORCH_LIBRARY_FRAGMENT(DABDETR_EMULATED_LIBRARY, m) {
   m.def("fragment_check(Tensor a, Tensor bt, Tensor b, int type) -> (Tensor, Tensor, Tensor, Tensor)",
         &dabdetr::cuda::fragment_check);
   m.def("collective_check() -> (Tensor, Tensor)", &dabdetr::cuda::collective_check);

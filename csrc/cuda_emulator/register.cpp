@@ -1,11 +1,14 @@
 // The dabdetr_emulated op library: the dabdetr schemas (op_schemas.h) on CPU tensors, served by the
 // CUDA kernels of csrc/cuda running on the emulator (ops_cuda.cpp compiled with
 // DABDETR_CUDA_EMULATOR registers them), and the CUDA kernels' limits. dabdetr.ops loads it for
-// impl="cuda_emulated".
+// impl="cuda_emulated". The counting build registers the same as dabdetr_emulated_counted, with
+// counters_start and counters_take (counters.h; dabdetr.ops.emulated_counters).
+#include <string>
 #include <vector>
 
 #include <torch/library.h>
 
+#include "counters.h"
 #include "cuda/launch.h"
 #include "op_schemas.h"
 
@@ -21,7 +24,14 @@ std::vector<int64_t> limits() {
 
 }  // namespace
 
-TORCH_LIBRARY(dabdetr_emulated, m) {
+// TORCH_LIBRARY pastes its namespace unexpanded: through this, the macro's value.
+#define DABDETR_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
+DABDETR_TORCH_LIBRARY(DABDETR_EMULATED_LIBRARY, m) {
   dabdetr::define_ops(m);
   m.def("limits() -> int[]", &limits);
+#ifdef DABDETR_CUDA_EMULATOR_COUNTERS
+  m.def("counters_start() -> ()", &dabdetr_cuda_emulator::counters::start);
+  m.def("counters_take() -> str", &dabdetr_cuda_emulator::counters::take);
+#endif
 }

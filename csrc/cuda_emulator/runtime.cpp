@@ -19,9 +19,13 @@
 // then compiled without TSan's instrumentation (DABDETR_CUDA_EMULATOR_TSAN), so the scheduler's own
 // bookkeeping is not checked; ldmatrix reports its lane's row read to TSan itself.
 #include "dabdetr_cuda_emulator.h"
+#include "counters.h"
 #include "cuda_fp16.h"
 #include "cuda_runtime_api.h"
 
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -75,6 +79,7 @@ struct WarpOp {
   uint64_t bits;  // shfl
   int lane_mask, width;
   const unsigned char* row;  // ldmatrix
+  uintptr_t site;            // ldmatrix: its call, for the counters
   MmaType type;              // mma
   uint32_t a[4], b[2];
   float c[4];
@@ -91,6 +96,7 @@ struct Fiber {
   void* asan_fake_stack = nullptr;
   void* tsan_fiber = nullptr;
   unsigned generation = 0;  // of the barrier or warp collective it waits at
+  uint32_t interval = 0;    // barriers and warp collectives passed: the counters' sync intervals
 };
 
 // A fiber's stack and, under TSan, its TSan fiber: made once, reused by the thread of the same
@@ -142,6 +148,52 @@ thread_local Launch* g_launch = nullptr;
 thread_local cudaError_t g_last_error = cudaSuccess;
 thread_local std::string g_failure;
 thread_local std::vector<std::unique_ptr<Stack>> g_stacks;  // reused from launch to launch
+// The launching thread's stack, where the kernels' parameters live (launch_kernel's tuple): counted
+// as no memory (counters.h).
+thread_local uintptr_t g_host_stack = 0;
+thread_local size_t g_host_stack_size = 0;
+
+// This library's loaded segments: a kernel's accesses there are to its static __shared__ variables
+// (__shared__ is `static` here: cuda_runtime_api.h) or to constants; global memory is the tensors'.
+enum class Segment { kNone, kWritable, kReadOnly };
+struct ImageRange {
+  uintptr_t start, size;
+  bool writable;
+};
+
+int add_image_ranges(dl_phdr_info* info, size_t, void* data) {
+  auto* ranges = static_cast<std::vector<ImageRange>*>(data);
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void*>(&add_image_ranges), &self) == 0 ||
+      reinterpret_cast<uintptr_t>(self.dli_fbase) != info->dlpi_addr)
+    return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& h = info->dlpi_phdr[i];
+    if (h.p_type == PT_LOAD) ranges->push_back({info->dlpi_addr + h.p_vaddr, h.p_memsz, (h.p_flags & PF_W) != 0});
+  }
+  return 1;
+}
+
+Segment image_segment(uintptr_t address) {
+  static const std::vector<ImageRange> ranges = [] {
+    std::vector<ImageRange> r;
+    dl_iterate_phdr(add_image_ranges, &r);
+    return r;
+  }();
+  for (const auto& r : ranges)
+    if (address - r.start < r.size) return r.writable ? Segment::kWritable : Segment::kReadOnly;
+  return Segment::kNone;
+}
+
+void launching_stack(uintptr_t* low, size_t* size) {
+  if (*size != 0) return;
+  pthread_attr_t attr;
+  void* address = nullptr;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return;
+  pthread_attr_getstack(&attr, &address, size);
+  pthread_attr_destroy(&attr);
+  *low = reinterpret_cast<uintptr_t>(address);
+}
 
 // Static __shared__ variables are process-wide statics: one launch at a time.
 std::mutex g_launch_mutex;
@@ -372,6 +424,30 @@ bool run_ldmatrix(Launch& l, Fiber* lanes[kWarpSize], bool transpose) {
 
 int lowest_lane(unsigned mask) { return mask == 0 ? 0 : __builtin_ctz(mask); }
 
+void count_collective(Fiber* lanes[kWarpSize], WarpOpKind kind) {
+  switch (kind) {
+    case WarpOpKind::kShfl: counters::collective(counters::Collective::kShfl, 0, nullptr); break;
+    case WarpOpKind::kMma: counters::collective(counters::Collective::kMma, 0, nullptr); break;
+    case WarpOpKind::kLdmatrix:
+    case WarpOpKind::kLdmatrixTrans: {
+      const unsigned char* rows[kWarpSize];
+      for (int lane = 0; lane < kWarpSize; ++lane) rows[lane] = lanes[lane]->op.row;
+      counters::collective(counters::Collective::kLdmatrix, lanes[0]->op.site, rows);
+      break;
+    }
+  }
+}
+
+// Tells the counters which sync intervals every lane of warp `warp` has left.
+void count_progress(const Launch& l, int warp) {
+  uint32_t oldest = UINT32_MAX;
+  for (int lane = 0; lane < lanes_in_block(l, warp); ++lane) {
+    const Fiber& f = l.fibers[warp * kWarpSize + lane];
+    if (f.state != State::kExited) oldest = std::min(oldest, f.interval);
+  }
+  counters::intervals_done(warp, oldest);
+}
+
 // The collectives' bookkeeping slot of the lanes of `mask` in warp `warp`: lanes with disjoint masks
 // (shuffles of width 8 among groups of 8 lanes, say) run collectives of their own.
 int collective_slot(int warp, unsigned mask) { return warp * kWarpSize + lowest_lane(mask); }
@@ -428,6 +504,7 @@ bool try_collective(Launch& l, int warp, Fiber* (&lanes)[kWarpSize], int count, 
       run_mma(lanes);
       break;
   }
+  if (counters::active()) count_collective(lanes, first->op.kind);
   for (int lane = 0; lane < kWarpSize; ++lane)
     if (mask >> lane & 1u) lanes[lane]->state = State::kRunnable;
   ++l.warp_generation[collective_slot(warp, mask)];
@@ -450,6 +527,7 @@ bool try_warp_op(Launch& l, int warp) {
 
 // What the scheduler does after fiber f stopped running; false on a failure.
 bool after_run(Launch& l, Fiber& f) {
+  if (counters::active()) count_progress(l, linear(f.index, l.block) / kWarpSize);
   switch (f.state) {
     case State::kFailed:
       return false;
@@ -469,6 +547,7 @@ bool after_run(Launch& l, Fiber& f) {
         return false;
       }
       if (++l.at_barrier == l.live) {
+        if (counters::active()) counters::barrier((l.live + kWarpSize - 1) / kWarpSize);
         for (auto& g : l.fibers)
           if (g.state == State::kAtBarrier) g.state = State::kRunnable;
         l.at_barrier = 0;
@@ -510,6 +589,7 @@ bool run_block(Launch& l) {
     f.context.uc_link = &l.scheduler;
     makecontext(&f.context, fiber_main, 0);
     f.state = State::kRunnable;
+    f.interval = 0;
   }
   l.live = threads;
   l.at_barrier = 0;
@@ -532,6 +612,7 @@ bool run_block(Launch& l) {
       return false;
     }
   }
+  if (counters::active()) counters::block_ends();
   return true;
 }
 
@@ -547,6 +628,27 @@ int max_dynamic_shared(const void* kernel) {
 }
 
 }  // namespace
+
+bool counters::locate(uintptr_t address, Lane* lane, Space* space) {
+  const Launch* l = g_launch;
+  if (l == nullptr || l->current == nullptr) return false;
+  const Fiber& f = *l->current;
+  if (address - reinterpret_cast<uintptr_t>(f.stack) < kStackBytes || address - g_host_stack < g_host_stack_size)
+    return false;
+  const auto dynamic = reinterpret_cast<uintptr_t>(l->shared.get());
+  if (address - dynamic < l->shared_size) {
+    *space = Space::kShared;
+  } else {
+    switch (image_segment(address)) {
+      case Segment::kWritable: *space = Space::kShared; break;  // a static __shared__ variable
+      case Segment::kReadOnly: return false;                    // a constant: constant memory or an immediate
+      case Segment::kNone: *space = Space::kGlobal; break;
+    }
+  }
+  const int thread = linear(f.index, l->block);
+  *lane = Lane{thread / kWarpSize, thread % kWarpSize, f.interval};
+  return true;
+}
 
 Device device() {
   const char* name = std::getenv("DABDETR_EMULATED_GPU");
@@ -606,6 +708,10 @@ cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, si
   g_launch = &l;
   blockDim = block;
   gridDim = grid;
+  if (counters::active()) {
+    launching_stack(&g_host_stack, &g_host_stack_size);
+    counters::launch_begins(kernel, grid, block, dynamic_shared);
+  }
   bool ok = true;
   for (unsigned z = 0; ok && z < grid.z; ++z)
     for (unsigned y = 0; ok && y < grid.y; ++y)
@@ -614,6 +720,7 @@ cudaError_t launch(const char* kernel, const void* id, dim3 grid, dim3 block, si
         ok = run_block(l);
       }
   g_launch = outer;
+  if (counters::active()) counters::launch_ends();
   acquire(&l.end_sync);  // what the kernel wrote, for the host
   if (!ok) {
     g_failure = "unspecified launch failure: " + l.failure;
@@ -640,6 +747,7 @@ void syncthreads() {
   if (g_launch == nullptr || g_launch->current == nullptr) fail("__syncthreads");
   Launch& l = *g_launch;
   const unsigned generation = l.barrier_generation;
+  ++l.current->interval;
   release(&l.barrier_sync[generation & 1]);
   yield(State::kAtBarrier);
   acquire(&l.barrier_sync[generation & 1]);
@@ -663,6 +771,7 @@ void wait_for_warp(unsigned mask) {
   const int slot = collective_slot(linear(threadIdx, blockDim) / kWarpSize, mask);
   const unsigned generation = l.warp_generation[slot];
   char* sync = &l.warp_sync[slot * 2 + (generation & 1)];
+  ++l.current->interval;
   release(sync);
   yield(State::kAtWarpOp);
   acquire(sync);
@@ -686,6 +795,7 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
 void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool transpose) {
   WarpOp& op = arrive(transpose ? WarpOpKind::kLdmatrixTrans : WarpOpKind::kLdmatrix);
   op.row = static_cast<const unsigned char*>(row);
+  op.site = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
 #ifdef DABDETR_TSAN
   __tsan_read16(const_cast<void*>(row));  // this lane's row, read by the scheduler on its behalf
 #endif

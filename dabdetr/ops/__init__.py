@@ -10,6 +10,7 @@ The bottom layer: imports nothing else of dabdetr.
 
 from dabdetr.ops.attention import modulated_attention
 from dabdetr.ops.deformable_attention import multi_scale_deformable_attention
+from dabdetr.ops.emulated_counters import emulated_counters
 from dabdetr.ops.extension import kernel_info
 from dabdetr.ops.sine_embed import anchor_sine_embed, modulated_anchor_sine_embed
 
@@ -19,4 +20,5 @@ __all__ = [
     "modulated_anchor_sine_embed",
     "multi_scale_deformable_attention",
     "kernel_info",
+    "emulated_counters",
 ]

@@ -4,7 +4,9 @@ was built) and the choice, per call, of kernel or reference.
 The package works without the extension: every op then runs its PyTorch reference, and one
 warning says why (extension missing, or DABDETR_DISABLE_KERNELS=1). impl="cuda_emulated" runs
 the CUDA kernels on CPU tensors in the CUDA emulator (scripts/build_cuda_emulator.sh builds it
-into the package as _cuda_emulated.so; docs/ops.md, "The CUDA emulator").
+into the package as _cuda_emulated.so; docs/ops.md, "The CUDA emulator"). Its counting build
+(_cuda_emulated_counted.so, op library dabdetr_emulated_counted) serves those calls inside
+dabdetr.ops.emulated_counters() (docs/gpu_model.md).
 """
 
 import os
@@ -14,7 +16,9 @@ import torch
 
 DISABLE_ENV = "DABDETR_DISABLE_KERNELS"
 IMPLS = ("auto", "reference", "kernel", "cuda_emulated")
-EMULATOR_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_cuda_emulated.so")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMULATOR_LIBRARY = os.path.join(_PACKAGE_DIR, "_cuda_emulated.so")
+COUNTED_EMULATOR_LIBRARY = os.path.join(_PACKAGE_DIR, "_cuda_emulated_counted.so")
 
 
 def _load():
@@ -28,17 +32,17 @@ def _load():
     return _C, None
 
 
-def _load_emulator():
-    """The CUDA kernels' limits (csrc/cuda/launch.h) if the CUDA emulator's op library
-    (dabdetr_emulated) is loaded, else None."""
-    if not os.path.exists(EMULATOR_LIBRARY):
+def _load_emulator(path=EMULATOR_LIBRARY, library="dabdetr_emulated", build="bash scripts/build_cuda_emulator.sh"):
+    """The CUDA kernels' limits (csrc/cuda/launch.h) if the CUDA emulator's op library at `path`
+    (`library`) is loaded, else None."""
+    if not os.path.exists(path):
         return None
     try:
-        torch.ops.load_library(EMULATOR_LIBRARY)
-        limits = torch.ops.dabdetr_emulated.limits()
+        torch.ops.load_library(path)
+        limits = getattr(torch.ops, library).limits()
     except (OSError, RuntimeError, AttributeError) as error:
-        warnings.warn(f"dabdetr: the CUDA emulator at {EMULATOR_LIBRARY} does not load ({error}); rebuild it with "
-                      "bash scripts/build_cuda_emulator.sh", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"dabdetr: the CUDA emulator at {path} does not load ({error}); rebuild it with {build}",
+                      RuntimeWarning, stacklevel=2)
         return None
     names = ("cuda_max_head_dim", "cuda_max_attention_rows", "deformable_max_levels", "cuda_deformable_max_head_dim",
              "cuda_deformable_head_dim_step")
@@ -49,6 +53,16 @@ _C, _UNAVAILABLE = _load()
 BUILD_INFO = _C.build_info() if _C is not None else {}
 EMULATOR_LIMITS = _load_emulator()  # the emulated kernels have the CUDA kernels' limits
 _EMULATOR = EMULATOR_LIMITS is not None
+COUNTED_EMULATOR = _EMULATOR and _load_emulator(COUNTED_EMULATOR_LIBRARY, "dabdetr_emulated_counted",
+                                                "COUNTERS=1 bash scripts/build_cuda_emulator.sh") is not None
+_emulated_library = "dabdetr_emulated"  # what impl="cuda_emulated" calls
+
+
+def count_emulated_calls(on):
+    """Routes impl="cuda_emulated" calls to the counting build (on) or back to the plain one;
+    dabdetr.ops.emulated_counters() is the way to use it."""
+    global _emulated_library
+    _emulated_library = "dabdetr_emulated_counted" if on else "dabdetr_emulated"
 # The dtypes each backend's kernels serve, as the extension reports them.
 _KERNEL_DTYPES = {device: tuple(getattr(torch, name) for name in BUILD_INFO.get(f"{device}_dtypes", ()))
                   for device in ("cpu", "cuda")}
@@ -91,7 +105,7 @@ def kernel_ops(impl, op_name, device, dtype, unsupported=None):
         reason = reason or (unsupported(True) if unsupported else None)
         if reason is not None:
             raise RuntimeError(f"{op_name}: impl='cuda_emulated' but {reason}")
-        return torch.ops.dabdetr_emulated
+        return getattr(torch.ops, _emulated_library)
     reason = _no_kernel_reason(device, dtype) or (unsupported(device.type == "cuda") if unsupported else None)
     if reason is None:
         return torch.ops.dabdetr
@@ -101,9 +115,11 @@ def kernel_ops(impl, op_name, device, dtype, unsupported=None):
 
 
 def op_libraries():
-    """The op libraries loaded ("dabdetr", "dabdetr_emulated"): each gets the same fake and
-    autograd registrations."""
-    return [name for name, loaded in (("dabdetr", _C is not None), ("dabdetr_emulated", _EMULATOR)) if loaded]
+    """The op libraries loaded ("dabdetr", "dabdetr_emulated", "dabdetr_emulated_counted"): each
+    gets the same fake and autograd registrations."""
+    loaded = (("dabdetr", _C is not None), ("dabdetr_emulated", _EMULATOR),
+              ("dabdetr_emulated_counted", COUNTED_EMULATOR))
+    return [name for name, present in loaded if present]
 
 
 def last_dim_contiguous(t):
@@ -156,7 +172,8 @@ def kernel_info():
     only), deformable_max_levels (the deformable attention kernels' most levels),
     cuda_deformable_max_head_dim and cuda_deformable_head_dim_step (the head dims its CUDA kernels
     serve: multiples of the step up to the max; with CUDA only), cuda_emulated (bool: the CUDA
-    emulator's ops are loaded, impl="cuda_emulated"),
+    emulator's ops are loaded, impl="cuda_emulated"), cuda_emulated_counted (bool: its counting
+    build is loaded too, for emulated_counters()),
     torch_version (torch the extension was built against), runtime_torch_version.
     """
     info = {
@@ -175,5 +192,6 @@ def kernel_info():
     if _C is not None:
         info["cpu_isa"] = _C.cpu_isa()
     info["cuda_emulated"] = _EMULATOR
+    info["cuda_emulated_counted"] = COUNTED_EMULATOR
     info["runtime_torch_version"] = torch.__version__
     return info

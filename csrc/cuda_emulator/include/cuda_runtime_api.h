@@ -72,8 +72,23 @@ inline T emulated_atomic_add(T* address, T value) {
     if (__atomic_compare_exchange_n(bits, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
   }
 }
+#ifdef DABDETR_CUDA_EMULATOR_COUNTERS
+// The counting build (csrc/cuda_emulator/counters.h): the add runs in the uninstrumented counters,
+// which count it as an atomic at this call's site, so it must be inlined into the kernel.
+namespace dabdetr_cuda_emulator {
+float counted_atomic_add(float* address, float value);
+double counted_atomic_add(double* address, double value);
+}  // namespace dabdetr_cuda_emulator
+[[gnu::always_inline]] inline float atomicAdd(float* address, float value) {
+  return dabdetr_cuda_emulator::counted_atomic_add(address, value);
+}
+[[gnu::always_inline]] inline double atomicAdd(double* address, double value) {
+  return dabdetr_cuda_emulator::counted_atomic_add(address, value);
+}
+#else
 inline float atomicAdd(float* address, float value) { return emulated_atomic_add<float, uint32_t>(address, value); }
 inline double atomicAdd(double* address, double value) { return emulated_atomic_add<double, uint64_t>(address, value); }
+#endif
 
 [[noreturn]] inline void __trap() { dabdetr_cuda_emulator::fail("__trap()"); }
 

@@ -40,6 +40,14 @@ enum cudaError_t : int {
   cudaErrorLaunchFailure = 719,
 };
 
+// The op library an emulated build registers: dabdetr_emulated, or for the counting build
+// (counters.h) dabdetr_emulated_counted, which can be loaded beside it.
+#ifdef DABDETR_CUDA_EMULATOR_COUNTERS
+#define DABDETR_EMULATED_LIBRARY dabdetr_emulated_counted
+#else
+#define DABDETR_EMULATED_LIBRARY dabdetr_emulated
+#endif
+
 namespace dabdetr_cuda_emulator {
 
 // The emulated GPU: compute capability, SMs, and the opt-in limit of dynamic shared memory.

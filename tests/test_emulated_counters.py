@@ -1,0 +1,156 @@
+"""The CUDA emulator's memory-access counters (dabdetr.ops.emulated_counters, docs/gpu_model.md):
+exact on test kernels whose counts are worked out by hand below, from the model (32-byte sectors;
+32 banks of 4 bytes served in phases of 32, 16 or 8 lanes for 4-, 8- and 16-byte accesses), and
+scoped, deterministic and attributed to source lines on the real kernels."""
+
+import os
+
+import pytest
+import torch
+
+from dabdetr.ops import emulated_counters, kernel_info, modulated_attention, multi_scale_deformable_attention
+
+pytestmark = pytest.mark.cuda_emulated
+
+
+@pytest.fixture(autouse=True)
+def _counting_build():
+    if not kernel_info()["cuda_emulated_counted"]:
+        if os.environ.get("DABDETR_REQUIRE_CUDA_EMULATOR", "") not in ("", "0"):
+            pytest.fail("DABDETR_REQUIRE_CUDA_EMULATOR is set but the counting build is not built "
+                        "(COUNTERS=1 bash scripts/build_cuda_emulator.sh)")
+        pytest.skip("the CUDA emulator's counting build is not built (COUNTERS=1 bash scripts/build_cuda_emulator.sh)")
+
+
+def coalesced_store(lanes=32):
+    """Lane i stores float i of a 64-byte-aligned buffer: 4 bytes a lane, 32 lanes in 4 sectors."""
+    return {"global_store_requests": 1, "global_store_sectors": lanes * 4 // 32, "global_store_bytes": lanes * 4}
+
+
+def shared(access, requests, wavefronts, ideal, bytes_):
+    return {f"shared_{access}_requests": requests, f"shared_{access}_wavefronts": wavefronts,
+            f"shared_{access}_ideal_wavefronts": ideal, f"shared_{access}_bytes": bytes_}
+
+
+# Each test kernel of csrc/cuda_emulator/counter_checks.cu: the counts its launch must have (all
+# others zero).
+EXPECTED = {
+    # 32 lanes x 4 contiguous bytes = 128 bytes: 4 sectors.
+    "coalesced_float": {"global_load_requests": 1, "global_load_sectors": 4, "global_load_bytes": 128,
+                        **coalesced_store()},
+    # 32 lanes x 16 bytes = 512 contiguous bytes: 16 sectors in one request.
+    "vector_load": {"global_load_requests": 1, "global_load_sectors": 16, "global_load_bytes": 512,
+                    **coalesced_store()},
+    # Lane i reads bytes 8i..8i+3: 256 bytes spanned, 8 sectors for 128 bytes asked.
+    "stride_2_float": {"global_load_requests": 1, "global_load_sectors": 8, "global_load_bytes": 128,
+                       **coalesced_store()},
+    # Lane i reads bytes 128i..: every lane its own sector.
+    "stride_32_float": {"global_load_requests": 1, "global_load_sectors": 32, "global_load_bytes": 128,
+                        **coalesced_store()},
+    # Words 2i: banks 0, 2, .., 30 hold two words each: 2 wavefronts where 32 words need 1.
+    "shared_stride_2": {**shared("store", 1, 2, 1, 128), **shared("load", 1, 2, 1, 128), "barriers": 1,
+                        **coalesced_store()},
+    # Words 32i: all 32 in bank 0.
+    "shared_stride_32": {**shared("store", 1, 32, 1, 128), **shared("load", 1, 32, 1, 128), "barriers": 1,
+                         **coalesced_store()},
+    # Every lane reads word 0: one word, one wavefront.
+    "shared_broadcast": {**shared("store", 1, 1, 1, 128), **shared("load", 1, 1, 1, 128), "barriers": 1,
+                         **coalesced_store()},
+    # 8 bytes a lane, two half-warp phases. Store float2 i: each phase 128 contiguous bytes, 1
+    # wavefront. Load float2 2i: a phase reads words 4i and 4i + 1 (i < 16): banks 0, 1, 4, 5, ..,
+    # 28, 29 hold two words each: 2 wavefronts a phase where its 32 words need 1.
+    "shared_8_byte": {**shared("store", 1, 2, 2, 256), **shared("load", 1, 4, 2, 256), "barriers": 1,
+                      **coalesced_store()},
+    # sums[0] from every lane: 1 address, 1 sector; sums[1 + i]: 32 addresses, bytes 4..131 of the
+    # buffer, sectors 0..4.
+    "atomics": {"atomic_requests": 2, "atomic_addresses": 1 + 32, "atomic_sectors": 1 + 5, "atomic_bytes": 256},
+    # 16 active lanes: 64 bytes, 2 sectors.
+    "half_warp": {"global_load_requests": 1, "global_load_sectors": 2, "global_load_bytes": 64,
+                  **coalesced_store(16)},
+    # One load site run 3 times by each lane: 3 requests.
+    "loop": {"global_load_requests": 3, "global_load_sectors": 12, "global_load_bytes": 384, **coalesced_store()},
+    # Two warps, a static __shared__ array with rows of 33 words: words 33t fall in banks t % 32, one
+    # wavefront per warp; one barrier instruction per warp.
+    "static_shared": {**shared("store", 2, 2, 2, 256), **shared("load", 2, 2, 2, 256), "barriers": 2,
+                      "global_store_requests": 2, "global_store_sectors": 8, "global_store_bytes": 256},
+}
+COUNT_KEYS = [f"{space}_{access}_{count}" for space, counts in (("global", ("requests", "sectors", "bytes")),
+                                                                ("shared", ("requests", "wavefronts",
+                                                                            "ideal_wavefronts", "bytes")))
+              for access in ("load", "store") for count in counts]
+COUNT_KEYS += ["atomic_requests", "atomic_addresses", "atomic_sectors", "atomic_bytes", "barriers", "shfl",
+               "ldmatrix", "mma"]
+
+
+def counts(record):
+    return {key: record[key] for key in COUNT_KEYS}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_counts_equal_the_hand_computed_ones(name):
+    with emulated_counters() as counters:
+        torch.ops.dabdetr_emulated_counted.counter_check(name)
+    (record,) = counters.records
+    assert counts(record) == {key: EXPECTED[name].get(key, 0) for key in COUNT_KEYS}
+    # The sites add up to the launch, and each names its line in the test kernels' source.
+    for site in record["sites"]:
+        assert site["source"].startswith("csrc/cuda_emulator/counter_checks.cu:"), site
+    for key in COUNT_KEYS[:14]:
+        space, access = key.split("_")[:2]
+        assert sum(s.get(key, 0) for s in record["sites"] if (s["space"], s["access"]) == (space, access)) == record[key]
+
+
+def test_ldmatrix_rows_counted_by_phases_of_8_lanes():
+    """fragment_check's three ldmatrix.x4 read 16 x 16 tiles of 2-byte elements (32-byte rows) as
+    8 x 8 matrices: a phase (one matrix) reads 16 bytes of 8 consecutive rows, words 8r..8r+3 (+ 4
+    for the right half), so rows r and r + 4 share banks: 2 wavefronts a phase where 32 words need
+    1, 8 per instruction against 4."""
+    a = torch.zeros(16, 16, dtype=torch.int16)
+    with emulated_counters() as counters:
+        torch.ops.dabdetr_emulated_counted.fragment_check(a, a, a, 0)
+    (record,) = counters.records
+    assert record["ldmatrix"] == 3 and record["mma"] == 2
+    assert {k: record[k] for k in ("shared_load_requests", "shared_load_wavefronts", "shared_load_ideal_wavefronts",
+                                   "shared_load_bytes")} == shared("load", 3, 24, 12, 3 * 32 * 16)
+
+
+def test_only_the_calls_inside_the_block_are_counted_and_counts_repeat():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 20, 32), torch.randn(1, 2, 24, 32)
+    modulated_attention(q, q, k, k, k, impl="cuda_emulated")  # before: not counted
+    with emulated_counters() as first:
+        out = modulated_attention(q, q, k, k, k, impl="cuda_emulated")
+    modulated_attention(q, q, k, k, k, impl="cuda_emulated")  # after: not counted
+    with emulated_counters() as second:
+        again = modulated_attention(q, q, k, k, k, impl="cuda_emulated")
+    assert len(first.records) == 1 and first.records == second.records
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+    torch.testing.assert_close(out, modulated_attention(q, q, k, k, k, impl="reference"))
+    with emulated_counters() as empty:
+        pass
+    assert empty.records == []
+
+
+def test_blocks_do_not_nest():
+    with emulated_counters():
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with emulated_counters():
+                pass
+
+
+def test_deformable_backward_atomics_are_counted_at_their_source_line():
+    """The deformable attention's backward adds value gradients with atomicAdd: counted as atomics,
+    at a line of csrc/cuda/deformable_attention.cu, and every access of the launches at a source line."""
+    torch.manual_seed(0)
+    shapes = torch.tensor([[8, 8], [4, 4]])
+    starts = torch.tensor([0, 64])
+    value = torch.randn(1, 80, 2, 32, requires_grad=True)
+    locations = torch.rand(1, 6, 2, 2, 4, 2, requires_grad=True)
+    weights = torch.rand(1, 6, 2, 2, 4, requires_grad=True)
+    with emulated_counters() as counters:
+        out = multi_scale_deformable_attention(value, shapes, starts, locations, weights, impl="cuda_emulated")
+        out.sum().backward()
+    assert len(counters.records) >= 2
+    atomics = [s for r in counters.records for s in r["sites"] if s["access"] == "atomic"]
+    assert atomics and sum(s["atomic_requests"] for s in atomics) > 0
+    assert all(s["source"].startswith("csrc/cuda/") for r in counters.records for s in r["sites"])
