@@ -110,7 +110,7 @@ void finish(const Request& r, uintptr_t site) {
   Counts c;
   c.requests = 1;
   c.bytes = uint64_t(r.size) * r.lanes.size();
-  if (r.space == Space::kShared && r.kind != Access::kAtomic) {
+  if (r.space == Space::kShared) {
     std::tie(c.wavefronts, c.ideal_wavefronts) = shared_wavefronts(r);
   } else {
     c.sectors = distinct_sectors(r);
@@ -152,13 +152,9 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-// The keys of one kind of access in a record (docs/gpu_model.md).
+// The keys of one kind of access in a record (docs/gpu_model.md): SPACE_ACCESS_requests, _sectors
+// (global) or _wavefronts and _ideal_wavefronts (shared), _bytes, and _addresses for atomics.
 void write_counts(std::ostringstream& o, Space space, Access kind, const Counts& c) {
-  if (kind == Access::kAtomic) {
-    o << "\"atomic_requests\": " << c.requests << ", \"atomic_addresses\": " << c.addresses
-      << ", \"atomic_sectors\": " << c.sectors << ", \"atomic_bytes\": " << c.bytes;
-    return;
-  }
   const std::string p = std::string(space_name(space)) + "_" + access_name(kind) + "_";
   o << "\"" << p << "requests\": " << c.requests << ", ";
   if (space == Space::kGlobal) {
@@ -167,6 +163,7 @@ void write_counts(std::ostringstream& o, Space space, Access kind, const Counts&
     o << "\"" << p << "wavefronts\": " << c.wavefronts << ", \"" << p << "ideal_wavefronts\": " << c.ideal_wavefronts
       << ", ";
   }
+  if (kind == Access::kAtomic) o << "\"" << p << "addresses\": " << c.addresses << ", ";
   o << "\"" << p << "bytes\": " << c.bytes;
 }
 
@@ -180,18 +177,17 @@ std::string to_json(const std::vector<Record>& records) {
       << r.grid.y << ", " << r.grid.z << "], \"block\": [" << r.block.x << ", " << r.block.y << ", " << r.block.z
       << "], \"dynamic_shared_bytes\": " << r.dynamic_shared;
     // Every kind of access, zero where the kernel has none: records compare key by key.
-    for (const Space space : {Space::kGlobal, Space::kShared})
-      for (const Access kind : {Access::kLoad, Access::kStore}) {
-        const auto found = r.totals.find({space, kind});
-        o << ", ";
-        write_counts(o, space, kind, found == r.totals.end() ? Counts{} : found->second);
-      }
     Counts atomics;
-    for (const auto& [key, counts] : r.totals)
-      if (key.second == Access::kAtomic) atomics.add(counts);
-    o << ", ";
-    write_counts(o, Space::kGlobal, Access::kAtomic, atomics);
-    o << ", \"barriers\": " << r.barriers << ", \"shfl\": " << r.shfl << ", \"ldmatrix\": " << r.ldmatrix
+    for (const Space space : {Space::kGlobal, Space::kShared})
+      for (const Access kind : {Access::kLoad, Access::kStore, Access::kAtomic}) {
+        const auto found = r.totals.find({space, kind});
+        const Counts c = found == r.totals.end() ? Counts{} : found->second;
+        o << ", ";
+        write_counts(o, space, kind, c);
+        if (kind == Access::kAtomic) atomics.add(c);
+      }
+    o << ", \"atomic_requests\": " << atomics.requests << ", \"atomic_addresses\": " << atomics.addresses
+      << ", \"barriers\": " << r.barriers << ", \"shfl\": " << r.shfl << ", \"ldmatrix\": " << r.ldmatrix
       << ", \"mma\": " << r.mma << ", \"sites\": [";
     bool first = true;
     for (const auto& [site, s] : r.sites) {

@@ -10,15 +10,18 @@
 //   interval: the stretch of a lane's execution between two of its __syncthreads or warp
 //   collectives. Lanes that diverge through different intervals make separate requests.
 // - Global memory: each request's 32-byte sectors (distinct ones over all bytes its lanes touch)
-//   and the bytes the lanes ask for. Atomics: requests, distinct addresses, sectors.
-// - Shared memory: 32 banks of 4 bytes; a request is served in phases of 32 lanes (accesses of up
-//   to 4 bytes), 16 (8 bytes) or 8 (16 bytes, and ldmatrix's rows); a phase needs as many
-//   wavefronts as the most distinct 4-byte words any bank holds among its bytes (lanes reading the
-//   same word share it: broadcast), at least ceil(distinct words / 32): the ideal.
+//   and the bytes the lanes ask for; atomics also their distinct addresses.
+// - Shared memory (the launch's dynamic shared memory, and the static __shared__ variables: this
+//   library's writable segment): 32 banks of 4 bytes; a request is served in phases of 32 lanes
+//   (accesses of up to 4 bytes), 16 (8 bytes) or 8 (16 bytes, and ldmatrix's rows); a phase needs
+//   as many wavefronts as the most distinct 4-byte words any bank holds among its bytes (lanes
+//   reading the same word share it: broadcast), at least ceil(distinct words / 32): the ideal.
+//   Shared atomics are counted by the same rule, although lanes adding to one word serialize.
 // - Not modelled: L1 and L2 hits (sectors are the traffic the L1 asks for), the order in which a
 //   GPU's compiler keeps values in registers (the host compiler decides which loads remain), and
 //   the accesses of a kernel's parameters (on the launching thread's stack; constant memory on a
-//   GPU) and of its threads' local variables (a fiber's stack; registers or local memory on a GPU).
+//   GPU), of its constants (this library's read-only segments) and of its threads' local variables
+//   (a fiber's stack; registers or local memory on a GPU).
 #pragma once
 
 #include <cstddef>

@@ -7,10 +7,12 @@ wavefronts (bank conflicts), atomics, barriers and warp collectives; after the b
 `counters.records` holds one dict per launch made inside it (nothing is counted outside one):
 
     kernel, grid, block, dynamic_shared_bytes,
-    global_load_requests, global_load_sectors, global_load_bytes (and global_store_*),
+    global_load_requests, global_load_sectors, global_load_bytes (and global_store_*, and
+    global_atomic_* with global_atomic_addresses: distinct addresses summed over requests),
     shared_load_requests, shared_load_wavefronts, shared_load_ideal_wavefronts, shared_load_bytes
-    (and shared_store_*), atomic_requests, atomic_addresses, atomic_sectors, atomic_bytes,
-    barriers, shfl, ldmatrix, mma (warp-level instructions),
+    (and shared_store_*, shared_atomic_* with shared_atomic_addresses),
+    atomic_requests and atomic_addresses (both spaces), barriers, shfl, ldmatrix, mma (warp-level
+    instructions),
     sites: the same counts per access site, each with space ("global" or "shared"), access
     ("load", "store" or "atomic"), source ("csrc/cuda/file.cu:line" of the access) and
     inlined_at (the file:line of the kernel code it was inlined into, innermost first).
@@ -28,8 +30,6 @@ import subprocess
 import torch
 
 from dabdetr.ops import extension
-
-COUNT_KEYS = ("requests", "sectors", "wavefronts", "ideal_wavefronts", "bytes", "addresses")
 
 
 class EmulatedCounters:

@@ -1,0 +1,192 @@
+"""What a GPU profiler would report of every CUDA kernel, counted on the CUDA emulator: global
+memory requests and sectors, shared memory wavefronts and bank conflicts, atomics, barriers and
+warp collectives, per launch and per access site (dabdetr.ops.emulated_counters; the model and
+its limits: docs/gpu_model.md). No GPU needed: the emulator's counting build
+(COUNTERS=1 bash scripts/build_cuda_emulator.sh) runs the kernels on the CPU.
+
+    python scripts/profile_cuda_emulated.py --json FILE [--markdown FILE] [--only SUBSTRING]
+
+Every kernel of the three ops, forward and backward: the modulated attention on the SIMT path in
+each of its four dtypes and on the tensor-core path in each of its three (float32 as TF32), with
+one run split over keys (the combine kernel); the anchor sine embedding, plain and modulated; the
+multi-scale deformable attention with both backwards (atomics, deterministic). The shapes are
+DAB-DETR's and DAB-Deformable-DETR's decoder at reduced size (SHAPES): counts grow with the
+shapes, their ratios (sectors per request, conflicts) are the kernels'. One record per launch,
+the keys of emulated_counters() plus op, path, dtype, shape and pass; the same file every run.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+import torch
+
+from dabdetr.ops import (
+    anchor_sine_embed,
+    emulated_counters,
+    modulated_anchor_sine_embed,
+    modulated_attention,
+    multi_scale_deformable_attention,
+)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Reduced decoder shapes: 8 heads of 32 channels (hidden 256), 100 queries; attention over a 16 x 16
+# feature map; deformable attention over 4 levels of a 256 x 256 image, 4 points each.
+SHAPES = {
+    "modulated_attention": {"batch": 1, "heads": 8, "queries": 100, "keys": 256, "head_dim": 32},
+    "anchor_sine_embed": {"boxes": 100, "batch": 2, "num_feats": 128},
+    "multi_scale_deformable_attention": {"batch": 1, "queries": 100, "heads": 8, "head_dim": 32,
+                                         "levels": [[32, 32], [16, 16], [8, 8], [4, 4]], "points": 4},
+}
+
+
+@contextlib.contextmanager
+def settings(env, tf32=False, deterministic=False):
+    """os.environ with `env` (the CUDA host code reads its path settings on every call), TF32
+    matmuls allowed (the tensor-core path's float32) and deterministic algorithms as asked."""
+    previous = {k: os.environ.get(k) for k in env}
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    os.environ.update(env)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def attention_inputs(dtype):
+    s = SHAPES["modulated_attention"]
+    generator = torch.Generator().manual_seed(0)
+
+    def rows(n):
+        return torch.randn(s["batch"], s["heads"], n, s["head_dim"], generator=generator).to(dtype).requires_grad_()
+
+    return [rows(s["queries"]), rows(s["queries"]), rows(s["keys"]), rows(s["keys"]), rows(s["keys"])]
+
+
+def sine_inputs(modulated):
+    s = SHAPES["anchor_sine_embed"]
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.rand(s["boxes"], s["batch"], 4, generator=generator).requires_grad_()
+    if not modulated:
+        return lambda: anchor_sine_embed(boxes, num_feats=s["num_feats"], impl="cuda_emulated")
+    xy_scale = torch.rand(s["boxes"], s["batch"], 2 * s["num_feats"], generator=generator).requires_grad_()
+    ref_wh = torch.rand(s["boxes"], s["batch"], 2, generator=generator).requires_grad_()
+    return lambda: modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats=s["num_feats"],
+                                               impl="cuda_emulated")
+
+
+def deformable_inputs(dtype):
+    s = SHAPES["multi_scale_deformable_attention"]
+    generator = torch.Generator().manual_seed(0)
+    shapes = torch.tensor(s["levels"])
+    areas = shapes.prod(1)
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    levels, points = len(s["levels"]), s["points"]
+    value = torch.randn(s["batch"], int(areas.sum()), s["heads"], s["head_dim"], generator=generator)
+    locations = torch.rand(s["batch"], s["queries"], s["heads"], levels, points, 2, generator=generator)
+    weights = torch.rand(s["batch"], s["queries"], s["heads"], levels, points, generator=generator).softmax(-1)
+    value, locations, weights = (t.to(dtype).requires_grad_() for t in (value, locations, weights))
+    return lambda: multi_scale_deformable_attention(value, shapes, starts, locations, weights, impl="cuda_emulated")
+
+
+def cases():
+    """(op, path, dtype, settings, forward: zero-arg callable giving the output)."""
+    out = []
+    for dtype in ("float32", "float64", "float16", "bfloat16"):
+        out.append(("modulated_attention", "simt", dtype, {"env": {"DABDETR_ATTENTION_PATH": "simt"}}, dtype))
+    for dtype in ("float32", "float16", "bfloat16"):
+        out.append(("modulated_attention", "tensor_core", dtype,
+                    {"env": {"DABDETR_ATTENTION_PATH": "tensor_core"}, "tf32": dtype == "float32"}, dtype))
+    out.append(("modulated_attention", "tensor_core 4 key splits", "bfloat16",
+                {"env": {"DABDETR_ATTENTION_PATH": "tensor_core", "DABDETR_ATTENTION_SPLITS": "4"}}, "bfloat16"))
+    out.append(("anchor_sine_embed", "default", "float32", {"env": {}}, False))
+    out.append(("modulated_anchor_sine_embed", "default", "float32", {"env": {}}, True))
+    for dtype in ("float32", "bfloat16"):
+        out.append(("multi_scale_deformable_attention", "atomic backward", dtype, {"env": {}}, dtype))
+        out.append(("multi_scale_deformable_attention", "deterministic backward", dtype,
+                    {"env": {}, "deterministic": True}, dtype))
+    return out
+
+
+def forward_of(op, argument):
+    if op == "modulated_attention":
+        inputs = attention_inputs(DTYPES[argument])
+        return lambda: modulated_attention(*inputs, impl="cuda_emulated")
+    if op.endswith("anchor_sine_embed"):
+        return sine_inputs(argument)
+    return deformable_inputs(DTYPES[argument])
+
+
+def profile(only=None):
+    records = []
+    for op, path, dtype, setting, argument in cases():
+        if only and only not in f"{op} {path} {dtype}":
+            continue
+        shape = SHAPES["anchor_sine_embed" if op.endswith("anchor_sine_embed") else op]
+        forward = forward_of(op, argument)
+        with settings(**setting):
+            with emulated_counters() as forward_counters:
+                out = forward()
+            outputs = (out,) if isinstance(out, torch.Tensor) else out
+            grads = [torch.ones_like(o) for o in outputs]
+            with emulated_counters() as backward_counters:
+                torch.autograd.backward(outputs, grads)
+        for pass_name, counters in (("forward", forward_counters), ("backward", backward_counters)):
+            for record in counters.records:
+                records.append({"op": op, "path": path, "dtype": dtype, "shape": shape, "pass": pass_name, **record})
+        print(f"{op} {path} {dtype}: {len(forward_counters.records)} + {len(backward_counters.records)} launches",
+              file=sys.stderr)
+    return records
+
+
+def ratio(numerator, denominator):
+    return f"{numerator / denominator:.2f}" if denominator else ""
+
+
+def markdown(records):
+    """One row per launch: sectors per request and per 128 bytes asked (4 is coalesced), shared
+    wavefronts beyond the ideal (bank conflicts)."""
+    lines = ["| op | path | dtype | pass | kernel | global ld req | sectors/req | sectors/128 B | global st req | "
+             "st sectors/128 B | shared ld wavefronts (ideal) | shared st wavefronts (ideal) | atomics | barriers |",
+             "|" + "---|" * 14]
+    for r in records:
+        kernel = r["kernel"].replace("dabdetr::cuda::", "").replace("{anonymous}::", "")
+        lines.append(
+            f"| {r['op']} | {r['path']} | {r['dtype']} | {r['pass']} | `{kernel}` | {r['global_load_requests']} | "
+            f"{ratio(r['global_load_sectors'], r['global_load_requests'])} | "
+            f"{ratio(r['global_load_sectors'] * 128, r['global_load_bytes'])} | {r['global_store_requests']} | "
+            f"{ratio(r['global_store_sectors'] * 128, r['global_store_bytes'])} | "
+            f"{r['shared_load_wavefronts']} ({r['shared_load_ideal_wavefronts']}) | "
+            f"{r['shared_store_wavefronts']} ({r['shared_store_ideal_wavefronts']}) | {r['atomic_requests']} | "
+            f"{r['barriers']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the records")
+    parser.add_argument("--markdown", help="also a table of the launches' ratios")
+    parser.add_argument("--only", help="only the cases whose 'op path dtype' contains this")
+    args = parser.parse_args()
+    records = profile(args.only)
+    with open(args.json, "w") as f:
+        json.dump({"shapes": SHAPES, "records": records}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(records))
+    print(f"wrote {len(records)} launch records to {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
