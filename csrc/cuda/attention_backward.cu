@@ -42,18 +42,17 @@ __global__ void __launch_bounds__(kRowsPerBlock) key_grad_kernel(const Attention
   using A = Acc<T>;
   constexpr int R = tile_rows<A, W>();
   __shared__ QueryTiles<A, R, W, kHasPos> queries;
+  __shared__ RowStage<A, W> stage;
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
-  const int64_t key = int64_t(blockIdx.y) * kRowsPerBlock + threadIdx.x;
+  const int64_t k0 = int64_t(blockIdx.y) * kRowsPerBlock, key = k0 + threadIdx.x;
   const bool active = key_is_valid(a, b, key);  // padded keys get zero gradients
   const A scale = static_cast<A>(a.scale);
 
   A k_content[W], k_pos[kHasPos ? W : 1], value[W];
   A grad_content[W], grad_pos[kHasPos ? W : 1], grad_value[W];
-  if (active) {
-    load_row<T>(k_content, head_rows<T>(a.k_content, b, h) + key * a.k_content.stride_n, a.dim_content);
-    if constexpr (kHasPos) load_row<T>(k_pos, head_rows<T>(a.k_pos, b, h) + key * a.k_pos.stride_n, a.dim_pos);
-    load_row<T>(value, head_rows<T>(a.value, b, h) + key * a.value.stride_n, a.dim_value);
-  }
+  stage.load(k_content, head_rows<T>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys, a.dim_content);
+  if constexpr (kHasPos) stage.load(k_pos, head_rows<T>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos);
+  stage.load(value, head_rows<T>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value);
 #pragma unroll
   for (int d = 0; d < W; ++d) {
     grad_content[d] = 0;
@@ -79,11 +78,11 @@ __global__ void __launch_bounds__(kRowsPerBlock) key_grad_kernel(const Attention
       if constexpr (kHasPos) axpy(grad_pos, ds, queries.pos[i]);
     }
   }
-  if (key >= a.num_keys) return;
-  const int64_t row = bh * a.num_keys + key;
-  store_row(static_cast<T*>(a.grad_k_content) + row * a.dim_content, grad_content, a.dim_content);
-  if constexpr (kHasPos) store_row(static_cast<T*>(a.grad_k_pos) + row * a.dim_pos, grad_pos, a.dim_pos);
-  store_row(static_cast<T*>(a.grad_value) + row * a.dim_value, grad_value, a.dim_value);
+  const int64_t rows = bh * a.num_keys;
+  stage.store(static_cast<T*>(a.grad_k_content) + rows * a.dim_content, grad_content, k0, a.num_keys, a.dim_content);
+  if constexpr (kHasPos)
+    stage.store(static_cast<T*>(a.grad_k_pos) + rows * a.dim_pos, grad_pos, k0, a.num_keys, a.dim_pos);
+  stage.store(static_cast<T*>(a.grad_value) + rows * a.dim_value, grad_value, k0, a.num_keys, a.dim_value);
 }
 
 template <typename T, int W, bool kHasPos>
@@ -91,8 +90,9 @@ __global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const Attenti
   using A = Acc<T>;
   constexpr int R = tile_rows<A, W>();
   __shared__ KeyTiles<A, R, W, kHasPos> keys;
+  __shared__ RowStage<A, W> stage;
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
-  const int64_t q = int64_t(blockIdx.y) * kRowsPerBlock + threadIdx.x;
+  const int64_t q0 = int64_t(blockIdx.y) * kRowsPerBlock, q = q0 + threadIdx.x;
   const A scale = static_cast<A>(a.scale);
   const A lse = q < a.num_queries ? static_cast<const A*>(a.lse)[bh * a.num_queries + q] : neg_inf<A>();
   const bool active = lse != neg_inf<A>();
@@ -100,10 +100,9 @@ __global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const Attenti
 
   QueryRows<A, W, kHasPos> query;
   A grad_out[W], grad_content[W], grad_pos[kHasPos ? W : 1];
-  if (active) {
-    query.template load<T>(a, b, h, q);
-    load_row<T>(grad_out, static_cast<const T*>(a.grad_out) + (bh * a.num_queries + q) * a.dim_value, a.dim_value);
-  }
+  query.template load<T>(stage, a, b, h, q0);
+  stage.load(grad_out, static_cast<const T*>(a.grad_out) + bh * a.num_queries * a.dim_value, a.dim_value, q0,
+             a.num_queries, a.dim_value);
 #pragma unroll
   for (int d = 0; d < W; ++d) {
     grad_content[d] = 0;
@@ -124,10 +123,11 @@ __global__ void __launch_bounds__(kRowsPerBlock) query_grad_kernel(const Attenti
       if constexpr (kHasPos) axpy(grad_pos, ds, keys.pos[j]);
     }
   }
-  if (q >= a.num_queries) return;
-  const int64_t row = bh * a.num_queries + q;
-  store_row(static_cast<T*>(a.grad_q_content) + row * a.dim_content, grad_content, a.dim_content);
-  if constexpr (kHasPos) store_row(static_cast<T*>(a.grad_q_pos) + row * a.dim_pos, grad_pos, a.dim_pos);
+  const int64_t rows = bh * a.num_queries;
+  stage.store(static_cast<T*>(a.grad_q_content) + rows * a.dim_content, grad_content, q0, a.num_queries,
+              a.dim_content);
+  if constexpr (kHasPos)
+    stage.store(static_cast<T*>(a.grad_q_pos) + rows * a.dim_pos, grad_pos, q0, a.num_queries, a.dim_pos);
 }
 
 template <typename T, int W, bool kHasPos>

@@ -38,18 +38,55 @@ __device__ void load_tile(A (&dst)[R][W], const T* rows, int64_t stride_n, int64
   }
 }
 
-template <typename T, typename A, int W>
-__device__ __forceinline__ void load_row(A (&dst)[W], const T* row, int64_t dim) {
-#pragma unroll
-  for (int d = 0; d < W; ++d) dst[d] = d < dim ? to_acc(row[d]) : A(0);
-}
+// Rows held one per thread (a query's or a key's, in registers) move to and from global memory
+// through shared memory, kRows rows at a time: a warp then reads or writes consecutive elements
+// of a row (coalesced), where each thread reading its own row would touch one sector per lane
+// (the emulator's counters: 32 sectors per 128 bytes before). One element of padding a row keeps
+// the threads' reads and writes of their own rows free of bank conflicts (row stride W + 1 words).
+// Every thread of the block calls load and store; thread t owns row row0 + t.
+template <typename A, int W>
+struct RowStage {
+  static constexpr int kRows = 16;
+  A rows[kRows][W + 1];
 
-template <typename T, typename A, int W>
-__device__ __forceinline__ void store_row(T* row, const A (&src)[W], int64_t dim) {
+  // dst = source row row0 + threadIdx.x (zero past num_rows and dim).
+  template <typename T>
+  __device__ void load(A (&dst)[W], const T* src, int64_t stride_n, int64_t row0, int64_t num_rows, int64_t dim) {
+    for (int pass = 0; pass < kRowsPerBlock; pass += kRows) {
+      for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {
+        const int r = idx / W, d = idx % W;
+        const int64_t row = row0 + pass + r;
+        rows[r][d] = (row < num_rows && d < dim) ? to_acc(src[row * stride_n + d]) : A(0);
+      }
+      __syncthreads();
+      const unsigned mine = threadIdx.x - pass;
+      if (mine < kRows) {
 #pragma unroll
-  for (int d = 0; d < W; ++d)
-    if (d < dim) row[d] = from_acc<T>(src[d]);
-}
+        for (int d = 0; d < W; ++d) dst[d] = rows[mine][d];
+      }
+      __syncthreads();
+    }
+  }
+
+  // Row row0 + threadIdx.x of dst (contiguous rows of dim elements) = src, for rows below num_rows.
+  template <typename T>
+  __device__ void store(T* dst, const A (&src)[W], int64_t row0, int64_t num_rows, int64_t dim) {
+    for (int pass = 0; pass < kRowsPerBlock; pass += kRows) {
+      const unsigned mine = threadIdx.x - pass;
+      if (mine < kRows) {
+#pragma unroll
+        for (int d = 0; d < W; ++d) rows[mine][d] = src[d];
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {
+        const int r = idx / W, d = idx % W;
+        const int64_t row = row0 + pass + r;
+        if (row < num_rows && d < dim) dst[row * dim + d] = from_acc<T>(rows[r][d]);
+      }
+      __syncthreads();
+    }
+  }
+};
 
 template <typename A, int W>
 __device__ __forceinline__ A dot(const A (&x)[W], const A* y) {
@@ -94,10 +131,12 @@ struct QueryRows {
   A content[W];
   A pos[kHasPos ? W : 1];
 
+  // The block's queries q0 .. q0 + 63, one a thread (all threads call it).
   template <typename T>
-  __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t q) {
-    load_row<T>(content, head_rows<T>(a.q_content, b, h) + q * a.q_content.stride_n, a.dim_content);
-    if constexpr (kHasPos) load_row<T>(pos, head_rows<T>(a.q_pos, b, h) + q * a.q_pos.stride_n, a.dim_pos);
+  __device__ void load(RowStage<A, W>& stage, const AttentionArgs& a, int64_t b, int64_t h, int64_t q0) {
+    stage.load(content, head_rows<T>(a.q_content, b, h), a.q_content.stride_n, q0, a.num_queries, a.dim_content);
+    if constexpr (kHasPos)
+      stage.load(pos, head_rows<T>(a.q_pos, b, h), a.q_pos.stride_n, q0, a.num_queries, a.dim_pos);
   }
   template <int R>
   __device__ __forceinline__ A logit(const KeyTiles<A, R, W, kHasPos>& keys, int j) const {
@@ -107,19 +146,30 @@ struct QueryRows {
   }
 };
 
-// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type.
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. A warp takes 32
+// consecutive rows: its lanes read consecutive elements of each row (coalesced), a butterfly of
+// shuffles sums them, and lane r keeps row r's sum, so the 32 deltas are one coalesced store.
 template <typename T>
 __global__ void delta_kernel(const AttentionArgs a) {
   using A = Acc<T>;
+  constexpr int kLanes = 32;
   const int64_t rows = a.batch * a.heads * a.num_queries;
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const T* out = static_cast<const T*>(a.out);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += int64_t(gridDim.x) * blockDim.x) {
-    A sum = 0;
-    for (int64_t d = 0; d < a.dim_value; ++d)
-      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
-    static_cast<A*>(a.delta)[row] = sum;
+  const int lane = threadIdx.x % kLanes;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kLanes);
+  for (int64_t row0 = (int64_t(blockIdx.x) * (blockDim.x / kLanes) + threadIdx.x / kLanes) * kLanes; row0 < rows;
+       row0 += warps * kLanes) {
+    A mine = 0;
+    for (int r = 0; r < kLanes && row0 + r < rows; ++r) {
+      const int64_t offset = (row0 + r) * a.dim_value;
+      A sum = 0;
+      for (int64_t d = lane; d < a.dim_value; d += kLanes) sum += to_acc(grad_out[offset + d]) * to_acc(out[offset + d]);
+#pragma unroll
+      for (int width = kLanes / 2; width > 0; width /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, width);
+      if (lane == r) mine = sum;
+    }
+    if (row0 + lane < rows) static_cast<A*>(a.delta)[row0 + lane] = mine;
   }
 }
 
@@ -127,8 +177,8 @@ template <typename T>
 cudaError_t launch_delta(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t rows = a.batch * a.heads * a.num_queries;
   const int threads = 256;
-  return launch_kernel<delta_kernel<T>>(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)),
-                                        threads, 0, stream, a);
+  return launch_kernel<delta_kernel<T>>(
+      static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream, a);
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the

@@ -16,13 +16,14 @@ __global__ void __launch_bounds__(kRowsPerBlock) forward_kernel(const AttentionA
   using A = Acc<T>;
   constexpr int R = tile_rows<A, W>();
   __shared__ KeyTiles<A, R, W, kHasPos> keys;
+  __shared__ RowStage<A, W> stage;
   const int64_t bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads;
-  const int64_t q = int64_t(blockIdx.y) * kRowsPerBlock + threadIdx.x;
+  const int64_t q0 = int64_t(blockIdx.y) * kRowsPerBlock, q = q0 + threadIdx.x;
   const bool active = q < a.num_queries;
   const A scale = static_cast<A>(a.scale);
 
   QueryRows<A, W, kHasPos> query;
-  if (active) query.template load<T>(a, b, h, q);
+  query.template load<T>(stage, a, b, h, q0);
   A acc[W];
 #pragma unroll
   for (int d = 0; d < W; ++d) acc[d] = 0;
@@ -56,13 +57,12 @@ __global__ void __launch_bounds__(kRowsPerBlock) forward_kernel(const AttentionA
     }
     row_max = new_max;
   }
-  if (!active) return;
   const A inv = row_sum > A(0) ? A(1) / row_sum : A(0);
 #pragma unroll
   for (int d = 0; d < W; ++d) acc[d] *= inv;
-  store_row(static_cast<T*>(a.out) + (bh * a.num_queries + q) * a.dim_value, acc, a.dim_value);
-  static_cast<A*>(a.lse)[bh * a.num_queries + q] =
-      row_sum > A(0) ? row_max + log_acc(row_sum) : neg_inf<A>();
+  stage.store(static_cast<T*>(a.out) + bh * a.num_queries * a.dim_value, acc, q0, a.num_queries, a.dim_value);
+  if (active)
+    static_cast<A*>(a.lse)[bh * a.num_queries + q] = row_sum > A(0) ? row_max + log_acc(row_sum) : neg_inf<A>();
 }
 
 template <typename T, int W, bool kHasPos>

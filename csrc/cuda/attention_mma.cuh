@@ -162,9 +162,35 @@ __device__ __forceinline__ void store_two(T* row, int col, int64_t dim, float x,
 // Rows [row0, row0 + 16) of a warp's accumulators to a contiguous [rows, dim] output (rows past
 // num_rows skipped), each value times row_scale[0] (rows g) or row_scale[1] (rows g + 8). A scale
 // of 0 writes zeros whatever the accumulator holds (a padded key's may be inf).
+// 16-bit T with dim % 4 == 0: a thread's pair is 4 bytes, so a tile's 4 threads of a row fill half
+// a sector (8 sectors per 128 bytes a warp's store, the emulator's counters found). Threads t and
+// t ^ 1 swap pairs so that each stores 4 consecutive elements: even ones of tile j, odd ones of
+// tile j + 1; a row's two tiles are then one whole 32-byte sector (4 per 128 bytes).
 template <typename T, int N>
 __device__ void store_rows(T* out, const Accum (&acc)[N], int64_t row0, int64_t num_rows, int64_t dim,
                            const float (&row_scale)[2]) {
+  static_assert(N % 2 == 0, "tiles in pairs");
+  if constexpr (sizeof(T) == 2) {
+    if (dim % 4 == 0) {
+      const bool odd = threadIdx.x % 2;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t row = row0 + frag_row() + 8 * half;
+        const float scale = row_scale[half];
+        auto scaled = [&](int j, int i) { return scale == 0.f ? 0.f : acc[j].v[2 * half + i] * scale; };
+#pragma unroll
+        for (int j = 0; j < N; j += 2) {
+          const int mine = odd ? j + 1 : j, theirs = odd ? j : j + 1;
+          const uint32_t kept = pack2<T>(scaled(mine, 0), scaled(mine, 1));
+          const uint32_t got = __shfl_xor_sync(0xffffffffu, pack2<T>(scaled(theirs, 0), scaled(theirs, 1)), 1);
+          const int col = mine * 8 + frag_col() - (odd ? 2 : 0);
+          const uint64_t four = odd ? (uint64_t(kept) << 32 | got) : (uint64_t(got) << 32 | kept);
+          if (row < num_rows && col < dim) *reinterpret_cast<uint64_t*>(out + row * dim + col) = four;
+        }
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t row = row0 + frag_row() + 8 * half;

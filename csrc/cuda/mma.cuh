@@ -248,14 +248,21 @@ __device__ __forceinline__ Bits<T> operand_bits(Bits<T> raw) {
 // dst[r][0..W) = the first `dim` elements of source row row0 + r (zero past num_rows and dim), in
 // T's operand format. vectorized: every row start is 16-byte aligned and dim % kChunk<T> == 0
 // (operands_vectorized), so whole chunks are copied with one 16-byte load.
+// A warp's 16-byte stores reach the banks 8 lanes at a time. The rows' 16-byte padding staggers
+// the banks of one chunk in 8 consecutive rows (what ldmatrix reads), not those of the next row's
+// start: so where a row has fewer than 8 chunks (16-bit W = 32), 8 consecutive threads take one
+// chunk of 8 consecutive rows (row-major, 2 rows a phase, two-way conflicts). A warp still covers
+// whole rows: its global loads are the same sectors.
 template <typename T, int R, int W>
 __device__ void load_rows(SmemRows<T, W>* dst, const void* base, int64_t stride_n, int64_t row0, int64_t num_rows,
                           int64_t dim, bool vectorized) {
   using B = Bits<T>;
-  constexpr int kC = kChunk<T>, kChunks = W / kC;
+  constexpr int kC = kChunk<T>, kChunks = W / kC, kGroupRows = kChunks < 8 ? 8 : 1;
+  static_assert(R % kGroupRows == 0, "whole groups of rows");
   const B* rows = static_cast<const B*>(base);
   for (int idx = threadIdx.x; idx < R * kChunks; idx += blockDim.x) {
-    const int r = idx / kChunks, c = (idx % kChunks) * kC;
+    const int group = idx / (kGroupRows * kChunks), within = idx % (kGroupRows * kChunks);
+    const int r = group * kGroupRows + within % kGroupRows, c = (within / kGroupRows) * kC;
     const int64_t row = row0 + r;
     alignas(16) B chunk[kC] = {};
     if (row < num_rows && c < dim) {
