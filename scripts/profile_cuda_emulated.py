@@ -150,23 +150,18 @@ def profile(only=None):
     return records
 
 
-def ratio(numerator, denominator):
-    return f"{numerator / denominator:.2f}" if denominator else ""
-
-
 def markdown(records):
-    """One row per launch: sectors per request and per 128 bytes asked (4 is coalesced), shared
-    wavefronts beyond the ideal (bank conflicts)."""
-    lines = ["| op | path | dtype | pass | kernel | global ld req | sectors/req | sectors/128 B | global st req | "
-             "st sectors/128 B | shared ld wavefronts (ideal) | shared st wavefronts (ideal) | atomics | barriers |",
-             "|" + "---|" * 14]
+    """One row per launch: global requests, sectors and the fewest the requests' bytes need (equal:
+    coalesced), shared wavefronts and the fewest (equal: no bank conflicts), atomics, barriers."""
+    lines = ["| op | path | dtype | pass | kernel | global ld req | ld sectors (ideal) | global st req | "
+             "st sectors (ideal) | shared ld wavefronts (ideal) | shared st wavefronts (ideal) | atomics | barriers |",
+             "|" + "---|" * 13]
     for r in records:
         kernel = r["kernel"].replace("dabdetr::cuda::", "").replace("{anonymous}::", "")
         lines.append(
             f"| {r['op']} | {r['path']} | {r['dtype']} | {r['pass']} | `{kernel}` | {r['global_load_requests']} | "
-            f"{ratio(r['global_load_sectors'], r['global_load_requests'])} | "
-            f"{ratio(r['global_load_sectors'] * 128, r['global_load_bytes'])} | {r['global_store_requests']} | "
-            f"{ratio(r['global_store_sectors'] * 128, r['global_store_bytes'])} | "
+            f"{r['global_load_sectors']} ({r['global_load_ideal_sectors']}) | {r['global_store_requests']} | "
+            f"{r['global_store_sectors']} ({r['global_store_ideal_sectors']}) | "
             f"{r['shared_load_wavefronts']} ({r['shared_load_ideal_wavefronts']}) | "
             f"{r['shared_store_wavefronts']} ({r['shared_store_ideal_wavefronts']}) | {r['atomic_requests']} | "
             f"{r['barriers']} |")

@@ -24,7 +24,9 @@ def _counting_build():
 
 def coalesced_store(lanes=32):
     """Lane i stores float i of a 64-byte-aligned buffer: 4 bytes a lane, 32 lanes in 4 sectors."""
-    return {"global_store_requests": 1, "global_store_sectors": lanes * 4 // 32, "global_store_bytes": lanes * 4}
+    sectors = lanes * 4 // 32
+    return {"global_store_requests": 1, "global_store_sectors": sectors, "global_store_ideal_sectors": sectors,
+            "global_store_bytes": lanes * 4}
 
 
 def shared(access, requests, wavefronts, ideal, bytes_):
@@ -36,16 +38,20 @@ def shared(access, requests, wavefronts, ideal, bytes_):
 # others zero).
 EXPECTED = {
     # 32 lanes x 4 contiguous bytes = 128 bytes: 4 sectors.
-    "coalesced_float": {"global_load_requests": 1, "global_load_sectors": 4, "global_load_bytes": 128,
+    "coalesced_float": {"global_load_requests": 1, "global_load_sectors": 4, "global_load_ideal_sectors": 4,
+                        "global_load_bytes": 128,
                         **coalesced_store()},
     # 32 lanes x 16 bytes = 512 contiguous bytes: 16 sectors in one request.
-    "vector_load": {"global_load_requests": 1, "global_load_sectors": 16, "global_load_bytes": 512,
+    "vector_load": {"global_load_requests": 1, "global_load_sectors": 16, "global_load_ideal_sectors": 16,
+                    "global_load_bytes": 512,
                     **coalesced_store()},
-    # Lane i reads bytes 8i..8i+3: 256 bytes spanned, 8 sectors for 128 bytes asked.
-    "stride_2_float": {"global_load_requests": 1, "global_load_sectors": 8, "global_load_bytes": 128,
+    # Lane i reads bytes 8i..8i+3: 256 bytes spanned, 8 sectors for 128 bytes asked (which need 4).
+    "stride_2_float": {"global_load_requests": 1, "global_load_sectors": 8, "global_load_ideal_sectors": 4,
+                       "global_load_bytes": 128,
                        **coalesced_store()},
     # Lane i reads bytes 128i..: every lane its own sector.
-    "stride_32_float": {"global_load_requests": 1, "global_load_sectors": 32, "global_load_bytes": 128,
+    "stride_32_float": {"global_load_requests": 1, "global_load_sectors": 32, "global_load_ideal_sectors": 4,
+                        "global_load_bytes": 128,
                         **coalesced_store()},
     # Words 2i: banks 0, 2, .., 30 hold two words each: 2 wavefronts where 32 words need 1.
     "shared_stride_2": {**shared("store", 1, 2, 1, 128), **shared("load", 1, 2, 1, 128), "barriers": 1,
@@ -62,21 +68,25 @@ EXPECTED = {
     "shared_8_byte": {**shared("store", 1, 2, 2, 256), **shared("load", 1, 4, 2, 256), "barriers": 1,
                       **coalesced_store()},
     # sums[0] from every lane: 1 address, 1 sector; sums[1 + i]: 32 addresses, bytes 4..131 of the
-    # buffer, sectors 0..4.
+    # buffer, sectors 0..4 (also the fewest: 128 bytes from byte 4 of a sector).
     "atomics": {"global_atomic_requests": 2, "global_atomic_addresses": 1 + 32, "global_atomic_sectors": 1 + 5,
+                "global_atomic_ideal_sectors": 1 + 5,
                 "global_atomic_bytes": 256, "atomic_requests": 2, "atomic_addresses": 33},
     # 16 active lanes: 64 bytes, 2 sectors.
-    "half_warp": {"global_load_requests": 1, "global_load_sectors": 2, "global_load_bytes": 64,
+    "half_warp": {"global_load_requests": 1, "global_load_sectors": 2, "global_load_ideal_sectors": 2,
+                  "global_load_bytes": 64,
                   **coalesced_store(16)},
     # One load site run 3 times by each lane: 3 requests.
-    "loop": {"global_load_requests": 3, "global_load_sectors": 12, "global_load_bytes": 384, **coalesced_store()},
+    "loop": {"global_load_requests": 3, "global_load_sectors": 12, "global_load_ideal_sectors": 12,
+             "global_load_bytes": 384, **coalesced_store()},
     # Two warps, a static __shared__ array with rows of 33 words: words 33t fall in banks t % 32, one
     # wavefront per warp; one barrier instruction per warp.
     "static_shared": {**shared("store", 2, 2, 2, 256), **shared("load", 2, 2, 2, 256), "barriers": 2,
-                      "global_store_requests": 2, "global_store_sectors": 8, "global_store_bytes": 256},
+                      "global_store_requests": 2, "global_store_sectors": 8, "global_store_ideal_sectors": 8,
+                      "global_store_bytes": 256},
 }
 COUNT_KEYS = [f"{space}_{access}_{count}"
-              for space, counts in (("global", ("requests", "sectors", "bytes")),
+              for space, counts in (("global", ("requests", "sectors", "ideal_sectors", "bytes")),
                                     ("shared", ("requests", "wavefronts", "ideal_wavefronts", "bytes")))
               for access in ("load", "store", "atomic")
               for count in counts + (("addresses",) if access == "atomic" else ())]

@@ -187,6 +187,7 @@ __device__ void backward_group(const DeformableAttentionArgs& a, int64_t g, cons
     grad[j] = channel < D ? to_acc(static_cast<const T*>(a.grad_out)[g * D + channel]) : A(0);
   }
   [[maybe_unused]] PendingCell<A> pending;
+  A kept[3] = {0, 0, 0};  // sample i's gradients of its weight, x and y, at lane i % G
   for (int l = 0; l < L; ++l) {
     for (int64_t i = l * P; i < (l + 1) * P; ++i) {
       Corners<A> c;
@@ -228,10 +229,20 @@ __device__ void backward_group(const DeformableAttentionArgs& a, int64_t g, cons
       // Every lane of the group takes the same branch above (one sample): the reductions are uniform.
 #pragma unroll
       for (int s = 0; s < 3; ++s) sums[s] = group_sum<G>(sums[s], me.mask);
-      if (me.lane == 0) {
-        grad_attn[i] = from_acc<T>(sums[0]);
-        grad_loc[2 * i] = from_acc<T>(w * A(a.level_width[l]) * sums[1]);
-        grad_loc[2 * i + 1] = from_acc<T>(w * A(a.level_height[l]) * sums[2]);
+      // Lane i % G keeps sample i's gradients, and each run of G samples is written by its lanes
+      // together: consecutive elements (coalesced), where one lane writing every sample took a
+      // 32-byte sector per element (the emulator's counters).
+      if (me.lane == i % G) {
+        kept[0] = sums[0];
+        kept[1] = w * A(a.level_width[l]) * sums[1];
+        kept[2] = w * A(a.level_height[l]) * sums[2];
+      }
+      if (i % G == G - 1 || i == L * P - 1) {
+        const int64_t sample = i - i % G + me.lane;
+        if (sample <= i) {
+          grad_attn[sample] = from_acc<T>(kept[0]);
+          store_pair<T>(grad_loc + 2 * sample, kept[1], kept[2]);
+        }
       }
     }
     if constexpr (kAtomics) flush<G, kPerLane>(pending, target, a, grad, me.lane);  // cells never span levels
@@ -275,13 +286,19 @@ __global__ void __launch_bounds__(kThreads) entries_kernel(const DeformableAtten
   const int64_t outside = a.batch * a.heads * a.num_values;
   const T* loc = static_cast<const T*>(a.sampling_locations);
   const T* attn = static_cast<const T*>(a.attention_weights);
+  const bool paired = aligned_pairs<T>(loc);  // a sample's x and y in one load
   for (int64_t s = int64_t(blockIdx.x) * kThreads + threadIdx.x; s < samples; s += int64_t(gridDim.x) * kThreads) {
     const int l = static_cast<int>(s / a.points % a.levels);
     const int64_t g = s / (a.levels * a.points);  // (b * Nq + q) * H + h
     const int64_t b = g / (a.num_queries * a.heads), h = g % a.heads;
     Corners<A> c;
-    const bool inside = locate<A>(a, l, to_acc(loc[2 * s]), to_acc(loc[2 * s + 1]), c);
+    A x, y;
+    load_two(loc + 2 * s, paired, x, y);
+    const bool inside = locate<A>(a, l, x, y, c);
     const A w = to_acc(attn[s]);
+    // A thread's 4 entries are consecutive: each of these stores strides 4 entries across the warp
+    // (twice to 4x the sectors its bytes need, the emulator's counters). Writing them coalesced would
+    // take a transposition across lanes by shuffles; this is the opt-in deterministic path.
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const bool used = inside && c.token[k] >= 0;

@@ -54,6 +54,26 @@ __device__ __forceinline__ void store_pair(T* dst, Acc<T> a, Acc<T> b) {
   *reinterpret_cast<typename PairOf<T>::type*>(dst) = pair;
 }
 
+// Whether every pair of elements (2i, 2i + 1) of p can be read with one access (nullptr: vacuously).
+template <typename T>
+__host__ __device__ __forceinline__ bool aligned_pairs(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (2 * sizeof(T)) == 0;
+}
+
+// x = p[0], y = p[1]: with one two-element load where `paired` (p aligned to the pair).
+template <typename T>
+__device__ __forceinline__ void load_two(const T* p, bool paired, Acc<T>& x, Acc<T>& y) {
+  if (paired) {
+    const typename PairOf<T>::type pair = *reinterpret_cast<const typename PairOf<T>::type*>(p);
+    const T* lanes = reinterpret_cast<const T*>(&pair);
+    x = to_acc(lanes[0]);
+    y = to_acc(lanes[1]);
+  } else {
+    x = to_acc(p[0]);
+    y = to_acc(p[1]);
+  }
+}
+
 // Calls fn(T{}) with T the storage type of `dtype`.
 template <typename Fn>
 cudaError_t dispatch_dtype(Dtype dtype, Fn&& fn) {

@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SineEmbedArgs a
   const int64_t total = a.num_boxes * a.coords * half;
   const A* freq = static_cast<const A*>(a.frequencies);
   const T* scale = static_cast<const T*>(a.xy_scale);
+  const bool paired = aligned_pairs<T>(scale);  // each thread's two scales in one load (backward_kernel)
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = idx % half, block = (idx / half) % a.coords, index = idx / half / a.coords;
@@ -47,8 +48,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SineEmbedArgs a
     store_pair<T>(static_cast<T*>(a.embed) + index * a.coords * n + k, s, c);
     if (a.modulated_xy == nullptr || block >= 2) continue;
     const A mod = xy_modulation(a, box, index, block);
-    const A s0 = scale != nullptr ? to_acc(scale[index * 2 * n + k]) : A(1);
-    const A s1 = scale != nullptr ? to_acc(scale[index * 2 * n + k + 1]) : A(1);
+    A s0 = 1, s1 = 1;
+    if (scale != nullptr) load_two(scale + index * 2 * n + k, paired, s0, s1);
     store_pair<T>(static_cast<T*>(a.modulated_xy) + index * 2 * n + k, s * s0 * mod, c * s1 * mod);
   }
 }
@@ -70,32 +71,33 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SineEmbedArgs 
   const T* scale = static_cast<const T*>(a.xy_scale);
   const T* ref_wh = static_cast<const T*>(a.ref_wh);
   T* grad_scale = static_cast<T*>(a.grad_xy_scale);
+  // Each lane reads its (sin, cos) pair with one two-element load where the tensors allow it: two
+  // element loads at stride 2 took twice the sectors a warp's request needs (the emulator's counters).
+  const bool paired = aligned_pairs<T>(a.embed) && aligned_pairs<T>(a.grad_embed) &&
+                      aligned_pairs<T>(a.grad_modulated_xy) && aligned_pairs<T>(a.xy_scale);
   for (int64_t index = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; index < a.num_boxes; index += warps) {
     const T* box = static_cast<const T*>(a.boxes) + index * a.coords;
     const T* e = static_cast<const T*>(a.embed) + index * a.coords * n;
     const T* ge = a.grad_embed != nullptr ? static_cast<const T*>(a.grad_embed) + index * a.coords * n : nullptr;
     const T* gm = a.grad_modulated_xy != nullptr ? static_cast<const T*>(a.grad_modulated_xy) + index * 2 * n : nullptr;
-    A grad_box[4] = {0, 0, 0, 0};
+    A grad_box[4] = {0, 0, 0, 0}, grad_ref[2] = {0, 0};
     for (int64_t block = 0; block < a.coords; ++block) {
       const bool modulated = gm != nullptr && block < 2;
       const A mod = modulated ? xy_modulation(a, box, index, block) : A(1);
       A grad_u = 0, grad_mod = 0;
       for (int64_t j = lane; j < half; j += 32) {
         const int64_t k = block * n + 2 * j;
-        const A e0 = to_acc(e[k]), e1 = to_acc(e[k + 1]);
-        A g0 = ge != nullptr ? to_acc(ge[k]) : A(0);
-        A g1 = ge != nullptr ? to_acc(ge[k + 1]) : A(0);
+        A e0, e1, g0 = 0, g1 = 0;
+        load_two(e + k, paired, e0, e1);
+        if (ge != nullptr) load_two(ge + k, paired, g0, g1);
         if (modulated) {
-          const A s0 = scale != nullptr ? to_acc(scale[index * 2 * n + k]) : A(1);
-          const A s1 = scale != nullptr ? to_acc(scale[index * 2 * n + k + 1]) : A(1);
-          const A gm0 = to_acc(gm[k]), gm1 = to_acc(gm[k + 1]);
+          A s0 = 1, s1 = 1, gm0, gm1;
+          if (scale != nullptr) load_two(scale + index * 2 * n + k, paired, s0, s1);
+          load_two(gm + k, paired, gm0, gm1);
           g0 += gm0 * mod * s0;
           g1 += gm1 * mod * s1;
           grad_mod += gm0 * e0 * s0 + gm1 * e1 * s1;
-          if (grad_scale != nullptr) {
-            grad_scale[index * 2 * n + k] = from_acc<T>(gm0 * mod * e0);
-            grad_scale[index * 2 * n + k + 1] = from_acc<T>(gm1 * mod * e1);
-          }
+          if (grad_scale != nullptr) store_pair<T>(grad_scale + index * 2 * n + k, gm0 * mod * e0, gm1 * mod * e1);
         }
         grad_u += freq[j] * (g0 * e1 - g1 * e0);
       }
@@ -105,14 +107,22 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SineEmbedArgs 
         // block 0 is scaled by ref_h / h (box coord 3), block 1 by ref_w / w (box coord 2)
         const int64_t size_coord = block == 0 ? 3 : 2, ref_coord = block == 0 ? 1 : 0;
         const A size = to_acc(box[size_coord]);
-        if (lane == 0 && a.grad_ref_wh != nullptr)
-          static_cast<T*>(a.grad_ref_wh)[index * 2 + ref_coord] = from_acc<T>(grad_mod / size);
+        grad_ref[ref_coord] = grad_mod / size;
         grad_box[size_coord] -= grad_mod * to_acc(ref_wh[index * 2 + ref_coord]) / (size * size);
       }
     }
-    if (lane == 0)
-      for (int64_t c = 0; c < a.coords; ++c)
-        static_cast<T*>(a.grad_boxes)[index * a.coords + c] = from_acc<T>(grad_box[c]);
+    // Every lane holds the sums (butterfly reductions): lane c writes coordinate c, one request for
+    // the box where lane 0 writing each took a sector per element.
+    A mine_box = 0, mine_ref = 0;
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      if (lane == c) mine_box = grad_box[c];
+#pragma unroll
+    for (int c = 0; c < 2; ++c)
+      if (lane == c) mine_ref = grad_ref[c];
+    if (lane < a.coords) static_cast<T*>(a.grad_boxes)[index * a.coords + lane] = from_acc<T>(mine_box);
+    if (lane < 2 && gm != nullptr && ref_wh != nullptr && a.grad_ref_wh != nullptr)
+      static_cast<T*>(a.grad_ref_wh)[index * 2 + lane] = from_acc<T>(mine_ref);
   }
 }
 

@@ -29,10 +29,12 @@ constexpr int kBanks = 32;
 // memory and atomics, sectors and bytes (and atomics' distinct addresses); for shared memory,
 // wavefronts, the ideal wavefronts and bytes.
 struct Counts {
-  uint64_t requests = 0, sectors = 0, bytes = 0, addresses = 0, wavefronts = 0, ideal_wavefronts = 0;
+  uint64_t requests = 0, sectors = 0, ideal_sectors = 0, bytes = 0, addresses = 0, wavefronts = 0,
+           ideal_wavefronts = 0;
   void add(const Counts& o) {
     requests += o.requests;
     sectors += o.sectors;
+    ideal_sectors += o.ideal_sectors;
     bytes += o.bytes;
     addresses += o.addresses;
     wavefronts += o.wavefronts;
@@ -83,11 +85,17 @@ Record* g_record = nullptr;                                                     
 std::vector<std::map<uint32_t, std::unordered_map<RequestKey, Request, RequestKeyHash>>> g_pending;  // [warp][interval]
 std::vector<ThreadSites> g_threads;                                                   // [thread of the block]
 
-uint64_t distinct_sectors(const Request& r) {
-  std::unordered_set<uintptr_t> sectors;
-  for (const auto& [lane, address] : r.lanes)
+// The global request's sectors, and the fewest its distinct bytes need from where the lowest starts
+// in its sector (a contiguous run: what a coalesced request touches).
+std::pair<uint64_t, uint64_t> global_sectors(const Request& r) {
+  std::unordered_set<uintptr_t> sectors, bytes;
+  uintptr_t lowest = UINTPTR_MAX;
+  for (const auto& [lane, address] : r.lanes) {
     for (uintptr_t s = address / kSectorBytes; s <= (address + r.size - 1) / kSectorBytes; ++s) sectors.insert(s);
-  return sectors.size();
+    for (uintptr_t byte = address; byte < address + r.size; ++byte) bytes.insert(byte);
+    lowest = std::min(lowest, address);
+  }
+  return {sectors.size(), (lowest % kSectorBytes + bytes.size() + kSectorBytes - 1) / kSectorBytes};
 }
 
 // The shared memory request's wavefronts and ideal wavefronts (counters.h).
@@ -113,7 +121,7 @@ void finish(const Request& r, uintptr_t site) {
   if (r.space == Space::kShared) {
     std::tie(c.wavefronts, c.ideal_wavefronts) = shared_wavefronts(r);
   } else {
-    c.sectors = distinct_sectors(r);
+    std::tie(c.sectors, c.ideal_sectors) = global_sectors(r);
   }
   if (r.kind == Access::kAtomic) {
     std::unordered_set<uintptr_t> addresses;
@@ -153,12 +161,13 @@ std::string json_string(const std::string& s) {
 }
 
 // The keys of one kind of access in a record (docs/gpu_model.md): SPACE_ACCESS_requests, _sectors
-// (global) or _wavefronts and _ideal_wavefronts (shared), _bytes, and _addresses for atomics.
+// and _ideal_sectors (global) or _wavefronts and _ideal_wavefronts (shared), _bytes, and _addresses
+// for atomics.
 void write_counts(std::ostringstream& o, Space space, Access kind, const Counts& c) {
   const std::string p = std::string(space_name(space)) + "_" + access_name(kind) + "_";
   o << "\"" << p << "requests\": " << c.requests << ", ";
   if (space == Space::kGlobal) {
-    o << "\"" << p << "sectors\": " << c.sectors << ", ";
+    o << "\"" << p << "sectors\": " << c.sectors << ", \"" << p << "ideal_sectors\": " << c.ideal_sectors << ", ";
   } else {
     o << "\"" << p << "wavefronts\": " << c.wavefronts << ", \"" << p << "ideal_wavefronts\": " << c.ideal_wavefronts
       << ", ";

@@ -9,8 +9,10 @@
 //   build, named by the hook's return address) by each of its active lanes within one sync
 //   interval: the stretch of a lane's execution between two of its __syncthreads or warp
 //   collectives. Lanes that diverge through different intervals make separate requests.
-// - Global memory: each request's 32-byte sectors (distinct ones over all bytes its lanes touch)
-//   and the bytes the lanes ask for; atomics also their distinct addresses.
+// - Global memory: each request's 32-byte sectors (distinct ones over all bytes its lanes touch),
+//   its ideal sectors (the fewest its distinct bytes need as one run from where the lowest starts
+//   in its sector: a coalesced request has as many) and the bytes the lanes ask for; atomics also
+//   their distinct addresses.
 // - Shared memory (the launch's dynamic shared memory, and the static __shared__ variables: this
 //   library's writable segment): 32 banks of 4 bytes; a request is served in phases of 32 lanes
 //   (accesses of up to 4 bytes), 16 (8 bytes) or 8 (16 bytes, and ldmatrix's rows); a phase needs
