@@ -4,7 +4,7 @@ warp collectives, per launch and per access site (dabdetr.ops.emulated_counters;
 its limits: docs/gpu_model.md). No GPU needed: the emulator's counting build
 (COUNTERS=1 bash scripts/build_cuda_emulator.sh) runs the kernels on the CPU.
 
-    python scripts/profile_cuda_emulated.py --json FILE [--markdown FILE] [--only SUBSTRING]
+    python scripts/profile_cuda_emulated.py --json FILE [--markdown FILE] [--only SUBSTRING] [--small]
 
 Every kernel of the three ops, forward and backward: the modulated attention on the SIMT path in
 each of its four dtypes and on the tensor-core path in each of its three (float32 as TF32), with
@@ -13,6 +13,11 @@ multi-scale deformable attention with both backwards (atomics, deterministic). T
 DAB-DETR's and DAB-Deformable-DETR's decoder at reduced size (SHAPES): counts grow with the
 shapes, their ratios (sectors per request, conflicts) are the kernels'. One record per launch,
 the keys of emulated_counters() plus op, path, dtype, shape and pass; the same file every run.
+--small: smaller shapes (SMALL_SHAPES); with --without-sites (the launches' totals only) what
+tests/emulated_counters_recorded.json holds, the counts tests/test_emulated_counters.py holds the
+kernels to (after a change that moves them, rerun this and review the difference):
+
+    python scripts/profile_cuda_emulated.py --small --without-sites --json tests/emulated_counters_recorded.json
 """
 
 import argparse
@@ -40,6 +45,12 @@ SHAPES = {
     "multi_scale_deformable_attention": {"batch": 1, "queries": 100, "heads": 8, "head_dim": 32,
                                          "levels": [[32, 32], [16, 16], [8, 8], [4, 4]], "points": 4},
 }
+SMALL_SHAPES = {
+    "modulated_attention": {"batch": 1, "heads": 2, "queries": 70, "keys": 130, "head_dim": 32},
+    "anchor_sine_embed": {"boxes": 20, "batch": 2, "num_feats": 128},
+    "multi_scale_deformable_attention": {"batch": 1, "queries": 20, "heads": 2, "head_dim": 32,
+                                         "levels": [[8, 8], [4, 4]], "points": 4},
+}
 
 
 @contextlib.contextmanager
@@ -64,8 +75,7 @@ def settings(env, tf32=False, deterministic=False):
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def attention_inputs(dtype):
-    s = SHAPES["modulated_attention"]
+def attention_inputs(s, dtype):
     generator = torch.Generator().manual_seed(0)
 
     def rows(n):
@@ -74,8 +84,7 @@ def attention_inputs(dtype):
     return [rows(s["queries"]), rows(s["queries"]), rows(s["keys"]), rows(s["keys"]), rows(s["keys"])]
 
 
-def sine_inputs(modulated):
-    s = SHAPES["anchor_sine_embed"]
+def sine_inputs(s, modulated):
     generator = torch.Generator().manual_seed(0)
     boxes = torch.rand(s["boxes"], s["batch"], 4, generator=generator).requires_grad_()
     if not modulated:
@@ -86,8 +95,7 @@ def sine_inputs(modulated):
                                                impl="cuda_emulated")
 
 
-def deformable_inputs(dtype):
-    s = SHAPES["multi_scale_deformable_attention"]
+def deformable_inputs(s, dtype):
     generator = torch.Generator().manual_seed(0)
     shapes = torch.tensor(s["levels"])
     areas = shapes.prod(1)
@@ -119,22 +127,22 @@ def cases():
     return out
 
 
-def forward_of(op, argument):
+def forward_of(op, shape, argument):
     if op == "modulated_attention":
-        inputs = attention_inputs(DTYPES[argument])
+        inputs = attention_inputs(shape, DTYPES[argument])
         return lambda: modulated_attention(*inputs, impl="cuda_emulated")
     if op.endswith("anchor_sine_embed"):
-        return sine_inputs(argument)
-    return deformable_inputs(DTYPES[argument])
+        return sine_inputs(shape, argument)
+    return deformable_inputs(shape, DTYPES[argument])
 
 
-def profile(only=None):
+def profile(only=None, shapes=SHAPES):
     records = []
     for op, path, dtype, setting, argument in cases():
         if only and only not in f"{op} {path} {dtype}":
             continue
-        shape = SHAPES["anchor_sine_embed" if op.endswith("anchor_sine_embed") else op]
-        forward = forward_of(op, argument)
+        shape = shapes["anchor_sine_embed" if op.endswith("anchor_sine_embed") else op]
+        forward = forward_of(op, shape, argument)
         with settings(**setting):
             with emulated_counters() as forward_counters:
                 out = forward()
@@ -173,10 +181,15 @@ def main():
     parser.add_argument("--json", required=True, help="where to write the records")
     parser.add_argument("--markdown", help="also a table of the launches' ratios")
     parser.add_argument("--only", help="only the cases whose 'op path dtype' contains this")
+    parser.add_argument("--small", action="store_true", help="the smaller shapes of SMALL_SHAPES")
+    parser.add_argument("--without-sites", action="store_true", help="the launches' totals only")
     args = parser.parse_args()
-    records = profile(args.only)
+    shapes = SMALL_SHAPES if args.small else SHAPES
+    records = profile(args.only, shapes)
+    if args.without_sites:
+        records = [{k: v for k, v in r.items() if k != "sites"} for r in records]
     with open(args.json, "w") as f:
-        json.dump({"shapes": SHAPES, "records": records}, f, indent=1)
+        json.dump({"shapes": shapes, "records": records}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(records))

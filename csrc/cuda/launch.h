@@ -44,9 +44,11 @@ struct AttentionArgs : AttentionParamsOf<const void*, void*, double> {
 };
 
 // One split's region of the workspace: its output rows [B*H*Nq, Dv], then its lse [B*H*Nq], rounded
-// up to 4 floats so that every region starts 16-byte aligned (the outputs are stored in pairs).
+// up to 8 floats so that every region starts at a 32-byte sector (the outputs are stored in pairs,
+// a tile's row of 8 floats one sector; at 16 bytes, every other split's straddled two: the
+// emulator's counters).
 __host__ __device__ inline int64_t split_stride_floats(const AttentionArgs& a) {
-  return (a.batch * a.heads * a.num_queries * (a.dim_value + 1) + 3) / 4 * 4;
+  return (a.batch * a.heads * a.num_queries * (a.dim_value + 1) + 7) / 8 * 8;
 }
 
 inline int64_t split_workspace_floats(const AttentionArgs& a) {
