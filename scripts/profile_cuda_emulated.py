@@ -158,6 +158,50 @@ def profile(only=None, shapes=SHAPES):
     return records
 
 
+# An H100 SXM5's peaks (NVIDIA's datasheet; dense tensor-core rates): what the model divides by.
+H100 = {"sms": 132, "clock_hz": 1.98e9, "dram_bytes_per_s": 3.35e12, "float32": 67e12, "float64": 34e12,
+        "tensor_16bit": 989e12, "tensor_tf32": 495e12}
+MMA_FLOPS = {"float32": 2 * 16 * 8 * 8, "float16": 2 * 16 * 8 * 16, "bfloat16": 2 * 16 * 8 * 16}  # per mma.sync
+
+
+def simt_flops(record):
+    """The multiply-adds (2 FLOPs each) of the op's formula that a SIMT kernel computes; index
+    arithmetic, exp and sincos are not counted (the sine embedding is left at 0: memory bound)."""
+    s, kernel = record["shape"], record["kernel"].split("::")[-1].split("<")[0]
+    if record["op"] == "modulated_attention":
+        pairs, d = s["batch"] * s["heads"] * s["queries"] * s["keys"], s["head_dim"]
+        per_pair = {"forward_kernel": 2 * 3 * d, "key_grad_kernel": 4 * 2 * d + 4 * d,
+                    "query_grad_kernel": 4 * 2 * d + 2 * d}.get(kernel)
+        if per_pair is not None:
+            return pairs * per_pair
+        if kernel == "delta_kernel":
+            return 2 * s["batch"] * s["heads"] * s["queries"] * d
+        return 0
+    if record["op"] == "multi_scale_deformable_attention":
+        samples = s["batch"] * s["queries"] * s["heads"] * len(s["levels"]) * s["points"]
+        per_sample = {"forward_kernel": 2 * 4, "backward_kernel": 2 * 4 * 4, "sample_grad_kernel": 2 * 4 * 3,
+                      "value_grad_sorted_kernel": 2 * 4}.get(kernel, 0)
+        return samples * s["head_dim"] * per_sample
+    return 0
+
+
+def h100_bound(record):
+    """(microseconds, what binds) of a model of the launch on an H100: the distinct global sectors
+    over DRAM bandwidth, FLOPs over the pipe's peak, shared wavefronts over one a clock per SM. A
+    lower bound from counts, not a measurement (launch latency, occupancy and L2 not modelled)."""
+    dram = record["global_distinct_sectors"] * 32 / H100["dram_bytes_per_s"]
+    if record["mma"]:
+        pipe = "tensor_tf32" if record["dtype"] == "float32" else "tensor_16bit"
+        compute = record["mma"] * MMA_FLOPS[record["dtype"]] / H100[pipe]
+    else:
+        compute = simt_flops(record) / H100["float64" if record["dtype"] == "float64" else "float32"]
+    wavefronts = (record["shared_load_wavefronts"] + record["shared_store_wavefronts"]
+                  + record["shared_atomic_wavefronts"]) / (H100["sms"] * H100["clock_hz"])
+    terms = {"DRAM": dram, "FLOPs": compute, "shared": wavefronts}
+    binding = max(terms, key=terms.get)
+    return terms[binding] * 1e6, binding
+
+
 def markdown(records):
     """One row per launch: global requests, sectors and the fewest the requests' bytes need (equal:
     coalesced), shared wavefronts and the fewest (equal: no bank conflicts), atomics, barriers."""
@@ -173,6 +217,14 @@ def markdown(records):
             f"{r['shared_load_wavefronts']} ({r['shared_load_ideal_wavefronts']}) | "
             f"{r['shared_store_wavefronts']} ({r['shared_store_ideal_wavefronts']}) | {r['atomic_requests']} | "
             f"{r['barriers']} |")
+    lines += ["", "The H100 model of each launch (h100_bound: a lower bound from the counts, not a measurement):", "",
+              "| op | path | dtype | pass | kernel | DRAM KB (distinct sectors) | model µs | bound by |",
+              "|" + "---|" * 8]
+    for r in records:
+        kernel = r["kernel"].replace("dabdetr::cuda::", "").replace("{anonymous}::", "")
+        microseconds, binding = h100_bound(r)
+        lines.append(f"| {r['op']} | {r['path']} | {r['dtype']} | {r['pass']} | `{kernel}` | "
+                     f"{r['global_distinct_sectors'] * 32 / 1024:.1f} | {microseconds:.2f} | {binding} |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,8 @@ def shared(access, requests, wavefronts, ideal, bytes_):
 
 
 # Each test kernel of csrc/cuda_emulator/counter_checks.cu: the counts its launch must have (all
-# others zero).
+# others zero), and (DISTINCT_SECTORS) the sectors of its buffers `in` and `out` (separate and
+# 64-byte aligned) it touches at all.
 EXPECTED = {
     # 32 lanes x 4 contiguous bytes = 128 bytes: 4 sectors.
     "coalesced_float": {"global_load_requests": 1, "global_load_sectors": 4, "global_load_ideal_sectors": 4,
@@ -90,12 +91,27 @@ EXPECTED = {
                       "global_store_requests": 2, "global_store_sectors": 8, "global_store_ideal_sectors": 8,
                       "global_store_bytes": 256},
 }
+DISTINCT_SECTORS = {  # in's sectors + out's: the coalesced 128 bytes of out are 4 (16 lanes: 2)
+    "coalesced_float": 8,
+    "vector_load": 20,
+    "stride_2_float": 12,
+    "stride_32_float": 36,
+    "shared_stride_2": 4,
+    "shared_stride_32": 4,
+    "shared_broadcast": 4,
+    "shared_8_byte": 4,
+    "atomics": 5,
+    "half_warp": 4,
+    "loop": 16,
+    "static_shared": 8,
+}
 COUNT_KEYS = [f"{space}_{access}_{count}"
               for space, counts in (("global", ("requests", "sectors", "ideal_sectors", "bytes")),
                                     ("shared", ("requests", "wavefronts", "ideal_wavefronts", "bytes")))
               for access in ("load", "store", "atomic")
               for count in counts + (("addresses",) if access == "atomic" else ())]
-COUNT_KEYS += ["atomic_requests", "atomic_addresses", "barriers", "shfl", "ldmatrix", "mma"]
+COUNT_KEYS += ["global_distinct_sectors", "atomic_requests", "atomic_addresses", "barriers", "shfl", "ldmatrix",
+               "mma"]
 
 
 def counts(record):
@@ -107,12 +123,13 @@ def test_counts_equal_the_hand_computed_ones(name):
     with emulated_counters() as counters:
         torch.ops.dabdetr_emulated_counted.counter_check(name)
     (record,) = counters.records
-    assert counts(record) == {key: EXPECTED[name].get(key, 0) for key in COUNT_KEYS}
+    expected = {**EXPECTED[name], "global_distinct_sectors": DISTINCT_SECTORS[name]}
+    assert counts(record) == {key: expected.get(key, 0) for key in COUNT_KEYS}
     # The sites add up to the launch, and each names its line in the test kernels' source.
     for site in record["sites"]:
         assert site["source"].startswith("csrc/cuda_emulator/counter_checks.cu:"), site
     for key in COUNT_KEYS:
-        if not key.startswith(("global_", "shared_")):
+        if not key.startswith(("global_", "shared_")) or key == "global_distinct_sectors":
             continue
         space, access = key.split("_")[:2]
         in_sites = [s.get(key, 0) for s in record["sites"] if (s["space"], s["access"]) == (space, access)]

@@ -54,6 +54,7 @@ struct Record {
   size_t dynamic_shared;
   std::map<std::pair<Space, Access>, Counts> totals;
   std::map<uintptr_t, Site> sites;
+  std::unordered_set<uintptr_t> distinct_sectors;  // every global sector the launch touches
   uint64_t barriers = 0, shfl = 0, ldmatrix = 0, mma = 0;
 };
 
@@ -85,9 +86,9 @@ Record* g_record = nullptr;                                                     
 std::vector<std::map<uint32_t, std::unordered_map<RequestKey, Request, RequestKeyHash>>> g_pending;  // [warp][interval]
 std::vector<ThreadSites> g_threads;                                                   // [thread of the block]
 
-// The global request's sectors, and the fewest its distinct bytes need from where the lowest starts
-// in its sector (a contiguous run: what a coalesced request touches).
-std::pair<uint64_t, uint64_t> global_sectors(const Request& r) {
+// The global request's sectors (added to the launch's), and the fewest its distinct bytes need from
+// where the lowest starts in its sector (a contiguous run: what a coalesced request touches).
+std::pair<uint64_t, uint64_t> global_sectors(const Request& r, std::unordered_set<uintptr_t>& launch_sectors) {
   std::unordered_set<uintptr_t> sectors, bytes;
   uintptr_t lowest = UINTPTR_MAX;
   for (const auto& [lane, address] : r.lanes) {
@@ -95,6 +96,7 @@ std::pair<uint64_t, uint64_t> global_sectors(const Request& r) {
     for (uintptr_t byte = address; byte < address + r.size; ++byte) bytes.insert(byte);
     lowest = std::min(lowest, address);
   }
+  launch_sectors.insert(sectors.begin(), sectors.end());
   return {sectors.size(), (lowest % kSectorBytes + bytes.size() + kSectorBytes - 1) / kSectorBytes};
 }
 
@@ -121,7 +123,7 @@ void finish(const Request& r, uintptr_t site) {
   if (r.space == Space::kShared) {
     std::tie(c.wavefronts, c.ideal_wavefronts) = shared_wavefronts(r);
   } else {
-    std::tie(c.sectors, c.ideal_sectors) = global_sectors(r);
+    std::tie(c.sectors, c.ideal_sectors) = global_sectors(r, g_record->distinct_sectors);
   }
   if (r.kind == Access::kAtomic) {
     std::unordered_set<uintptr_t> addresses;
@@ -195,6 +197,7 @@ std::string to_json(const std::vector<Record>& records) {
         write_counts(o, space, kind, c);
         if (kind == Access::kAtomic) atomics.add(c);
       }
+    o << ", \"global_distinct_sectors\": " << r.distinct_sectors.size();
     o << ", \"atomic_requests\": " << atomics.requests << ", \"atomic_addresses\": " << atomics.addresses
       << ", \"barriers\": " << r.barriers << ", \"shfl\": " << r.shfl << ", \"ldmatrix\": " << r.ldmatrix
       << ", \"mma\": " << r.mma << ", \"sites\": [";

@@ -12,7 +12,8 @@
 // - Global memory: each request's 32-byte sectors (distinct ones over all bytes its lanes touch),
 //   its ideal sectors (the fewest its distinct bytes need as one run from where the lowest starts
 //   in its sector: a coalesced request has as many) and the bytes the lanes ask for; atomics also
-//   their distinct addresses.
+//   their distinct addresses. Per launch also the distinct sectors of all its global accesses: the
+//   least traffic DRAM must serve, were every sector read or written once.
 // - Shared memory (the launch's dynamic shared memory, and the static __shared__ variables: this
 //   library's writable segment): 32 banks of 4 bytes; a request is served in phases of 32 lanes
 //   (accesses of up to 4 bytes), 16 (8 bytes) or 8 (16 bytes, and ldmatrix's rows); a phase needs

@@ -7,10 +7,12 @@ wavefronts (bank conflicts), atomics, barriers and warp collectives; after the b
 `counters.records` holds one dict per launch made inside it (nothing is counted outside one):
 
     kernel, grid, block, dynamic_shared_bytes,
-    global_load_requests, global_load_sectors, global_load_bytes (and global_store_*, and
+    global_load_requests, global_load_sectors, global_load_ideal_sectors (the fewest sectors the
+    requests' bytes need: equal when coalesced), global_load_bytes (and global_store_*, and
     global_atomic_* with global_atomic_addresses: distinct addresses summed over requests),
     shared_load_requests, shared_load_wavefronts, shared_load_ideal_wavefronts, shared_load_bytes
     (and shared_store_*, shared_atomic_* with shared_atomic_addresses),
+    global_distinct_sectors (every global sector the launch touches: the least DRAM traffic),
     atomic_requests and atomic_addresses (both spaces), barriers, shfl, ldmatrix, mma (warp-level
     instructions),
     sites: the same counts per access site, each with space ("global" or "shared"), access
