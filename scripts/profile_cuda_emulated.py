@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -57,20 +58,14 @@ SMALL_SHAPES = {
 def settings(env, tf32=False, deterministic=False):
     """os.environ with `env` (the CUDA host code reads its path settings on every call), TF32
     matmuls allowed (the tensor-core path's float32) and deterministic algorithms as asked."""
-    previous = {k: os.environ.get(k) for k in env}
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     deterministic_before = torch.are_deterministic_algorithms_enabled()
-    os.environ.update(env)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.use_deterministic_algorithms(deterministic)
     try:
-        yield
+        with mock.patch.dict(os.environ, env):
+            yield
     finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
         torch.use_deterministic_algorithms(deterministic_before)
 
