@@ -3,7 +3,7 @@
 # ninja installed, no network). Every phase writes its log under $OUT as it goes, so a run cut off
 # at its time limit still returns what it did. Each phase has a time limit well inside the device
 # tool's 10 minutes a call: `build tests` fits one call, `build bench model` another, `build tensor_core`
-# a third, `build inference demo` a fourth.
+# a third, `build inference demo` a fourth, `build counters` a fifth.
 #
 #   bash benchmarks/run_gpu_suite.sh [--dry-run] [PHASE ...]
 #
@@ -24,6 +24,9 @@
 #   inference  bench_inference: dab_detr_r50 at 800x1066, batch 1 and 8: eager (fp32, bf16 autocast),
 #           torch.compile, ONNX Runtime (its CUDA provider where installed), Hugging Face.
 #   demo    scripts/demo.sh on the GPU; metrics and pictures under $OUT/demo.
+#   counters  Nsight Compute (where ncu is installed) on every kernel of scripts/profile_cuda_emulated.py's
+#           calls, beside the CUDA emulator's counts of the same calls (its counting build, made here):
+#           $OUT/counters/ncu_vs_emulator.md (scripts/compare_ncu_counts.py; docs/gpu_model.md).
 # --dry-run checks the script on a machine without a GPU: CPU build, each phase's pytest command
 # collecting its tests (paths and -k expressions; CI's own pytest run executes them, the emulated
 # CUDA ones included), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
@@ -38,8 +41,9 @@ PHASES=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    build|tests|tensor_core|bench|model|inference|demo) PHASES+=("$arg") ;;
-    *) echo "unknown argument: $arg (phases: build tests tensor_core bench model inference demo; --dry-run)"; exit 2 ;;
+    build|tests|tensor_core|bench|model|inference|demo|counters) PHASES+=("$arg") ;;
+    *) echo "unknown argument: $arg (phases: build tests tensor_core bench model inference demo counters;" \
+            "--dry-run)"; exit 2 ;;
   esac
 done
 [ ${#PHASES[@]} -eq 0 ] && PHASES=(build tests bench)
@@ -192,6 +196,26 @@ phase_demo() {
   [ $DRY_RUN = 1 ] && short=(--set epochs=1 --set synthetic_train_images=16 --set synthetic_val_images=8)
   DABDETR_NO_VENV=1 DABDETR_OUT="$OUT/demo" run demo 540 bash scripts/demo.sh "${short[@]}"
   tail -5 "$OUT/demo.log" | tee -a "$LOG"
+}
+
+phase_counters() {
+  say "== counters: the emulator's and Nsight Compute's ($DEVICE)"
+  mkdir -p "$OUT/counters"
+  local small=()
+  [ $DRY_RUN = 1 ] && small=(--small)
+  run counters_emulator_build 300 env COUNTERS=1 bash scripts/build_cuda_emulator.sh || return
+  run counters_emulated 300 $PY scripts/profile_cuda_emulated.py "${small[@]}" --json "$OUT/counters/emulated.json" \
+    --markdown "$OUT/counters/emulated.md" || return
+  if [ $DRY_RUN = 1 ] || ! command -v ncu >/dev/null; then
+    say "   ncu: not run (dry run, or no ncu on this machine)"
+    return
+  fi
+  # ncu's CSV goes to stdout, the script's progress to stderr: both in the log, which the comparison reads.
+  run counters_ncu 420 ncu --csv --page raw --print-kernel-base demangled --target-processes all \
+    --metrics "$($PY scripts/compare_ncu_counts.py --metrics)" \
+    $PY scripts/profile_cuda_emulated.py --target cuda --json "$OUT/counters/cuda_calls.json" || return
+  run counters_compare 60 $PY scripts/compare_ncu_counts.py --ncu "$OUT/counters_ncu.log" \
+    --emulated "$OUT/counters/emulated.json" --markdown "$OUT/counters/ncu_vs_emulator.md"
 }
 
 for phase in "${PHASES[@]}"; do "phase_$phase"; done

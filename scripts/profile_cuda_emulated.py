@@ -5,6 +5,7 @@ its limits: docs/gpu_model.md). No GPU needed: the emulator's counting build
 (COUNTERS=1 bash scripts/build_cuda_emulator.sh) runs the kernels on the CPU.
 
     python scripts/profile_cuda_emulated.py --json FILE [--markdown FILE] [--only SUBSTRING] [--small]
+    ncu --csv --page raw ... python scripts/profile_cuda_emulated.py --target cuda --json FILE   # on a GPU
 
 Every kernel of the three ops, forward and backward: the modulated attention on the SIMT path in
 each of its four dtypes and on the tensor-core path in each of its three (float32 as TF32), with
@@ -13,6 +14,8 @@ multi-scale deformable attention with both backwards (atomics, deterministic). T
 DAB-DETR's and DAB-Deformable-DETR's decoder at reduced size (SHAPES): counts grow with the
 shapes, their ratios (sectors per request, conflicts) are the kernels'. One record per launch,
 the keys of emulated_counters() plus op, path, dtype, shape and pass; the same file every run.
+--target cuda makes the same calls with the GPU's kernels, for Nsight Compute to count
+(benchmarks/run_gpu_suite.sh, phase counters; scripts/compare_ncu_counts.py sets both side by side).
 --small: smaller shapes (SMALL_SHAPES); with --without-sites (the launches' totals only) what
 tests/emulated_counters_recorded.json holds, the counts tests/test_emulated_counters.py holds the
 kernels to (after a change that moves them, rerun this and review the difference):
@@ -70,27 +73,36 @@ def settings(env, tf32=False, deterministic=False):
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def attention_inputs(s, dtype):
+# Where the cases run: the emulator's counting build (CPU tensors), or a GPU's kernels (under ncu).
+TARGETS = {"emulated": ("cpu", "cuda_emulated"), "cuda": ("cuda", "kernel")}
+
+
+def leaves(device, dtype, *tensors):
+    """The tensors (made on the CPU from a seeded generator) on `device` in `dtype`, as leaves that
+    take gradients."""
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in tensors]
+
+
+def attention_inputs(s, dtype, device, impl):
     generator = torch.Generator().manual_seed(0)
+    rows = [torch.randn(s["batch"], s["heads"], n, s["head_dim"], generator=generator)
+            for n in (s["queries"], s["queries"], s["keys"], s["keys"], s["keys"])]
+    inputs = leaves(device, dtype, *rows)
+    return lambda: modulated_attention(*inputs, impl=impl)
 
-    def rows(n):
-        return torch.randn(s["batch"], s["heads"], n, s["head_dim"], generator=generator).to(dtype).requires_grad_()
 
-    return [rows(s["queries"]), rows(s["queries"]), rows(s["keys"]), rows(s["keys"]), rows(s["keys"])]
-
-
-def sine_inputs(s, modulated):
+def sine_inputs(s, modulated, device, impl):
     generator = torch.Generator().manual_seed(0)
-    boxes = torch.rand(s["boxes"], s["batch"], 4, generator=generator).requires_grad_()
+    boxes = torch.rand(s["boxes"], s["batch"], 4, generator=generator)
+    xy_scale = torch.rand(s["boxes"], s["batch"], 2 * s["num_feats"], generator=generator)
+    ref_wh = torch.rand(s["boxes"], s["batch"], 2, generator=generator)
+    boxes, xy_scale, ref_wh = leaves(device, torch.float32, boxes, xy_scale, ref_wh)
     if not modulated:
-        return lambda: anchor_sine_embed(boxes, num_feats=s["num_feats"], impl="cuda_emulated")
-    xy_scale = torch.rand(s["boxes"], s["batch"], 2 * s["num_feats"], generator=generator).requires_grad_()
-    ref_wh = torch.rand(s["boxes"], s["batch"], 2, generator=generator).requires_grad_()
-    return lambda: modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats=s["num_feats"],
-                                               impl="cuda_emulated")
+        return lambda: anchor_sine_embed(boxes, num_feats=s["num_feats"], impl=impl)
+    return lambda: modulated_anchor_sine_embed(boxes, xy_scale, ref_wh, num_feats=s["num_feats"], impl=impl)
 
 
-def deformable_inputs(s, dtype):
+def deformable_inputs(s, dtype, device, impl):
     generator = torch.Generator().manual_seed(0)
     shapes = torch.tensor(s["levels"])
     areas = shapes.prod(1)
@@ -99,8 +111,9 @@ def deformable_inputs(s, dtype):
     value = torch.randn(s["batch"], int(areas.sum()), s["heads"], s["head_dim"], generator=generator)
     locations = torch.rand(s["batch"], s["queries"], s["heads"], levels, points, 2, generator=generator)
     weights = torch.rand(s["batch"], s["queries"], s["heads"], levels, points, generator=generator).softmax(-1)
-    value, locations, weights = (t.to(dtype).requires_grad_() for t in (value, locations, weights))
-    return lambda: multi_scale_deformable_attention(value, shapes, starts, locations, weights, impl="cuda_emulated")
+    value, locations, weights = leaves(device, dtype, value, locations, weights)
+    shapes, starts = shapes.to(device), starts.to(device)
+    return lambda: multi_scale_deformable_attention(value, shapes, starts, locations, weights, impl=impl)
 
 
 def cases():
@@ -122,34 +135,39 @@ def cases():
     return out
 
 
-def forward_of(op, shape, argument):
+def forward_of(op, shape, argument, target):
+    device, impl = TARGETS[target]
     if op == "modulated_attention":
-        inputs = attention_inputs(shape, DTYPES[argument])
-        return lambda: modulated_attention(*inputs, impl="cuda_emulated")
+        return attention_inputs(shape, DTYPES[argument], device, impl)
     if op.endswith("anchor_sine_embed"):
-        return sine_inputs(shape, argument)
-    return deformable_inputs(shape, DTYPES[argument])
+        return sine_inputs(shape, argument, device, impl)
+    return deformable_inputs(shape, DTYPES[argument], device, impl)
 
 
-def profile(only=None, shapes=SHAPES):
+def profile(only=None, shapes=SHAPES, target="emulated"):
+    """The records of every case's launches (target "emulated"), or (target "cuda": the same calls
+    on a GPU, for ncu to count) one record per case and pass without counts."""
     records = []
+    counting = emulated_counters if target == "emulated" else contextlib.nullcontext
     for op, path, dtype, setting, argument in cases():
         if only and only not in f"{op} {path} {dtype}":
             continue
         shape = shapes["anchor_sine_embed" if op.endswith("anchor_sine_embed") else op]
-        forward = forward_of(op, shape, argument)
+        forward = forward_of(op, shape, argument, target)
         with settings(**setting):
-            with emulated_counters() as forward_counters:
+            with counting() as forward_counters:
                 out = forward()
             outputs = (out,) if isinstance(out, torch.Tensor) else out
             grads = [torch.ones_like(o) for o in outputs]
-            with emulated_counters() as backward_counters:
+            with counting() as backward_counters:
                 torch.autograd.backward(outputs, grads)
+        case = {"op": op, "path": path, "dtype": dtype, "shape": shape}
         for pass_name, counters in (("forward", forward_counters), ("backward", backward_counters)):
-            for record in counters.records:
-                records.append({"op": op, "path": path, "dtype": dtype, "shape": shape, "pass": pass_name, **record})
-        print(f"{op} {path} {dtype}: {len(forward_counters.records)} + {len(backward_counters.records)} launches",
-              file=sys.stderr)
+            launches = counters.records if counters is not None else [{}]
+            records += [{**case, "pass": pass_name, **record} for record in launches]
+        print(f"{op} {path} {dtype}: done", file=sys.stderr)
+    if target == "cuda":
+        torch.cuda.synchronize()
     return records
 
 
@@ -230,14 +248,16 @@ def main():
     parser.add_argument("--only", help="only the cases whose 'op path dtype' contains this")
     parser.add_argument("--small", action="store_true", help="the smaller shapes of SMALL_SHAPES")
     parser.add_argument("--without-sites", action="store_true", help="the launches' totals only")
+    parser.add_argument("--target", choices=sorted(TARGETS), default="emulated",
+                        help="cuda: the same calls on a GPU (for ncu; the records then hold no counts)")
     args = parser.parse_args()
     shapes = SMALL_SHAPES if args.small else SHAPES
-    records = profile(args.only, shapes)
+    records = profile(args.only, shapes, args.target)
     if args.without_sites:
         records = [{k: v for k, v in r.items() if k != "sites"} for r in records]
     with open(args.json, "w") as f:
         json.dump({"shapes": shapes, "records": records}, f, indent=1)
-    if args.markdown:
+    if args.markdown and args.target == "emulated":
         with open(args.markdown, "w") as f:
             f.write(markdown(records))
     print(f"wrote {len(records)} launch records to {args.json}", file=sys.stderr)

@@ -239,3 +239,36 @@ def test_default_paths_are_coalesced_and_free_of_bank_conflicts(small_profile):
                 assert site[prefix + "wavefronts"] == site[prefix + "ideal_wavefronts"], where
             elif "entries_kernel" not in record["kernel"] or site["access"] != "store":
                 assert site[prefix + "sectors"] == site[prefix + "ideal_sectors"], where
+
+
+def test_ncu_counts_are_matched_to_the_emulators_launches(small_profile, tmp_path):
+    """scripts/compare_ncu_counts.py on ncu output written here in ncu's CSV layout (its progress
+    lines, a header, a units row, torch's own kernels between ours, names as nvcc demangles them):
+    every launch matched in order, each count beside the emulator's."""
+    records = small_profile["records"]
+    metrics = subprocess.run([sys.executable, "scripts/compare_ncu_counts.py", "--metrics"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip().split(",")
+    header = ["ID", "Process ID", "Kernel Name", *metrics]
+    rows = [header, ["", "", "", *["sector"] * len(metrics)]]
+    for index, record in enumerate(records):
+        name = record["kernel"].replace("{anonymous}", "(anonymous namespace)")
+        torch_kernel = "void at::native::vectorized_elementwise_kernel<4>(int)"
+        rows.append([str(2 * index), "7", torch_kernel, *["1"] * len(metrics)])
+        values = [record["global_load_requests"], record["global_load_sectors"], record["global_store_requests"],
+                  record["global_store_sectors"], record["shared_load_wavefronts"], record["shared_store_wavefronts"],
+                  0, 0, 4096, 2500]
+        rows.append([str(2 * index + 1), "7", f"void {name}(dabdetr::cuda::Args)", *map(str, values)])
+    csv_text = "==PROF== Connected to process 7\n" + "\n".join(",".join(f'"{cell}"' for cell in row) for row in rows)
+    (tmp_path / "ncu.csv").write_text(csv_text + "\n==PROF== Disconnected from process 7\n")
+    (tmp_path / "emulated.json").write_text(json.dumps(small_profile))
+    result = subprocess.run([sys.executable, "scripts/compare_ncu_counts.py", "--ncu", str(tmp_path / "ncu.csv"),
+                             "--emulated", str(tmp_path / "emulated.json"), "--markdown", str(tmp_path / "out.md")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "out.md").read_text().splitlines()
+    launches = [line for line in table if line.startswith("| ") and "`" in line]
+    assert len(launches) == len(records) and not any("(ncu:" in line for line in launches)
+    for line, record in zip(launches, records):
+        cells = line.split(" | ")
+        assert cells[5] == f"{record['global_load_requests']} / {record['global_load_requests']}"
+        assert cells[-2].endswith(" / 4.0") and cells[-1].endswith(" / 2.50 |")  # DRAM KB, µs
