@@ -26,7 +26,7 @@
 #   demo    scripts/demo.sh on the GPU; metrics and pictures under $OUT/demo.
 #   counters  Nsight Compute (where ncu is installed) on every kernel of scripts/profile_cuda_emulated.py's
 #           calls, beside the CUDA emulator's counts of the same calls (its counting build, made here):
-#           $OUT/counters/ncu_vs_emulator.md (scripts/compare_ncu_counts.py; docs/gpu_model.md).
+#           $OUT/counters/ncu_vs_emulator.md (scripts/compare_ncu_counts.py; docs/results/gpu_model.md).
 # --dry-run checks the script on a machine without a GPU: CPU build, each phase's pytest command
 # collecting its tests (paths and -k expressions; CI's own pytest run executes them, the emulated
 # CUDA ones included), every benchmark at a tiny size on the CPU, and the demo for one short epoch.

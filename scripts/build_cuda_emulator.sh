@@ -7,7 +7,7 @@
 #
 #   COUNTERS=1                         the counting build instead (_cuda_emulated_counted.so, op library
 #                                      dabdetr_emulated_counted): every load and store of the kernels
-#                                      counted (csrc/cuda_emulator/counters.h, docs/gpu_model.md)
+#                                      counted (csrc/cuda_emulator/counters.h, docs/results/gpu_model.md)
 #   SANITIZE=address,undefined|thread  a sanitizer build (then preload the sanitizer's runtime)
 #   OUT=DIR                            objects (default build-cuda-emulator[-counted|-SANITIZE])
 set -euo pipefail

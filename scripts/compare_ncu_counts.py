@@ -1,4 +1,4 @@
-"""Nsight Compute's counts of the CUDA kernels beside the CUDA emulator's (docs/gpu_model.md), for
+"""Nsight Compute's counts of the CUDA kernels beside the CUDA emulator's (docs/results/gpu_model.md), for
 a GPU run: benchmarks/run_gpu_suite.sh (phase counters) profiles the calls of
 `scripts/profile_cuda_emulated.py --target cuda` under ncu and the same calls on the emulator, then
 

@@ -1,7 +1,7 @@
 """What a GPU profiler would report of every CUDA kernel, counted on the CUDA emulator: global
 memory requests and sectors, shared memory wavefronts and bank conflicts, atomics, barriers and
 warp collectives, per launch and per access site (dabdetr.ops.emulated_counters; the model and
-its limits: docs/gpu_model.md). No GPU needed: the emulator's counting build
+its limits: docs/results/gpu_model.md). No GPU needed: the emulator's counting build
 (COUNTERS=1 bash scripts/build_cuda_emulator.sh) runs the kernels on the CPU.
 
     python scripts/profile_cuda_emulated.py --json FILE [--markdown FILE] [--only SUBSTRING] [--small]

@@ -1,4 +1,4 @@
-"""The CUDA emulator's memory-access counters (dabdetr.ops.emulated_counters, docs/gpu_model.md):
+"""The CUDA emulator's memory-access counters (dabdetr.ops.emulated_counters, docs/results/gpu_model.md):
 exact on test kernels whose counts are worked out by hand below, from the model (32-byte sectors;
 32 banks of 4 bytes served in phases of 32, 16 or 8 lanes for 4-, 8- and 16-byte accesses), and
 scoped, deterministic and attributed to source lines on the real kernels."""

@@ -162,7 +162,7 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-// The keys of one kind of access in a record (docs/gpu_model.md): SPACE_ACCESS_requests, _sectors
+// The keys of one kind of access in a record (docs/results/gpu_model.md): SPACE_ACCESS_requests, _sectors
 // and _ideal_sectors (global) or _wavefronts and _ideal_wavefronts (shared), _bytes, and _addresses
 // for atomics.
 void write_counts(std::ostringstream& o, Space space, Access kind, const Counts& c) {

@@ -49,7 +49,8 @@ extern bool g_active;  // between start() and take(); nothing is counted outside
 inline bool active() { return g_active; }
 
 void start();
-// The records of the launches since start(), as a JSON list (one object per launch; docs/gpu_model.md), and stop.
+// The records of the launches since start(), as a JSON list (one object per launch:
+// docs/results/gpu_model.md), and stop.
 std::string take();
 
 // Called by the runtime (runtime.cpp) while counting.

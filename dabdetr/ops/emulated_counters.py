@@ -19,7 +19,7 @@ wavefronts (bank conflicts), atomics, barriers and warp collectives; after the b
     ("load", "store" or "atomic"), source ("csrc/cuda/file.cu:line" of the access) and
     inlined_at (the file:line of the kernel code it was inlined into, innermost first).
 
-The counting model and its limits are in docs/gpu_model.md (and csrc/cuda_emulator/counters.h).
+The counting model and its limits are in docs/results/gpu_model.md (and csrc/cuda_emulator/counters.h).
 The counts are deterministic: the same calls give the same records.
 """
 

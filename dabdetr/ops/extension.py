@@ -6,7 +6,7 @@ warning says why (extension missing, or DABDETR_DISABLE_KERNELS=1). impl="cuda_e
 the CUDA kernels on CPU tensors in the CUDA emulator (scripts/build_cuda_emulator.sh builds it
 into the package as _cuda_emulated.so; docs/ops.md, "The CUDA emulator"). Its counting build
 (_cuda_emulated_counted.so, op library dabdetr_emulated_counted) serves those calls inside
-dabdetr.ops.emulated_counters() (docs/gpu_model.md).
+dabdetr.ops.emulated_counters() (docs/results/gpu_model.md).
 """
 
 import os
