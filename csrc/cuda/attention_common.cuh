@@ -164,7 +164,8 @@ __global__ void delta_kernel(const AttentionArgs a) {
     for (int r = 0; r < kLanes && row0 + r < rows; ++r) {
       const int64_t offset = (row0 + r) * a.dim_value;
       A sum = 0;
-      for (int64_t d = lane; d < a.dim_value; d += kLanes) sum += to_acc(grad_out[offset + d]) * to_acc(out[offset + d]);
+      for (int64_t d = lane; d < a.dim_value; d += kLanes)
+        sum += to_acc(grad_out[offset + d]) * to_acc(out[offset + d]);
 #pragma unroll
       for (int width = kLanes / 2; width > 0; width /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, width);
       if (lane == r) mine = sum;
