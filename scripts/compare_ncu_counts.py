@@ -34,12 +34,6 @@ NCU_METRICS = {
 }
 
 
-def kernel_base(name):
-    """'forward_kernel<float, 32, true>' from either tool's demangled name."""
-    name = re.sub(r"\((?:anonymous namespace)\)::|\{anonymous\}::|dabdetr::cuda::|^void ", "", name.strip())
-    return re.sub(r"\([^()]*\)$", "", name).strip()
-
-
 def ncu_launches(path):
     """The dabdetr kernels' rows of `ncu --csv --page raw` output (other lines and kernels skipped),
     in launch order: [{"kernel": base name, metric: float}]."""
@@ -56,13 +50,13 @@ def ncu_launches(path):
         for key, metric in NCU_METRICS.items():
             text = (row.get(metric) or "").replace(",", "")
             values[key] = float(text) if re.fullmatch(r"[0-9.eE+-]+", text) else None
-        launches.append({"kernel": kernel_base(row["Kernel Name"]), **values})
+        launches.append({"kernel": profile_script().kernel_base(row["Kernel Name"]), **values})
     return launches
 
 
 @functools.cache
 def profile_script():
-    """scripts/profile_cuda_emulated.py as a module (its H100 model)."""
+    """scripts/profile_cuda_emulated.py as a module (its H100 model and kernel names)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profile_cuda_emulated.py")
     spec = importlib.util.spec_from_file_location("profile_cuda_emulated", path)
     module = importlib.util.module_from_spec(spec)
@@ -84,7 +78,7 @@ def markdown(emulated, launches):
              "|" + "---|" * 15]
     for index, record in enumerate(emulated):
         ncu = launches[index] if index < len(launches) else {}
-        kernel = kernel_base(record["kernel"])
+        kernel = profile_script().kernel_base(record["kernel"])
         if ncu.get("kernel") != kernel:
             kernel += f" (ncu: {ncu.get('kernel', 'no launch')})"
         model_us, _ = profile_script().h100_bound(record)

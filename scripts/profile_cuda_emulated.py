@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from unittest import mock
 
@@ -215,6 +216,13 @@ def h100_bound(record):
     return terms[binding] * 1e6, binding
 
 
+def kernel_base(name):
+    """'forward_kernel<float, 32, true>' from a kernel's name as the emulator or nvcc (in ncu's
+    reports) demangles it."""
+    name = re.sub(r"\((?:anonymous namespace)\)::|\{anonymous\}::|dabdetr::cuda::|^void ", "", name.strip())
+    return re.sub(r"\([^()]*\)$", "", name).strip()
+
+
 def markdown(records):
     """One row per launch: global requests, sectors and the fewest the requests' bytes need (equal:
     coalesced), shared wavefronts and the fewest (equal: no bank conflicts), atomics, barriers."""
@@ -222,7 +230,7 @@ def markdown(records):
              "st sectors (ideal) | shared ld wavefronts (ideal) | shared st wavefronts (ideal) | atomics | barriers |",
              "|" + "---|" * 13]
     for r in records:
-        kernel = r["kernel"].replace("dabdetr::cuda::", "").replace("{anonymous}::", "")
+        kernel = kernel_base(r["kernel"])
         lines.append(
             f"| {r['op']} | {r['path']} | {r['dtype']} | {r['pass']} | `{kernel}` | {r['global_load_requests']} | "
             f"{r['global_load_sectors']} ({r['global_load_ideal_sectors']}) | {r['global_store_requests']} | "
@@ -234,7 +242,7 @@ def markdown(records):
               "| op | path | dtype | pass | kernel | DRAM KB (distinct sectors) | model µs | bound by |",
               "|" + "---|" * 8]
     for r in records:
-        kernel = r["kernel"].replace("dabdetr::cuda::", "").replace("{anonymous}::", "")
+        kernel = kernel_base(r["kernel"])
         microseconds, binding = h100_bound(r)
         lines.append(f"| {r['op']} | {r['path']} | {r['dtype']} | {r['pass']} | `{kernel}` | "
                      f"{r['global_distinct_sectors'] * 32 / 1024:.1f} | {microseconds:.2f} | {binding} |")

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 import torch
+from conftest import require_emulator
 
-from dabdetr.ops import emulated_counters, kernel_info, modulated_attention, multi_scale_deformable_attention
+from dabdetr.ops import emulated_counters, modulated_attention, multi_scale_deformable_attention
 
 pytestmark = pytest.mark.cuda_emulated
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,11 +21,8 @@ RECORDED = os.path.join(ROOT, "tests", "emulated_counters_recorded.json")
 
 @pytest.fixture(autouse=True)
 def _counting_build():
-    if not kernel_info()["cuda_emulated_counted"]:
-        if os.environ.get("DABDETR_REQUIRE_CUDA_EMULATOR", "") not in ("", "0"):
-            pytest.fail("DABDETR_REQUIRE_CUDA_EMULATOR is set but the counting build is not built "
-                        "(COUNTERS=1 bash scripts/build_cuda_emulator.sh)")
-        pytest.skip("the CUDA emulator's counting build is not built (COUNTERS=1 bash scripts/build_cuda_emulator.sh)")
+    require_emulator("cuda_emulated_counted", "the CUDA emulator's counting build",
+                     "COUNTERS=1 bash scripts/build_cuda_emulator.sh")
 
 
 def coalesced_store(lanes=32):

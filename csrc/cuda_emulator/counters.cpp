@@ -6,7 +6,6 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <sstream>
 #include <unordered_map>
@@ -25,9 +24,9 @@ constexpr int kWarpSize = 32;
 constexpr unsigned kSectorBytes = 32;
 constexpr int kBanks = 32;
 
-// The counts of one kind of access (a space and load, store or atomic): requests and, for global
-// memory and atomics, sectors and bytes (and atomics' distinct addresses); for shared memory,
-// wavefronts, the ideal wavefronts and bytes.
+// The counts of one kind of access (a space and load, store or atomic): requests and bytes; sectors
+// and ideal sectors (global memory) or wavefronts and ideal wavefronts (shared memory); atomics'
+// distinct addresses.
 struct Counts {
   uint64_t requests = 0, sectors = 0, ideal_sectors = 0, bytes = 0, addresses = 0, wavefronts = 0,
            ideal_wavefronts = 0;
@@ -143,6 +142,11 @@ void finish_intervals(int warp, uint32_t before) {
   }
 }
 
+// Every request still pending, of every warp (a block or a launch is over).
+void finish_all() {
+  for (size_t warp = 0; warp < g_pending.size(); ++warp) finish_intervals(static_cast<int>(warp), UINT32_MAX);
+}
+
 // The library this file is part of, for sites as offsets in it (what addr2line reads).
 uintptr_t library_base() {
   Dl_info info{};
@@ -239,7 +243,7 @@ void launch_begins(const char* kernel, dim3 grid, dim3 block, size_t dynamic_sha
 }
 
 void launch_ends() {
-  for (size_t warp = 0; warp < g_pending.size(); ++warp) finish_intervals(static_cast<int>(warp), UINT32_MAX);
+  finish_all();  // a failed launch's last block never ended
   g_record = nullptr;
 }
 
@@ -251,11 +255,10 @@ void access(const Lane& lane, Access kind, Space space, uintptr_t site, uintptr_
     t.executed.clear();
   }
   const uint32_t occurrence = t.executed[site]++;
-  Request& r = g_pending[lane.warp][lane.interval][RequestKey{site, occurrence}];
+  Request& r = g_pending[lane.warp][lane.interval][RequestKey{site, occurrence}];  // value-initialized: size 0
   if (r.lanes.empty()) {
     r.kind = kind;
     r.space = space;
-    r.size = size;
   }
   r.size = std::max(r.size, size);
   r.lanes.emplace_back(lane.lane, address);
@@ -267,7 +270,7 @@ void intervals_done(int warp, uint32_t before) {
 
 void block_ends() {
   if (g_record == nullptr) return;
-  for (size_t warp = 0; warp < g_pending.size(); ++warp) finish_intervals(static_cast<int>(warp), UINT32_MAX);
+  finish_all();
   for (auto& t : g_threads) t = ThreadSites{};
 }
 

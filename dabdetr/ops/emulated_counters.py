@@ -49,12 +49,10 @@ def emulated_counters():
                            f"({extension.COUNTED_EMULATOR_LIBRARY}); build it with "
                            "COUNTERS=1 bash scripts/build_cuda_emulator.sh")
     library = torch.ops.dabdetr_emulated_counted
-    if extension._emulated_library == "dabdetr_emulated_counted":
-        raise RuntimeError("emulated_counters: already counting (the blocks do not nest)")
-    counters = EmulatedCounters()
-    library.counters_start()
     extension.count_emulated_calls(True)
+    counters = EmulatedCounters()
     try:
+        library.counters_start()
         yield counters
     finally:
         extension.count_emulated_calls(False)
@@ -106,6 +104,6 @@ def _source_lines(offsets):
             if current is not None and frames:
                 lines[current] = (frames[0], tuple(frames[1:]))
             current, frames = int(line, 16), []
-        elif _kernel_source(line) is not None:
-            frames.append(_kernel_source(line))
+        elif (source := _kernel_source(line)) is not None:
+            frames.append(source)
     return lines

@@ -56,13 +56,6 @@ _EMULATOR = EMULATOR_LIMITS is not None
 COUNTED_EMULATOR = _EMULATOR and _load_emulator(COUNTED_EMULATOR_LIBRARY, "dabdetr_emulated_counted",
                                                 "COUNTERS=1 bash scripts/build_cuda_emulator.sh") is not None
 _emulated_library = "dabdetr_emulated"  # what impl="cuda_emulated" calls
-
-
-def count_emulated_calls(on):
-    """Routes impl="cuda_emulated" calls to the counting build (on) or back to the plain one;
-    dabdetr.ops.emulated_counters() is the way to use it."""
-    global _emulated_library
-    _emulated_library = "dabdetr_emulated_counted" if on else "dabdetr_emulated"
 # The dtypes each backend's kernels serve, as the extension reports them.
 _KERNEL_DTYPES = {device: tuple(getattr(torch, name) for name in BUILD_INFO.get(f"{device}_dtypes", ()))
                   for device in ("cpu", "cuda")}
@@ -112,6 +105,15 @@ def kernel_ops(impl, op_name, device, dtype, unsupported=None):
     if impl == "kernel":
         raise RuntimeError(f"{op_name}: impl='kernel' but {reason}")
     return None
+
+
+def count_emulated_calls(on):
+    """Routes impl="cuda_emulated" calls to the counting build (on) or back to the plain one;
+    dabdetr.ops.emulated_counters() is the way to use it. Counting does not nest."""
+    global _emulated_library
+    if on and _emulated_library == "dabdetr_emulated_counted":
+        raise RuntimeError("emulated_counters: already counting (the blocks do not nest)")
+    _emulated_library = "dabdetr_emulated_counted" if on else "dabdetr_emulated"
 
 
 def op_libraries():
