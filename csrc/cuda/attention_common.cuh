@@ -146,31 +146,24 @@ struct QueryRows {
   }
 };
 
-// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. A warp takes 32
-// consecutive rows: its lanes read consecutive elements of each row (coalesced), a butterfly of
-// shuffles sums them, and lane r keeps row r's sum, so the 32 deltas are one coalesced store.
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. One thread per row,
+// summing in the order dot() sums dO_i . V_j in the backward passes: where a row's only valid key
+// gives O_i = V_j, delta_i equals dO_i . V_j exactly and that key's dK is exactly zero, as the
+// reference's (a warp-parallel sum, tried 2026-12-06, coalesced the loads but broke this by one
+// rounding). Its loads stride a row per lane (8x the sectors they need: the emulator's counters);
+// staging the rows through shared memory in this order is the fix still to make.
 template <typename T>
 __global__ void delta_kernel(const AttentionArgs a) {
   using A = Acc<T>;
-  constexpr int kLanes = 32;
   const int64_t rows = a.batch * a.heads * a.num_queries;
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const T* out = static_cast<const T*>(a.out);
-  const int lane = threadIdx.x % kLanes;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kLanes);
-  for (int64_t row0 = (int64_t(blockIdx.x) * (blockDim.x / kLanes) + threadIdx.x / kLanes) * kLanes; row0 < rows;
-       row0 += warps * kLanes) {
-    A mine = 0;
-    for (int r = 0; r < kLanes && row0 + r < rows; ++r) {
-      const int64_t offset = (row0 + r) * a.dim_value;
-      A sum = 0;
-      for (int64_t d = lane; d < a.dim_value; d += kLanes)
-        sum += to_acc(grad_out[offset + d]) * to_acc(out[offset + d]);
-#pragma unroll
-      for (int width = kLanes / 2; width > 0; width /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, width);
-      if (lane == r) mine = sum;
-    }
-    if (row0 + lane < rows) static_cast<A*>(a.delta)[row0 + lane] = mine;
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    A sum = 0;
+    for (int64_t d = 0; d < a.dim_value; ++d)
+      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
+    static_cast<A*>(a.delta)[row] = sum;
   }
 }
 
@@ -178,8 +171,8 @@ template <typename T>
 cudaError_t launch_delta(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t rows = a.batch * a.heads * a.num_queries;
   const int threads = 256;
-  return launch_kernel<delta_kernel<T>>(
-      static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)), threads, 0, stream, a);
+  return launch_kernel<delta_kernel<T>>(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)),
+                                        threads, 0, stream, a);
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
