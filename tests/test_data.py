@@ -95,6 +95,44 @@ def test_collate_pads_bottom_right_and_masks_the_padding():
     assert images[1, :, :, 3:].abs().sum() == 0 and [t["image_id"] for t in targets] == [1, 2]
 
 
+def test_collated_targets_share_one_buffer_per_dtype_and_keep_their_values():
+    given = [{"boxes": torch.rand(3, 4), "labels": torch.tensor([1, 2, 3]), "size": torch.tensor([5, 6]),
+              "image_id": 7},
+             {"boxes": torch.rand(4, 2).t(), "labels": torch.zeros(0, dtype=torch.int64),
+              "size": torch.tensor([4, 6]), "image_id": 8, "area": torch.tensor(2.5)},
+             {"boxes": torch.zeros(0, 4), "labels": torch.tensor([4]), "size": torch.tensor([1, 1]), "image_id": 9}]
+    originals = [{k: v.clone() if torch.is_tensor(v) else v for k, v in t.items()} for t in given]
+    samples = [(torch.zeros(3, 2, 2), t) for t in given]
+    _, _, targets = collate_detection(samples)
+    for target, original, passed in zip(targets, originals, given):
+        assert target.keys() == original.keys() and target is not passed
+        for key, value in original.items():
+            if torch.is_tensor(value):
+                assert target[key].dtype == value.dtype and torch.equal(target[key], value)
+                assert passed[key] is not target[key] and torch.equal(passed[key], value)  # the caller's left alone
+            else:
+                assert target[key] == value
+    for dtype in (torch.float32, torch.int64):
+        storages = {t[k].untyped_storage().data_ptr() for t in targets for k in t
+                    if torch.is_tensor(t[k]) and t[k].dtype == dtype}
+        assert len(storages) == 1
+    targets[0]["boxes"].add_(1)  # a target's tensors are its own region of the buffer
+    assert torch.equal(targets[1]["boxes"], originals[1]["boxes"])
+    assert torch.equal(targets[0]["boxes"], originals[0]["boxes"] + 1)
+
+
+def test_collated_targets_cross_a_worker_process_intact():
+    dataset = SyntheticShapes(6, make_transforms(False, [64], 64), split_seed=5)
+    loader = torch.utils.data.DataLoader(dataset, 3, num_workers=1, collate_fn=collate_detection)
+    expected = [dataset[i][1] for i in range(6)]
+    received = [t for _, _, targets in loader for t in targets]
+    assert len(received) == 6
+    for target, original in zip(received, expected):
+        assert target.keys() == original.keys()
+        for key, value in original.items():
+            assert torch.equal(target[key], value) if torch.is_tensor(value) else target[key] == value
+
+
 def test_synthetic_set_is_deterministic_and_boxes_fit_the_drawn_shapes():
     first = synthetic_coco(30, seed=3)
     assert first == synthetic_coco(30, seed=3) and first != synthetic_coco(30, seed=4)
