@@ -30,9 +30,9 @@ DEFORMABLE_KERNELS = ("forward_kernel", "backward_kernel", "entries_kernel", "va
                       "sample_grad_kernel", "round_value_grad_kernel")
 KERNEL_THREADS = {
     "attention_forward.cu": {"forward_kernel": 64},
-    "attention_backward.cu": {"key_grad_kernel": 64, "query_grad_kernel": 64, "delta_kernel": 256},
+    "attention_backward.cu": {"key_grad_kernel": 64, "query_grad_kernel": 64, "delta_kernel": 128},
     "attention_mma_forward.cu": {"mma_forward_kernel": 128, "combine_kernel": 256},
-    "attention_mma_backward.cu": {"mma_key_grad_kernel": 128, "mma_query_grad_kernel": 128, "delta_kernel": 256},
+    "attention_mma_backward.cu": {"mma_key_grad_kernel": 128, "mma_query_grad_kernel": 128, "delta_kernel": 128},
     "sine_embed.cu": {"forward_kernel": 256, "backward_kernel": 256},
     "deformable_attention.cu": dict.fromkeys(DEFORMABLE_KERNELS, 256),
 }

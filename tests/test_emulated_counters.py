@@ -227,17 +227,15 @@ def is_default_path(record):
 
 def test_default_paths_are_coalesced_and_free_of_bank_conflicts(small_profile):
     """Every global access site of the default paths touches the fewest sectors its bytes need, and
-    every shared one the fewest wavefronts; the exceptions (the deterministic deformable backward's
-    entries, 4 consecutive a thread; the attention backward's delta, one row a thread) have their
-    reasons beside them in the source."""
+    every shared one the fewest wavefronts; the exception (the deterministic deformable backward's
+    entries, 4 consecutive a thread) has its reason beside it in the source."""
     for record in filter(is_default_path, small_profile["records"]):
         for site in record["sites"]:
             prefix = f"{site['space']}_{site['access']}_"
             where = f"{launch_name(record)} at {site['source']} ({site['access']})"
             if site["space"] == "shared":
                 assert site[prefix + "wavefronts"] == site[prefix + "ideal_wavefronts"], where
-            elif not (("entries_kernel" in record["kernel"] and site["access"] == "store")
-                      or ("delta_kernel" in record["kernel"] and site["access"] == "load")):
+            elif not ("entries_kernel" in record["kernel"] and site["access"] == "store"):
                 assert site[prefix + "sectors"] == site[prefix + "ideal_sectors"], where
 
 

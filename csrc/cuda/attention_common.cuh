@@ -146,33 +146,73 @@ struct QueryRows {
   }
 };
 
-// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. One thread per row,
-// summing in the order dot() sums dO_i . V_j in the backward passes: where a row's only valid key
-// gives O_i = V_j, delta_i equals dO_i . V_j exactly and that key's dK is exactly zero, as the
-// reference's (a warp-parallel sum, tried 2026-12-06, coalesced the loads but broke this by one
-// rounding). Its loads stride a row per lane (8x the sectors they need: the emulator's counters);
-// staging the rows through shared memory in this order is the fix still to make.
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. One lane per row sums
+// d = 0, 1, ... in the order dot() sums dO_i . V_j in the backward passes: where a row's only valid
+// key gives O_i = V_j, delta_i equals dO_i . V_j exactly and that key's dK is exactly zero, as the
+// reference's (a warp-parallel sum, tried 2026-12-06, broke this by one rounding). So that the
+// loads are coalesced all the same, each warp stages its 32 rows through shared memory 16 columns
+// at a time (a load request reads 16 consecutive columns of two rows), and each lane continues its
+// own row's sum over the staged columns.
+constexpr int kDeltaWarps = 4;   // a block: 128 threads, 32 rows a warp
+constexpr int kDeltaCols = 16;   // columns a step stages
+
+// Where column c of staged row r lives: no padding, the column swizzled by the row, so that both
+// the staging (lanes 0-15 one row, 16-31 the next) and the summing (lane i row i, all the same
+// column) hit every bank once: 4-byte rows r and r + 1 share a swizzle and fill the two halves of
+// the banks; 8-byte accesses go in half-warp phases, one row each when staging, and need a
+// swizzle per row when summing.
+template <typename A>
+__device__ __forceinline__ int delta_column(int r, int c) {
+  return c ^ ((sizeof(A) == 8 ? r : r >> 1) & 15);
+}
+
 template <typename T>
 __global__ void delta_kernel(const AttentionArgs a) {
   using A = Acc<T>;
-  const int64_t rows = a.batch * a.heads * a.num_queries;
+  constexpr int kRows = kDeltaWarps * 32, kCols = kDeltaCols;
+  __shared__ A staged[kDeltaWarps][2][32][kCols];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  A(&grad_out_rows)[32][kCols] = staged[warp][0];
+  A(&out_rows)[32][kCols] = staged[warp][1];
+  const int64_t rows = a.batch * a.heads * a.num_queries, dim = a.dim_value;
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const T* out = static_cast<const T*>(a.out);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += int64_t(gridDim.x) * blockDim.x) {
+  // Every thread of the block runs the same iterations (the barriers need them all).
+  for (int64_t block_row0 = int64_t(blockIdx.x) * kRows; block_row0 < rows;
+       block_row0 += int64_t(gridDim.x) * kRows) {
+    const int64_t row0 = block_row0 + warp * 32;
+    const int64_t left = rows - row0;  // negative for the block's warps past the last row
+    const int count = left <= 0 ? 0 : left < 32 ? static_cast<int>(left) : 32;
     A sum = 0;
-    for (int64_t d = 0; d < a.dim_value; ++d)
-      sum += to_acc(grad_out[row * a.dim_value + d]) * to_acc(out[row * a.dim_value + d]);
-    static_cast<A*>(a.delta)[row] = sum;
+    for (int64_t d0 = 0; d0 < dim; d0 += kCols) {
+      const int cols = dim - d0 < kCols ? static_cast<int>(dim - d0) : kCols;
+      for (int idx = lane; idx < 32 * kCols; idx += 32) {
+        const int r = idx / kCols, c = idx % kCols;
+        if (r < count && c < cols) {
+          const int64_t at = (row0 + r) * dim + d0 + c;
+          grad_out_rows[r][delta_column<A>(r, c)] = to_acc(grad_out[at]);
+          out_rows[r][delta_column<A>(r, c)] = to_acc(out[at]);
+        }
+      }
+      __syncthreads();
+      if (lane < count) {
+        for (int c = 0; c < cols; ++c) {
+          const int at = delta_column<A>(lane, c);
+          sum += grad_out_rows[lane][at] * out_rows[lane][at];
+        }
+      }
+      __syncthreads();
+    }
+    if (lane < count) static_cast<A*>(a.delta)[row0 + lane] = sum;
   }
 }
 
 template <typename T>
 cudaError_t launch_delta(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t rows = a.batch * a.heads * a.num_queries;
-  const int threads = 256;
-  return launch_kernel<delta_kernel<T>>(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, threads), 65535)),
-                                        threads, 0, stream, a);
+  constexpr int kThreads = kDeltaWarps * 32;
+  return launch_kernel<delta_kernel<T>>(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, kThreads), 65535)),
+                                        kThreads, 0, stream, a);
 }
 
 // Picks the instantiation: head width 32 or 64 (the widest of Dc, Dp, Dv), with or without the
