@@ -181,7 +181,7 @@ MMA_FLOPS = {"float32": 2 * 16 * 8 * 8, "float16": 2 * 16 * 8 * 16, "bfloat16": 
 def simt_flops(record):
     """The multiply-adds (2 FLOPs each) of the op's formula that a SIMT kernel computes; index
     arithmetic, exp and sincos are not counted (the sine embedding is left at 0: memory bound)."""
-    s, kernel = record["shape"], record["kernel"].split("::")[-1].split("<")[0]
+    s, kernel = record["shape"], kernel_base(record["kernel"]).split("<")[0]
     if record["op"] == "modulated_attention":
         pairs, d = s["batch"] * s["heads"] * s["queries"] * s["keys"], s["head_dim"]
         per_pair = {"forward_kernel": 2 * 3 * d, "key_grad_kernel": 4 * 2 * d + 4 * d,

@@ -235,7 +235,7 @@ def test_default_paths_are_coalesced_and_free_of_bank_conflicts(small_profile):
             where = f"{launch_name(record)} at {site['source']} ({site['access']})"
             if site["space"] == "shared":
                 assert site[prefix + "wavefronts"] == site[prefix + "ideal_wavefronts"], where
-            elif not ("entries_kernel" in record["kernel"] and site["access"] == "store"):
+            elif "entries_kernel" not in record["kernel"] or site["access"] != "store":
                 assert site[prefix + "sectors"] == site[prefix + "ideal_sectors"], where
 
 
