@@ -117,6 +117,32 @@ def test_attention_error_ratio(case, path, dtype, gpu, use_path, allow_tf32):
         assert_error_ratio(k, r, t, factor, f"{case.name} {path} {dtype} {name}", floor=floor)
 
 
+@pytest.mark.parametrize(("dim", "dim_value"), [(16, 16), (32, 32), (32, 16), (48, 48), (64, 40)], ids=str)
+def test_simt_backward_gives_exact_zeros_where_one_key_is_valid(dim, dim_value, gpu, use_path):
+    """Where a batch entry has a single unpadded key, every query of it gives that key probability 1
+    whatever the logits, so the true dK, dK_pos and dQ of the entry are exactly 0. The SIMT backward
+    gets exactly 0 only if delta_i = rowsum(dO_i * O_i) and the passes' dO_i . V_j are summed in
+    one order (halves_dot), the key pass's two threads per key included: one rounding apart, dS
+    is a rounding error and the gradients follow it. Widths 32 and 64, one half and both."""
+    use_path("simt", gpu)
+    generator = torch.Generator().manual_seed(dim + dim_value)
+    shapes = {"q_content": (2, 3, 37, dim), "q_pos": (2, 3, 37, dim), "k_content": (2, 3, 50, dim),
+              "k_pos": (2, 3, 50, dim), "value": (2, 3, 50, dim_value)}
+    inputs = {name: torch.randn(shape, generator=generator).to(gpu).requires_grad_() for name, shape in shapes.items()}
+    mask = torch.zeros(2, 50, dtype=torch.bool)
+    mask[1] = True
+    mask[1, 7] = False
+    out = modulated_attention(**inputs, key_padding_mask=mask.to(gpu), impl=gpu.impl)
+    cotangent = torch.randn_like(out)
+    grads = dict(zip(GRAD_NAMES, torch.autograd.grad(out, [inputs[n] for n in GRAD_NAMES], cotangent)))
+    for name in ("q_content", "q_pos", "k_content", "k_pos"):
+        assert (grads[name][1] == 0).all(), name
+        assert grads[name][0].abs().max() > 0, name  # the other entry's are not
+    # dV of the valid key: the sum of the entry's dO (probability 1), of the others 0.
+    torch.testing.assert_close(grads["value"][1, :, 7], cotangent[1].sum(1))
+    assert (grads["value"][1, :, :7] == 0).all() and (grads["value"][1, :, 8:] == 0).all()
+
+
 @pytest.mark.parametrize("splits", [1, 2, 3, 4, 5, 16, "auto"])
 def test_tensor_core_key_splits_match_the_fp64_truth(splits, use_path, monkeypatch, gpu):
     """Every split count of the tensor-core forward (the combine step included) gives out within

@@ -27,14 +27,16 @@ __device__ __forceinline__ const T* head_rows(const Operand& o, int64_t b, int64
   return static_cast<const T*>(o.data) + b * o.stride_b + h * o.stride_h;
 }
 
-// dst[r][d] = rows[row0 + r][d], zero past the last row or the operand's dim.
-template <typename T, typename A, int R, int W>
-__device__ void load_tile(A (&dst)[R][W], const T* rows, int64_t stride_n, int64_t row0,
+// dst[r][d] = rows[row0 + r][d] for d < W = S - kGap, zero past the last row or the operand's
+// dim; with a gap, the row's second half d >= W / 2 is stored kGap elements further on.
+template <typename T, int kGap = 0, typename A, int R, int S>
+__device__ void load_tile(A (&dst)[R][S], const T* rows, int64_t stride_n, int64_t row0,
                           int64_t num_rows, int64_t dim) {
+  constexpr int W = S - kGap;
   for (int idx = threadIdx.x; idx < R * W; idx += blockDim.x) {
     const int r = idx / W, d = idx % W;
     const int64_t row = row0 + r;
-    dst[r][d] = (row < num_rows && d < dim) ? to_acc(rows[row * stride_n + d]) : A(0);
+    dst[r][d < W / 2 ? d : d + kGap] = (row < num_rows && d < dim) ? to_acc(rows[row * stride_n + d]) : A(0);
   }
 }
 
@@ -43,15 +45,22 @@ __device__ void load_tile(A (&dst)[R][W], const T* rows, int64_t stride_n, int64
 // of a row (coalesced), where each thread reading its own row would touch one sector per lane
 // (the emulator's counters: 32 sectors per 128 bytes before). One element of padding a row keeps
 // the threads' reads and writes of their own rows free of bank conflicts (row stride W + 1 words).
-// Every thread of the block calls load and store; thread t owns row row0 + t.
-template <typename A, int W>
+// A row may be split between kParts consecutive threads, part p holding columns
+// [p W / kParts, (p + 1) W / kParts): thread t owns part t % kParts of row row0 + t / kParts. A
+// warp's 16 rows of 4-byte halves still hit every bank once; 8-byte halves of one row share banks
+// (two-way, in the key pass's prologue and epilogue only: 0.5 % of its float64 wavefronts, left so
+// for the checking dtype). Every thread of the block calls load and store.
+template <typename A, int W, int kParts = 1>
 struct RowStage {
   static constexpr int kRows = 16;
+  static constexpr int kPartWidth = W / kParts;
   A rows[kRows][W + 1];
 
-  // dst = source row row0 + threadIdx.x (zero past num_rows and dim).
+  // dst = the thread's part of source row row0 + threadIdx.x / kParts (zero past num_rows and dim).
   template <typename T>
-  __device__ void load(A (&dst)[W], const T* src, int64_t stride_n, int64_t row0, int64_t num_rows, int64_t dim) {
+  __device__ void load(A (&dst)[kPartWidth], const T* src, int64_t stride_n, int64_t row0, int64_t num_rows,
+                       int64_t dim) {
+    const int first = threadIdx.x % kParts * kPartWidth;
     for (int pass = 0; pass < kRowsPerBlock; pass += kRows) {
       for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {
         const int r = idx / W, d = idx % W;
@@ -59,23 +68,25 @@ struct RowStage {
         rows[r][d] = (row < num_rows && d < dim) ? to_acc(src[row * stride_n + d]) : A(0);
       }
       __syncthreads();
-      const unsigned mine = threadIdx.x - pass;
+      const unsigned mine = threadIdx.x / kParts - pass;
       if (mine < kRows) {
 #pragma unroll
-        for (int d = 0; d < W; ++d) dst[d] = rows[mine][d];
+        for (int d = 0; d < kPartWidth; ++d) dst[d] = rows[mine][first + d];
       }
       __syncthreads();
     }
   }
 
-  // Row row0 + threadIdx.x of dst (contiguous rows of dim elements) = src, for rows below num_rows.
+  // Row row0 + threadIdx.x / kParts of dst (contiguous rows of dim elements) = the threads' parts
+  // in src, for rows below num_rows.
   template <typename T>
-  __device__ void store(T* dst, const A (&src)[W], int64_t row0, int64_t num_rows, int64_t dim) {
+  __device__ void store(T* dst, const A (&src)[kPartWidth], int64_t row0, int64_t num_rows, int64_t dim) {
+    const int first = threadIdx.x % kParts * kPartWidth;
     for (int pass = 0; pass < kRowsPerBlock; pass += kRows) {
-      const unsigned mine = threadIdx.x - pass;
+      const unsigned mine = threadIdx.x / kParts - pass;
       if (mine < kRows) {
 #pragma unroll
-        for (int d = 0; d < W; ++d) rows[mine][d] = src[d];
+        for (int d = 0; d < kPartWidth; ++d) rows[mine][first + d] = src[d];
       }
       __syncthreads();
       for (int idx = threadIdx.x; idx < kRows * W; idx += blockDim.x) {
@@ -94,6 +105,18 @@ __device__ __forceinline__ A dot(const A (&x)[W], const A* y) {
 #pragma unroll
   for (int d = 0; d < W; ++d) sum += x[d] * y[d];
   return sum;
+}
+
+// dO_i . V_j in the order every backward pass sums it, the key pass's two threads per key
+// included: each half of the width W in order, then the halves added (see delta_kernel).
+template <typename A, int W>
+__device__ __forceinline__ A halves_dot(const A (&x)[W], const A* y) {
+  A low = 0, high = 0;
+#pragma unroll
+  for (int d = 0; d < W / 2; ++d) low += x[d] * y[d];
+#pragma unroll
+  for (int d = W / 2; d < W; ++d) high += x[d] * y[d];
+  return low + high;
 }
 
 template <typename A, int W>
@@ -146,15 +169,21 @@ struct QueryRows {
   }
 };
 
-// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type. One lane per row sums
-// d = 0, 1, ... in the order dot() sums dO_i . V_j in the backward passes: where a row's only valid
-// key gives O_i = V_j, delta_i equals dO_i . V_j exactly and that key's dK is exactly zero, as the
-// reference's (a warp-parallel sum, tried 2026-12-06, broke this by one rounding). So that the
-// loads are coalesced all the same, each warp stages its 32 rows through shared memory 16 columns
-// at a time (a load request reads 16 consecutive columns of two rows), and each lane continues its
-// own row's sum over the staged columns.
+// The head width an instantiation is compiled for: 32, or 64 (the widest of Dc, Dp, Dv).
+__host__ __device__ inline int head_width(const AttentionArgs& a) {
+  return max_of(a.dim_content, max_of(a.dim_pos, a.dim_value)) <= 32 ? 32 : 64;
+}
+
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type, in the order halves_dot()
+// sums dO_i . V_j in the backward passes (one lane per row sums each half of the head width in
+// order, then adds the halves): where a row's only valid key gives O_i = V_j, delta_i equals
+// dO_i . V_j exactly and that key's dK is exactly zero, as the reference's (a warp-parallel sum,
+// tried 2026-12-06, broke this by one rounding). So that the loads are coalesced all the same,
+// each warp stages its 32 rows through shared memory 16 columns at a time (a load request reads
+// 16 consecutive columns of two rows), and each lane continues its own row's sums over the
+// staged columns.
 constexpr int kDeltaWarps = 4;   // a block: 128 threads, 32 rows a warp
-constexpr int kDeltaCols = 16;   // columns a step stages
+constexpr int kDeltaCols = 16;   // columns a step stages: both half widths (16, 32) are whole steps
 
 // Where column c of staged row r lives: no padding, the column swizzled by the row, so that both
 // the staging (lanes 0-15 one row, 16-31 the next) and the summing (lane i row i, all the same
@@ -175,6 +204,7 @@ __global__ void delta_kernel(const AttentionArgs a) {
   A(&grad_out_rows)[32][kCols] = staged[warp][0];
   A(&out_rows)[32][kCols] = staged[warp][1];
   const int64_t rows = a.batch * a.heads * a.num_queries, dim = a.dim_value;
+  const int half = head_width(a) / 2;
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const T* out = static_cast<const T*>(a.out);
   // Every thread of the block runs the same iterations (the barriers need them all).
@@ -183,8 +213,12 @@ __global__ void delta_kernel(const AttentionArgs a) {
     const int64_t row0 = block_row0 + warp * 32;
     const int64_t left = rows - row0;  // negative for the block's warps past the last row
     const int count = left <= 0 ? 0 : left < 32 ? static_cast<int>(left) : 32;
-    A sum = 0;
+    A low = 0, sum = 0;  // low: the first half's sum, once the steps pass it (a half is whole steps)
     for (int64_t d0 = 0; d0 < dim; d0 += kCols) {
+      if (d0 == half) {
+        low = sum;
+        sum = 0;
+      }
       const int cols = dim - d0 < kCols ? static_cast<int>(dim - d0) : kCols;
       for (int idx = lane; idx < 32 * kCols; idx += 32) {
         const int r = idx / kCols, c = idx % kCols;
@@ -203,7 +237,7 @@ __global__ void delta_kernel(const AttentionArgs a) {
       }
       __syncthreads();
     }
-    if (lane < count) static_cast<A*>(a.delta)[row0 + lane] = sum;
+    if (lane < count) static_cast<A*>(a.delta)[row0 + lane] = low + sum;
   }
 }
 
@@ -220,12 +254,11 @@ cudaError_t launch_delta(const AttentionArgs& a, cudaStream_t stream) {
 // kernels) bf16, fp16 and float32 (as tf32), float64 never instantiated.
 template <template <typename, int, bool> class Launch, bool kTensorCore = false>
 cudaError_t dispatch(const AttentionArgs& a, cudaStream_t stream) {
-  const int64_t widest = max_of(a.dim_content, max_of(a.dim_pos, a.dim_value));
-  if (widest > kMaxHeadDim) return cudaErrorInvalidValue;
+  if (max_of(a.dim_content, max_of(a.dim_pos, a.dim_value)) > kMaxHeadDim) return cudaErrorInvalidValue;
   const bool has_pos = a.q_pos.data != nullptr;
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    if (widest <= 32)
+    if (head_width(a) == 32)
       return has_pos ? Launch<T, 32, true>::run(a, stream) : Launch<T, 32, false>::run(a, stream);
     return has_pos ? Launch<T, 64, true>::run(a, stream) : Launch<T, 64, false>::run(a, stream);
   };
