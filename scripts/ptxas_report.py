@@ -24,13 +24,13 @@ ARCHS = {"sm_80": {"gpu": "A100", "smem_per_sm": 167936, "max_smem_block": 16691
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 64, 32
 NVCC_FLAGS = ["-std=c++17", "-O3", "-Icsrc", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "-Xptxas", "-v"]
-# Threads per block of each kernel (the kRowsPerBlock, kRowsPerBlock * kKeyParts, kMmaThreads, kThreads of
+# Threads per block of each kernel (the kRowsPerBlock, kRowsPerBlock * kRowParts, kMmaThreads, kThreads of
 # the sources), by source and name: two files may each have a forward_kernel.
 DEFORMABLE_KERNELS = ("forward_kernel", "backward_kernel", "entries_kernel", "value_grad_sorted_kernel",
                       "sample_grad_kernel", "round_value_grad_kernel")
 KERNEL_THREADS = {
     "attention_forward.cu": {"forward_kernel": 64},
-    "attention_backward.cu": {"key_grad_kernel": 128, "query_grad_kernel": 64, "delta_kernel": 128},
+    "attention_backward.cu": {"key_grad_kernel": 128, "query_grad_kernel": 128, "delta_kernel": 128},
     "attention_mma_forward.cu": {"mma_forward_kernel": 128, "combine_kernel": 256},
     "attention_mma_backward.cu": {"mma_key_grad_kernel": 128, "mma_query_grad_kernel": 128, "delta_kernel": 128},
     "sine_embed.cu": {"forward_kernel": 256, "backward_kernel": 256},

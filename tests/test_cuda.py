@@ -121,9 +121,9 @@ def test_attention_error_ratio(case, path, dtype, gpu, use_path, allow_tf32):
 def test_simt_backward_gives_exact_zeros_where_one_key_is_valid(dim, dim_value, gpu, use_path):
     """Where a batch entry has a single unpadded key, every query of it gives that key probability 1
     whatever the logits, so the true dK, dK_pos and dQ of the entry are exactly 0. The SIMT backward
-    gets exactly 0 only if delta_i = rowsum(dO_i * O_i) and the passes' dO_i . V_j are summed in
-    one order (halves_dot), the key pass's two threads per key included: one rounding apart, dS
-    is a rounding error and the gradients follow it. Widths 32 and 64, one half and both."""
+    gets exactly 0 only if delta_i = rowsum(dO_i * O_i) and both passes' dO_i . V_j (two threads a
+    row, each summing half) are summed in one order: one rounding apart, dS is a rounding error
+    and the gradients follow it. Widths 32 and 64, one half and both."""
     use_path("simt", gpu)
     generator = torch.Generator().manual_seed(dim + dim_value)
     shapes = {"q_content": (2, 3, 37, dim), "q_pos": (2, 3, 37, dim), "k_content": (2, 3, 50, dim),

@@ -48,8 +48,8 @@ __device__ void load_tile(A (&dst)[R][S], const T* rows, int64_t stride_n, int64
 // A row may be split between kParts consecutive threads, part p holding columns
 // [p W / kParts, (p + 1) W / kParts): thread t owns part t % kParts of row row0 + t / kParts. A
 // warp's 16 rows of 4-byte halves still hit every bank once; 8-byte halves of one row share banks
-// (two-way, in the key pass's prologue and epilogue only: 0.5 % of its float64 wavefronts, left so
-// for the checking dtype). Every thread of the block calls load and store.
+// (two-way, in the backward passes' prologues and epilogues only: about 0.5 % of their float64
+// wavefronts, left so for the checking dtype). Every thread of the block calls load and store.
 template <typename A, int W, int kParts = 1>
 struct RowStage {
   static constexpr int kRows = 16;
@@ -107,16 +107,27 @@ __device__ __forceinline__ A dot(const A (&x)[W], const A* y) {
   return sum;
 }
 
-// dO_i . V_j in the order every backward pass sums it, the key pass's two threads per key
-// included: each half of the width W in order, then the halves added (see delta_kernel).
+// The backward passes give each key (dK/dV) or query (dQ) two threads, each holding half of the
+// row's elements (at width 32 with the positional part, a whole row a thread needed 255
+// registers and spilled). Their partial dot products meet by one shuffle: pair_sum returns
+// low + high in both threads (addition commutes), the order delta_kernel sums dO . V in.
+constexpr int kRowParts = 2;
+static_assert(kRowParts == 2, "rows split in halves: half_start, pair_sum and delta_kernel's order");
+
+// A row's two threads read the two halves of a shared tile's row at once: 4-byte halves (64
+// bytes apart at width 32) fall on different banks, 8-byte ones (128 bytes) on the same, so
+// the backward's tiles put 16 bytes between the halves of 8-byte rows.
+template <typename A>
+__host__ __device__ constexpr int half_gap() { return sizeof(A) == 8 ? 16 / static_cast<int>(sizeof(A)) : 0; }
+
+// Where the calling thread's half starts in such a tile row of width W.
 template <typename A, int W>
-__device__ __forceinline__ A halves_dot(const A (&x)[W], const A* y) {
-  A low = 0, high = 0;
-#pragma unroll
-  for (int d = 0; d < W / 2; ++d) low += x[d] * y[d];
-#pragma unroll
-  for (int d = W / 2; d < W; ++d) high += x[d] * y[d];
-  return low + high;
+__device__ __forceinline__ int half_start() { return threadIdx.x % kRowParts * (W / 2 + half_gap<A>()); }
+
+template <typename A>
+__device__ __forceinline__ A pair_sum(A partial) {
+  const unsigned pair = 3u << (threadIdx.x % 32 / kRowParts * kRowParts);  // the row's two lanes
+  return partial + __shfl_xor_sync(pair, partial, 1);
 }
 
 template <typename A, int W>
@@ -130,20 +141,22 @@ __device__ __forceinline__ bool key_is_valid(const AttentionArgs& a, int64_t b, 
          !(a.key_padding_mask != nullptr && a.key_padding_mask[b * a.mask_stride_b + key * a.mask_stride_n]);
 }
 
-// Shared-memory tiles of keys: content, positional (if any), values, and validity.
-template <typename A, int R, int W, bool kHasPos>
+// Shared-memory tiles of keys: content, positional (if any), values, and validity; kGap elements
+// between a row's halves (half_gap, for the dQ pass).
+template <typename A, int R, int W, bool kHasPos, int kGap = 0>
 struct KeyTiles {
-  __align__(16) A content[R][W];
-  __align__(16) A pos[kHasPos ? R : 1][W];
-  __align__(16) A value[R][W];
+  __align__(16) A content[R][W + kGap];
+  __align__(16) A pos[kHasPos ? R : 1][W + kGap];
+  __align__(16) A value[R][W + kGap];
   bool valid[R];
 
   template <typename T>
   __device__ void load(const AttentionArgs& a, int64_t b, int64_t h, int64_t k0) {
-    load_tile<T>(content, head_rows<T>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys, a.dim_content);
+    load_tile<T, kGap>(content, head_rows<T>(a.k_content, b, h), a.k_content.stride_n, k0, a.num_keys,
+                       a.dim_content);
     if constexpr (kHasPos)
-      load_tile<T>(pos, head_rows<T>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos);
-    load_tile<T>(value, head_rows<T>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value);
+      load_tile<T, kGap>(pos, head_rows<T>(a.k_pos, b, h), a.k_pos.stride_n, k0, a.num_keys, a.dim_pos);
+    load_tile<T, kGap>(value, head_rows<T>(a.value, b, h), a.value.stride_n, k0, a.num_keys, a.dim_value);
     for (int r = threadIdx.x; r < R; r += blockDim.x) valid[r] = key_is_valid(a, b, k0 + r);
   }
 };
@@ -174,9 +187,9 @@ __host__ __device__ inline int head_width(const AttentionArgs& a) {
   return max_of(a.dim_content, max_of(a.dim_pos, a.dim_value)) <= 32 ? 32 : 64;
 }
 
-// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type, in the order halves_dot()
-// sums dO_i . V_j in the backward passes (one lane per row sums each half of the head width in
-// order, then adds the halves): where a row's only valid key gives O_i = V_j, delta_i equals
+// The backward's delta_i = rowsum(dO_i * O_i), in the accumulation type, in the order the backward
+// passes sum dO_i . V_j (one lane per row sums each half of the head width in order, then adds
+// the halves, as pair_sum does): where a row's only valid key gives O_i = V_j, delta_i equals
 // dO_i . V_j exactly and that key's dK is exactly zero, as the reference's (a warp-parallel sum,
 // tried 2026-12-06, broke this by one rounding). So that the loads are coalesced all the same,
 // each warp stages its 32 rows through shared memory 16 columns at a time (a load request reads
