@@ -19,16 +19,7 @@ if ! grep -qw -e amx_bf16 -e avx512_bf16 /proc/cpuinfo; then
   exit 1
 fi
 OUT=${OUT:-benchmarks/results/bf16_goals_$(date +%Y-%m-%d)}
-mkdir -p "$OUT"
-bash scripts/bootstrap.sh
-. "${VENV:-.venv}/bin/activate"
-step() {  # step NAME CMD...: the command's output in $OUT/NAME.log, and its time
-  local name=$1 start=$SECONDS
-  shift
-  "$@" >"$OUT/$name.log" 2>&1
-  echo "== $name took $((SECONDS - start)) s"
-}
-{ lscpu; python -c "import dabdetr; print(dabdetr.kernel_info())"; } >"$OUT/cpu.txt"
+. benchmarks/cpu_run.sh  # $OUT, the set-up, cpu.txt and step
 step bench_inference python benchmarks/bench_inference.py --device cpu --batches 1 --repeats 5 --out-dir "$OUT"
 step profile_forward python benchmarks/profile_forward.py --out-dir "$OUT"
 step bench_demo_step python benchmarks/bench_demo_step.py --out-dir "$OUT"

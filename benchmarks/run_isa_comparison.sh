@@ -27,16 +27,7 @@ if ! grep -q avx512f /proc/cpuinfo; then
   exit 1
 fi
 OUT=${OUT:-benchmarks/results/isa_comparison_$(date +%Y-%m-%d)}
-mkdir -p "$OUT"
-bash scripts/bootstrap.sh
-. "${VENV:-.venv}/bin/activate"
-step() {  # step NAME CMD...: the command's output in $OUT/NAME.log, and its time
-  local name=$1 start=$SECONDS
-  shift
-  "$@" >"$OUT/$name.log" 2>&1
-  echo "== $name took $((SECONDS - start)) s"
-}
-{ lscpu; python -c "import dabdetr; print(dabdetr.kernel_info())"; } >"$OUT/cpu.txt"
+. benchmarks/cpu_run.sh  # $OUT, the set-up, cpu.txt and step
 # Our kernels, torch's vectorized ops, the matrix products (MKL) and the convolutions (oneDNN).
 AVX2_ONLY=(DABDETR_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2)
 step bench_attention python benchmarks/bench_attention.py --device cpu --out-dir "$OUT"
