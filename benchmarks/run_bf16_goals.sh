@@ -8,9 +8,11 @@
 #                                   precision interleaved
 #   forward_profile_dab_detr_r50_*  profile_forward.py: the bf16 forward by kind of op (copies' share)
 #   demo_step_*.md|json             bench_demo_step.py: the demo step, both precisions interleaved
+#   demo_step_profile_*.md|json     profile_demo_step.py: the float32 step by kind of op (what bf16
+#                                   could gain at most)
 #   goals.md                        summarize_bf16_goals.py: each goal of this CPU's kind, met or missed
 #
-#   bash benchmarks/run_bf16_goals.sh     (7 minutes on a 2-core AVX-512 VM, the extension built)
+#   bash benchmarks/run_bf16_goals.sh     (8 minutes on a 2-core AVX-512 VM, the extension built)
 # Run it alone on the machine: the timings are only comparable without other load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +25,6 @@ OUT=${OUT:-benchmarks/results/bf16_goals_$(date +%Y-%m-%d)}
 step bench_inference python benchmarks/bench_inference.py --device cpu --batches 1 --repeats 5 --out-dir "$OUT"
 step profile_forward python benchmarks/profile_forward.py --out-dir "$OUT"
 step bench_demo_step python benchmarks/bench_demo_step.py --out-dir "$OUT"
+step profile_demo_step python benchmarks/profile_demo_step.py --steps 10 --out-dir "$OUT"
 python benchmarks/summarize_bf16_goals.py "$OUT" --out "$OUT/goals.md"
 echo "== results in $OUT: commit them under benchmarks/results/ and fill in docs/results/bf16.md"

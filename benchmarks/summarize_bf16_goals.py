@@ -4,9 +4,13 @@ that CPU's kind has (AMX, or AVX-512 BF16 without it), the ratio each measured, 
     python benchmarks/summarize_bf16_goals.py DIR [DIR ...] [--out FILE]
 
 Reads, from the first DIR that holds each, the results of bench_inference.py (the R50 preset,
-batch 1), bench_demo_step.py and profile_forward.py (the R50 preset); `benchmarks/run_bf16_goals.sh`
-runs the three and then this. Prints the table and writes it to --out (markdown) when given;
-exits 1 when a results file it needs is missing.
+batch 1), bench_demo_step.py, profile_forward.py (the R50 preset) and profile_demo_step.py (float32);
+`benchmarks/run_bf16_goals.sh` runs the four and then this. Prints the table and writes it to --out
+(markdown) when given; exits 1 when a results file it needs is missing.
+
+The demo step's row also says how fast a bf16 step could be on that CPU at most (Amdahl's law on
+the float32 step's profile): its convolutions and matrix products at the CPU kind's bf16 arithmetic
+ratio (ARITHMETIC_SPEEDUP), everything else as long as in float32.
 """
 
 import argparse
@@ -25,19 +29,25 @@ GOALS = [
     ("copies and reorders, share of the bf16 R50 forward", ("amx", "avx512_bf16"), "copies_share", "<=", 0.10),
 ]
 COPIES = "dtype conversions and layout copies"
+ARITHMETIC = ("convolutions", "matrix products")  # profile_demo_step.py's kinds of op that bf16 speeds up
+# bf16 over float32 multiply-adds per instruction: AVX-512 BF16's dot product does two per 32-bit lane
+# where an FMA does one; AMX's tiles leave the arithmetic next to free (the rest of the step alone).
+ARITHMETIC_SPEEDUP = {"avx512_bf16": 2.0, "amx": float("inf")}
 KIND_NAMES = {"amx": "an AMX CPU", "avx512_bf16": "AVX-512 BF16 without AMX", None: "no bf16 CPU kind"}
 
 
-def find(dirs, benchmark):
-    """(path, data) of the first results file of `benchmark` (harness.write_results' name) in the
-    first of dirs that has one."""
+def find(dirs, benchmark, **meta):
+    """(path, data) of the first results file of `benchmark` (harness.write_results' name) whose
+    meta has the given values, in the first of dirs that has one."""
     for directory in dirs:
         for path in sorted(glob.glob(os.path.join(directory, f"{benchmark}_*.json"))):
             with open(path) as f:
                 data = json.load(f)
-            if data.get("meta", {}).get("benchmark") == benchmark:
+            found = data.get("meta", {})
+            if found.get("benchmark") == benchmark and all(found.get(k) == v for k, v in meta.items()):
                 return path, data
-    raise FileNotFoundError(f"no {benchmark} results in {', '.join(dirs)}")
+    wanted = "".join(f", {k} {v}" for k, v in meta.items())
+    raise FileNotFoundError(f"no {benchmark} results{wanted} in {', '.join(dirs)}")
 
 
 def cpu_kind(device):
@@ -57,9 +67,18 @@ def inference_measures(rows):
             "fastest": (float32 / bf16[fastest], f"{float32:.0f} / {bf16[fastest]:.0f} ms ({fastest})")}
 
 
-def demo_step_measure(rows):
+def demo_step_measure(rows, float32_profile_rows, kind):
+    """bf16 over float32 from bench_demo_step.py, with the most a bf16 step could gain on this CPU kind."""
     times = {r["amp"]: r["ms_per_step"] for r in rows}
-    return (times["off"] / times["bf16"], f"{times['off']:.0f} / {times['bf16']:.0f} ms")
+    ops = {r["part"]: r["ms_per_step"] for r in float32_profile_rows
+           if r["table"] == "ops (profiled forward + backward + optimizer)"}
+    total = ops.pop("all ops (self time)")
+    arithmetic = sum(ms for part, ms in ops.items() if part.startswith(ARITHMETIC))
+    speedup = ARITHMETIC_SPEEDUP.get(kind, 1.0)
+    reach = total / (total - arithmetic + arithmetic / speedup)
+    at = "free" if speedup == float("inf") else f"{speedup:g}x faster"
+    return (times["off"] / times["bf16"], f"{times['off']:.0f} / {times['bf16']:.0f} ms; at most {reach:.2f}x here "
+            f"(float32 profile: convolutions and matrix products {arithmetic:.0f} of {total:.0f} ms, taken as {at})")
 
 
 def copies_measure(rows):
@@ -74,13 +93,16 @@ def summarize(dirs):
     inference_path, inference = find(dirs, "inference")
     demo_path, demo = find(dirs, "demo_step")
     profile_path, profile = find(dirs, "forward_profile_dab_detr_r50")
+    step_profile_path, step_profile = find(dirs, "demo_step_profile", amp="off")
     device = inference["meta"]["device"]
     kind = cpu_kind(device)
-    measures = {**inference_measures(inference["rows"]), "demo_step": demo_step_measure(demo["rows"]),
+    measures = {**inference_measures(inference["rows"]),
+                "demo_step": demo_step_measure(demo["rows"], step_profile["rows"], kind),
                 "copies_share": copies_measure(profile["rows"])}
+    paths = (inference_path, demo_path, profile_path, step_profile_path)
     lines = [f"CPU: {device['name']}, {device.get('model_numbers', '')}, flags {' '.join(device.get('flags', []))}, "
              f"{device.get('threads')} threads; torch {inference['meta']['torch']}; goals of {KIND_NAMES[kind]}",
-             f"files: {', '.join(os.path.relpath(p) for p in (inference_path, demo_path, profile_path))}", "",
+             f"files: {', '.join(os.path.relpath(p) for p in paths)}", "",
              "| goal | bound | measured | | times |", "|---|---|---|---|---|"]
     all_met = kind is not None
     for goal, kinds, measure, sense, bound in GOALS:
