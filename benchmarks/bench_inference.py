@@ -152,6 +152,7 @@ def main():
     parser.add_argument("--runtimes", default=",".join(RUNTIME_NAMES), help="comma-separated subset of " +
                         ", ".join(RUNTIME_NAMES))
     args = parser.parse_args()
+    memory_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     height, width = (int(v) for v in args.size.split("x"))
@@ -170,10 +171,10 @@ def main():
                                                    for row in measured))
             rows += measured
     harness.write_results(
-        "inference" if args.preset == "dab_detr_r50" else f"inference_{args.preset}", device, rows,
+        ("inference" if args.preset == "dab_detr_r50" else f"inference_{args.preset}") + memory_suffix, device, rows,
         ["batch", "image", "precision", "runtime", "backend", "median_ms", "images_per_s", "speedup_vs_eager_reference",
          "speedup_vs_float32_eager_kernel", "max_abs_diff", "build_s", "first_call_s"],
-        extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,
+        extra_meta={"preset": args.preset, "repeats": repeats, "allocator": allocator}, out_dir=args.out_dir,
     )
 
 

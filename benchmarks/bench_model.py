@@ -166,6 +166,7 @@ def main():
     parser.add_argument("--tensor-cores", action="store_true",
                         help="CUDA: also the kernel model with the tensor-core attention path, in bf16 autocast")
     args = parser.parse_args()
+    memory_suffix, allocator = harness.apply_memory_argument(args)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     height, width = (int(v) for v in args.size.split("x"))
@@ -214,10 +215,10 @@ def main():
             print(f"  {precision} {task} batch {batch}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()))
             del images, mask, fns
     harness.write_results(
-        "model" if args.preset == "dab_detr_r50" else f"model_{args.preset}", device, rows,
+        ("model" if args.preset == "dab_detr_r50" else f"model_{args.preset}") + memory_suffix, device, rows,
         ["task", "batch", "image", "precision", "impl", "median_ms", "speedup_vs_reference", "images_per_s",
          "peak_extra_mb", "attention_share"],
-        extra_meta={"preset": args.preset, "repeats": repeats}, out_dir=args.out_dir,
+        extra_meta={"preset": args.preset, "repeats": repeats, "allocator": allocator}, out_dir=args.out_dir,
     )
 
 

@@ -223,11 +223,15 @@ def apply_memory_argument(args):
 
 
 def add_model_arguments(parser):
-    """The arguments of the whole-model benchmarks: --device, --preset, --size, --repeats, --out-dir."""
+    """The arguments of the whole-model benchmarks: --device, --preset, --size, --repeats,
+    --keep-memory (apply_memory_argument), --out-dir."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default="dab_detr_r50")
     parser.add_argument("--size", default="800x1066", help="image HEIGHTxWIDTH")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="keep freed memory for reuse (glibc mallopt), as dabdetr train, eval and predict do "
+                             "on the CPU; results named *_kept-memory")
     parser.add_argument("--out-dir", default=None)
 
 

@@ -317,7 +317,7 @@ def test_cli_deformable_train_eval_predict_convert(tmp_path, capsys):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_cli_train_eval_predict_convert(tmp_path, capsys):
+def test_cli_train_eval_predict_convert(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     settings = [f"--set={k}={json.dumps(v)}" for k, v in TINY_RUN.items() if k not in ("model", "progress")]
     # The anchors at the published temperature, so that the model can be written in the other formats;
@@ -348,8 +348,11 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     assert load_train_checkpoint(str(run / "checkpoint.pt"))["epoch"] == 2
 
+    kept = []  # eval and predict on the CPU keep freed memory, as training does (tests/test_host_memory.py)
+    monkeypatch.setattr(dabdetr.host_memory, "keep_freed_memory", lambda: kept.append("eval or predict"))
     cli(["eval", str(run / "checkpoint.pt"), "--output", str(tmp_path / "detections.json"), "--num-workers", "0",
          "--metrics", str(tmp_path / "eval_metrics.json")])
+    assert len(kept) == 1
     printed = capsys.readouterr().out
     assert "Average Precision" in printed
     evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
@@ -365,6 +368,7 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys):
     dataset.load_image(dataset.coco.imgs[1]).save(image_path)
     cli(["predict", str(run / "model"), str(image_path), "--output-dir", str(tmp_path / "predicted"),
          "--size", "64", "--max-size", "64", "--score-threshold", "0", "--save-images", "--num-workers", "0"])
+    assert len(kept) == 2
     predictions = json.loads((tmp_path / "predicted" / "detections.json").read_text())
     images = json.loads((tmp_path / "predicted" / "images.json").read_text())
     assert images == [{"id": 0, "file_name": str(image_path), "height": 64, "width": 64}]
