@@ -10,6 +10,9 @@
 #                                      counted (csrc/cuda_emulator/counters.h, docs/results/gpu_model.md)
 #   SANITIZE=address,undefined|thread  a sanitizer build (then preload the sanitizer's runtime)
 #   OUT=DIR                            objects (default build-cuda-emulator[-counted|-SANITIZE])
+#
+# A library newer than every file under csrc/ and this script, built with the same compiler, flags
+# and torch, is kept (the GPU suite's dry run in CI would rebuild what CI just built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANITIZE=${SANITIZE:-}
@@ -44,6 +47,13 @@ if [ -n "$COUNTERS" ]; then
                 --param asan-stack=0 --param asan-globals=0)
 fi
 mkdir -p "$OUT"
+STAMP="$OUT/built-with"
+BUILT_WITH="$TARGET $CXX ${FLAGS[*]} ${KERNEL_FLAGS[*]} $(python -c 'import torch; print(torch.__version__)')"
+if [ -f "$TARGET" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILT_WITH" ] \
+    && [ -z "$(find csrc scripts/build_cuda_emulator.sh -newer "$TARGET" -print -quit)" ]; then
+  echo "== the CUDA emulator (${VARIANT:-plain}) at $TARGET is up to date"
+  exit 0
+fi
 echo "== building the CUDA emulator (${VARIANT:-plain}) into $TARGET"
 SOURCES=(csrc/cuda/*.cu csrc/cuda/ops_cuda.cpp csrc/cuda_emulator/*.cu csrc/cuda_emulator/*.cpp)
 printf '%s\n' "${SOURCES[@]}" | xargs -P "$JOBS" -I{} sh -c '
@@ -54,4 +64,5 @@ printf '%s\n' "${SOURCES[@]}" | xargs -P "$JOBS" -I{} sh -c '
 "$CXX" -shared ${SANITIZE:+-fsanitize=$SANITIZE} -o "$TARGET.tmp" "$OUT"/*.o \
   -L"$TORCH_DIR/lib" -lc10 -ltorch_cpu -Wl,-rpath,"$TORCH_DIR/lib"
 mv "$TARGET.tmp" "$TARGET"
+echo "$BUILT_WITH" >"$STAMP"
 echo "== built $TARGET"

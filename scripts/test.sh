@@ -30,5 +30,7 @@ step env COUNTERS=1 bash scripts/build_cuda_emulator.sh  # its counting build (d
 step bash scripts/check_cuda_emulator_sanitizers.sh  # the CUDA kernels under ASan + UBSan and TSan
 step bash scripts/check_cpu_sanitizers.sh  # the CPU kernels under ASan + UBSan
 # Last, so that its summary (with its own time) closes the output; the slowest tests before it
-# say where the suite's time goes.
-DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q --durations=15 tests "$@"
+# say where the suite's time goes. Two pytest workers, each file on one of them (its module
+# fixtures built once): much of the suite runs on one core (export tracing, the emulator, Python),
+# so on 2 cores two workers took 16.2 minutes where one took 23.1 (docs/testing.md).
+DABDETR_REQUIRE_CUDA_EMULATOR=1 python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=15 tests "$@"

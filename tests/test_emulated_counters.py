@@ -5,6 +5,7 @@ scoped, deterministic and attributed to source lines on the real kernels."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -168,6 +169,30 @@ def test_only_the_calls_inside_the_block_are_counted_and_counts_repeat():
 def test_blocks_do_not_nest():
     with emulated_counters(), pytest.raises(RuntimeError, match="do not nest"), emulated_counters():
         pass
+
+
+def test_the_counting_build_needs_no_plain_build(tmp_path):
+    """The GPU suite builds only the counting build: counting works in a package without the plain
+    emulator, and impl="cuda_emulated" outside a block says that one is not built."""
+    shutil.copytree(os.path.join(ROOT, "dabdetr"), tmp_path / "dabdetr",
+                    ignore=shutil.ignore_patterns("_cuda_emulated.so", "__pycache__"))
+    code = """
+import pytest, torch, dabdetr
+from dabdetr.ops import emulated_counters, modulated_attention
+assert dabdetr.__file__.startswith({package!r}), dabdetr.__file__
+info = dabdetr.kernel_info()
+assert info["cuda_emulated_counted"] and not info["cuda_emulated"], info
+q, k = torch.randn(1, 2, 20, 32), torch.randn(1, 2, 24, 32)
+with emulated_counters() as counters:
+    out = modulated_attention(q, q, k, k, k, impl="cuda_emulated")
+assert len(counters.records) == 1
+torch.testing.assert_close(out, modulated_attention(q, q, k, k, k, impl="reference"))
+with pytest.raises(RuntimeError, match="impl='cuda_emulated' but the CUDA emulator is not built"):
+    modulated_attention(q, q, k, k, k, impl="cuda_emulated")
+""".format(package=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_deformable_backward_atomics_are_counted_at_their_source_line():

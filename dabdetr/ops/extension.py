@@ -51,10 +51,13 @@ def _load_emulator(path=EMULATOR_LIBRARY, library="dabdetr_emulated", build="bas
 
 _C, _UNAVAILABLE = _load()
 BUILD_INFO = _C.build_info() if _C is not None else {}
-EMULATOR_LIMITS = _load_emulator()  # the emulated kernels have the CUDA kernels' limits
-_EMULATOR = EMULATOR_LIMITS is not None
-COUNTED_EMULATOR = _EMULATOR and _load_emulator(COUNTED_EMULATOR_LIBRARY, "dabdetr_emulated_counted",
-                                                "COUNTERS=1 bash scripts/build_cuda_emulator.sh") is not None
+_PLAIN_LIMITS = _load_emulator()
+_COUNTED_LIMITS = _load_emulator(COUNTED_EMULATOR_LIBRARY, "dabdetr_emulated_counted",
+                                 "COUNTERS=1 bash scripts/build_cuda_emulator.sh")
+_EMULATOR = _PLAIN_LIMITS is not None
+COUNTED_EMULATOR = _COUNTED_LIMITS is not None  # on its own too: the GPU suite builds only this one
+# The emulated kernels have the CUDA kernels' limits (both builds: the same kernels).
+EMULATOR_LIMITS = _PLAIN_LIMITS or _COUNTED_LIMITS
 _emulated_library = "dabdetr_emulated"  # what impl="cuda_emulated" calls
 # The dtypes each backend's kernels serve, as the extension reports them.
 _KERNEL_DTYPES = {device: tuple(getattr(torch, name) for name in BUILD_INFO.get(f"{device}_dtypes", ()))
@@ -92,7 +95,9 @@ def kernel_ops(impl, op_name, device, dtype, unsupported=None):
     if impl == "reference":
         return None
     if impl == "cuda_emulated":
-        reason = (None if _EMULATOR else "the CUDA emulator is not built (bash scripts/build_cuda_emulator.sh)")
+        counting = _emulated_library == "dabdetr_emulated_counted"  # only inside emulated_counters()
+        reason = (None if (COUNTED_EMULATOR if counting else _EMULATOR)
+                  else "the CUDA emulator is not built (bash scripts/build_cuda_emulator.sh)")
         if reason is None and device.type != "cpu":
             reason = f"the emulated CUDA kernels run on CPU tensors, got {device.type} ones"
         reason = reason or (unsupported(True) if unsupported else None)
