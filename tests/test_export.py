@@ -1,77 +1,44 @@
 """dabdetr.deployment.export and .runtime: every artifact, loaded in its runtime, against the eager model
 on real photos (tinycoco, where present) and generated images, at three sizes and batch 1 and 3
 from one exported file (each artifact is exported once per module); post-processing, bad input,
-and the CLI around them."""
+and the CLI around them. AOTInductor's packages: test_export_aoti.py."""
 
 import json
-import os
 
-import numpy as np
 import pytest
 import torch
-from coco_fixture import TINYCOCO
+from export_checks import (
+    TOLERANCE,
+    assert_same_outputs,
+    batches,
+    parity_images,
+    random_deformable_model,
+    random_demo_model,
+)
 from PIL import Image
 from test_training import TINY_RUN, tiny_config
 
 import dabdetr
 from dabdetr.cli import main as cli
-from dabdetr.data import SyntheticShapes, collate_detection, make_transforms
+from dabdetr.data import SyntheticShapes, make_transforms
 from dabdetr.deployment import export, runtime
-from dabdetr.models import DABDETR, build_model, post_process, preset
+from dabdetr.models import DABDETR, post_process, preset
 from dabdetr.training.trainer import Trainer
 from dabdetr.weights.pretrained import from_pretrained
 
-TOLERANCE = 1e-4  # absolute, on logits and normalized boxes
-SIZES = [(96, 150), (168, 250), (232, 360)]  # (shorter side, longer-side cap): sides not multiples of 32
 onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
 pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
 pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
 
 
-def generated_images():
-    """PIL images made here: two synthetic-shapes pictures and a portrait of noise."""
-    shapes = SyntheticShapes(2, make_transforms(False, [96], 96), image_size=96)
-    made = [shapes.load_image(shapes.coco.imgs[i]) for i in sorted(shapes.coco.imgs)]
-    noise = np.random.default_rng(0).integers(0, 256, (300, 180, 3), dtype=np.uint8)
-    return [*made, Image.fromarray(noise)]
-
-
-def photos():
-    """Three of tinycoco's COCO val photos, the last turned upright (they are all landscape), so
-    that a batch mixes aspect ratios."""
-    photo_dir = os.path.join(TINYCOCO, "images", "val2017")
-    if not os.path.isdir(photo_dir):
-        pytest.skip(f"tinycoco photos not found at {photo_dir}")
-    found = [Image.open(os.path.join(photo_dir, name)).convert("RGB") for name in sorted(os.listdir(photo_dir))[:3]]
-    return [*found[:2], found[2].transpose(Image.Transpose.ROTATE_90)]
-
-
-def batches(images):
-    """(images [B, 3, H, W], mask [B, H, W], orig_sizes [B, 2]) at each of SIZES, B = 1 and 3."""
-    for size, max_size in SIZES:
-        transforms = make_transforms(False, [size], max_size)
-        samples = []
-        for image in images:
-            target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                      "size": torch.tensor([image.height, image.width])}
-            samples.append((transforms(image, target, None)[0], target))
-        for chosen in (samples[:1], [samples[0], samples[-1], samples[-2]]):
-            pixels, mask, targets = collate_detection(chosen)
-            assert len(chosen) == 1 or mask.any(), "a batch of 3 must pad"
-            yield pixels, mask, torch.stack([t["size"] for t in targets])
-
-
 @pytest.fixture(scope="module", params=["photos", "generated"])
 def images(request):
-    """Every parity test runs on real photos (skipped where tinycoco is missing) and on images
-    made here."""
-    return photos() if request.param == "photos" else generated_images()
+    return parity_images(request.param)
 
 
 @pytest.fixture(scope="module")
 def demo_model():
-    torch.manual_seed(0)
-    return DABDETR(preset("demo")).eval()
+    return random_demo_model()
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +46,6 @@ def demo_onnx(demo_model, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("onnx") / "demo.onnx")
     export.export(demo_model, path, "onnx", {0: "ellipse"}, eval_size=96, max_size=150)
     return path
-
-
-def assert_same_outputs(detector, model, images):
-    """detector's logits and boxes equal model.predict's within TOLERANCE on every batch of images."""
-    checked = 0
-    for pixels, mask, _ in batches(images):
-        outputs = detector(pixels, mask)
-        with torch.no_grad():
-            logits, boxes = model.predict(pixels, mask)
-        assert outputs["logits"].shape == logits.shape and outputs["boxes"].shape == boxes.shape
-        torch.testing.assert_close(outputs["logits"], logits, rtol=0, atol=TOLERANCE)
-        torch.testing.assert_close(outputs["boxes"], boxes, rtol=0, atol=TOLERANCE)
-        checked += 1
-    assert checked == 2 * len(SIZES)
 
 
 def test_onnx_file_is_valid_with_dynamic_named_dims(demo_onnx):
@@ -172,13 +125,7 @@ def test_torch_export_program_matches_eager(demo_model, demo_pt2, images):
 
 @pytest.fixture(scope="module")
 def deformable_model():
-    torch.manual_seed(2)
-    model = build_model("demo_deformable").eval()
-    with torch.no_grad():  # away from the init's zero offsets and attention weights, so that every path shows
-        for name, parameter in model.named_parameters():
-            if "sampling_offsets" in name or "attention_weights" in name:
-                parameter.normal_(0, 0.2)
-    return model
+    return random_deformable_model()
 
 
 @pytest.fixture(scope="module")
@@ -215,33 +162,6 @@ def test_export_copies_a_model_it_cannot_trace_as_it_is(tmp_path):
     with torch.no_grad():
         logits, _ = model.predict(images.double(), mask)
     torch.testing.assert_close(outputs["logits"], logits.float(), rtol=0, atol=TOLERANCE)
-
-
-@pytest.fixture(scope="module")
-def demo_aoti(demo_model, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("aoti") / "new_folder" / "demo.aoti.pt2")  # made by the export
-    export.export(demo_model, path, "aoti", {0: "ellipse"})
-    return path
-
-
-def test_aoti_package_matches_eager(demo_model, demo_aoti, images):
-    detector = runtime.load_detector(demo_aoti)
-    assert detector.kind == "aoti" and detector.metadata["class_names"] == {"0": "ellipse"}
-    assert_same_outputs(detector, demo_model, images)
-
-
-@pytest.fixture(scope="module")
-def deformable_aoti(deformable_model, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("deformable_aoti") / "deformable.aoti.pt2")
-    export.export(deformable_model, path, "aoti")
-    return path
-
-
-def test_deformable_aoti_package_matches_eager(deformable_model, deformable_aoti, images):
-    """AOTInductor compiles the deformable model around the dabdetr op, as it does DAB-DETR."""
-    detector = runtime.load_detector(deformable_aoti)
-    assert detector.kind == "aoti"
-    assert_same_outputs(detector, deformable_model, images)
 
 
 @pytest.fixture(scope="module", params=["onnx", "torch-export"])
@@ -453,30 +373,6 @@ def test_onnx_export_of_the_deformable_attention_runs_in_onnx_runtime():
         with torch.no_grad():
             want = layer(*args)
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("format", ["torch-export", "aoti"])
-def test_bf16_export_computes_as_eager_bf16_autocast(format, tmp_path):
-    """amp="bf16" traces the autocast region into the artifact: float32 inputs and outputs, the
-    arithmetic inside in bfloat16 (as far from float32's outputs as eager bf16 autocast is, and
-    within a bfloat16 rounding of eager bf16's)."""
-    torch.manual_seed(0)
-    model = DABDETR(preset("demo")).eval()
-    with torch.no_grad():  # a box head that refines the anchors, so that the boxes show the precision too
-        model.bbox_embed.layers[-1].weight.normal_(0, 0.05)
-    path = str(tmp_path / "bf16.pt2")
-    assert export.export(model, path, format, amp="bf16")["amp"] == "bf16"
-    detector = runtime.load_detector(path)
-    for pixels, mask, _ in batches(generated_images()):
-        outputs = detector(pixels, mask)
-        with torch.no_grad():
-            float32 = model.predict(pixels, mask)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf16 = [t.float() for t in model.predict(pixels, mask)]
-        for got, want, exact in zip(outputs.values(), bf16, float32):
-            assert got.dtype == torch.float32
-            assert (got - exact).abs().max() > TOLERANCE  # not float32 arithmetic (those agree within it)
-            torch.testing.assert_close(got, want, rtol=0, atol=0.05)  # logits up to 8: a bf16 step is 0.03
 
 
 def test_onnx_export_refuses_bf16(demo_model, tmp_path):
