@@ -27,7 +27,7 @@
 #   counters  Nsight Compute (where ncu is installed) on every kernel of scripts/profile_cuda_emulated.py's
 #           calls, beside the CUDA emulator's counts of the same calls (its counting build, made here):
 #           $OUT/counters/ncu_vs_emulator.md (scripts/compare_ncu_counts.py; docs/results/gpu_model.md).
-# --dry-run checks the script on a machine without a GPU: CPU build, each phase's pytest command
+# --dry-run checks the script on a machine without a GPU: CPU build (into $OUT/build), each phase's pytest command
 # collecting its tests (paths and -k expressions; CI's own pytest run executes them, the emulated
 # CUDA ones included), every benchmark at a tiny size on the CPU, and the demo for one short epoch.
 #
@@ -99,7 +99,10 @@ phase_build() {
     export TORCH_CUDA_ARCH_LIST
   fi
   say "== build (CUDA: $DABDETR_BUILD_CUDA, archs ${TORCH_CUDA_ARCH_LIST:-none}, $MAX_JOBS jobs)"
-  if ! run build 420 $PY setup.py build_ext --inplace; then
+  # The dry run builds beside the package, not into it: in CI another pytest worker imports it meanwhile.
+  local where=(--inplace)
+  [ $DRY_RUN = 1 ] && where=(--build-lib "$OUT/build/lib" --build-temp "$OUT/build/temp")
+  if ! run build 420 $PY setup.py build_ext "${where[@]}"; then
     say "BUILD FAILED; first errors:"
     grep -m 20 -E "error|Error" "$OUT/build.log" | tee -a "$LOG"
     exit 1

@@ -25,6 +25,7 @@ def test_dry_run_of_every_phase(tmp_path):
                   "bench_sine_embed", "bench_deformable_attention", "bench_model", "bench_inference", "demo",
                   "counters_emulator_build", "counters_emulated"):
         assert f"   {phase}: exit 0" in log, phase
+    assert list((tmp_path / "build" / "lib" / "dabdetr").glob("_C*.so"))  # built beside the package, not into it
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["epochs"] == 1
     assert any(p.name.startswith("attention_") and p.suffix == ".json" for p in tmp_path.iterdir())
     assert any(p.name.startswith("deformable_attention_") and p.suffix == ".json" for p in tmp_path.iterdir())
