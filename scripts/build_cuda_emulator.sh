@@ -22,9 +22,9 @@ VARIANT=${VARIANT:-${SANITIZE//,/_}}
 OUT=${OUT:-build-cuda-emulator${VARIANT:+-${VARIANT//_/-}}}
 CXX=${CXX:-g++}
 JOBS=${MAX_JOBS:-$(nproc)}
-read -r TORCH_DIR PACKAGE_DIR < <(python - <<'PY'
+read -r TORCH_DIR PACKAGE_DIR TORCH_VERSION < <(python - <<'PY'
 import importlib.util, os, torch  # dabdetr found, not imported: it loads the library being rebuilt
-print(os.path.dirname(torch.__file__), os.path.dirname(importlib.util.find_spec("dabdetr").origin))
+print(os.path.dirname(torch.__file__), os.path.dirname(importlib.util.find_spec("dabdetr").origin), torch.__version__)
 PY
 )
 TARGET=${TARGET:-$PACKAGE_DIR/_cuda_emulated${VARIANT:+_$VARIANT}.so}
@@ -48,7 +48,7 @@ if [ -n "$COUNTERS" ]; then
 fi
 mkdir -p "$OUT"
 STAMP="$OUT/built-with"
-BUILT_WITH="$TARGET $CXX ${FLAGS[*]} ${KERNEL_FLAGS[*]} $(python -c 'import torch; print(torch.__version__)')"
+BUILT_WITH="$TARGET $CXX ${FLAGS[*]} ${KERNEL_FLAGS[*]} $TORCH_VERSION"
 if [ -f "$TARGET" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILT_WITH" ] \
     && [ -z "$(find csrc scripts/build_cuda_emulator.sh -newer "$TARGET" -print -quit)" ]; then
   echo "== the CUDA emulator (${VARIANT:-plain}) at $TARGET is up to date"

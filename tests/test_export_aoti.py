@@ -15,7 +15,6 @@ from export_checks import (
 )
 
 from dabdetr.deployment import export, runtime
-from dabdetr.models import DABDETR, preset
 
 
 @pytest.fixture(scope="module", params=["photos", "generated"])
@@ -65,8 +64,7 @@ def test_bf16_export_computes_as_eager_bf16_autocast(format, tmp_path):
     """amp="bf16" traces the autocast region into the artifact: float32 inputs and outputs, the
     arithmetic inside in bfloat16 (as far from float32's outputs as eager bf16 autocast is, and
     within a bfloat16 rounding of eager bf16's)."""
-    torch.manual_seed(0)
-    model = DABDETR(preset("demo")).eval()
+    model = random_demo_model()
     with torch.no_grad():  # a box head that refines the anchors, so that the boxes show the precision too
         model.bbox_embed.layers[-1].weight.normal_(0, 0.05)
     path = str(tmp_path / "bf16.pt2")
