@@ -42,14 +42,15 @@ def synchronize(device):
 TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 
 
-# The CPU kernels' instruction-set levels, lowest first (DABDETR_CPU_ISA caps the level per call).
-CPU_ISA_LEVELS = ("generic", "avx2", "avx512")
+# The CPU kernels' instruction-set levels, lowest first (DABDETR_CPU_ISA caps the level per call;
+# avx512_bf16 differs from avx512 only in the attention of bfloat16 inputs).
+CPU_ISA_LEVELS = ("generic", "avx2", "avx512", "avx512_bf16")
 
 
 def cpu_isa_variants(device, requested=None):
     """{peer name: environment} of the CPU kernels at levels below the best this CPU runs (which
     is the plain "kernel" peer), timed side by side with it: `requested` (a list of levels), or
-    by default AVX2 on an AVX-512 CPU. Empty on CUDA."""
+    by default the levels from AVX2 up to the best one. Empty on CUDA."""
     if device.type != "cpu":
         return {}
     best = dabdetr.ops.kernel_info()["cpu_isa"]
@@ -204,8 +205,8 @@ def add_op_arguments(parser, dtypes, dtypes_help=None):
     parser.add_argument("--dtypes", default=dtypes, help=dtypes_help or "comma-separated torch dtypes")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--cpu-isas", default=None, type=lambda text: [t for t in text.split(",") if t],
-                        help="comma-separated levels (generic, avx2) whose CPU kernels are timed beside the "
-                             "best one, in the same process (default: avx2 on an AVX-512 CPU)")
+                        help="comma-separated levels (generic, avx2, avx512) whose CPU kernels are timed beside "
+                             "the best one, in the same process (default: those from avx2 up)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="keep freed memory mapped for reuse (glibc mallopt), so no peer pays for page "
                              "faults on memory another just gave back; results named *_kept-memory")

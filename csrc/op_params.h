@@ -17,7 +17,8 @@ struct OperandOf {
   ConstPtr at(int64_t b, int64_t h) const { return data + b * stride_b + h * stride_h; }  // typed pointers only
 };
 
-template <typename ConstPtr, typename Ptr, typename Scale>
+// LsePtr: where the softmax statistics go (Ptr, but float32 for bfloat16 operands on the CPU).
+template <typename ConstPtr, typename Ptr, typename Scale, typename LsePtr = Ptr>
 struct AttentionParamsOf {
   OperandOf<ConstPtr> q_content, q_pos, k_content, k_pos, value;  // q_pos/k_pos.data null: content only
   const bool* key_padding_mask = nullptr;                           // [B, Nk], true = padded; may be null
@@ -27,7 +28,7 @@ struct AttentionParamsOf {
   Scale scale = 1;
   // Forward writes, backward reads: out contiguous [B, H, Nq, Dv], lse contiguous [B, H, Nq].
   Ptr out = nullptr;
-  Ptr lse = nullptr;
+  LsePtr lse = nullptr;
   // Backward only: grad_out contiguous like out; gradients contiguous [B, H, N, D].
   ConstPtr grad_out = nullptr;
   Ptr grad_q_content = nullptr;

@@ -11,7 +11,7 @@ Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kGeneric;
@@ -24,6 +24,7 @@ Isa cap_by_environment(Isa detected) {
   if (std::strcmp(requested, "generic") == 0) cap = Isa::kGeneric;
   if (std::strcmp(requested, "avx2") == 0) cap = Isa::kAvx2;
   if (std::strcmp(requested, "avx512") == 0) cap = Isa::kAvx512;
+  if (std::strcmp(requested, "avx512_bf16") == 0) cap = Isa::kAvx512Bf16;
   return static_cast<int>(cap) < static_cast<int>(detected) ? cap : detected;
 }
 
@@ -31,6 +32,7 @@ template <typename T>
 KernelTable<T> table_for(Isa isa) {
   switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return {avx512::attention_forward<T>, avx512::attention_backward<T>,
               avx512::sine_embed_forward<T>, avx512::sine_embed_backward<T>,
@@ -56,6 +58,7 @@ Isa selected_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "generic";
@@ -66,7 +69,7 @@ template <typename T>
 const KernelTable<T>& kernels() {
   // Indexed by Isa.
   static const KernelTable<T> tables[] = {table_for<T>(Isa::kGeneric), table_for<T>(Isa::kAvx2),
-                                          table_for<T>(Isa::kAvx512)};
+                                          table_for<T>(Isa::kAvx512), table_for<T>(Isa::kAvx512Bf16)};
   return tables[static_cast<int>(selected_isa())];
 }
 

@@ -20,20 +20,26 @@ static_assert(kBlockK % kColChunk == 0, "key tile must be a whole number of colu
 template <typename T>
 using Operand = OperandOf<const T*>;
 
-template <typename T>
-struct AttentionParams : AttentionParamsOf<const T*, T*, T> {
+// The attention's work items: the forward's are (batch, head, tile of kBlockQ queries), the
+// backward's (batch, head).
+template <typename Base>
+struct AttentionTiling : Base {
   int64_t num_query_tiles() const { return (this->num_queries + kBlockQ - 1) / kBlockQ; }
   int64_t forward_work_items() const { return this->batch * this->heads * num_query_tiles(); }
   int64_t backward_work_items() const { return this->batch * this->heads; }
 
   int64_t num_key_tiles() const { return (this->num_keys + kBlockK - 1) / kBlockK; }
+};
+
+template <typename T>
+struct AttentionParams : AttentionTiling<AttentionParamsOf<const T*, T*, T>> {
 
   // Scratch each thread needs, in elements of T. Both passes gather the keys that are not
   // padded of one (batch, head) and run only those: the forward packs all its key tiles and
   // value rows once for the query tiles it runs; the backward accumulates the
   // keys' gradients in that order and scatters them at the end.
   int64_t forward_workspace() const {
-    return kBlockQ * kBlockK + num_key_tiles() * (this->dim_content + this->dim_pos) * kBlockK +
+    return kBlockQ * kBlockK + this->num_key_tiles() * (this->dim_content + this->dim_pos) * kBlockK +
            this->num_keys * this->dim_value + kBlockQ * this->dim_value + 2 * kBlockQ;
   }
   int64_t backward_workspace() const {
@@ -42,6 +48,14 @@ struct AttentionParams : AttentionParamsOf<const T*, T*, T> {
            this->num_keys * (key_dims + this->dim_value);
   }
 };
+
+// bfloat16 values as their bit patterns: the per-ISA units see no torch type.
+using Bf16 = uint16_t;
+
+// The attention in bfloat16 dot products (attention_bf16_kernel.inc): operands and results
+// bfloat16, the scale and the softmax statistics (lse) float32. Its scratch, in bytes, is sized
+// by the kernel's unit.
+using AttentionBf16Params = AttentionTiling<AttentionParamsOf<const Bf16*, Bf16*, float, float*>>;
 
 template <typename T>
 using SineEmbedParams = SineEmbedParamsOf<const T*, T*>;

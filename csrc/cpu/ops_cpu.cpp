@@ -61,11 +61,72 @@ T* thread_scratch(int64_t elements) {
   return buffer.data();
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// bfloat16 attention computed in bfloat16 dot products (Isa::kAvx512Bf16; attention_bf16_kernel.inc):
+// operands read in place, the softmax statistics float32.
+bool bf16_dot_products(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 && cpu::selected_isa() == cpu::Isa::kAvx512Bf16;
+}
+
+struct Bf16Bits {
+  cpu::Bf16* operator()(const at::Tensor& t) const { return reinterpret_cast<cpu::Bf16*>(t.data_ptr<at::BFloat16>()); }
+};
+
+// The calling thread's scratch of `bytes`, 64-byte aligned.
+void* aligned_scratch(int64_t bytes) {
+  const auto address = reinterpret_cast<uintptr_t>(thread_scratch<char>(bytes + 64));
+  return reinterpret_cast<void*>((address + 63) & ~uintptr_t(63));
+}
+
+std::tuple<at::Tensor, at::Tensor> modulated_attention_bf16(
+    const AttentionSizes& s, const at::Tensor& q_content, const std::optional<at::Tensor>& q_pos,
+    const at::Tensor& k_content, const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
+    const std::optional<at::Tensor>& key_padding_mask, double scale) {
+  at::Tensor out = at::empty({s.batch, s.heads, s.num_queries, s.dim_value}, q_content.options());
+  at::Tensor lse = at::empty({s.batch, s.heads, s.num_queries}, q_content.options().dtype(at::kFloat));
+  cpu::AttentionBf16Params p;
+  set_attention_inputs(p, s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, Bf16Bits());
+  p.scale = static_cast<float>(scale);
+  p.out = Bf16Bits()(out);
+  p.lse = lse.data_ptr<float>();
+  const int64_t workspace = cpu::avx512_bf16::attention_forward_workspace(p);
+  at::parallel_for(0, p.forward_work_items(), 1, [&](int64_t begin, int64_t end) {
+    cpu::avx512_bf16::attention_forward(p, begin, end, aligned_scratch(workspace));
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated_attention_backward_bf16(
+    const AttentionSizes& s, const at::Tensor& grad_out, const at::Tensor& q_content,
+    const std::optional<at::Tensor>& q_pos, const at::Tensor& k_content, const std::optional<at::Tensor>& k_pos,
+    const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask, const at::Tensor& out,
+    const at::Tensor& lse, double scale) {
+  const at::Tensor grad_out_c = grad_out.contiguous(), out_c = out.contiguous(), lse_c = lse.contiguous();
+  AttentionGrads grads(s, q_content.options(), q_pos.has_value());
+  cpu::AttentionBf16Params p;
+  set_attention_inputs(p, s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, Bf16Bits());
+  p.scale = static_cast<float>(scale);
+  p.out = Bf16Bits()(out_c);
+  p.lse = lse_c.data_ptr<float>();
+  p.grad_out = Bf16Bits()(grad_out_c);
+  grads.set(p, Bf16Bits());
+  const int64_t workspace = cpu::avx512_bf16::attention_backward_workspace(p);
+  at::parallel_for(0, p.backward_work_items(), 1, [&](int64_t begin, int64_t end) {
+    cpu::avx512_bf16::attention_backward(p, begin, end, aligned_scratch(workspace));
+  });
+  return grads.tuple();
+}
+#endif
+
 std::tuple<at::Tensor, at::Tensor> modulated_attention_cpu(
     const at::Tensor& q_content, const std::optional<at::Tensor>& q_pos, const at::Tensor& k_content,
     const std::optional<at::Tensor>& k_pos, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, double scale) {
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
+#if defined(__x86_64__) || defined(_M_X64)
+  if (bf16_dot_products(q_content))
+    return modulated_attention_bf16(s, q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale);
+#endif
   if (is_half(q_content)) {
     auto [out, lse] = modulated_attention_cpu(to_float(q_content), to_float(q_pos), to_float(k_content),
                                               to_float(k_pos), to_float(value), key_padding_mask, scale);
@@ -96,6 +157,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   const AttentionSizes s = check_attention_inputs(q_content, q_pos, k_content, k_pos, value, key_padding_mask);
   if (is_half(q_content)) {
     check_attention_backward_inputs(s, q_content, grad_out, out, lse, at::kFloat);
+#if defined(__x86_64__) || defined(_M_X64)
+    if (bf16_dot_products(q_content))
+      return modulated_attention_backward_bf16(s, grad_out, q_content, q_pos, k_content, k_pos, value,
+                                               key_padding_mask, out, lse, scale);
+#endif
     return rounded_to(q_content.scalar_type(),
                       modulated_attention_backward_cpu(to_float(grad_out), to_float(q_content), to_float(q_pos),
                                                        to_float(k_content), to_float(k_pos), to_float(value),
