@@ -13,7 +13,7 @@ from op_samples import (
     retyped,
 )
 
-from dabdetr.ops import modulated_attention, reference
+from dabdetr.ops import kernel_info, modulated_attention, reference
 
 GRAD_NAMES = ("q_content", "q_pos", "k_content", "k_pos", "value")
 
@@ -62,12 +62,27 @@ def test_kernel_matches_reference_fp32(case, device):
         assert_error_ratio(grads[name], ref_grads[name], truth_grads[name], 3.0, name, floor=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+# The CPU computes float16 in float32, and bfloat16 in bf16 dot products where it has them
+# (level avx512_bf16), in float32 below.
+CPU_HALF_PATHS = [(torch.float16, None), (torch.bfloat16, "avx512"), (torch.bfloat16, "avx512_bf16")]
+
+
+@pytest.fixture(params=CPU_HALF_PATHS, ids=["float16", "bfloat16-in-float32", "bfloat16-dot-products"])
+def cpu_half_dtype(request, monkeypatch):
+    """A 16-bit dtype, with DABDETR_CPU_ISA capped to the level of the CPU path under test."""
+    dtype, level = request.param
+    if level == "avx512_bf16" and kernel_info()["cpu_isa"] != level:
+        pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not {level}")
+    if level is not None:
+        monkeypatch.setenv("DABDETR_CPU_ISA", level)  # a cap: a CPU without AVX-512 runs its best
+    return dtype
+
+
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
-def test_cpu_kernel_matches_reference_half(case, dtype):
-    # The CPU computes 16-bit inputs in float32 and rounds the results once: within the
-    # error-ratio bound of the 16-bit reference (test_cuda.py holds each CUDA path to the same).
-    device = "cpu"
+def test_cpu_kernel_matches_reference_half(case, cpu_half_dtype):
+    # Within the error-ratio bound of the 16-bit reference against the float64 truth (test_cuda.py
+    # holds each CUDA path to the same).
+    device, dtype = "cpu", cpu_half_dtype
     inputs = attention_inputs(case, device, dtype, requires_grad=True)
     cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
     truth, truth_grads = _run(retyped(inputs, torch.float64), "reference", cotangent)
@@ -82,7 +97,8 @@ def test_cpu_kernel_matches_reference_half(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_cpu_half_is_the_float32_kernel_rounded_once(dtype):
+def test_cpu_half_is_the_float32_kernel_rounded_once(dtype, monkeypatch):
+    monkeypatch.setenv("DABDETR_CPU_ISA", "avx512")  # bfloat16 above it: bf16 dot products
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, "cpu", dtype, requires_grad=True)
     widened = retyped(inputs, torch.float32)
@@ -98,6 +114,29 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(dtype):
         assert half_grads[name].dtype == dtype, name
         torch.testing.assert_close(half_grads[name].float(), grads[name], rtol=4 * eps,
                                    atol=4 * eps * grads[name].abs().max().item(), msg=name)
+
+
+def test_cpu_bf16_dot_products_are_their_own_path(monkeypatch):
+    """At avx512_bf16 bfloat16 runs its own kernel (P and dS rounded to bf16 for their products),
+    not the float32 one: the results differ from it, fully padded rows included, stay exactly
+    zero, and the softmax statistics are float32."""
+    if kernel_info()["cpu_isa"] != "avx512_bf16":
+        pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not avx512_bf16")
+    case = next(c for c in ATTENTION_CASES if c.name == "dab_decoder_head")
+    inputs = attention_inputs(case, "cpu", torch.bfloat16, requires_grad=True)
+    inputs["key_padding_mask"][1] = True
+    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.bfloat16)
+    results = {}
+    for level in ("avx512", "avx512_bf16"):
+        monkeypatch.setenv("DABDETR_CPU_ISA", level)
+        results[level] = _run(inputs, "kernel", cotangent)
+    (out, grads), (float32_out, _) = results["avx512_bf16"], results["avx512"]
+    assert not torch.equal(out, float32_out)
+    assert (out[1] == 0).all() and out[0].abs().sum() > 0
+    for name, grad in grads.items():
+        assert grad.dtype == torch.bfloat16 and (grad[1] == 0).all() and grad[0].abs().sum() > 0, name
+    _, lse = torch.ops.dabdetr.modulated_attention(*(inputs[n] for n in (*GRAD_NAMES, "key_padding_mask")), 0.25)
+    assert lse.dtype == torch.float32 and torch.isneginf(lse[1]).all() and torch.isfinite(lse[0]).all()
 
 
 def test_fully_padded_rows_give_zeros_and_zero_grads(device):

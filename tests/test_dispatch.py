@@ -66,7 +66,7 @@ def test_missing_extension_falls_back_with_one_warning():
 def test_kernel_info_describes_the_build():
     info = kernel_info()
     assert info["extension_loaded"] and info["cpu"]
-    assert info["cpu_isa"] in ("generic", "avx2", "avx512")
+    assert info["cpu_isa"] in ("generic", "avx2", "avx512", "avx512_bf16")
     assert info["torch_version"] == torch.__version__.split("+")[0]
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_archs"], list)
     assert info["deformable_max_levels"] == 16  # csrc/op_params.h's kMaxDeformableLevels
@@ -75,7 +75,7 @@ def test_kernel_info_describes_the_build():
 ISA_CHECK = """
     import torch
     from dabdetr.ops import kernel_info, modulated_attention, modulated_anchor_sine_embed
-    from op_samples import ATTENTION_CASES, attention_inputs, sine_inputs
+    from op_samples import ATTENTION_CASES, assert_error_ratio, attention_inputs, retyped, sine_inputs
     print("ISA", kernel_info()["cpu_isa"])
     names = ("q_content", "q_pos", "k_content", "k_pos", "value")
     for case in ATTENTION_CASES:
@@ -88,6 +88,20 @@ ISA_CHECK = """
                 results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
             for got, want in zip(*results):
                 torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=case.name)
+        # bfloat16: float32 arithmetic below avx512_bf16, bf16 dot products there; either within
+        # the error-ratio bound of the bf16 reference against the float64 truth.
+        inputs = attention_inputs(case, dtype=torch.bfloat16, requires_grad=True)
+        cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64)
+        results = []
+        for impl, run_inputs, run_cotangent in (("kernel", inputs, cotangent.bfloat16()),
+                                                ("reference", inputs, cotangent.bfloat16()),
+                                                ("reference", retyped(inputs, torch.float64), cotangent)):
+            out = modulated_attention(**run_inputs, impl=impl)
+            leaves = [run_inputs[n] for n in names if run_inputs[n] is not None]
+            results.append([out, *torch.autograd.grad(out, leaves, run_cotangent)])
+        for got, want, truth in zip(*results):
+            floor = 4 * torch.finfo(torch.bfloat16).eps * max(1.0, truth.abs().max().item())
+            assert_error_ratio(got, want, truth, 3.0, case.name, floor=floor)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
         tensors = sine_inputs((300, 4), 128, dtype=dtype, requires_grad=True)
         results = []
@@ -111,7 +125,7 @@ ISA_CHECK = """
     print("OK")
 """
 
-LEVELS = ["generic", "avx2", "avx512"]
+LEVELS = ["generic", "avx2", "avx512", "avx512_bf16"]
 DETECTED = kernel_info()["cpu_isa"]
 
 
