@@ -3,6 +3,10 @@ per AMP setting, blocks of steps of each in turn (so drift in machine load hits 
 median block reported with its speed-up over the first setting.
 
     python benchmarks/bench_demo_step.py [--amps off,bf16] [--recipe demo] [--blocks 8] [--steps 8]
+    python benchmarks/bench_demo_step.py --amps off,bf16@avx512,bf16   # a setting's CPU kernels capped
+
+A setting AMP@LEVEL runs its steps with DABDETR_CPU_ISA=LEVEL (on an avx512_bf16 CPU, bf16@avx512
+times the bfloat16 attention computed in float32 beside the one in bf16 dot products).
 
 A step is the trainer's own (dabdetr.training.engine.train_step) plus the wait for its batch,
 as a run has them; profile_demo_step.py says where one setting's step goes. Written under
@@ -27,7 +31,8 @@ import dabdetr
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--amps", default="off,bf16", help="AMP settings, comma-separated (the first is the base)")
+    parser.add_argument("--amps", default="off,bf16",
+                        help="AMP settings, comma-separated (the first is the base); AMP@LEVEL caps the CPU kernels")
     parser.add_argument("--recipe", default="demo", choices=("demo", "demo_deformable"))
     parser.add_argument("--blocks", type=int, default=8, help="timed blocks of each setting")
     parser.add_argument("--steps", type=int, default=8, help="steps per block (after 4 of warm-up)")
@@ -36,17 +41,21 @@ def main():
     amps = args.amps.split(",")
     with tempfile.TemporaryDirectory() as output_dir:
         runs = {}
-        for amp in amps:
-            trainer = dabdetr.Trainer(dabdetr.recipe(args.recipe, output_dir=os.path.join(output_dir, amp),
+        for setting in amps:
+            amp, _, level = setting.partition("@")
+            trainer = dabdetr.Trainer(dabdetr.recipe(args.recipe, output_dir=os.path.join(output_dir, setting),
                                                      device="cpu", progress=False, amp=amp))
             batches = endless(trainer.train_loader)
-            run_steps(trainer, batches, 4, defaultdict(float))  # oneDNN primitives, allocator, loader workers
-            runs[amp] = (trainer, batches)
+            environment = {"DABDETR_CPU_ISA": level} if level else {}
+            with harness.environment(environment):
+                run_steps(trainer, batches, 4, defaultdict(float))  # oneDNN primitives, allocator, loader workers
+            runs[setting] = (trainer, batches, environment)
         blocks = defaultdict(list)
         for _ in range(args.blocks):
-            for amp, (trainer, batches) in runs.items():
+            for amp, (trainer, batches, environment) in runs.items():
                 totals = defaultdict(float)
-                run_steps(trainer, batches, args.steps, totals)
+                with harness.environment(environment):
+                    run_steps(trainer, batches, args.steps, totals)
                 seconds = totals["step"] + totals["data (waiting for the loader)"]
                 blocks[amp].append(seconds * 1000 / args.steps)
     medians = {amp: statistics.median(ms) for amp, ms in blocks.items()}

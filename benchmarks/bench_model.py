@@ -8,7 +8,8 @@ dominates and the peers are within noise). CPU: inference at batch 1 and 8, trai
 float32 (--precisions float32,bf16 adds bfloat16 autocast, for CPUs with AVX-512 BF16 or AMX).
 CUDA: both at batch 2 and 8, float32 and bfloat16 autocast, with the peak memory of each call.
 The kernel rows also give the share of the call spent in the attention ops (torch.profiler);
---tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA).
+--tensor-cores adds the kernel model on the tensor-core attention path (bf16 autocast, CUDA), and
+on a CPU with AVX-512 BF16 the bf16 rows add "kernel avx512", the attention computed in float32.
 
 A DAB-Deformable-DETR preset (--preset dab_deformable_detr_r50) has no Hugging Face peer; its rows
 give the share of the deformable attention for the reference ops too (on the CPU: the time inside
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 import dabdetr.models.deformable_transformer as deformable_transformer
+import dabdetr.ops
 from dabdetr.models import build_model, preset
 
 
@@ -194,6 +196,9 @@ def main():
         raise SystemExit(f"--precisions takes float32 and bf16, got {args.precisions}")
     precisions = [autocasts[name] for name in chosen]
 
+    # On a CPU with AVX-512 BF16, bf16 rows also time the kernel model with its attention in
+    # float32 (level avx512) beside the default, in bf16 dot products.
+    bf16_dot_products = not cuda and dabdetr.ops.kernel_info()["cpu_isa"] == "avx512_bf16"
     rows = []
     for precision, autocast in precisions:
         for task, batch in tasks:
@@ -201,6 +206,8 @@ def main():
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
             if args.tensor_cores and cuda and precision != "float32":
                 fns["kernel tensor_core"] = harness.in_environment(fns["kernel"], harness.TENSOR_CORE_PATH)
+            if bf16_dot_products and precision != "float32":
+                fns["kernel avx512"] = harness.in_environment(fns["kernel"], {"DABDETR_CPU_ISA": "avx512"})
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():
                 # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.
