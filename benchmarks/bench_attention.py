@@ -137,7 +137,7 @@ def kernel_variants(inputs, tensor_cores=False, sweep_splits=False, cpu_isas=Non
     is allowed), the tensor-core path by name, with each forced key-split count where
     sweep_splits (to tune the split choice of ops_cuda.cpp)."""
     q = inputs["q_content"]
-    variants = {"kernel": {}, **harness.cpu_isa_variants(q.device, cpu_isas)}
+    variants = {"kernel": {}, **harness.cpu_isa_variants(q.device, cpu_isas, q.dtype == torch.bfloat16)}
     served = q.dtype in (torch.float16, torch.bfloat16) or (
         q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest")
     if tensor_cores and served and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 8:

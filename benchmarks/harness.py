@@ -47,15 +47,17 @@ TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 CPU_ISA_LEVELS = ("generic", "avx2", "avx512", "avx512_bf16")
 
 
-def cpu_isa_variants(device, requested=None):
+def cpu_isa_variants(device, requested=None, bf16_attention=False):
     """{peer name: environment} of the CPU kernels at levels below the best this CPU runs (which
     is the plain "kernel" peer), timed side by side with it: `requested` (a list of levels), or
-    by default the levels from AVX2 up to the best one. Empty on CUDA."""
+    by default those from AVX2 up, avx512 only where it differs from avx512_bf16 (bf16_attention:
+    the attention of bfloat16 inputs). Empty on CUDA."""
     if device.type != "cpu":
         return {}
     best = dabdetr.ops.kernel_info()["cpu_isa"]
     below = CPU_ISA_LEVELS[: CPU_ISA_LEVELS.index(best)]
-    wanted = below[1:] if requested is None else requested
+    default = [level for level in below[1:] if level != "avx512" or bf16_attention or best != "avx512_bf16"]
+    wanted = default if requested is None else requested
     unknown = [level for level in wanted if level not in CPU_ISA_LEVELS]
     if unknown:
         raise ValueError(f"unknown CPU instruction-set level(s) {unknown}; choose from {CPU_ISA_LEVELS}")

@@ -2,7 +2,7 @@
 # The bfloat16 goals of docs/results/bf16.md measured on this CPU, in one command, for whichever
 # kind it is: an AMX Xeon (its goals are what no session could measure yet) or a CPU with AVX-512
 # BF16 and no AMX. Refuses to run on a CPU with neither. Writes under $OUT (default
-# benchmarks/results/bf16_goals_<date>/):
+# benchmarks/results/bf16_goals_<date>/, -2, -3 ... where taken):
 #   cpu.txt                         lscpu and kernel_info()
 #   inference_*.md|json             bench_inference.py, R50 at 800x1066, batch 1, every runtime and
 #                                   precision interleaved
@@ -20,7 +20,7 @@ if ! grep -qw -e amx_bf16 -e avx512_bf16 /proc/cpuinfo; then
   echo "this CPU has neither amx_bf16 nor avx512_bf16: no bfloat16 goal applies to it (lscpu | grep Flags)"
   exit 1
 fi
-OUT=${OUT:-benchmarks/results/bf16_goals_$(date +%Y-%m-%d)}
+RUN_NAME=bf16_goals
 . benchmarks/cpu_run.sh  # $OUT, the set-up, cpu.txt and step
 step bench_inference python benchmarks/bench_inference.py --device cpu --batches 1 --repeats 5 --out-dir "$OUT"
 step profile_forward python benchmarks/profile_forward.py --out-dir "$OUT"

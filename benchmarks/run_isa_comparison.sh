@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The AVX2 and AVX-512 paths side by side on one AVX-512 CPU, in one command: what issue 28 still
 # needs ("no slower and no worse on the AVX-512 machine"). Refuses to run on a CPU without
-# AVX-512. Writes everything under $OUT (default benchmarks/results/isa_comparison_<date>/):
+# AVX-512. Writes everything under $OUT (default
+# benchmarks/results/isa_comparison_<date>/, -2, -3 ... where taken):
 #   cpu.txt                       lscpu and kernel_info()
 #   attention_*.md|json           bench_attention.py: the best kernels and "kernel avx2", same process
 #   sine_embed_*.md|json          bench_sine_embed.py --cpu-isas avx2
@@ -26,7 +27,7 @@ if ! grep -q avx512f /proc/cpuinfo; then
   echo "this CPU has no AVX-512: nothing to compare the AVX2 kernels with (lscpu | grep Flags)"
   exit 1
 fi
-OUT=${OUT:-benchmarks/results/isa_comparison_$(date +%Y-%m-%d)}
+RUN_NAME=isa_comparison
 . benchmarks/cpu_run.sh  # $OUT, the set-up, cpu.txt and step
 # Our kernels, torch's vectorized ops, the matrix products (MKL) and the convolutions (oneDNN).
 AVX2_ONLY=(DABDETR_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2)

@@ -33,7 +33,6 @@ struct AttentionTiling : Base {
 
 template <typename T>
 struct AttentionParams : AttentionTiling<AttentionParamsOf<const T*, T*, T>> {
-
   // Scratch each thread needs, in elements of T. Both passes gather the keys that are not
   // padded of one (batch, head) and run only those: the forward packs all its key tiles and
   // value rows once for the query tiles it runs; the backward accumulates the

@@ -169,8 +169,9 @@ def kernel_info():
     """What the extension provides: a dict with keys
 
     extension_loaded (bool), unavailable_reason (str or None), cpu (bool: CPU kernels),
-    cpu_isa (instruction set the CPU kernels run with now: the best this CPU has, capped by
-    DABDETR_CPU_ISA, which is read on every call), cpu_dtypes and cuda_dtypes (the dtypes
+    cpu_isa (instruction set the CPU kernels run with now, "generic", "avx2", "avx512" or
+    "avx512_bf16" (the attention of bfloat16 inputs in bf16 dot products): the best this CPU has,
+    capped by DABDETR_CPU_ISA, which is read on every call), cpu_dtypes and cuda_dtypes (the dtypes
     their kernels serve, e.g. "float32"), cuda (bool: CUDA kernels), cuda_archs (list of str),
     cuda_version (str or None), cuda_max_head_dim and cuda_max_attention_rows (the CUDA
     kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
