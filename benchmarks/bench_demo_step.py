@@ -52,12 +52,12 @@ def main():
             runs[setting] = (trainer, batches, environment)
         blocks = defaultdict(list)
         for _ in range(args.blocks):
-            for amp, (trainer, batches, environment) in runs.items():
+            for setting, (trainer, batches, environment) in runs.items():
                 totals = defaultdict(float)
                 with harness.environment(environment):
                     run_steps(trainer, batches, args.steps, totals)
                 seconds = totals["step"] + totals["data (waiting for the loader)"]
-                blocks[amp].append(seconds * 1000 / args.steps)
+                blocks[setting].append(seconds * 1000 / args.steps)
     medians = {amp: statistics.median(ms) for amp, ms in blocks.items()}
     rows = [{"amp": amp, "ms_per_step": round(medians[amp], 1), "speedup": round(medians[amps[0]] / medians[amp], 2),
              "blocks_ms": " ".join(f"{ms:.0f}" for ms in blocks[amp])} for amp in amps]

@@ -118,8 +118,8 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(dtype, monkeypatch):
 
 def test_cpu_bf16_dot_products_are_their_own_path(monkeypatch):
     """At avx512_bf16 bfloat16 runs its own kernel (P and dS rounded to bf16 for their products),
-    not the float32 one: the results differ from it, fully padded rows included, stay exactly
-    zero, and the softmax statistics are float32."""
+    not the float32 one: its results differ from that one's; a batch entry whose keys are all
+    padded gets exact zeros (outputs and gradients) and an lse of -inf, kept in float32."""
     if kernel_info()["cpu_isa"] != "avx512_bf16":
         pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not avx512_bf16")
     case = next(c for c in ATTENTION_CASES if c.name == "dab_decoder_head")
