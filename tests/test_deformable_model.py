@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICES, check_target
 
+import dabdetr.models.deformable_transformer as deformable_transformer
 from dabdetr.models import DABDeformableDETR, build_model
 from dabdetr.models.deformable_transformer import (
     FeatureLevels,
@@ -136,6 +137,49 @@ def test_deformable_attention_samples_where_the_offsets_say(corners):
                     expected[q, head] += weights[head, level, p] * sample.view(-1)
         start += h * w
     torch.testing.assert_close(out[0], attn.output_proj(expected.flatten(1)))
+
+
+@pytest.mark.parametrize("tokens", [3, 5, 37])
+def test_feed_forward_in_blocks_of_tokens(monkeypatch, tokens):
+    """The feed-forward block against norm(x + W2 relu(W1 x + b1) + b2) written out, with gradients
+    (the whole layer at once) and in inference (blocks of FEED_FORWARD_BLOCK tokens once there are
+    more, the last block shorter), in float64."""
+    monkeypatch.setattr(deformable_transformer, "FEED_FORWARD_BLOCK", 8)
+    layer = tiny().transformer.encoder.layers[0].double()
+    blocks = []
+    monkeypatch.setattr(layer, "hidden_to_output",
+                        lambda x, run=layer.hidden_to_output: blocks.append(tuple(x.shape[:-1])) or run(x))
+    x = torch.randn(2, tokens, 64, dtype=torch.float64)
+    hidden = torch.clamp(x @ layer.linear1.weight.T + layer.linear1.bias, min=0)
+    expected = F.layer_norm(x + hidden @ layer.linear2.weight.T + layer.linear2.bias, (64,),
+                            layer.norm2.weight, layer.norm2.bias)
+    torch.testing.assert_close(layer.feed_forward(x, layer.norm2), expected)
+    assert blocks == [(2, tokens)]
+    blocks.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(layer.feed_forward(x, layer.norm2), expected)
+    rows = 2 * tokens
+    assert blocks == ([(8,)] * (rows // 8) + [(rows % 8,)] if rows > 8 else [(2, tokens)])
+
+
+def test_attention_weights_reach_the_op_as_float32_under_bf16_autocast(monkeypatch):
+    """CPU autocast leaves softmax in the input's dtype: the module takes the softmax of the bf16
+    logits in float32, as CUDA autocast would, so the weights are not rounded to bf16."""
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(16, 2, 2, 3, "reference")
+    with torch.no_grad():
+        attn.attention_weights.weight.normal_()
+    calls = []
+    monkeypatch.setattr(deformable_transformer, "multi_scale_deformable_attention",
+                        lambda value, shapes, start, locations, weights, impl: calls.append(weights) or value[:, :3].flatten(2))
+    masks = [torch.zeros(1, 5, 7, dtype=torch.bool), torch.zeros(1, 3, 4, dtype=torch.bool)]
+    query = torch.randn(1, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(query, torch.rand(1, 3, 2, 2), torch.randn(1, 47, 16), FeatureLevels.of(masks, torch.float32))
+        logits = attn.attention_weights(query)
+    assert logits.dtype == torch.bfloat16 and calls[0].dtype == torch.float32
+    torch.testing.assert_close(calls[0].flatten(2), logits.float().view(1, 3, 2, 6).softmax(-1).flatten(2),
+                               rtol=0, atol=0)
 
 
 def test_patterns_lay_out_queries_pattern_by_pattern():
