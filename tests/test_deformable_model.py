@@ -170,8 +170,12 @@ def test_attention_weights_reach_the_op_as_float32_under_bf16_autocast(monkeypat
     with torch.no_grad():
         attn.attention_weights.weight.normal_()
     calls = []
-    monkeypatch.setattr(deformable_transformer, "multi_scale_deformable_attention",
-                        lambda value, shapes, start, locations, weights, impl: calls.append(weights) or value[:, :3].flatten(2))
+
+    def op(value, spatial_shapes, level_start_index, locations, weights, impl):
+        calls.append(weights)
+        return value[:, :3].flatten(2)
+
+    monkeypatch.setattr(deformable_transformer, "multi_scale_deformable_attention", op)
     masks = [torch.zeros(1, 5, 7, dtype=torch.bool), torch.zeros(1, 3, 4, dtype=torch.bool)]
     query = torch.randn(1, 3, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
