@@ -4,6 +4,7 @@
     eager kernel      DABDETR.predict with the fused kernels
     torch.compile     DetectorGraph compiled by Inductor (freezing on), the dabdetr ops opaque
     aoti              the AOTInductor package of `dabdetr export --format aoti` (CPU only)
+    aoti one size     the same for the benchmark's one image size (`--image-size`): no dynamic height or width
     onnxruntime       the ONNX file of `dabdetr export --format onnx`, ONNX Runtime (CUDA provider on
                       CUDA where installed; its inputs and outputs then cross through host memory)
     huggingface       transformers' DabDetrForObjectDetection loaded with the same weights
@@ -39,13 +40,14 @@ from dabdetr.evaluation.precision import autocast_context
 from dabdetr.models import build_model, preset
 from dabdetr.weights.pretrained import save_huggingface
 
-RUNTIME_NAMES = ("eager reference", "eager kernel", "torch.compile", "aoti", "onnxruntime", "huggingface")
+RUNTIME_NAMES = ("eager reference", "eager kernel", "torch.compile", "aoti", "aoti one size", "onnxruntime",
+                 "huggingface")
 
 
 PRECISIONS = ("float32", "bf16 autocast")
 
 
-def build_runtimes(config, device, names, scratch):
+def build_runtimes(config, device, names, scratch, image_size):
     """{(precision, name): (callable(images, mask) -> (logits, boxes), seconds it took to build,
     where it runs)} of the names that this machine can run, in each precision it has: the eager
     paths called under bf16 autocast, torch.compile and aoti built with it inside their graph,
@@ -59,6 +61,8 @@ def build_runtimes(config, device, names, scratch):
         "eager kernel": lambda amp: (_eager(kernel, device, amp), device.type),
         "torch.compile": lambda amp: _compiled(kernel, device, amp),
         "aoti": lambda amp: _exported(kernel, "aoti", os.path.join(scratch, f"model_{amp}.aoti.pt2"), device, amp),
+        "aoti one size": lambda amp: _exported(kernel, "aoti", os.path.join(scratch, f"model_{amp}_one_size.aoti.pt2"),
+                                               device, amp, image_size),
         "onnxruntime": lambda amp: _exported(kernel, "onnx", os.path.join(scratch, "model.onnx"), device, amp),
         "huggingface": lambda amp: _huggingface(kernel, os.path.join(scratch, "hf"), device, amp),
     }
@@ -88,10 +92,10 @@ def _compiled(model, device, amp):
     return torch.compile(DetectorGraph(model, amp=amp), options={"freezing": True}), device.type
 
 
-def _exported(model, format, path, device, amp):
+def _exported(model, format, path, device, amp, image_size=None):
     if format == "aoti" and device.type != "cpu":
         raise ValueError("the AOTInductor export is compiled for the CPU")
-    export(model, path, format, amp=amp)
+    export(model, path, format, amp=amp, image_size=image_size)
     detector = runtime.load_detector(path, device=device)
     backend = detector.session.get_providers()[0] if format == "onnx" else "cpu"
     return (lambda images, mask: tuple(detector(images, mask).values())), backend
@@ -164,7 +168,7 @@ def main():
     config = preset(args.preset)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        runtimes = build_runtimes(config, device, names, scratch)
+        runtimes = build_runtimes(config, device, names, scratch, (height, width))
         for batch in (int(b) for b in args.batches.split(",")):
             measured = measure(runtimes, batch, height, width, device, repeats)
             print(f"  batch {batch}: " + ", ".join(f"{row['runtime']} {row['precision']} {row['median_ms']:.0f} ms"

@@ -370,8 +370,9 @@ def add_export_parser(subparsers):
     from dabdetr.deployment.export import FORMATS
 
     parser = subparsers.add_parser("export", help="export a model for deployment: ONNX, torch.export, AOTInductor",
-                                   description="Writes one artifact with dynamic batch, height and width; "
-                                               "inputs images [B, 3, H, W] and mask [B, H, W] (True = padding).")
+                                   description="Writes one artifact with dynamic batch, height and width (or "
+                                               "one fixed image size); inputs images [B, 3, H, W] and mask [B, H, "
+                                               "W] (True = padding).")
     parser.add_argument("model", help="any checkpoint from_pretrained reads")
     parser.add_argument("output", help="the file to write (.onnx for onnx, .pt2 otherwise)")
     parser.add_argument("--format", choices=FORMATS, required=True,
@@ -382,7 +383,19 @@ def add_export_parser(subparsers):
     parser.add_argument("--amp", choices=("off", "bf16"), default="off",
                         help="bf16: the graph computes under bfloat16 autocast (torch-export and aoti; inputs and "
                              "outputs stay float32), faster on CPUs with AVX-512 BF16 or AMX")
+    parser.add_argument("--image-size", type=image_size, default=None, metavar="HEIGHTxWIDTH",
+                        help="a graph for this one image size (the runtime pads smaller images to it), instead of "
+                             "any: compiled code specialized to it (aoti: DAB-Deformable-DETR R50 1.6-1.8x faster)")
     parser.set_defaults(run=run_export)
+
+
+def image_size(text):
+    """argparse type of HEIGHTxWIDTH: (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, such as 800x1088, got {text!r}") from None
+    return height, width
 
 
 def run_export(args):
@@ -393,9 +406,10 @@ def run_export(args):
         raise ValueError(f"export --format {args.format} writes a {suffix} file; got output {args.output}")
     model, metadata = load_model(args.model, torch.device("cpu"))
     export(model, args.output, args.format, metadata["class_names"], metadata["eval_size"], metadata["max_size"],
-           postprocess=args.with_postprocess, amp=args.amp)
+           postprocess=args.with_postprocess, amp=args.amp, image_size=args.image_size)
+    size = f", images of {args.image_size[0]}x{args.image_size[1]}" if args.image_size else ""
     print(f"wrote {args.output} ({args.format}{', with post-processing' if args.with_postprocess else ''}"
-          f"{', bf16 autocast' if args.amp == 'bf16' else ''})")
+          f"{', bf16 autocast' if args.amp == 'bf16' else ''}{size})")
 
 
 # --- convert -----------------------------------------------------------------------------------

@@ -82,3 +82,28 @@ def assert_same_outputs(detector, model, images):
         torch.testing.assert_close(outputs["boxes"], boxes, rtol=0, atol=TOLERANCE)
         checked += 1
     assert checked == 2 * len(SIZES)
+
+
+def assert_one_size_outputs(detector, model, size):
+    """An artifact exported for the one image size (height, width): on the generated images' batches
+    that fit, its outputs equal model.predict's on the batch padded to size by hand (zeros, mask
+    True), and at batch 1 and 3 from one graph; a batch that does not fit is refused, naming the size."""
+    fitting = refused = 0
+    for pixels, mask, _ in batches(generated_images()):
+        height, width = pixels.shape[-2:]
+        if height > size[0] or width > size[1]:
+            with pytest.raises(ValueError, match=f"at most its image_size {size[0]} x {size[1]}"):
+                detector(pixels, mask)
+            refused += 1
+            continue
+        outputs = detector(pixels, mask)
+        padded = torch.zeros(len(pixels), 3, *size)
+        padded[:, :, :height, :width] = pixels
+        padded_mask = torch.ones(len(pixels), *size, dtype=torch.bool)
+        padded_mask[:, :height, :width] = mask
+        with torch.no_grad():
+            logits, boxes = model.predict(padded, padded_mask)
+        torch.testing.assert_close(outputs["logits"], logits, rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(outputs["boxes"], boxes, rtol=0, atol=TOLERANCE)
+        fitting += 1
+    assert fitting >= 2 and refused >= 2

@@ -3,12 +3,14 @@ on real photos (tinycoco, where present) and generated images, at three sizes an
 from one exported file (each artifact is exported once per module); post-processing, bad input,
 and the CLI around them. AOTInductor's packages: test_export_aoti.py."""
 
+import argparse
 import json
 
 import pytest
 import torch
 from export_checks import (
     TOLERANCE,
+    assert_one_size_outputs,
     assert_same_outputs,
     batches,
     parity_images,
@@ -19,6 +21,7 @@ from PIL import Image
 from test_training import TINY_RUN, tiny_config
 
 import dabdetr
+from dabdetr.cli import image_size
 from dabdetr.cli import main as cli
 from dabdetr.data import SyntheticShapes, make_transforms
 from dabdetr.deployment import export, runtime
@@ -277,6 +280,24 @@ def test_runtime_rejects_bad_inputs_naming_the_argument(demo_onnx, tmp_path):
         runtime.load_detector(post)(images, mask)
     with pytest.raises(ValueError, match="orig_sizes must be int64 of shape"):
         runtime.load_detector(post)(images, mask, torch.ones(2, 2))
+
+
+def test_one_size_export_is_specialized_and_pads_smaller_images(deformable_model, tmp_path):
+    """image_size: a program whose height and width are fixed (the batch stays dynamic); the
+    runtime pads smaller images to that size (assert_one_size_outputs)."""
+    path = str(tmp_path / "one_size.pt2")
+    assert export.export(deformable_model, path, "torch-export", image_size=(200, 264))["image_size"] == [200, 264]
+    program = torch.export.load(path)
+    shape = next(node for node in program.graph.nodes if node.name == "images").meta["val"].shape
+    assert isinstance(shape[0], torch.SymInt) and tuple(shape[1:]) == (3, 200, 264)
+    detector = runtime.load_detector(path)
+    assert detector.metadata["image_size"] == [200, 264]
+    assert_one_size_outputs(detector, deformable_model, (200, 264))
+    with pytest.raises(ValueError, match=r"image_size must be \(height, width\), each from 65 .this model's min_side"):
+        export.export(deformable_model, path, "torch-export", image_size=(64, 264))
+    assert image_size("800x1088") == (800, 1088)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HEIGHTxWIDTH"):
+        image_size("800")
 
 
 def test_export_and_load_errors(demo_model, tmp_path, caplog):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from export_checks import (
     TOLERANCE,
+    assert_one_size_outputs,
     assert_same_outputs,
     batches,
     generated_images,
@@ -57,6 +58,14 @@ def test_deformable_aoti_package_matches_eager(deformable_model, deformable_aoti
     detector = runtime.load_detector(deformable_aoti)
     assert detector.kind == "aoti"
     assert_same_outputs(detector, deformable_model, images)
+
+
+def test_one_size_aoti_package_pads_smaller_images(demo_model, tmp_path):
+    """`export --image-size`: the package compiled for one height and width (faster code than a
+    dynamic one's; docs/results/inference.md), fed padded images by the runtime."""
+    path = str(tmp_path / "one_size.aoti.pt2")
+    export.export(demo_model, path, "aoti", image_size=(160, 200))
+    assert_one_size_outputs(runtime.load_detector(path), demo_model, (160, 200))
 
 
 @pytest.mark.parametrize("format", ["torch-export", "aoti"])

@@ -1,7 +1,8 @@
 """Export of a DABDETR for deployment: ONNX, a torch.export program (.pt2), an AOTInductor package.
 
 Every artifact computes DABDETR.predict in eval mode, so it holds no training-only part (no
-denoising queries, no auxiliary heads), with a dynamic batch, height and width, in float32 or
+denoising queries, no auxiliary heads), with a dynamic batch, height and width (or, with
+image_size, one fixed height and width: the runtime pads smaller images to it), in float32 or
 (amp="bf16", torch-export and aoti) under bfloat16 autocast, traced into the graph; the inputs and
 outputs are float32 either way:
 
@@ -82,8 +83,11 @@ def min_side(config):
     return max(33, stride + 1)
 
 
-def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off"):
+def export_metadata(model, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off",
+                    image_size=None):
     """The dict every artifact carries: what runtime.py needs to feed it and read its outputs."""
+    if image_size:
+        check_image_size(image_size, min_side(model.config))
     inputs, outputs = POSTPROCESS_IO if postprocess else PLAIN_IO
     return {
         "format": EXPORT_FORMAT_TAG,
@@ -96,32 +100,47 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
         "max_size": max_size,
         "min_side": min_side(model.config),
         "max_side": MAX_SIDE,
+        "image_size": list(image_size) if image_size else None,
         "model_config": model.config.to_dict(),
     }
 
 
-def export_program(model, postprocess=False, amp="off"):
+def export_program(model, postprocess=False, amp="off", image_size=None):
     """torch.export.ExportedProgram of DetectorGraph(model, postprocess, amp) on the CPU, with
-    float32 weights, inputs and outputs and dynamic batch, height and width; the fused ops stay
-    dabdetr:: custom ops. A model on another device or in another dtype is copied, not moved."""
+    float32 weights, inputs and outputs and a dynamic batch, with a dynamic height and width or the
+    fixed image_size (height, width); the fused ops stay dabdetr:: custom ops. A model on another
+    device or in another dtype is copied, not moved."""
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float().cpu()
     graph = DetectorGraph(model, postprocess, amp)
-    # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
     side = min_side(model.config)
-    images = torch.zeros(2, 3, max(128, 2 * side), max(160, 2 * side + 32))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if image_size:
+        check_image_size(image_size, side)
+        images = torch.zeros(2, 3, *image_size)
+        shapes = {"images": {0: batch}, "mask": {0: batch}}
+    else:
+        # Example sizes: batch 2, and sides whose feature maps are not 1 wide, keep every dim symbolic.
+        images = torch.zeros(2, 3, max(128, 2 * side), max(160, 2 * side + 32))
+        height = torch.export.Dim("height", min=side, max=MAX_SIDE)
+        width = torch.export.Dim("width", min=side, max=MAX_SIDE)
+        shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
     mask = torch.zeros(2, *images.shape[2:], dtype=torch.bool)
     mask[1, :, -32:] = True
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    height = torch.export.Dim("height", min=side, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=side, max=MAX_SIDE)
     args = (images, mask)
-    shapes = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
     if postprocess:
         args += (torch.tensor([[480, 640], [600, 400]]),)
         shapes["orig_sizes"] = {0: batch}
     with torch.no_grad():
         return torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
+
+
+def check_image_size(image_size, side):
+    """A fixed (height, width) an artifact can be exported for: two ints from side (min_side) to MAX_SIDE."""
+    if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
+            and all(isinstance(v, int) and side <= v <= MAX_SIDE for v in image_size)):
+        raise ValueError(f"image_size must be (height, width), each from {side} (this model's min_side) to "
+                         f"{MAX_SIDE}, got {tuple(image_size)}")
 
 
 def _reference_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
@@ -167,7 +186,8 @@ def export_onnx(model, path, metadata):
     """Writes the ONNX file: opset ONNX_OPSET, named inputs and outputs, dynamic dims named batch,
     height and width, metadata under metadata_props["dabdetr"]; checked by onnx.checker."""
     onnx, onnxscript = require_packages("ONNX export", "onnx", "onnxscript")
-    program = decompose_custom_ops(export_program(model, metadata["postprocess"], metadata["amp"]))
+    program = decompose_custom_ops(export_program(model, metadata["postprocess"], metadata["amp"],
+                                                  metadata["image_size"]))
     onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
                                      input_names=metadata["inputs"], output_names=metadata["outputs"])
     onnxscript.optimizer.optimize(onnx_program.model, input_size_limit=ONNX_FOLD_LIMIT,
@@ -197,7 +217,7 @@ def _name_dynamic_dims(proto):
 
 def export_torch(model, path, metadata):
     """Writes the torch.export program (torch.export.save), metadata as extra file dabdetr.json."""
-    program = export_program(model, metadata["postprocess"], metadata["amp"])
+    program = export_program(model, metadata["postprocess"], metadata["amp"], metadata["image_size"])
     extra_files = {f"{METADATA_KEY}.json": json.dumps(metadata)}
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra_files), binary=True)
 
@@ -206,7 +226,7 @@ def export_aoti(model, path, metadata):
     """Compiles the program ahead of time with AOTInductor (C++ here, minutes for R50) into a
     package; Inductor's freezing computes the convolutions' folded weights (the backbone's
     conv_norm) once, as constants."""
-    program = export_program(model, metadata["postprocess"], metadata["amp"])
+    program = export_program(model, metadata["postprocess"], metadata["amp"], metadata["image_size"])
     configs = {"freezing": True, "aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)  # as atomic_write does for the other formats
@@ -219,14 +239,16 @@ def export_aoti(model, path, metadata):
 EXPORTERS = {"onnx": export_onnx, "torch-export": export_torch, "aoti": export_aoti}
 
 
-def export(model, path, format, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off"):
+def export(model, path, format, class_names=None, eval_size=None, max_size=None, postprocess=False, amp="off",
+           image_size=None):
     """Writes `model` as an artifact of `format` (one of FORMATS) at path, computing in the
-    precision amp says (AMP_BY_FORMAT); returns its metadata."""
+    precision amp says (AMP_BY_FORMAT), for images of any size or of the one image_size (height,
+    width): a graph specialized to it, which the runtime feeds padded images; returns its metadata."""
     if format not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {format!r}")
     if amp not in AMP_BY_FORMAT[format]:
         why = " (ONNX's Conv takes no bfloat16 at opset 18: ONNX Runtime refuses the graph)" if format == "onnx" else ""
         raise ValueError(f"export format {format} takes amp {' or '.join(AMP_BY_FORMAT[format])}, got {amp!r}{why}")
-    metadata = export_metadata(model, class_names, eval_size, max_size, postprocess, amp)
+    metadata = export_metadata(model, class_names, eval_size, max_size, postprocess, amp, image_size)
     EXPORTERS[format](model, path, metadata)
     return metadata

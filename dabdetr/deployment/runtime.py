@@ -36,6 +36,8 @@ class Detector:
 
     def __call__(self, images, mask=None, orig_sizes=None):
         mask = check_inputs(self.metadata, images, mask, orig_sizes, exported=self.kind != "eager")
+        if self.metadata.get("image_size"):  # an artifact of one size (older metadata lack the key)
+            images, mask = padded_to(images, mask, self.metadata["image_size"])
         args = (images, mask) + ((orig_sizes,) if self.metadata["postprocess"] else ())
         with torch.no_grad():
             return dict(zip(self.metadata["outputs"], self.run(*args)))
@@ -168,15 +170,26 @@ def _checked_metadata(path, text):
     return metadata
 
 
+def padded_to(images, mask, size):
+    """images [B, 3, H, W] and mask [B, H, W] padded at the right and bottom to size (height,
+    width): zeros, and True (padding) in the mask."""
+    pad = (0, size[1] - images.shape[-1], 0, size[0] - images.shape[-2])
+    return torch.nn.functional.pad(images, pad), torch.nn.functional.pad(mask, pad, value=True)
+
+
 def check_inputs(metadata, images, mask, orig_sizes=None, exported=True):
     """The mask (all False for None) once the inputs fit (DABDETR's checks, then an exported
-    graph's: float32, its side range, orig_sizes); otherwise a ValueError/TypeError naming the
+    graph's: float32, its side range or at most its fixed size, orig_sizes); otherwise a ValueError/TypeError naming the
     argument whose rank, shape, dtype or device does not."""
     mask = checked_inputs(images, mask)
     if exported and images.dtype != torch.float32:
         raise TypeError(f"images must be float32 for an exported model, got {images.dtype}")
     B, _, H, W = images.shape
-    if exported and not (metadata["min_side"] <= min(H, W) and max(H, W) <= metadata["max_side"]):
+    fixed = metadata.get("image_size")
+    if exported and fixed and not (fixed[0] >= H and fixed[1] >= W):
+        raise ValueError(f"images: the exported model takes images of at most its image_size {fixed[0]} x "
+                         f"{fixed[1]} (padded to it), got H={H}, W={W}")
+    if exported and not fixed and not (metadata["min_side"] <= min(H, W) and max(H, W) <= metadata["max_side"]):
         raise ValueError(f"images: the exported model takes sides {metadata['min_side']} to {metadata['max_side']}, "
                          f"got H={H}, W={W}")
     if not metadata["postprocess"]:
