@@ -401,6 +401,18 @@ def test_onnx_export_refuses_bf16(demo_model, tmp_path):
         export.export(demo_model, str(tmp_path / "m.onnx"), "onnx", amp="bf16")
 
 
+def test_cli_export_for_one_image_size(trained_demo, tmp_path, capsys):
+    path = tmp_path / "one_size.pt2"
+    cli(["export", str(trained_demo), str(path), "--format", "torch-export", "--image-size", "96x128"])
+    assert "(torch-export, images of 96x128)" in capsys.readouterr().out
+    detector = runtime.load_detector(str(path))
+    assert detector.metadata["image_size"] == [96, 128]
+    assert detector(torch.zeros(2, 3, 90, 128))["logits"].shape[0] == 2
+    with pytest.raises(SystemExit):
+        cli(["export", str(trained_demo), str(path), "--format", "torch-export", "--image-size", "96"])
+    assert "expected HEIGHTxWIDTH" in capsys.readouterr().err
+
+
 def test_cli_export_in_bf16(trained_demo, tmp_path, caplog, capsys):
     path = tmp_path / "bf16.pt2"
     cli(["export", str(trained_demo), str(path), "--format", "torch-export", "--amp", "bf16"])
