@@ -140,7 +140,7 @@ def check_image_size(image_size, side):
     if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
             and all(isinstance(v, int) and side <= v <= MAX_SIDE for v in image_size)):
         raise ValueError(f"image_size must be (height, width), each from {side} (this model's min_side) to "
-                         f"{MAX_SIDE}, got {tuple(image_size)}")
+                         f"{MAX_SIDE}, got {image_size!r}")
 
 
 def _reference_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):

@@ -179,8 +179,8 @@ def padded_to(images, mask, size):
 
 def check_inputs(metadata, images, mask, orig_sizes=None, exported=True):
     """The mask (all False for None) once the inputs fit (DABDETR's checks, then an exported
-    graph's: float32, its side range or at most its fixed size, orig_sizes); otherwise a ValueError/TypeError naming the
-    argument whose rank, shape, dtype or device does not."""
+    graph's: float32, its side range or at most its one image_size, orig_sizes); otherwise a
+    ValueError/TypeError naming the argument whose rank, shape, dtype or device does not."""
     mask = checked_inputs(images, mask)
     if exported and images.dtype != torch.float32:
         raise TypeError(f"images must be float32 for an exported model, got {images.dtype}")
