@@ -75,6 +75,17 @@ def test_resize_rule_matches_detr():
     assert T.resized_shape(640, 480, 600) == (800, 600)
 
 
+def test_resize_fits_an_exported_image_size():
+    """fit: an artifact exported for one size takes a portrait photo at that size's height (its
+    width scaled alike), and what already fits unchanged."""
+    assert T.resized_shape(480, 640, 800, 1333, fit=(800, 1066)) == (800, 1066)
+    assert T.resized_shape(640, 480, 800, 1333, fit=(800, 1066)) == (800, 600)  # not (1066, 800)
+    assert T.resized_shape(100, 1000, 800, 1333, fit=(800, 1066)) == (106, 1066)
+    target = {"boxes": torch.tensor([[0.0, 0.0, 480.0, 640.0]]), "size": torch.tensor([640, 480])}
+    image, target = make_transforms(False, [800], 1333, fit=(800, 1066))(Image.new("RGB", (480, 640)), target)
+    assert tuple(image.shape[-2:]) == (800, 600) and target["size"].tolist() == [800, 600]
+
+
 def test_train_pipeline_is_a_function_of_the_generator():
     box = [40, 20, 100, 70]
     pipeline = make_transforms(True, [96, 128, 160], 200, crop_resize_sizes=(100, 120), crop_size=(60, 90))

@@ -293,6 +293,9 @@ def test_one_size_export_is_specialized_and_pads_smaller_images(deformable_model
     detector = runtime.load_detector(path)
     assert detector.metadata["image_size"] == [200, 264]
     assert_one_size_outputs(detector, deformable_model, (200, 264))
+    # Prediction scales a photo down to fit (this portrait one would be 1333 x 800 at COCO's sizes).
+    found = dabdetr.detect(detector, Image.new("RGB", (180, 300)), score_threshold=0.0)
+    assert len(found["scores"]) > 0 and (found["boxes"] <= torch.tensor([180, 300, 180, 300])).all()
     with pytest.raises(ValueError, match=r"image_size must be \(height, width\), each from 65 .this model's min_side"):
         export.export(deformable_model, path, "torch-export", image_size=(64, 264))
     assert image_size("800x1088") == (800, 1088)

@@ -36,20 +36,23 @@ def hflip(image, target):
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {**target, "boxes": flipped}
 
 
-def resized_shape(height, width, shorter, max_size=None):
+def resized_shape(height, width, shorter, max_size=None, fit=None):
     """(h, w) with the shorter side `shorter`, scaled down so the longer side is <= max_size
-    (DETR's rule, rounding to int)."""
+    (DETR's rule, rounding to int), then, where given, scaled down to fit in fit = (height, width)
+    (an exported model's one image size)."""
     if max_size is not None:
         short, long = min(height, width), max(height, width)
         if long / short * shorter > max_size:
             shorter = int(round(max_size * short / long))
-    if width <= height:
-        return int(shorter * height / width), shorter
-    return shorter, int(shorter * width / height)
+    h, w = (int(shorter * height / width), shorter) if width <= height else (shorter, int(shorter * width / height))
+    if fit is not None and (h > fit[0] or w > fit[1]):
+        factor = min(fit[0] / h, fit[1] / w)
+        h, w = min(fit[0], max(1, int(h * factor))), min(fit[1], max(1, int(w * factor)))
+    return h, w
 
 
-def resize(image, target, shorter, max_size=None):
-    new_h, new_w = resized_shape(image.height, image.width, shorter, max_size)
+def resize(image, target, shorter, max_size=None, fit=None):
+    new_h, new_w = resized_shape(image.height, image.width, shorter, max_size, fit)
     scale = torch.tensor([new_w / image.width, new_h / image.height] * 2)
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     return image, {**target, "boxes": target["boxes"] * scale, "size": torch.tensor([new_h, new_w])}
@@ -74,13 +77,14 @@ class RandomHorizontalFlip:
 
 
 class Resize:
-    """Resizes the shorter side to `size` (longer side capped at max_size); not random."""
+    """Resizes the shorter side to `size` (longer side capped at max_size, the whole fitting in
+    fit = (height, width) where given); not random."""
 
-    def __init__(self, size, max_size=None):
-        self.size, self.max_size = size, max_size
+    def __init__(self, size, max_size=None, fit=None):
+        self.size, self.max_size, self.fit = size, max_size, fit
 
     def __call__(self, image, target, rng=None):
-        return resize(image, target, self.size, self.max_size)
+        return resize(image, target, self.size, self.max_size, self.fit)
 
 
 class RandomResize:
@@ -138,15 +142,17 @@ class Compose:
         return image, target
 
 
-def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=None, eval_size=None, hflip_prob=0.5):
+def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=None, eval_size=None, hflip_prob=0.5,
+                    fit=None):
     """DETR's pipelines. Train: flip (with probability hflip_prob), then either resize to one of
     `sizes` or (with probability 0.5, when crop_resize_sizes and crop_size are given) resize to
     one of crop_resize_sizes, crop a region of crop_size = (min, max), and resize to one of
     `sizes`. Eval: resize to eval_size
-    (default max(sizes)). COCO recipe: sizes 480..800 step 32, max_size 1333, crop_resize_sizes
+    (default max(sizes)), scaled down further to fit in fit = (height, width) where given (an
+    artifact exported for one image size). COCO recipe: sizes 480..800 step 32, max_size 1333, crop_resize_sizes
     (400, 500, 600), crop_size (384, 600)."""
     if not train:
-        return Compose([Resize(eval_size or max(sizes), max_size), ToNormalizedTensor()])
+        return Compose([Resize(eval_size or max(sizes), max_size, fit), ToNormalizedTensor()])
     resize_only = RandomResize(sizes, max_size)
     if crop_resize_sizes and crop_size:
         scale = RandomSelect(resize_only, Compose([RandomResize(crop_resize_sizes), RandomSizeCrop(*crop_size),

@@ -53,14 +53,15 @@ def detect_batch(detector, images, mask, targets, score_threshold):
 def prediction_transforms(metadata, score_threshold, size=None, max_size=None):
     """The evaluation transforms of a detector's images, after checking the settings of a
     prediction: score_threshold in [0, 1]; size / max_size (the shorter side the model sees and
-    the cap of the longer side) positive, default the detector's metadata, else COCO's."""
+    the cap of the longer side) positive, default the detector's metadata, else COCO's; images
+    scaled down further to fit an artifact exported for one image size."""
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1] (scores are probabilities), got {score_threshold}")
     for name, value in (("size", size), ("max_size", max_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive number of pixels (None: the default), got {value}")
     return make_transforms(False, [size or metadata["eval_size"] or COCO_EVAL_SIZE],
-                           max_size or metadata["max_size"] or COCO_MAX_SIZE)
+                           max_size or metadata["max_size"] or COCO_MAX_SIZE, fit=metadata.get("image_size"))
 
 
 def detect(detector, images, score_threshold=0.3, size=None, max_size=None, batch_size=8, class_names=None,
