@@ -91,6 +91,13 @@ def attention_inputs(case, device="cpu", dtype=torch.float64, requires_grad=Fals
     return t
 
 
+def attention_cotangent(case, device="cpu", dtype=torch.float64, seed=1):
+    """A cotangent [B, H, Nq, Dv] for modulated_attention's output, from its own generator (as
+    attention_inputs' tensors are), so that a test does not depend on the tests run before it."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, generator=g).to(device, dtype)
+
+
 def naive_attention(q_content, q_pos, k_content, k_pos, value, key_padding_mask, scale):
     """Per (batch, head): softmax over the unpadded keys only of (qc.kc + qp.kp) * scale, then
     times value; zeros for a query with no unpadded key. fp64, loops, no masked_fill."""

@@ -7,6 +7,7 @@ from op_samples import (
     GRADCHECK_CASES,
     AttentionCase,
     assert_error_ratio,
+    attention_cotangent,
     attention_inputs,
     default_scale,
     naive_attention,
@@ -38,7 +39,7 @@ def test_reference_matches_naive_formula(case):
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
 def test_kernel_matches_reference_fp64(case, device):
     inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    cotangent = attention_cotangent(case, device, torch.float64)
     out, grads = _run(inputs, device.impl, cotangent)
     ref_out, ref_grads = _run(inputs, "reference", cotangent)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
@@ -51,7 +52,7 @@ def test_kernel_matches_reference_fp64(case, device):
 def test_kernel_matches_reference_fp32(case, device):
     truth_inputs = attention_inputs(case, device, torch.float64, requires_grad=True)
     inputs = attention_inputs(case, device, torch.float32, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    cotangent = attention_cotangent(case, device, torch.float64)
     truth, truth_grads = _run(truth_inputs, "reference", cotangent)
     out, grads = _run(inputs, device.impl, cotangent.float())
     ref_out, ref_grads = _run(inputs, "reference", cotangent.float())
@@ -84,7 +85,7 @@ def test_cpu_kernel_matches_reference_half(case, cpu_half_dtype):
     # holds each CUDA path to the same).
     device, dtype = "cpu", cpu_half_dtype
     inputs = attention_inputs(case, device, dtype, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64, device=device)
+    cotangent = attention_cotangent(case, device, torch.float64)
     truth, truth_grads = _run(retyped(inputs, torch.float64), "reference", cotangent)
     out, grads = _run(inputs, "kernel", cotangent.to(dtype))
     ref_out, ref_grads = _run(inputs, "reference", cotangent.to(dtype))
@@ -102,7 +103,7 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(dtype, monkeypatch):
     case = next(c for c in ATTENTION_CASES if c.mask == "one_fully_padded")
     inputs = attention_inputs(case, "cpu", dtype, requires_grad=True)
     widened = retyped(inputs, torch.float32)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=dtype)
+    cotangent = attention_cotangent(case, dtype=dtype)
     half_out, half_grads = _run(inputs, "kernel", cotangent)
     out, grads = _run(widened, "kernel", cotangent.float())
     _, lse = torch.ops.dabdetr.modulated_attention(*(inputs[n] for n in (*GRAD_NAMES, "key_padding_mask")), 0.25)
@@ -125,7 +126,7 @@ def test_cpu_bf16_dot_products_are_their_own_path(monkeypatch):
     case = next(c for c in ATTENTION_CASES if c.name == "dab_decoder_head")
     inputs = attention_inputs(case, "cpu", torch.bfloat16, requires_grad=True)
     inputs["key_padding_mask"][1] = True
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.bfloat16)
+    cotangent = attention_cotangent(case, dtype=torch.bfloat16)
     results = {}
     for level in ("avx512", "avx512_bf16"):
         monkeypatch.setenv("DABDETR_CPU_ISA", level)

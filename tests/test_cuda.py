@@ -19,6 +19,7 @@ from op_samples import (
     ATTENTION_CASES,
     AttentionCase,
     assert_error_ratio,
+    attention_cotangent,
     attention_inputs,
     default_scale,
     retyped,
@@ -105,7 +106,7 @@ def test_attention_error_ratio(case, path, dtype, gpu, use_path, allow_tf32):
         allow_tf32()
         dtype = torch.float32
     inputs = attention_inputs(case, gpu, dtype, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.float64)
+    cotangent = attention_cotangent(case, gpu, torch.float64)
     truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
     kernel = _forward_backward(inputs, gpu.impl, cotangent.to(dtype))
     reference = _forward_backward(inputs, "reference", cotangent.to(dtype))
@@ -172,7 +173,7 @@ def test_tensor_core_backward_is_deterministic(use_path, gpu):
     use_path("tensor_core", gpu)
     case = ATTENTION_CASES[1] if gpu.emulated else DAB_CASES[0]
     inputs = attention_inputs(case, gpu, torch.bfloat16, requires_grad=True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.bfloat16)
+    cotangent = attention_cotangent(case, gpu, torch.bfloat16)
     first, second = _forward_backward(inputs, gpu.impl, cotangent), _forward_backward(inputs, gpu.impl, cotangent)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
@@ -297,7 +298,7 @@ def test_operands_past_element_2_31_of_their_storage(path, use_path):
         view.copy_(t)
         far[name] = view.requires_grad_(True)
         small[name] = t.clone().requires_grad_(True)
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device="cuda", dtype=torch.bfloat16)
+    cotangent = attention_cotangent(case, "cuda", torch.bfloat16)
     del buffer  # the views keep the storage alive
     for got, want in zip(_forward_backward(far, "kernel", cotangent), _forward_backward(small, "kernel", cotangent)):
         assert torch.equal(got, want)
@@ -336,7 +337,7 @@ def test_fp16_logits_beyond_the_fp16_range(path, use_path, gpu):
         inputs[name].requires_grad_(True)
     inputs["value"].requires_grad_(True)
     inputs["key_padding_mask"][:, 0] = False
-    cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, device=gpu, dtype=torch.float64)
+    cotangent = attention_cotangent(case, gpu, torch.float64)
     kernel = _forward_backward(inputs, gpu.impl, cotangent.half())
     truth = _forward_backward(retyped(inputs, torch.float64), "reference", cotangent)
     for name, k, t in zip(["out", *GRAD_NAMES], kernel, truth):

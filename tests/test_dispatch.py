@@ -75,7 +75,8 @@ def test_kernel_info_describes_the_build():
 ISA_CHECK = """
     import torch
     from dabdetr.ops import kernel_info, modulated_attention, modulated_anchor_sine_embed
-    from op_samples import ATTENTION_CASES, assert_error_ratio, attention_inputs, retyped, sine_inputs
+    from op_samples import (ATTENTION_CASES, assert_error_ratio, attention_cotangent, attention_inputs, retyped,
+                            sine_inputs)
     print("ISA", kernel_info()["cpu_isa"])
     names = ("q_content", "q_pos", "k_content", "k_pos", "value")
     for case in ATTENTION_CASES:
@@ -91,7 +92,7 @@ ISA_CHECK = """
         # bfloat16: float32 arithmetic below avx512_bf16, bf16 dot products there; either within
         # the error-ratio bound of the bf16 reference against the float64 truth.
         inputs = attention_inputs(case, dtype=torch.bfloat16, requires_grad=True)
-        cotangent = torch.randn(case.B, case.H, case.Nq, case.Dv, dtype=torch.float64)
+        cotangent = attention_cotangent(case, dtype=torch.float64)
         results = []
         for impl, run_inputs, run_cotangent in (("kernel", inputs, cotangent.bfloat16()),
                                                 ("reference", inputs, cotangent.bfloat16()),
