@@ -147,10 +147,9 @@ def make_transforms(train, sizes, max_size, crop_resize_sizes=None, crop_size=No
     """DETR's pipelines. Train: flip (with probability hflip_prob), then either resize to one of
     `sizes` or (with probability 0.5, when crop_resize_sizes and crop_size are given) resize to
     one of crop_resize_sizes, crop a region of crop_size = (min, max), and resize to one of
-    `sizes`. Eval: resize to eval_size
-    (default max(sizes)), scaled down further to fit in fit = (height, width) where given (an
-    artifact exported for one image size). COCO recipe: sizes 480..800 step 32, max_size 1333, crop_resize_sizes
-    (400, 500, 600), crop_size (384, 600)."""
+    `sizes`. Eval: resize to eval_size (default max(sizes)), scaled down further to fit in fit =
+    (height, width) where given (an artifact exported for one image size). COCO recipe: sizes
+    480..800 step 32, max_size 1333, crop_resize_sizes (400, 500, 600), crop_size (384, 600)."""
     if not train:
         return Compose([Resize(eval_size or max(sizes), max_size, fit), ToNormalizedTensor()])
     resize_only = RandomResize(sizes, max_size)
