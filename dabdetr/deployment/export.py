@@ -105,18 +105,19 @@ def export_metadata(model, class_names=None, eval_size=None, max_size=None, post
     }
 
 
-def export_program(model, postprocess=False, amp="off", image_size=None):
-    """torch.export.ExportedProgram of DetectorGraph(model, postprocess, amp) on the CPU, with
-    float32 weights, inputs and outputs and a dynamic batch, with a dynamic height and width or the
-    fixed image_size (height, width); the fused ops stay dabdetr:: custom ops. A model on another
+def export_program(model, metadata):
+    """torch.export.ExportedProgram of the artifact export_metadata describes: DetectorGraph(model,
+    metadata["postprocess"], metadata["amp"]) on the CPU, with float32 weights, inputs and outputs
+    and a dynamic batch, with a dynamic height and width or the fixed metadata["image_size"]
+    (height, width, checked there); the fused ops stay dabdetr:: custom ops. A model on another
     device or in another dtype is copied, not moved."""
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float().cpu()
-    graph = DetectorGraph(model, postprocess, amp)
+    postprocess, image_size = metadata["postprocess"], metadata["image_size"]
+    graph = DetectorGraph(model, postprocess, metadata["amp"])
     side = min_side(model.config)
     batch = torch.export.Dim("batch", min=1, max=4096)
     if image_size:
-        check_image_size(image_size, side)
         images = torch.zeros(2, 3, *image_size)
         shapes = {"images": {0: batch}, "mask": {0: batch}}
     else:
@@ -186,8 +187,7 @@ def export_onnx(model, path, metadata):
     """Writes the ONNX file: opset ONNX_OPSET, named inputs and outputs, dynamic dims named batch,
     height and width, metadata under metadata_props["dabdetr"]; checked by onnx.checker."""
     onnx, onnxscript = require_packages("ONNX export", "onnx", "onnxscript")
-    program = decompose_custom_ops(export_program(model, metadata["postprocess"], metadata["amp"],
-                                                  metadata["image_size"]))
+    program = decompose_custom_ops(export_program(model, metadata))
     onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
                                      input_names=metadata["inputs"], output_names=metadata["outputs"])
     onnxscript.optimizer.optimize(onnx_program.model, input_size_limit=ONNX_FOLD_LIMIT,
@@ -217,7 +217,7 @@ def _name_dynamic_dims(proto):
 
 def export_torch(model, path, metadata):
     """Writes the torch.export program (torch.export.save), metadata as extra file dabdetr.json."""
-    program = export_program(model, metadata["postprocess"], metadata["amp"], metadata["image_size"])
+    program = export_program(model, metadata)
     extra_files = {f"{METADATA_KEY}.json": json.dumps(metadata)}
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra_files), binary=True)
 
@@ -226,7 +226,7 @@ def export_aoti(model, path, metadata):
     """Compiles the program ahead of time with AOTInductor (C++ here, minutes for R50) into a
     package; Inductor's freezing computes the convolutions' folded weights (the backbone's
     conv_norm) once, as constants."""
-    program = export_program(model, metadata["postprocess"], metadata["amp"], metadata["image_size"])
+    program = export_program(model, metadata)
     configs = {"freezing": True, "aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)  # as atomic_write does for the other formats
