@@ -197,8 +197,9 @@ def main():
     precisions = [autocasts[name] for name in chosen]
 
     # On a CPU with AVX-512 BF16, bf16 rows also time the kernel model with its attention in
-    # float32 (level avx512) beside the default, in bf16 dot products.
-    bf16_dot_products = not cuda and dabdetr.ops.kernel_info()["cpu_isa"] == "avx512_bf16"
+    # float32 (level avx512) beside the default, in bf16 dot products (and on an AMX CPU, whose
+    # default has them in AMX tiles, at level avx512_bf16 too).
+    bf16_levels = [] if cuda else harness.bf16_attention_levels_below(dabdetr.ops.kernel_info()["cpu_isa"])
     rows = []
     for precision, autocast in precisions:
         for task, batch in tasks:
@@ -206,8 +207,8 @@ def main():
             fns = step_functions(models, images, mask, train=task == "train step", autocast=autocast)
             if args.tensor_cores and cuda and precision != "float32":
                 fns["kernel tensor_core"] = harness.in_environment(fns["kernel"], harness.TENSOR_CORE_PATH)
-            if bf16_dot_products and precision != "float32":
-                fns["kernel avx512"] = harness.in_environment(fns["kernel"], {"DABDETR_CPU_ISA": "avx512"})
+            for level in bf16_levels if precision != "float32" else ():
+                fns[f"kernel {level}"] = harness.in_environment(fns["kernel"], {"DABDETR_CPU_ISA": level})
             times = harness.time_peers(fns, device, repeats, warmup=1)
             for impl, ms in times.items():
                 # CUDA only: the CPU probe runs in a fresh process, which a model step does not fit.

@@ -42,25 +42,28 @@ def synchronize(device):
 TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 
 
-# The CPU kernels' instruction-set levels, lowest first (DABDETR_CPU_ISA caps the level per call;
-# avx512_bf16 differs from avx512 only in the attention of bfloat16 inputs).
-CPU_ISA_LEVELS = ("generic", "avx2", "avx512", "avx512_bf16")
+def bf16_attention_levels_below(best):
+    """The levels from avx512 up below `best`: those whose bfloat16 attention differs from best's."""
+    levels = dabdetr.ops.CPU_ISA_LEVELS
+    return list(levels[levels.index("avx512"): max(levels.index(best), levels.index("avx512"))])
 
 
 def cpu_isa_variants(device, requested=None, bf16_attention=False):
     """{peer name: environment} of the CPU kernels at levels below the best this CPU runs (which
     is the plain "kernel" peer), timed side by side with it: `requested` (a list of levels), or
-    by default those from AVX2 up, avx512 only where it differs from avx512_bf16 (bf16_attention:
-    the attention of bfloat16 inputs). Empty on CUDA."""
+    by default those from AVX2 up, avx512 and avx512_bf16 only where they differ from the best
+    (bf16_attention: the attention of bfloat16 inputs). Empty on CUDA."""
     if device.type != "cpu":
         return {}
     best = dabdetr.ops.kernel_info()["cpu_isa"]
-    below = CPU_ISA_LEVELS[: CPU_ISA_LEVELS.index(best)]
-    default = [level for level in below[1:] if level != "avx512" or bf16_attention or best != "avx512_bf16"]
+    levels = dabdetr.ops.CPU_ISA_LEVELS
+    below = levels[: levels.index(best)]
+    same_as_best = () if bf16_attention else ("avx512", "avx512_bf16")
+    default = [level for level in below[1:] if level not in same_as_best]
     wanted = default if requested is None else requested
-    unknown = [level for level in wanted if level not in CPU_ISA_LEVELS]
+    unknown = [level for level in wanted if level not in levels]
     if unknown:
-        raise ValueError(f"unknown CPU instruction-set level(s) {unknown}; choose from {CPU_ISA_LEVELS}")
+        raise ValueError(f"unknown CPU instruction-set level(s) {unknown}; choose from {levels}")
     return {f"kernel {level}": {"DABDETR_CPU_ISA": level} for level in wanted if level in below}
 
 

@@ -14,7 +14,7 @@ from op_samples import (
     retyped,
 )
 
-from dabdetr.ops import kernel_info, modulated_attention, reference
+from dabdetr.ops import CPU_ISA_LEVELS, kernel_info, modulated_attention, reference
 
 GRAD_NAMES = ("q_content", "q_pos", "k_content", "k_pos", "value")
 
@@ -64,16 +64,25 @@ def test_kernel_matches_reference_fp32(case, device):
 
 
 # The CPU computes float16 in float32, and bfloat16 in bf16 dot products where it has them
-# (level avx512_bf16), in float32 below.
-CPU_HALF_PATHS = [(torch.float16, None), (torch.bfloat16, "avx512"), (torch.bfloat16, "avx512_bf16")]
+# (level avx512_bf16; in AMX tiles at amx_bf16), in float32 below.
+CPU_HALF_PATHS = [(torch.float16, None), (torch.bfloat16, "avx512"), (torch.bfloat16, "avx512_bf16"),
+                  (torch.bfloat16, "amx_bf16")]
+BF16_LEVELS = ["avx512_bf16", "amx_bf16"]
 
 
-@pytest.fixture(params=CPU_HALF_PATHS, ids=["float16", "bfloat16-in-float32", "bfloat16-dot-products"])
+def skip_unless_cpu_runs(level):
+    detected = kernel_info()["cpu_isa"]
+    if CPU_ISA_LEVELS.index(detected) < CPU_ISA_LEVELS.index(level):
+        pytest.skip(f"this CPU runs {detected}, not {level}")
+
+
+@pytest.fixture(params=CPU_HALF_PATHS,
+                ids=["float16", "bfloat16-in-float32", "bfloat16-dot-products", "bfloat16-amx-tiles"])
 def cpu_half_dtype(request, monkeypatch):
     """A 16-bit dtype, with DABDETR_CPU_ISA capped to the level of the CPU path under test."""
     dtype, level = request.param
-    if level == "avx512_bf16" and kernel_info()["cpu_isa"] != level:
-        pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not {level}")
+    if level in BF16_LEVELS:
+        skip_unless_cpu_runs(level)
     if level is not None:
         monkeypatch.setenv("DABDETR_CPU_ISA", level)  # a cap: a CPU without AVX-512 runs its best
     return dtype
@@ -117,21 +126,21 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(dtype, monkeypatch):
                                    atol=4 * eps * grads[name].abs().max().item(), msg=name)
 
 
-def test_cpu_bf16_dot_products_are_their_own_path(monkeypatch):
-    """At avx512_bf16 bfloat16 runs its own kernel (P and dS rounded to bf16 for their products),
-    not the float32 one: its results differ from that one's; a batch entry whose keys are all
-    padded gets exact zeros (outputs and gradients) and an lse of -inf, kept in float32."""
-    if kernel_info()["cpu_isa"] != "avx512_bf16":
-        pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not avx512_bf16")
+@pytest.mark.parametrize("level", BF16_LEVELS)
+def test_cpu_bf16_dot_products_are_their_own_path(level, monkeypatch):
+    """At avx512_bf16 and amx_bf16 bfloat16 runs its own kernel (P and dS rounded to bf16 for their
+    products), not the float32 one: its results differ from that one's; a batch entry whose keys
+    are all padded gets exact zeros (outputs and gradients) and an lse of -inf, kept in float32."""
+    skip_unless_cpu_runs(level)
     case = next(c for c in ATTENTION_CASES if c.name == "dab_decoder_head")
     inputs = attention_inputs(case, "cpu", torch.bfloat16, requires_grad=True)
     inputs["key_padding_mask"][1] = True
     cotangent = attention_cotangent(case, dtype=torch.bfloat16)
     results = {}
-    for level in ("avx512", "avx512_bf16"):
-        monkeypatch.setenv("DABDETR_CPU_ISA", level)
-        results[level] = _run(inputs, "kernel", cotangent)
-    (out, grads), (float32_out, _) = results["avx512_bf16"], results["avx512"]
+    for run_level in ("avx512", level):
+        monkeypatch.setenv("DABDETR_CPU_ISA", run_level)
+        results[run_level] = _run(inputs, "kernel", cotangent)
+    (out, grads), (float32_out, _) = results[level], results["avx512"]
     assert not torch.equal(out, float32_out)
     assert (out[1] == 0).all() and out[0].abs().sum() > 0
     for name, grad in grads.items():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dabdetr.models import build_model
-from dabdetr.models.backbone import FrozenBatchNorm2d, ResNet, conv_norm
+from dabdetr.models.backbone import FrozenBatchNorm2d, ResNet, conv_norm, conv_norm_relu
 
 
 def _random_statistics(norm, g):
@@ -61,6 +61,69 @@ def test_conv_norm_in_training_mode_normalizes_by_the_batch():
     torch.testing.assert_close(conv_norm(conv, norm, x), expected, rtol=1e-5, atol=1e-5)
 
 
+class _OpLog(TorchDispatchMode):
+    """The name of every op dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+FUSED_CONVOLUTION = "mkldnn._convolution_pointwise"
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_conv_norm_relu_in_inference_is_one_fused_convolution(residual, stride, dilation):
+    """Without gradients on the CPU: oneDNN's convolution with the add and the ReLU applied to its
+    output, equal to the convolution, the norm, the add and the ReLU written out in float64."""
+    g = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(6, 10, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+    norm = _random_statistics(FrozenBatchNorm2d(10), g)
+    x = torch.randn(2, 6, 13, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    out_size = (13 - 1) // stride + 1, (11 - 1) // stride + 1
+    extra = torch.randn(2, 10, *out_size, generator=g) if residual else None
+    log = _OpLog()
+    with torch.no_grad(), log:
+        got = conv_norm_relu(conv, norm, x, residual=extra)
+    assert FUSED_CONVOLUTION in log.ops and "aten.relu_" not in log.ops and "aten.clamp_min_" not in log.ops
+
+    conv64, norm64 = conv.double(), norm.double()
+    expected = _norm_written_out(norm64, F.conv2d(x.double(), conv64.weight, None, stride, dilation, dilation))
+    expected = F.relu(expected + extra.double() if residual else expected)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+    # Under bfloat16 autocast: bfloat16 out, within bf16 rounding of the float64 result.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = conv_norm_relu(conv.float(), norm.float(), x, residual=extra)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.double(), expected, rtol=0.03, atol=0.03 * expected.abs().max().item())
+
+
+def test_conv_norm_relu_with_gradients_takes_the_differentiable_path():
+    """Where anything needs a gradient (the fused op has no derivative) the convolution, add and
+    ReLU run as separate ops, and the gradients are those of the formula."""
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    norm = _random_statistics(FrozenBatchNorm2d(8), g)
+    x = torch.randn(2, 4, 9, 7, generator=g, requires_grad=True)
+    extra = torch.randn(2, 8, 9, 7, generator=g)
+    log = _OpLog()
+    with log:
+        got = conv_norm_relu(conv, norm, x, residual=extra)
+    assert FUSED_CONVOLUTION not in log.ops
+    expected = F.relu(_norm_written_out(norm, F.conv2d(x, conv.weight, None, 1, 1)) + extra)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(got.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(got, [x, conv.weight], grad),
+                    torch.autograd.grad(expected, [x, conv.weight], grad)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_frozen_batch_norm_computes_in_the_activation_dtype():
     norm = _random_statistics(FrozenBatchNorm2d(8), torch.Generator().manual_seed(2))
     x = torch.randn(2, 8, 4, 4)
@@ -91,8 +154,10 @@ def _resnet_written_out(net, x):
     return outputs
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("name,dilate", [("resnet18", False), ("resnet50", True)])
-def test_resnet_equals_the_layers_written_out(name, dilate):
+def test_resnet_equals_the_layers_written_out(name, dilate, grad):
+    """In inference (the fused convolutions) and with gradients (the separate ops) alike."""
     g = torch.Generator().manual_seed(3)
     net = ResNet(name, dilate_c5=dilate, outputs=3).eval()
     for module in net.modules():
@@ -100,8 +165,8 @@ def test_resnet_equals_the_layers_written_out(name, dilate):
             _random_statistics(module, g)
             with torch.no_grad():  # keep the activations' scale from growing stage after stage
                 module.weight.mul_(0.3)
-    x = torch.randn(1, 3, 96, 64, generator=g)
-    with torch.no_grad():
+    x = torch.randn(1, 3, 96, 64, generator=g, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
         got, want = net(x), _resnet_written_out(net, x)
     for a, b in zip(got, want):
         assert a.is_contiguous(memory_format=torch.channels_last)  # the CPU layout the model chose

@@ -63,10 +63,26 @@ T* thread_scratch(int64_t elements) {
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
-// bfloat16 attention computed in bfloat16 dot products (Isa::kAvx512Bf16; attention_bf16_kernel.inc):
-// operands read in place, the softmax statistics float32.
+// bfloat16 attention computed in bfloat16 dot products (Isa::kAvx512Bf16 and, its products in AMX
+// tiles, Isa::kAmxBf16; attention_bf16_kernel.inc): operands read in place, the softmax statistics
+// float32.
 bool bf16_dot_products(const at::Tensor& t) {
-  return t.scalar_type() == at::kBFloat16 && cpu::selected_isa() == cpu::Isa::kAvx512Bf16;
+  return t.scalar_type() == at::kBFloat16 && cpu::selected_isa() >= cpu::Isa::kAvx512Bf16;
+}
+
+// The bf16 attention's entry points at the selected level.
+struct Bf16AttentionKernels {
+  int64_t (*forward_workspace)(const cpu::AttentionBf16Params&);
+  void (*forward)(const cpu::AttentionBf16Params&, int64_t, int64_t, void*);
+  int64_t (*backward_workspace)(const cpu::AttentionBf16Params&);
+  void (*backward)(const cpu::AttentionBf16Params&, int64_t, int64_t, void*);
+};
+Bf16AttentionKernels bf16_attention_kernels() {
+  if (cpu::selected_isa() == cpu::Isa::kAmxBf16)
+    return {cpu::amx_bf16::attention_forward_workspace, cpu::amx_bf16::attention_forward,
+            cpu::amx_bf16::attention_backward_workspace, cpu::amx_bf16::attention_backward};
+  return {cpu::avx512_bf16::attention_forward_workspace, cpu::avx512_bf16::attention_forward,
+          cpu::avx512_bf16::attention_backward_workspace, cpu::avx512_bf16::attention_backward};
 }
 
 struct Bf16Bits {
@@ -90,9 +106,10 @@ std::tuple<at::Tensor, at::Tensor> modulated_attention_bf16(
   p.scale = static_cast<float>(scale);
   p.out = Bf16Bits()(out);
   p.lse = lse.data_ptr<float>();
-  const int64_t workspace = cpu::avx512_bf16::attention_forward_workspace(p);
+  const Bf16AttentionKernels kernels = bf16_attention_kernels();
+  const int64_t workspace = kernels.forward_workspace(p);
   at::parallel_for(0, p.forward_work_items(), 1, [&](int64_t begin, int64_t end) {
-    cpu::avx512_bf16::attention_forward(p, begin, end, aligned_scratch(workspace));
+    kernels.forward(p, begin, end, aligned_scratch(workspace));
   });
   return {out, lse};
 }
@@ -111,9 +128,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
   p.lse = lse_c.data_ptr<float>();
   p.grad_out = Bf16Bits()(grad_out_c);
   grads.set(p, Bf16Bits());
-  const int64_t workspace = cpu::avx512_bf16::attention_backward_workspace(p);
+  const Bf16AttentionKernels kernels = bf16_attention_kernels();
+  const int64_t workspace = kernels.backward_workspace(p);
   at::parallel_for(0, p.backward_work_items(), 1, [&](int64_t begin, int64_t end) {
-    cpu::avx512_bf16::attention_backward(p, begin, end, aligned_scratch(workspace));
+    kernels.backward(p, begin, end, aligned_scratch(workspace));
   });
   return grads.tuple();
 }

@@ -14,7 +14,10 @@ fixed (always for FrozenBatchNorm2d, in eval mode for BatchNorm2d): the norm's p
 goes into the weights and its shift becomes the bias (conv_norm). Under bfloat16 autocast the
 activations then stay in 16 bits from one convolution to the next, with no float32 norm between
 them. On the CPU the activations are channels-last (NHWC), the layout oneDNN's convolutions work
-in, so that no convolution reorders its input and output.
+in, so that no convolution reorders its input and output. There, where nothing needs a gradient
+(inference, the frozen stages in training), the ReLU and the residual's add after a convolution
+happen as oneDNN writes the convolution's output (conv_norm_relu): a separate bfloat16 ReLU or add
+costs as much as the convolution itself on a CPU with AMX.
 """
 
 import torch
@@ -67,6 +70,41 @@ def conv_norm(conv, norm, x):
                     conv.groups)
 
 
+def conv_norm_relu(conv, norm, x, residual=None):
+    """relu(norm(conv(x)) + residual), the residual optional, as conv_norm computes norm(conv(x)).
+    One oneDNN convolution with the add and the ReLU applied to its output where
+    fuses_pointwise(...) allows; else conv_norm, then the add and the ReLU in place."""
+    if has_fixed_statistics(norm) and fuses_pointwise(x, conv, norm):
+        dtype = compute_dtype(x)
+        scale, shift = norm_scale_and_shift(norm)
+        weight, bias = (conv.weight * scale[:, None, None, None]).to(dtype), shift.to(dtype)
+        x = x.to(dtype)
+        geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual.to(dtype), weight, bias, *geometry, "add",
+                                                               1.0, "relu", [], "")
+    out = conv_norm(conv, norm, x)
+    return (out if residual is None else out.add_(residual)).relu_()
+
+
+def compute_dtype(x):
+    """The dtype a convolution of x computes in: autocast's where it is on, else x's."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
+def fuses_pointwise(x, conv, norm):
+    """Whether conv_norm_relu may call oneDNN's fused convolution: eager CPU code (graphs under
+    torch.compile or export keep standard ops, Inductor fuses them itself) in float32 or bfloat16
+    that no gradient flows through (the op has no derivative)."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
+        return False
+    if not torch.backends.mkldnn.enabled or compute_dtype(x) not in (torch.float32, torch.bfloat16):
+        return False
+    differentiable = (x, conv.weight, norm.weight, norm.bias)
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
+
+
 def conv3x3(in_ch, out_ch, stride=1, dilation=1):
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
@@ -95,8 +133,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = conv_norm(self.conv1, self.bn1, x).relu_()
-        return conv_norm(self.conv2, self.bn2, out).add_(identity).relu_()
+        out = conv_norm_relu(self.conv1, self.bn1, x)
+        return conv_norm_relu(self.conv2, self.bn2, out, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -116,9 +154,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = conv_norm(self.conv1, self.bn1, x).relu_()
-        out = conv_norm(self.conv2, self.bn2, out).relu_()
-        return conv_norm(self.conv3, self.bn3, out).add_(identity).relu_()
+        out = conv_norm_relu(self.conv1, self.bn1, x)
+        out = conv_norm_relu(self.conv2, self.bn2, out)
+        return conv_norm_relu(self.conv3, self.bn3, out, residual=identity)
 
 
 ARCHITECTURES = {
@@ -170,7 +208,7 @@ class ResNet(nn.Module):
     def forward(self, x):
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(conv_norm(self.conv1, self.bn1, x).relu_())
+        x = self.maxpool(conv_norm_relu(self.conv1, self.bn1, x))
         features = []
         for stage in range(1, self.last_stage + 1):
             x = getattr(self, f"layer{stage}")(x)

@@ -11,7 +11,7 @@ The bottom layer: imports nothing else of dabdetr.
 from dabdetr.ops.attention import modulated_attention
 from dabdetr.ops.deformable_attention import multi_scale_deformable_attention
 from dabdetr.ops.emulated_counters import emulated_counters
-from dabdetr.ops.extension import kernel_info
+from dabdetr.ops.extension import CPU_ISA_LEVELS, kernel_info
 from dabdetr.ops.sine_embed import anchor_sine_embed, modulated_anchor_sine_embed
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "modulated_anchor_sine_embed",
     "multi_scale_deformable_attention",
     "kernel_info",
+    "CPU_ISA_LEVELS",
     "emulated_counters",
 ]

@@ -165,13 +165,20 @@ def no_double_backward(op_name):
     return backward
 
 
+# The CPU kernels' instruction-set levels, lowest first (csrc/cpu/kernels.h's Isa):
+# DABDETR_CPU_ISA names one to cap the level at; avx512_bf16 and amx_bf16 differ from avx512 only
+# in the attention of bfloat16 inputs (bf16 dot products; their products in AMX tiles).
+CPU_ISA_LEVELS = ("generic", "avx2", "avx512", "avx512_bf16", "amx_bf16")
+
+
 def kernel_info():
     """What the extension provides: a dict with keys
 
     extension_loaded (bool), unavailable_reason (str or None), cpu (bool: CPU kernels),
-    cpu_isa (instruction set the CPU kernels run with now, "generic", "avx2", "avx512" or
-    "avx512_bf16" (the attention of bfloat16 inputs in bf16 dot products): the best this CPU has,
-    capped by DABDETR_CPU_ISA, which is read on every call), cpu_dtypes and cuda_dtypes (the dtypes
+    cpu_isa (instruction set the CPU kernels run with now, one of CPU_ISA_LEVELS: "generic",
+    "avx2", "avx512", "avx512_bf16" (the attention of bfloat16 inputs in bf16 dot products) or
+    "amx_bf16" (those products in AMX tiles): the best this CPU has, capped by DABDETR_CPU_ISA,
+    which is read on every call), cpu_dtypes and cuda_dtypes (the dtypes
     their kernels serve, e.g. "float32"), cuda (bool: CUDA kernels), cuda_archs (list of str),
     cuda_version (str or None), cuda_max_head_dim and cuda_max_attention_rows (the CUDA
     kernels' limits, with CUDA only), cuda_attention_paths (["simt", "tensor_core"]),
