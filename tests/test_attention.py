@@ -292,3 +292,27 @@ def test_double_backward_raises_clearly(device):
     (grad_q,) = torch.autograd.grad(out.square().sum(), [inputs["q_content"]], create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         grad_q.sum().backward()
+
+
+def test_cpu_bf16_query_with_only_minus_infinite_scores_gets_zeros():
+    """A query whose every score is -inf (an infinite input) gets a zero output and an lse of -inf
+    on every CPU path of bfloat16, as in the float32 kernel; the other queries are what they are
+    with that input finite."""
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(1, 2, 5, 16, generator=g).bfloat16()
+    k = torch.randn(1, 2, 40, 16, generator=g).bfloat16()
+    v = torch.randn(1, 2, 40, 16, generator=g).bfloat16()
+    k[..., 0] = k[..., 0].abs() + 0.5
+    infinite = q.clone()
+    infinite[0, 1, 3, 0] = float("-inf")  # every score of query 3 in head 1 is -inf
+    others = torch.tensor([True, True, True, False, True])
+    for level in ("avx512", *BF16_LEVELS):
+        if CPU_ISA_LEVELS.index(kernel_info()["cpu_isa"]) < CPU_ISA_LEVELS.index(level):
+            continue
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DABDETR_CPU_ISA", level)
+            out, lse = torch.ops.dabdetr.modulated_attention(infinite, None, k, None, v, None, 0.25)
+            finite_out, _ = torch.ops.dabdetr.modulated_attention(q, None, k, None, v, None, 0.25)
+        assert (out[0, 1, 3] == 0).all() and torch.isneginf(lse[0, 1, 3]), level
+        assert torch.equal(out[0, 0], finite_out[0, 0]) and torch.equal(out[0, 1, others], finite_out[0, 1, others])
+        assert torch.isfinite(lse[0, 0]).all() and torch.isfinite(lse[0, 1, others]).all(), level
