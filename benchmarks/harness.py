@@ -45,7 +45,7 @@ TENSOR_CORE_PATH = {"DABDETR_ATTENTION_PATH": "tensor_core"}
 def bf16_attention_levels_below(best):
     """The levels from avx512 up below `best`: those whose bfloat16 attention differs from best's."""
     levels = dabdetr.ops.CPU_ISA_LEVELS
-    return list(levels[levels.index("avx512"): max(levels.index(best), levels.index("avx512"))])
+    return list(levels[levels.index("avx512"): levels.index(best)])
 
 
 def cpu_isa_variants(device, requested=None, bf16_attention=False):
@@ -58,7 +58,7 @@ def cpu_isa_variants(device, requested=None, bf16_attention=False):
     best = dabdetr.ops.kernel_info()["cpu_isa"]
     levels = dabdetr.ops.CPU_ISA_LEVELS
     below = levels[: levels.index(best)]
-    same_as_best = () if bf16_attention else ("avx512", "avx512_bf16")
+    same_as_best = () if bf16_attention else bf16_attention_levels_below(best)
     default = [level for level in below[1:] if level not in same_as_best]
     wanted = default if requested is None else requested
     unknown = [level for level in wanted if level not in levels]

@@ -70,10 +70,14 @@ CPU_HALF_PATHS = [(torch.float16, None), (torch.bfloat16, "avx512"), (torch.bflo
 BF16_LEVELS = ["avx512_bf16", "amx_bf16"]
 
 
+def cpu_runs(level):
+    """Whether this CPU (uncapped) runs the CPU kernels' level `level` or a higher one."""
+    return CPU_ISA_LEVELS.index(kernel_info()["cpu_isa"]) >= CPU_ISA_LEVELS.index(level)
+
+
 def skip_unless_cpu_runs(level):
-    detected = kernel_info()["cpu_isa"]
-    if CPU_ISA_LEVELS.index(detected) < CPU_ISA_LEVELS.index(level):
-        pytest.skip(f"this CPU runs {detected}, not {level}")
+    if not cpu_runs(level):
+        pytest.skip(f"this CPU runs {kernel_info()['cpu_isa']}, not {level}")
 
 
 @pytest.fixture(params=CPU_HALF_PATHS,
@@ -306,9 +310,7 @@ def test_cpu_bf16_query_with_only_minus_infinite_scores_gets_zeros():
     infinite = q.clone()
     infinite[0, 1, 3, 0] = float("-inf")  # every score of query 3 in head 1 is -inf
     others = torch.tensor([True, True, True, False, True])
-    for level in ("avx512", *BF16_LEVELS):
-        if CPU_ISA_LEVELS.index(kernel_info()["cpu_isa"]) < CPU_ISA_LEVELS.index(level):
-            continue
+    for level in [level for level in ("avx512", *BF16_LEVELS) if cpu_runs(level)]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DABDETR_CPU_ISA", level)
             out, lse = torch.ops.dabdetr.modulated_attention(infinite, None, k, None, v, None, 0.25)

@@ -59,15 +59,21 @@ def norm_scale_and_shift(norm):
     return scale, norm.bias - norm.running_mean * scale
 
 
+def folded_weight_and_bias(conv, norm):
+    """(weight, bias) of the one convolution that computes norm(conv(x)) for a bias-free conv and a
+    norm with fixed statistics: the weights scaled per output channel, the shift as bias."""
+    scale, shift = norm_scale_and_shift(norm)
+    return conv.weight * scale[:, None, None, None], shift
+
+
 def conv_norm(conv, norm, x):
-    """norm(conv(x)) for a bias-free conv: one convolution with the weights scaled per output
-    channel and the shift as bias where norm's statistics are fixed (differentiable in the conv's
-    and norm's parameters alike), else the two in turn (BatchNorm2d training)."""
+    """norm(conv(x)) for a bias-free conv: one convolution with folded_weight_and_bias where norm's
+    statistics are fixed (differentiable in the conv's and norm's parameters alike), else the two
+    in turn (BatchNorm2d training)."""
     if not has_fixed_statistics(norm):
         return norm(conv(x))
-    scale, shift = norm_scale_and_shift(norm)
-    return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding, conv.dilation,
-                    conv.groups)
+    weight, bias = folded_weight_and_bias(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def conv_norm_relu(conv, norm, x, residual=None):
@@ -76,8 +82,7 @@ def conv_norm_relu(conv, norm, x, residual=None):
     fuses_pointwise(...) allows; else conv_norm, then the add and the ReLU in place."""
     if has_fixed_statistics(norm) and fuses_pointwise(x, conv, norm):
         dtype = compute_dtype(x)
-        scale, shift = norm_scale_and_shift(norm)
-        weight, bias = (conv.weight * scale[:, None, None, None]).to(dtype), shift.to(dtype)
+        weight, bias = (t.to(dtype) for t in folded_weight_and_bias(conv, norm))
         x = x.to(dtype)
         geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
         if residual is None:
