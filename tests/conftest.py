@@ -3,8 +3,21 @@ import os
 import pytest
 import torch
 from coco_fixture import TINYCOCO, write_coco_folder
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dabdetr.ops import kernel_info
+
+
+class OpLog(TorchDispatchMode):
+    """The name of every op dispatched while it is entered (ops.append(packet name))."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
 
 
 class Target(str):

@@ -5,6 +5,7 @@ activations in 16 bits and channels-last from one convolution to the next."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import OpLog
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dabdetr.models import build_model
@@ -61,18 +62,6 @@ def test_conv_norm_in_training_mode_normalizes_by_the_batch():
     torch.testing.assert_close(conv_norm(conv, norm, x), expected, rtol=1e-5, atol=1e-5)
 
 
-class _OpLog(TorchDispatchMode):
-    """The name of every op dispatched."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 FUSED_CONVOLUTION = "mkldnn._convolution_pointwise"
 
 
@@ -87,7 +76,7 @@ def test_conv_norm_relu_in_inference_is_one_fused_convolution(residual, stride, 
     x = torch.randn(2, 6, 13, 11, generator=g).contiguous(memory_format=torch.channels_last)
     out_size = (13 - 1) // stride + 1, (11 - 1) // stride + 1
     extra = torch.randn(2, 10, *out_size, generator=g) if residual else None
-    log = _OpLog()
+    log = OpLog()
     with torch.no_grad(), log:
         got = conv_norm_relu(conv, norm, x, residual=extra)
     assert FUSED_CONVOLUTION in log.ops and "aten.relu_" not in log.ops and "aten.clamp_min_" not in log.ops
@@ -112,7 +101,7 @@ def test_conv_norm_relu_with_gradients_takes_the_differentiable_path():
     norm = _random_statistics(FrozenBatchNorm2d(8), g)
     x = torch.randn(2, 4, 9, 7, generator=g, requires_grad=True)
     extra = torch.randn(2, 8, 9, 7, generator=g)
-    log = _OpLog()
+    log = OpLog()
     with log:
         got = conv_norm_relu(conv, norm, x, residual=extra)
     assert FUSED_CONVOLUTION not in log.ops

@@ -15,6 +15,7 @@ from dabdetr.models.deformable_transformer import (
     FeatureLevels,
     MultiScaleDeformableAttention,
     encoder_reference_points,
+    sampling_locations,
 )
 from dabdetr.models.position_encoding import PositionEmbeddingSineHW
 
@@ -139,6 +140,29 @@ def test_deformable_attention_samples_where_the_offsets_say(corners):
     torch.testing.assert_close(out[0], attn.output_proj(expected.flatten(1)))
 
 
+@pytest.mark.parametrize("coordinates", [2, 4])
+def test_sampling_locations_against_the_formula(coordinates):
+    """Points (x, y) + offsets / (W_l, H_l), or for boxes (cx, cy) + offsets * (w, h) * 0.5 / P, per
+    head, level and point, written out with broadcasting in float64; gradients alike."""
+    g = torch.Generator().manual_seed(0)
+    B, N, H, L, P = 2, 5, 3, 4, 2
+    offsets = torch.randn(B, N, H, L, P, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    reference = torch.rand(B, N, L, coordinates, generator=g, dtype=torch.float64, requires_grad=True)
+    pixel_sizes = torch.tensor([[13.0, 10.0], [7.0, 5.0], [4.0, 3.0], [2.0, 1.0]], dtype=torch.float64)
+    got = sampling_locations(reference, offsets, pixel_sizes)
+    r = reference[:, :, None, :, None, :]
+    if coordinates == 2:
+        expected = r + offsets / pixel_sizes[:, None, :]
+    else:
+        expected = r[..., :2] + offsets * r[..., 2:] * 0.5 / P
+    assert got.shape == (B, N, H, L, P, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-15, atol=1e-15)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, [offsets, reference], grad),
+                    torch.autograd.grad(expected, [offsets, reference], grad)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("tokens", [3, 5, 37])
 def test_feed_forward_in_blocks_of_tokens(monkeypatch, tokens):
     """The feed-forward block against norm(x + W2 relu(W1 x + b1) + b2) written out, with gradients
@@ -147,8 +171,8 @@ def test_feed_forward_in_blocks_of_tokens(monkeypatch, tokens):
     monkeypatch.setattr(deformable_transformer, "FEED_FORWARD_BLOCK", 8)
     layer = tiny().transformer.encoder.layers[0].double()
     blocks = []
-    monkeypatch.setattr(layer, "hidden_to_output",
-                        lambda x, run=layer.hidden_to_output: blocks.append(tuple(x.shape[:-1])) or run(x))
+    monkeypatch.setattr(layer, "hidden_to_output", lambda hidden, x, run=layer.hidden_to_output:
+                        blocks.append(tuple(x.shape[:-1])) or run(hidden, x))
     x = torch.randn(2, tokens, 64, dtype=torch.float64)
     hidden = torch.clamp(x @ layer.linear1.weight.T + layer.linear1.bias, min=0)
     expected = F.layer_norm(x + hidden @ layer.linear2.weight.T + layer.linear2.bias, (64,),

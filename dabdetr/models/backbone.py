@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dabdetr.models.onednn_fusion import compute_dtype, fuses_pointwise
+
 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm2d with fixed statistics and affine parameters (all buffers):
@@ -79,8 +81,8 @@ def conv_norm(conv, norm, x):
 def conv_norm_relu(conv, norm, x, residual=None):
     """relu(norm(conv(x)) + residual), the residual optional, as conv_norm computes norm(conv(x)).
     One oneDNN convolution with the add and the ReLU applied to its output where
-    fuses_pointwise(...) allows; else conv_norm, then the add and the ReLU in place."""
-    if has_fixed_statistics(norm) and fuses_pointwise(x, conv, norm):
+    fuses_pointwise (onednn_fusion.py) allows; else conv_norm, then the add and the ReLU in place."""
+    if has_fixed_statistics(norm) and fuses_pointwise(x, conv.weight, norm.weight, norm.bias):
         dtype = compute_dtype(x)
         weight, bias = (t.to(dtype) for t in folded_weight_and_bias(conv, norm))
         x = x.to(dtype)
@@ -91,23 +93,6 @@ def conv_norm_relu(conv, norm, x, residual=None):
                                                                1.0, "relu", [], "")
     out = conv_norm(conv, norm, x)
     return (out if residual is None else out.add_(residual)).relu_()
-
-
-def compute_dtype(x):
-    """The dtype a convolution of x computes in: autocast's where it is on, else x's."""
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-
-
-def fuses_pointwise(x, conv, norm):
-    """Whether conv_norm_relu may call oneDNN's fused convolution: eager CPU code (graphs under
-    torch.compile or export keep standard ops, Inductor fuses them itself) in float32 or bfloat16
-    that no gradient flows through (the op has no derivative)."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
-        return False
-    if not torch.backends.mkldnn.enabled or compute_dtype(x) not in (torch.float32, torch.bfloat16):
-        return False
-    differentiable = (x, conv.weight, norm.weight, norm.bias)
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
 
 
 def conv3x3(in_ch, out_ch, stride=1, dilation=1):
