@@ -92,3 +92,20 @@ def test_where_oneDNN_does_not_serve():
     with torch.no_grad():  # float64: the layer and the ReLU, exact
         linear64 = linear.double()
         torch.testing.assert_close(LinearReLU(linear64, x.double())(x.double()), _written_out(linear64, x))
+
+
+def test_under_torch_compile_the_standard_ops():
+    """A compiled graph holds the layer and the ReLU (Inductor fuses them itself): one graph, no
+    break at the oneDNN checks, equal to eager."""
+    g = torch.Generator().manual_seed(4)
+    linear, x = _layer_and_input(g)
+    graphs = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    compiled = torch.compile(lambda t: LinearReLU(linear, t)(t), fullgraph=True, backend=capture)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), torch.relu(linear(x)))
+    assert len(graphs) == 1 and "linear" in graphs[0] and "relu" in graphs[0] and "mkldnn" not in graphs[0]
