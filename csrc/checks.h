@@ -134,19 +134,27 @@ inline std::vector<int64_t> read_index_tensor(const at::Tensor& t, const char* n
   return std::vector<int64_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
 }
 
+// Whether value may be float16 or bfloat16 where sampling_locations and attention_weights are
+// float32 (the CPU kernels' mixed precision); elsewhere all three share one dtype.
+constexpr bool kFloat32With16BitValues = true;
+
 inline DeformableAttentionSizes check_deformable_attention_inputs(const at::Tensor& value,
                                                                   const at::Tensor& spatial_shapes,
                                                                   const std::optional<at::Tensor>& level_start_index,
                                                                   const at::Tensor& sampling_locations,
-                                                                  const at::Tensor& attention_weights) {
+                                                                  const at::Tensor& attention_weights,
+                                                                  bool float32_with_16bit_values = false) {
   TORCH_CHECK(at::isFloatingType(value.scalar_type()), "value must be a floating tensor, got ", value.scalar_type());
   TORCH_CHECK(value.dim() == 4, "value must have 4 dims [B, S, H, D], got shape ", value.sizes());
   TORCH_CHECK(value.size(3) <= 1 || value.stride(3) == 1,
               "value must be contiguous in its last dim (stride 1), got strides ", value.strides());
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{sampling_locations, "sampling_locations"},
                                 {attention_weights, "attention_weights"}}) {
-    TORCH_CHECK(t.scalar_type() == value.scalar_type(), name, " has dtype ", t.scalar_type(),
-                " but value has dtype ", value.scalar_type());
+    const bool mixed = float32_with_16bit_values && t.scalar_type() == at::kFloat &&
+                       (value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16);
+    TORCH_CHECK(t.scalar_type() == value.scalar_type() || mixed, name, " has dtype ", t.scalar_type(),
+                " but value has dtype ", value.scalar_type(),
+                float32_with_16bit_values ? " (16-bit values may go with float32 locations and weights)" : "");
     TORCH_CHECK(t.device() == value.device(), name, " is on ", t.device(), " but value is on ", value.device());
   }
   TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
@@ -227,10 +235,12 @@ inline void check_sine_embed_backward_inputs(const at::Tensor& boxes, const Sine
                boxes.device());
 }
 
-// The incoming gradient of the deformable attention backward: [B, Nq, H * D] like its output.
+// The incoming gradient of the deformable attention backward: [B, Nq, H * D] like its output, in
+// the locations' dtype (value's, or float32 where value is 16-bit and they are float32).
 inline void check_deformable_attention_backward_inputs(const DeformableAttentionSizes& s, const at::Tensor& value,
+                                                       const at::Tensor& sampling_locations,
                                                        const at::Tensor& grad_out) {
-  check_like(grad_out, "grad_out", {s.batch, s.num_queries, s.heads * s.head_dim}, value.scalar_type(),
+  check_like(grad_out, "grad_out", {s.batch, s.num_queries, s.heads * s.head_dim}, sampling_locations.scalar_type(),
              value.device());
 }
 

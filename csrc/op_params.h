@@ -59,10 +59,12 @@ struct SineEmbedParamsOf {
 // travel by value in the parameter block, so a CUDA launch needs no device copy of them).
 constexpr int kMaxDeformableLevels = 16;
 
-template <typename ConstPtr, typename Ptr>
+// ValuePtr: value's element type where it differs from the rest (the CPU's bfloat16 values with
+// float32 locations and weights).
+template <typename ConstPtr, typename Ptr, typename ValuePtr = ConstPtr>
 struct DeformableAttentionParamsOf {
   // value [B, S, H, D]: element strides of the batch, token and head dims; D is contiguous.
-  ConstPtr value = nullptr;
+  ValuePtr value = nullptr;
   int64_t value_stride_b = 0, value_stride_s = 0, value_stride_h = 0;
   int64_t batch = 0, num_values = 0, heads = 0, head_dim = 0, num_queries = 0, levels = 0, points = 0;
   // Level l: height, width and first token in value (row-major, tokens start .. start + H W - 1).

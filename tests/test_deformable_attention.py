@@ -104,6 +104,49 @@ def test_cpu_half_is_the_float32_kernel_rounded_once(case, dtype):
         assert h.dtype == dtype and torch.equal(h, s.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("case", DEFORMABLE_CASES, ids=str)
+def test_cpu_16bit_values_with_float32_locations(case, dtype):
+    """16-bit values with float32 locations and weights (what the module passes under autocast): the
+    float32 kernel on the values widened, exactly (bfloat16 ones read as they are, in the kernel),
+    out in float32; value's gradient that of the widened values rounded once, the others float32."""
+    inputs = deformable_inputs(case, dtype=torch.float32, requires_grad=True)
+    inputs["value"] = inputs["value"].detach().to(dtype).requires_grad_()
+    widened = dict(inputs, value=inputs["value"].detach().float().requires_grad_())
+    cot = _cotangent(case, "cpu", torch.float32)
+    mixed, single = _run(inputs, "kernel", cot), _run(widened, "kernel", cot)
+    assert [t.dtype for t in mixed] == [torch.float32, dtype, torch.float32, torch.float32]
+    assert torch.equal(mixed[0], single[0]) and torch.equal(mixed[1], single[1].to(dtype))
+    assert torch.equal(mixed[2], single[2]) and torch.equal(mixed[3], single[3])
+    # The reference and the emulated CUDA kernels take the widened values.
+    others = ["reference"] + (["cuda_emulated"] if kernel_info()["cuda_emulated"] and case.D in range(8, 65, 8) else [])
+    for impl in others:
+        torch.testing.assert_close(_run(inputs, impl)[0], single[0], rtol=1e-5, atol=1e-5, msg=impl)
+
+
+def test_mixed_dtypes_other_than_16bit_values_are_refused():
+    inputs = deformable_inputs(DEFORMABLE_CASES[0], dtype=torch.float32)
+    for value_dtype, other in ((torch.float64, torch.float32), (torch.float32, torch.bfloat16),
+                               (torch.bfloat16, torch.float16)):
+        wrong = dict(inputs, value=inputs["value"].to(value_dtype),
+                     sampling_locations=inputs["sampling_locations"].to(other),
+                     attention_weights=inputs["attention_weights"].to(other))
+        for impl in ("kernel", "reference"):
+            with pytest.raises(TypeError, match="value is float16 or bfloat16 with float32"):
+                multi_scale_deformable_attention(**wrong, impl=impl)
+
+
+def test_opcheck_of_bf16_values_with_float32_locations():
+    case = DeformableCase("opcheck_mixed", levels=((3, 4), (2, 2)), B=2, Nq=3, H=2, D=8, P=2, locations="outside")
+    inputs = deformable_inputs(case, dtype=torch.float32, requires_grad=True)
+    value = inputs["value"].detach().bfloat16().requires_grad_()
+    args = [value, inputs["spatial_shapes"], inputs["level_start_index"], *(inputs[k] for k in LEAVES[1:])]
+    torch.library.opcheck(torch.ops.dabdetr.multi_scale_deformable_attention.default, args)
+    cot = _cotangent(case, "cpu", torch.float32)
+    torch.library.opcheck(torch.ops.dabdetr.multi_scale_deformable_attention_backward.default,
+                          [cot, *(a.detach() if torch.is_tensor(a) else a for a in args)])
+
+
 @pytest.mark.parametrize("levels", [1, 2, 3, 4])
 @pytest.mark.parametrize("points", [1, 2, 3, 4])
 def test_levels_and_points(levels, points, device):

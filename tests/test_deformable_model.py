@@ -188,7 +188,8 @@ def test_feed_forward_in_blocks_of_tokens(monkeypatch, tokens):
 
 def test_attention_weights_reach_the_op_as_float32_under_bf16_autocast(monkeypatch):
     """CPU autocast leaves softmax in the input's dtype: the module takes the softmax of the bf16
-    logits in float32, as CUDA autocast would, so the weights are not rounded to bf16."""
+    logits in float32, as CUDA autocast would, so the weights are not rounded to bf16; the values
+    reach the op in bf16."""
     torch.manual_seed(0)
     attn = MultiScaleDeformableAttention(16, 2, 2, 3, "reference")
     with torch.no_grad():
@@ -197,6 +198,8 @@ def test_attention_weights_reach_the_op_as_float32_under_bf16_autocast(monkeypat
 
     def op(value, spatial_shapes, level_start_index, locations, weights, impl):
         calls.append(weights)
+        # bf16 values as the projection made them (no float32 copy), float32 locations.
+        assert value.dtype == torch.bfloat16 and locations.dtype == torch.float32
         return value[:, :3].flatten(2)
 
     monkeypatch.setattr(deformable_transformer, "multi_scale_deformable_attention", op)

@@ -61,16 +61,19 @@ KernelTable<T> table_for(Isa isa) {
     case Isa::kAvx512:
       return {avx512::attention_forward<T>, avx512::attention_backward<T>,
               avx512::sine_embed_forward<T>, avx512::sine_embed_backward<T>,
-              avx512::deformable_attention_forward<T>, avx512::deformable_attention_backward<T>};
+              avx512::deformable_attention_forward<T, T>, avx512::deformable_attention_backward<T>,
+              avx512::deformable_attention_forward<T, Bf16>};
     case Isa::kAvx2:
       return {avx2::attention_forward<T>, avx2::attention_backward<T>,
               avx2::sine_embed_forward<T>, avx2::sine_embed_backward<T>,
-              avx2::deformable_attention_forward<T>, avx2::deformable_attention_backward<T>};
+              avx2::deformable_attention_forward<T, T>, avx2::deformable_attention_backward<T>,
+              avx2::deformable_attention_forward<T, Bf16>};
 #endif
     default:
       return {generic::attention_forward<T>, generic::attention_backward<T>,
               generic::sine_embed_forward<T>, generic::sine_embed_backward<T>,
-              generic::deformable_attention_forward<T>, generic::deformable_attention_backward<T>};
+              generic::deformable_attention_forward<T, T>, generic::deformable_attention_backward<T>,
+              generic::deformable_attention_forward<T, Bf16>};
   }
 }
 

@@ -70,8 +70,9 @@ struct BilinearCorners {
   bool inside;
 };
 
-template <typename T>
-struct DeformableAttentionParams : DeformableAttentionParamsOf<const T*, T*> {
+// V: value's element type, T's or Bf16 (bfloat16 values, summed in T).
+template <typename T, typename V = T>
+struct DeformableAttentionParams : DeformableAttentionParamsOf<const T*, T*, const V*> {
   // The backward's work items: a batch entry's block of heads_per_item heads each.
   int64_t heads_per_item = 1;
 

@@ -17,8 +17,8 @@ namespace dabdetr::cpu {
   void sine_embed_forward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);         \
   template <typename T>                                                                     \
   void sine_embed_backward(const SineEmbedParams<T>& p, int64_t begin, int64_t end);        \
-  template <typename T>                                                                     \
-  void deformable_attention_forward(const DeformableAttentionParams<T>& p, int64_t begin,   \
+  template <typename T, typename V>                                                         \
+  void deformable_attention_forward(const DeformableAttentionParams<T, V>& p, int64_t begin, \
                                     int64_t end, T* scratch);                               \
   template <typename T>                                                                     \
   void deformable_attention_backward(const DeformableAttentionParams<T>& p, int64_t begin,  \
@@ -64,6 +64,8 @@ struct KernelTable {
   void (*sine_embed_backward)(const SineEmbedParams<T>&, int64_t, int64_t);
   void (*deformable_attention_forward)(const DeformableAttentionParams<T>&, int64_t, int64_t, T*);
   void (*deformable_attention_backward)(const DeformableAttentionParams<T>&, int64_t, int64_t, T*);
+  // The forward of bfloat16 values (locations, weights and the sums in T).
+  void (*deformable_attention_forward_bf16_values)(const DeformableAttentionParams<T, Bf16>&, int64_t, int64_t, T*);
 };
 
 template <typename T>

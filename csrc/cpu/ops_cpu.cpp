@@ -274,28 +274,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> anchor_sine_embed_backward_cpu(
 // Grain of the deformable attention forward, in query rows (each H * L * P samples).
 constexpr int64_t kQueriesPerTask = 16;
 
+// Any tensor's data as whichever pointer its parameter block holds (the dtypes checked before).
+struct DataAs {
+  struct Pointer {
+    void* data;
+    template <typename T>
+    operator T*() const {
+      return static_cast<T*>(data);
+    }
+  };
+  Pointer operator()(const at::Tensor& t) const { return {t.data_ptr()}; }
+};
+
+// The forward kernel over every query row into out, its values of element type V, the rest T.
+template <typename T, typename V, typename Kernel>
+void deformable_attention_forward(const DeformableAttentionSizes& s, const at::Tensor& value,
+                                  const at::Tensor& locations, const at::Tensor& weights, at::Tensor& out,
+                                  Kernel kernel) {
+  cpu::DeformableAttentionParams<T, V> p;
+  set_deformable_attention_inputs(p, s, value, locations, weights, DataAs());
+  p.out = out.data_ptr<T>();
+  at::parallel_for(0, s.batch * s.num_queries, kQueriesPerTask, [&](int64_t begin, int64_t end) {
+    kernel(p, begin, end, thread_scratch<T>(p.workspace()));
+  });
+}
+
+// value may be 16-bit with float32 locations and weights (autocast's deformable attention): bfloat16
+// values are read as they are, widened in the kernel, and the result is float32.
 at::Tensor multi_scale_deformable_attention_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                                 const std::optional<at::Tensor>& level_start_index,
                                                 const at::Tensor& sampling_locations,
                                                 const at::Tensor& attention_weights) {
-  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
-                                                                       sampling_locations, attention_weights);
-  if (is_half(value))
-    return multi_scale_deformable_attention_cpu(to_float(value), spatial_shapes, level_start_index,
-                                                to_float(sampling_locations), to_float(attention_weights))
-        .to(value.scalar_type());
-  check_cpu_dtype(value, "multi_scale_deformable_attention");
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, kFloat32With16BitValues);
+  const bool float32_with_16bit_values = value.scalar_type() != sampling_locations.scalar_type();
+  const bool bf16_values = float32_with_16bit_values && value.scalar_type() == at::kBFloat16;
+  if (is_half(value) && !bf16_values) {
+    at::Tensor out = multi_scale_deformable_attention_cpu(to_float(value), spatial_shapes, level_start_index,
+                                                          to_float(sampling_locations), to_float(attention_weights));
+    return float32_with_16bit_values ? out : out.to(value.scalar_type());
+  }
+  if (!bf16_values) check_cpu_dtype(value, "multi_scale_deformable_attention");
   check_deformable_levels_served(s, "multi_scale_deformable_attention");
   const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
-  at::Tensor out = at::empty({s.batch, s.num_queries, s.heads * s.head_dim}, value.options());
+  at::Tensor out = at::empty({s.batch, s.num_queries, s.heads * s.head_dim}, locations.options());
+  if (bf16_values) {
+    deformable_attention_forward<float, cpu::Bf16>(s, value, locations, weights, out,
+                                                   cpu::kernels<float>().deformable_attention_forward_bf16_values);
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "multi_scale_deformable_attention_cpu", [&] {
-    cpu::DeformableAttentionParams<scalar_t> p;
-    set_deformable_attention_inputs(p, s, value, locations, weights, DataOf<scalar_t>());
-    p.out = out.data_ptr<scalar_t>();
-    const auto& kernel = cpu::kernels<scalar_t>().deformable_attention_forward;
-    at::parallel_for(0, s.batch * s.num_queries, kQueriesPerTask, [&](int64_t begin, int64_t end) {
-      kernel(p, begin, end, thread_scratch<scalar_t>(p.workspace()));
-    });
+    deformable_attention_forward<scalar_t, scalar_t>(s, value, locations, weights, out,
+                                                     cpu::kernels<scalar_t>().deformable_attention_forward);
   });
   return out;
 }
@@ -304,9 +334,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_
     const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& spatial_shapes,
     const std::optional<at::Tensor>& level_start_index, const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
-  const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
-                                                                       sampling_locations, attention_weights);
-  check_deformable_attention_backward_inputs(s, value, grad_out);
+  const DeformableAttentionSizes s = check_deformable_attention_inputs(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, kFloat32With16BitValues);
+  check_deformable_attention_backward_inputs(s, value, sampling_locations, grad_out);
+  if (value.scalar_type() != sampling_locations.scalar_type()) {  // 16-bit values: grad_value rounded to them
+    auto [grad_value, grad_locations, grad_weights] = multi_scale_deformable_attention_backward_cpu(
+        grad_out, to_float(value), spatial_shapes, level_start_index, sampling_locations, attention_weights);
+    return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+  }
   if (is_half(value))
     return rounded_to(value.scalar_type(), multi_scale_deformable_attention_backward_cpu(
                                                to_float(grad_out), to_float(value), spatial_shapes, level_start_index,

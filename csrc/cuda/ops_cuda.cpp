@@ -367,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_scale_deformable_attention_
   const char* op = "multi_scale_deformable_attention_backward";
   const DeformableAttentionSizes s = check_deformable_attention_inputs(value, spatial_shapes, level_start_index,
                                                                        sampling_locations, attention_weights);
-  check_deformable_attention_backward_inputs(s, value, grad_out);
+  check_deformable_attention_backward_inputs(s, value, sampling_locations, grad_out);
   const DeviceGuard guard(value.device());
   const at::Tensor locations = sampling_locations.contiguous(), weights = attention_weights.contiguous();
   const at::Tensor grad_out_c = grad_out.contiguous();

@@ -153,9 +153,10 @@ def _reference_attention(q_content, q_pos, k_content, k_pos, value, key_padding_
 
 def _reference_deformable_attention(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     # The index formulation: in the traced program the level sizes are tensor values, which
-    # grid_sample's per-level reshapes would need as ints.
-    return reference.multi_scale_deformable_attention_by_index(value, spatial_shapes, sampling_locations,
-                                                               attention_weights)
+    # grid_sample's per-level reshapes would need as ints. 16-bit values (autocast's, with float32
+    # locations) widened, as the op computes them.
+    return reference.multi_scale_deformable_attention_by_index(value.to(sampling_locations.dtype), spatial_shapes,
+                                                               sampling_locations, attention_weights)
 
 
 REFERENCE_DECOMPOSITIONS = {

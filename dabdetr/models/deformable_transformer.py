@@ -98,10 +98,11 @@ class MultiScaleDeformableAttention(nn.Module):
         # In float32 at least: CPU autocast would leave the softmax in bf16, slower there and rounded.
         weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32)).view(B, N, H, L, P)
         locations = sampling_locations(reference_points, offsets, levels.pixel_sizes)
-        # Under autocast the locations come out float32 (the anchors are): the op runs in float32
-        # then, as the official extension does (16-bit locations would miss by pixels).
+        # Under autocast the locations come out float32 (the anchors are) and value bf16: the op
+        # computes in float32 (16-bit locations would miss by pixels), reading the bf16 values as
+        # they are on the CPU.
         dtype = torch.promote_types(value.dtype, locations.dtype)
-        out = multi_scale_deformable_attention(value.to(dtype), levels.spatial_shapes, None, locations.to(dtype),
+        out = multi_scale_deformable_attention(value, levels.spatial_shapes, None, locations.to(dtype),
                                                weights.to(dtype), impl=self.ops_impl)
         return self.output_proj(out)
 

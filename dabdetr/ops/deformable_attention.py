@@ -33,11 +33,15 @@ def multi_scale_deformable_attention(
         sampling_locations: [B, Nq, H, L, P, 2], (x, y) normalized to each level: the pixel is
             x W_l - 0.5, y H_l - 0.5 (grid_sample with align_corners=False). Corners outside a level
             contribute zero.
-        attention_weights: [B, Nq, H, L, P].
+        attention_weights: [B, Nq, H, L, P]. value, sampling_locations and attention_weights share a
+            dtype, or value is float16 / bfloat16 and the other two float32 (what autocast's
+            module passes: 16-bit locations would miss by pixels); then the op computes in float32
+            (on the CPU reading bfloat16 values as they are) and returns float32.
         impl: "auto" (a kernel where one serves the call), "reference" (grid_sample), "kernel",
             or "cuda_emulated" (the CUDA kernels run by the CUDA emulator, on CPU tensors).
     Returns:
-        [B, Nq, H * D]. Differentiable in value, sampling_locations and attention_weights.
+        [B, Nq, H * D] in sampling_locations' dtype. Differentiable in value, sampling_locations
+        and attention_weights (each gradient in its input's dtype).
     """
     spatial_shapes = _as_index_tensor(spatial_shapes)
     level_start_index = _as_index_tensor(level_start_index)
@@ -47,6 +51,8 @@ def multi_scale_deformable_attention(
         return _unsupported(value, sampling_locations, cuda)
 
     ops = kernel_ops(impl, OP, value.device, value.dtype, unsupported)
+    if value.dtype != sampling_locations.dtype and not (ops is torch.ops.dabdetr and value.device.type == "cpu"):
+        value = value.to(sampling_locations.dtype)  # only the CPU kernels take 16-bit values with float32 ones
     # The sizes' values are checked here on every path (under torch.compile, where they are not
     # known while tracing, the kernels check them when they run).
     compiling = torch.compiler.is_compiling()
@@ -108,8 +114,14 @@ def _unsupported(value, sampling_locations, cuda):
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Types, ranks, shapes, dtypes and devices: what can be checked without reading the sizes'
     values (also the fake implementation's check)."""
-    check_floating_tensors(OP, {"value": value, "sampling_locations": sampling_locations,
-                                "attention_weights": attention_weights})
+    check_floating_tensors(OP, {"sampling_locations": sampling_locations, "attention_weights": attention_weights})
+    check_floating_tensors(OP, {"value": value})
+    if value.dtype != sampling_locations.dtype and not (
+            value.dtype in (torch.float16, torch.bfloat16) and sampling_locations.dtype == torch.float32):
+        raise TypeError(f"{OP}: sampling_locations has dtype {sampling_locations.dtype} but value has {value.dtype}; "
+                        "all three share a dtype, or value is float16 or bfloat16 with float32 locations and weights")
+    if value.device != sampling_locations.device:
+        raise ValueError(f"{OP}: sampling_locations is on {sampling_locations.device} but value is on {value.device}")
     if value.dim() != 4:
         raise ValueError(f"{OP}: value must have 4 dims [B, S, H, D], got shape {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[5] != 2:
@@ -149,7 +161,7 @@ def _register(library):
     def _forward_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
         _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         B, _, H, D = value.shape
-        return value.new_empty((B, sampling_locations.shape[1], H * D))
+        return sampling_locations.new_empty((B, sampling_locations.shape[1], H * D))
 
     @torch.library.register_fake(f"{library}::multi_scale_deformable_attention_backward")
     def _backward_fake(grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
