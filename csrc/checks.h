@@ -157,6 +157,8 @@ inline DeformableAttentionSizes check_deformable_attention_inputs(const at::Tens
                 float32_with_16bit_values ? " (16-bit values may go with float32 locations and weights)" : "");
     TORCH_CHECK(t.device() == value.device(), name, " is on ", t.device(), " but value is on ", value.device());
   }
+  TORCH_CHECK(attention_weights.scalar_type() == sampling_locations.scalar_type(), "attention_weights has dtype ",
+              attention_weights.scalar_type(), " but sampling_locations has dtype ", sampling_locations.scalar_type());
   TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
               "sampling_locations must have shape [B, Nq, H, L, P, 2], got ", sampling_locations.sizes());
   DeformableAttentionSizes s{value.size(0), value.size(1), value.size(2), value.size(3),

@@ -134,6 +134,11 @@ def test_mixed_dtypes_other_than_16bit_values_are_refused():
         for impl in ("kernel", "reference"):
             with pytest.raises(TypeError, match="value is float16 or bfloat16 with float32"):
                 multi_scale_deformable_attention(**wrong, impl=impl)
+    # The op itself, called directly: bfloat16 weights beside float32 locations are refused too.
+    args = [inputs["value"].bfloat16(), inputs["spatial_shapes"], None, inputs["sampling_locations"],
+            inputs["attention_weights"].bfloat16()]
+    with pytest.raises(RuntimeError, match="attention_weights has dtype BFloat16 but sampling_locations has dtype"):
+        torch.ops.dabdetr.multi_scale_deformable_attention(*args)
 
 
 def test_opcheck_of_bf16_values_with_float32_locations():

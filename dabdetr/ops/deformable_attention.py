@@ -114,14 +114,18 @@ def _unsupported(value, sampling_locations, cuda):
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Types, ranks, shapes, dtypes and devices: what can be checked without reading the sizes'
     values (also the fake implementation's check)."""
-    check_floating_tensors(OP, {"sampling_locations": sampling_locations, "attention_weights": attention_weights})
-    check_floating_tensors(OP, {"value": value})
-    if value.dtype != sampling_locations.dtype and not (
-            value.dtype in (torch.float16, torch.bfloat16) and sampling_locations.dtype == torch.float32):
-        raise TypeError(f"{OP}: sampling_locations has dtype {sampling_locations.dtype} but value has {value.dtype}; "
-                        "all three share a dtype, or value is float16 or bfloat16 with float32 locations and weights")
-    if value.device != sampling_locations.device:
-        raise ValueError(f"{OP}: sampling_locations is on {sampling_locations.device} but value is on {value.device}")
+    others = {"sampling_locations": sampling_locations, "attention_weights": attention_weights}
+    for name, t in {"value": value, **others}.items():
+        check_floating_tensors(OP, {name: t})
+    # One dtype for all three, or 16-bit values with float32 locations and weights (autocast's).
+    allowed = {value.dtype, torch.float32} if value.dtype in (torch.float16, torch.bfloat16) else {value.dtype}
+    for name, t in others.items():
+        if t.dtype not in allowed or t.dtype != sampling_locations.dtype:
+            raise TypeError(f"{OP}: {name} has dtype {t.dtype} but value has {value.dtype} and sampling_locations "
+                            f"{sampling_locations.dtype}; all three share a dtype, or value is float16 or bfloat16 "
+                            "with float32 locations and weights")
+        if t.device != value.device:
+            raise ValueError(f"{OP}: {name} is on {t.device} but value is on {value.device}")
     if value.dim() != 4:
         raise ValueError(f"{OP}: value must have 4 dims [B, S, H, D], got shape {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[5] != 2:
