@@ -58,12 +58,13 @@ def run_steps(trainer, batches, steps, totals):
     for owner, method, phase in wrapped:  # an instance attribute shadows the method until deleted
         setattr(owner, method, timing(totals, phase, getattr(owner, method)))
     try:
-        for step in range(steps):
-            with timed(totals, "data (waiting for the loader)"):
-                micro_batches = [next(batches) for _ in range(config.accumulate_steps)]
-            with timed(totals, "step"):
-                train_step(model, criterion, micro_batches, optimizer, trainer.device, config.clip_max_norm,
-                           config.amp, trainer.grad_scaler, where=f"profiled step {step}")
+        with trainer.step_context():  # as the trainer's epochs run steps (compile=True: compiled)
+            for step in range(steps):
+                with timed(totals, "data (waiting for the loader)"):
+                    micro_batches = [next(batches) for _ in range(config.accumulate_steps)]
+                with timed(totals, "step"):
+                    train_step(model, criterion, micro_batches, optimizer, trainer.device, config.clip_max_norm,
+                               config.amp, trainer.grad_scaler, where=f"profiled step {step}")
     finally:
         for owner, method, _ in wrapped:
             delattr(owner, method)

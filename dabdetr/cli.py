@@ -70,6 +70,9 @@ def add_train_parser(subparsers):
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--amp", choices=AMP_MODES, help=AMP_HELP + "; fp16 with a gradient scaler")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="the backbone, encoder and decoder under torch.compile (a minute or two of compiling, "
+                             "then faster steps; docs/training.md)")
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", dest="train_overrides", action="append", metavar="FIELD=VALUE",
@@ -87,8 +90,8 @@ def run_train(args):
     from dabdetr.training.trainer import Trainer
 
     overrides = {**read_config_file(args.config), **parse_assignments(args.train_overrides, "--set")}
-    for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "num_workers",
-                 "seed", "preset"):
+    for name in ("output_dir", "data_root", "init", "epochs", "batch_size", "lr", "device", "amp", "compile",
+                 "num_workers", "seed", "preset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     model = parse_assignments(args.model_overrides, "--model")

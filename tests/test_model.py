@@ -466,8 +466,10 @@ def test_denoising_queries_only_in_training():
     targets = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])},
                {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}]
     dn = model.train()(images, mask, targets)["dn_outputs"]
-    assert dn["pred_logits"].shape == (6, 2, 5) and dn["pred_boxes"].shape == (6, 2, 4)
-    assert len(dn["aux_outputs"]) == 2 and dn["padding"].tolist() == [[False, False]] * 3 + [[False, True]] * 3
+    # Groups of 8 queries (denoising.GROUP_LENGTH_MULTIPLE) for 2 and 1 objects.
+    assert dn["pred_logits"].shape == (6, 8, 5) and dn["pred_boxes"].shape == (6, 8, 4)
+    assert len(dn["aux_outputs"]) == 2
+    assert dn["padding"].tolist() == [[False] * 2 + [True] * 6] * 3 + [[False] + [True] * 7] * 3
     assert torch.isfinite(dn["pred_boxes"]).all()
     assert "dn_outputs" not in model.eval()(images, mask, targets)
     assert not hasattr(build_model("dab_detr_r50"), "label_embed")  # off by default: the published weights

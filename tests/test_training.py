@@ -885,6 +885,39 @@ def test_amp_training_on_the_cpu(tmp_path, amp, preset):
     assert (scaler is not None and scaler["scale"] > 0) == (amp == "fp16")
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compiled_training_follows_the_eager_run(tmp_path, preset):
+    """compile=True: the backbone, encoder and decoder in one graph with no break, the same for
+    every batch (the denoising groups padded to 8 queries whatever their object counts), the
+    losses step by step those of the eager run within rounding, and outside the steps the model is
+    its plain self (the moving average, checkpoints and exports use it)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    losses = {}
+    for compile in (False, True):
+        output_dir = tmp_path / f"compile_{compile}"
+        trainer = Trainer(tiny_config(output_dir, preset, epochs=1, compile=compile, synthetic_train_images=16,
+                                      ema_decay=0.9))
+        trainer.train_epoch(0)
+        losses[compile] = step_losses(output_dir, 0)
+        assert "encode_decode" not in vars(trainer.model) and "encode_decode" not in vars(trainer.ema.module)
+    assert len(losses[True]) == 4
+    # The first step's weights are the same; the updates then carry the kernels' rounding along.
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1
+    assert not counters["graph_break"]
+
+
+def test_compile_with_images_of_varying_size_warns(tmp_path, caplog):
+    Trainer(tiny_config(tmp_path / "fixed", epochs=1, compile=True))
+    assert "varying size" not in caplog.text
+    Trainer(tiny_config(tmp_path / "varying", epochs=1, compile=True, train_sizes=(48, 64)))
+    assert caplog.text.count("compile=True with training images of varying size") == 1
+
+
 def test_init_keeps_the_initialization_of_heads_that_do_not_fit(tmp_path, caplog):
     source = DABDETR(preset("demo", num_classes=91, **TINY_MODEL))
     source.save_pretrained(str(tmp_path / "pretrained"))

@@ -16,14 +16,20 @@ import torch
 from dabdetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 MIN_BOX_SIDE = 1e-3  # noised boxes keep a positive width/height (the anchor embedding divides by them)
+# A group's length, the most objects of an image in the batch, is rounded up to a multiple of this:
+# the padding costs nothing measurable, and a model under torch.compile (TrainConfig.compile) then
+# sees a few shapes of denoising queries, one graph each, rather than one per object count.
+GROUP_LENGTH_MULTIPLE = 8
 
 
 def padded_targets(targets, groups):
-    """The targets as tensors, padded to the largest object count n and repeated per group:
-    labels [B*G, n], boxes [B*G, n, 4] (normalized cxcywh; padding gets a finite dummy box),
-    padding [B*G, n] bool (True past an image's object count), image-major, group-minor."""
+    """The targets as tensors, padded to n, the largest object count rounded up to a multiple of
+    GROUP_LENGTH_MULTIPLE, and repeated per group: labels [B*G, n], boxes [B*G, n, 4] (normalized
+    cxcywh; padding gets a finite dummy box), padding [B*G, n] bool (True past an image's object
+    count), image-major, group-minor."""
     device = targets[0]["boxes"].device
-    n, B = max(len(t["labels"]) for t in targets), len(targets)
+    most, B = max(len(t["labels"]) for t in targets), len(targets)
+    n = -(-most // GROUP_LENGTH_MULTIPLE) * GROUP_LENGTH_MULTIPLE
     labels = torch.zeros(B, n, dtype=torch.int64, device=device)
     boxes = torch.tensor([0.5, 0.5, 0.2, 0.2], device=device).repeat(B, n, 1)
     padding = torch.ones(B, n, dtype=torch.bool, device=device)

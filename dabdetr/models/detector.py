@@ -90,7 +90,8 @@ class DABDETR(nn.Module):
     def denoising_queries(self, targets):
         """The denoising groups of the batch (models/denoising.py) as the transformer's extra queries,
         or None when the batch has no objects: {"queries": (tgt [B, G * n, d], anchors [B, G * n, 4],
-        query_blocks), "padding": [B * G, n]}, G = dn_groups, n = the most objects in an image."""
+        query_blocks), "padding": [B * G, n]}, G = dn_groups, n = the most objects in an image
+        rounded up (denoising.padded_targets)."""
         config = self.config
         if not any(len(t["labels"]) for t in targets):
             return None

@@ -62,6 +62,8 @@ class TrainConfig(DictConfig):
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     amp: str = "off"  # "bf16" | "fp16" autocast (fp16 with a gradient scaler)
+    compile: bool = False  # train with the backbone, encoder and decoder under torch.compile
+    # (training/compilation.py): about a minute or two of compiling, then faster steps
     ema_decay: float = 0.0  # > 0: evaluate and export an exponential moving average of the weights,
     # updated after every optimizer step (ema = decay * ema + (1 - decay) * weights); 0: off
     time_budget_min: float = 0.0  # > 0: after the first epoch, shorten the later ones (fewer steps

@@ -18,6 +18,7 @@ Files in output_dir (written by rank 0):
     tensorboard/    with tensorboard=True: the log.jsonl numbers and the evaluation pictures
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -38,6 +39,7 @@ from dabdetr.evaluation.evaluator import evaluate
 from dabdetr.models import build_model
 from dabdetr.models.config import DABDETRConfig, preset
 from dabdetr.training.checkpoint import keep_epoch_checkpoint, load_train_checkpoint, rng_state, set_rng_state
+from dabdetr.training.compilation import CompiledEncodeDecode
 from dabdetr.training.config import TrainConfig
 from dabdetr.training.criterion import SetCriterion
 from dabdetr.training.engine import train_one_epoch
@@ -133,7 +135,7 @@ class Trainer:
     # The settings a resumed run may change: none of them changes what it computes.
     RESUMABLE_CHANGES = ("output_dir", "epochs", "device", "num_workers", "progress", "eval_every",
                          "checkpoint_every", "checkpoint_epochs", "keep_last", "skip_bad_images", "tensorboard",
-                         "cache_images", "allow_random_backbone", "keep_freed_memory")
+                         "cache_images", "allow_random_backbone", "keep_freed_memory", "compile")
 
     @classmethod
     def from_checkpoint(cls, path, checkpoint=None, **changes):
@@ -211,6 +213,12 @@ class Trainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
                     if config.ema_decay else None)
         self.eval_model = self.ema.module if self.ema is not None else self.model
+        # After the moving average's copy, which must not share the compiled function.
+        self.compiled = CompiledEncodeDecode(self.model) if config.compile else None
+        if config.compile and (config.data_root or len(set(config.train_sizes)) > 1 or config.crop_resize_sizes):
+            logger.warning("compile=True with training images of varying size: torch %s compiles anew for each "
+                           "new size (about a minute on 2 CPU cores) up to its limit of 8 graphs, then runs eagerly; "
+                           "it pays with images of one size (docs/training.md)", torch.__version__)
         self.start_epoch, self.best_ap, self.log_records = 0, None, []
         self.start_step, self.epoch_totals = 0, {"steps": 0}  # within start_epoch (a mid-epoch resume)
         self.time_budget = TimeBudget(config.time_budget_min, config.epochs) if config.time_budget_min else None
@@ -391,10 +399,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device, epoch,
-                                config.clip_max_norm, config.amp, self.grad_scaler, after_step,
-                                show_progress=config.progress, start_step=start_step, totals=self.epoch_totals,
-                                accumulate_steps=config.accumulate_steps, max_steps=remaining)
+        with self.step_context():
+            means = train_one_epoch(self.ddp_model, self.criterion, self.train_loader, self.optimizer, self.device,
+                                    epoch, config.clip_max_norm, config.amp, self.grad_scaler, after_step,
+                                    show_progress=config.progress, start_step=start_step, totals=self.epoch_totals,
+                                    accumulate_steps=config.accumulate_steps, max_steps=remaining)
         self.train_batches.skip = 0
         elapsed = time.perf_counter() - start
         images = remaining * config.batch_size * config.accumulate_steps * self.world_size - means["skipped_images"]
@@ -406,6 +415,11 @@ class Trainer:
         logger.info("epoch %d: loss %.4f (ce %.4f, l1 %.4f, giou %.4f), %.0f s", epoch, means["loss"],
                     means["loss_ce"], means["loss_bbox"], means["loss_giou"], elapsed)
         return elapsed, remaining
+
+    def step_context(self):
+        """What training steps run within: with compile=True, the model's compiled encode_decode in
+        place (training/compilation.py)."""
+        return self.compiled.active() if self.compiled is not None else contextlib.nullcontext()
 
     def planned_steps(self, epoch, full_steps):
         """The steps epoch `epoch` runs: full_steps, or fewer where the time budget needs
