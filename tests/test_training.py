@@ -329,12 +329,14 @@ def test_cli_train_eval_predict_convert(tmp_path, capsys, monkeypatch):
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics) and 0 <= metrics["AP"] <= 1
     assert metrics["classes"] and set(metrics["classes"]) <= {"ellipse", "rectangle", "triangle", "cross"}
 
-    # The run's settings as a file, and a new run from it with one change.
+    # The run's settings as a file, and a new run from it with two changes (a whole run compiled:
+    # steps, evaluation, the model written).
     settings_file = json.loads((run / "config.json").read_text())
     expected = recipe("demo", **{**TINY_RUN, "epochs": 1, "model": model}).to_dict()
     assert settings_file == json.loads(json.dumps({k: v for k, v in expected.items() if k != "output_dir"}))
-    cli(["train", "--config", str(run / "config.json"), "--seed", "5", "--output-dir", str(tmp_path / "again")])
-    assert json.loads((tmp_path / "again" / "config.json").read_text()) == {**settings_file, "seed": 5}
+    cli(["train", "--config", str(run / "config.json"), "--seed", "5", "--compile", "--output-dir",
+         str(tmp_path / "again")])
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == {**settings_file, "seed": 5, "compile": True}
     assert from_pretrained(str(tmp_path / "again" / "model")).config.anchor_temperature == 10000.0
     with pytest.raises(SystemExit, match="--config starts a run from its settings"):
         cli(["train", "--config", str(run / "config.json"), "--resume", "auto"])
