@@ -298,6 +298,29 @@ def test_double_backward_raises_clearly(device):
         grad_q.sum().backward()
 
 
+@pytest.mark.parametrize("level", ["avx512", *BF16_LEVELS])
+def test_cpu_online_softmax_follows_scores_that_climb_across_key_tiles(level, monkeypatch):
+    """Scores that rise from one 128-key tile to the next, for some queries gently and for others
+    by more than float32's exp covers (the running sums and outputs rescaled by corrections down
+    to exactly 0; the bf16 kernel computes them for many rows at once): bfloat16 outputs within
+    bf16's rounding of the float64 softmax, the lse within float32's."""
+    skip_unless_cpu_runs(level)
+    monkeypatch.setenv("DABDETR_CPU_ISA", level)
+    g = torch.Generator().manual_seed(7)
+    num_queries, num_keys, scale = 40, 600, 0.25
+    q = torch.randn(1, 2, num_queries, 16, generator=g)
+    k = torch.randn(1, 2, num_keys, 16, generator=g)
+    v = torch.randn(1, 2, num_keys, 16, generator=g)
+    q[..., 0] = torch.linspace(0.1, 24.0, num_queries)  # a score gain per key tile of 0.4 to 96
+    k[..., 0] = torch.arange(num_keys) / 8.0
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    out, lse = torch.ops.dabdetr.modulated_attention(q, None, k, None, v, None, scale)
+    scores = q.double() @ k.double().transpose(-1, -2) * scale
+    truth = scores.softmax(-1) @ v.double()
+    torch.testing.assert_close(out.double(), truth, rtol=0, atol=2 * 2**-8 * v.abs().max().item())
+    torch.testing.assert_close(lse.double(), scores.logsumexp(-1), rtol=1e-6, atol=1e-4)
+
+
 def test_cpu_bf16_query_with_only_minus_infinite_scores_gets_zeros():
     """A query whose every score is -inf (an infinite input) gets a zero output and an lse of -inf
     on every CPU path of bfloat16, as in the float32 kernel; the other queries are what they are

@@ -9,8 +9,11 @@
 
 namespace dabdetr::cpu {
 
-// Rows of queries one forward work item owns, and keys per tile of the online softmax.
+// Rows of queries one forward work item owns, and keys per tile of the online softmax. The
+// bfloat16 kernel's query block is two AMX tiles of 16 rows (a partial tile goes through a
+// zero-padded copy).
 constexpr int64_t kBlockQ = 24;
+constexpr int64_t kBlockQBf16 = 32;
 constexpr int64_t kBlockK = 128;
 // Score tiles are computed in column chunks of this width (two AVX-512 registers of fp32);
 // packed key tiles are zero-padded to a multiple of it.
@@ -20,11 +23,11 @@ static_assert(kBlockK % kColChunk == 0, "key tile must be a whole number of colu
 template <typename T>
 using Operand = OperandOf<const T*>;
 
-// The attention's work items: the forward's are (batch, head, tile of kBlockQ queries), the
+// The attention's work items: the forward's are (batch, head, tile of BlockQ queries), the
 // backward's (batch, head).
-template <typename Base>
+template <typename Base, int64_t BlockQ>
 struct AttentionTiling : Base {
-  int64_t num_query_tiles() const { return (this->num_queries + kBlockQ - 1) / kBlockQ; }
+  int64_t num_query_tiles() const { return (this->num_queries + BlockQ - 1) / BlockQ; }
   int64_t forward_work_items() const { return this->batch * this->heads * num_query_tiles(); }
   int64_t backward_work_items() const { return this->batch * this->heads; }
 
@@ -32,7 +35,7 @@ struct AttentionTiling : Base {
 };
 
 template <typename T>
-struct AttentionParams : AttentionTiling<AttentionParamsOf<const T*, T*, T>> {
+struct AttentionParams : AttentionTiling<AttentionParamsOf<const T*, T*, T>, kBlockQ> {
   // Scratch each thread needs, in elements of T. Both passes gather the keys that are not
   // padded of one (batch, head) and run only those: the forward packs all its key tiles and
   // value rows once for the query tiles it runs; the backward accumulates the
@@ -54,7 +57,7 @@ using Bf16 = uint16_t;
 // The attention in bfloat16 dot products (attention_bf16_kernel.inc): operands and results
 // bfloat16, the scale and the softmax statistics (lse) float32. Its scratch, in bytes, is sized
 // by the kernel's unit.
-using AttentionBf16Params = AttentionTiling<AttentionParamsOf<const Bf16*, Bf16*, float, float*>>;
+using AttentionBf16Params = AttentionTiling<AttentionParamsOf<const Bf16*, Bf16*, float, float*>, kBlockQBf16>;
 
 template <typename T>
 using SineEmbedParams = SineEmbedParamsOf<const T*, T*>;
