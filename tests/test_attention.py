@@ -298,12 +298,12 @@ def test_double_backward_raises_clearly(device):
         grad_q.sum().backward()
 
 
-@pytest.mark.parametrize("level", ["avx512", *BF16_LEVELS])
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512", *BF16_LEVELS])
 def test_cpu_online_softmax_follows_scores_that_climb_across_key_tiles(level, monkeypatch):
     """Scores that rise from one 128-key tile to the next, for some queries gently and for others
     by more than float32's exp covers (the running sums and outputs rescaled by corrections down
-    to exactly 0; the bf16 kernel computes them for many rows at once): bfloat16 outputs within
-    bf16's rounding of the float64 softmax, the lse within float32's."""
+    to exactly 0, computed for many rows at once), at every level: bfloat16 outputs within bf16's
+    rounding of the float64 softmax, the lse within float32's."""
     skip_unless_cpu_runs(level)
     monkeypatch.setenv("DABDETR_CPU_ISA", level)
     g = torch.Generator().manual_seed(7)
