@@ -31,7 +31,8 @@ struct AttentionTiling : Base {
   int64_t forward_work_items() const { return this->batch * this->heads * num_query_tiles(); }
   int64_t backward_work_items() const { return this->batch * this->heads; }
 
-  int64_t num_key_tiles() const { return (this->num_keys + kBlockK - 1) / kBlockK; }
+  // The keys rounded up to whole tiles: the row length of packed key tiles and of dK^T, dV^T.
+  int64_t padded_keys() const { return (this->num_keys + kBlockK - 1) / kBlockK * kBlockK; }
 };
 
 template <typename T>
@@ -41,7 +42,7 @@ struct AttentionParams : AttentionTiling<AttentionParamsOf<const T*, T*, T>, kBl
   // value rows once for the query tiles it runs; the backward accumulates the
   // keys' gradients in that order and scatters them at the end.
   int64_t forward_workspace() const {
-    return kBlockQ * kBlockK + this->num_key_tiles() * (this->dim_content + this->dim_pos) * kBlockK +
+    return kBlockQ * kBlockK + (this->dim_content + this->dim_pos) * this->padded_keys() +
            this->num_keys * this->dim_value + kBlockQ * this->dim_value + 2 * kBlockQ;
   }
   int64_t backward_workspace() const {
