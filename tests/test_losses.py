@@ -146,9 +146,11 @@ def test_criterion_losses_match_independent_sums():
         for t in range(len(target["labels"])):
             l1 += sum(abs(x - y) for x, y in zip(boxes[b, t].tolist(), target["boxes"][t].tolist()))
             giou_loss += 1 - iou_giou_by_hand(to_xyxy(boxes[b, t].tolist()), to_xyxy(target["boxes"][t].tolist()))[1]
-    assert losses["loss_ce"].item() == pytest.approx(ce / num_boxes, rel=1e-6)
-    assert losses["loss_bbox"].item() == pytest.approx(l1 / num_boxes, rel=1e-6)
-    assert losses["loss_giou"].item() == pytest.approx(giou_loss / num_boxes, rel=1e-6)
+    # float64 outputs keep float64 losses (the criterion widens 16-bit outputs only).
+    assert losses["loss"].dtype == torch.float64
+    assert losses["loss_ce"].item() == pytest.approx(ce / num_boxes, rel=1e-12)
+    assert losses["loss_bbox"].item() == pytest.approx(l1 / num_boxes, rel=1e-12)
+    assert losses["loss_giou"].item() == pytest.approx(giou_loss / num_boxes, rel=1e-12)
     # The auxiliary layer has its own copies, and the total weighs ce 1, L1 5, GIoU 2 for every layer.
     assert set(losses) == {"loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0"}
     assert losses["loss_bbox_0"].item() == pytest.approx(losses["loss_bbox"].item())
@@ -216,8 +218,21 @@ def test_denoising_losses_match_independent_sums():
             l1 += sum(abs(x - y) for x, y in zip(boxes[row, j].tolist(), target["boxes"][j].tolist()))
             giou_loss += 1 - iou_giou_by_hand(to_xyxy(boxes[row, j].tolist()), to_xyxy(target["boxes"][j].tolist()))[1]
     normalizer = sum(sizes) * groups
-    assert losses["loss_ce_dn"].item() == pytest.approx(ce / normalizer, rel=1e-6)
-    assert losses["loss_bbox_dn"].item() == pytest.approx(l1 / normalizer, rel=1e-6)
-    assert losses["loss_giou_dn"].item() == pytest.approx(giou_loss / normalizer, rel=1e-6)
+    assert losses["loss_ce_dn"].item() == pytest.approx(ce / normalizer, rel=1e-12)
+    assert losses["loss_bbox_dn"].item() == pytest.approx(l1 / normalizer, rel=1e-12)
+    assert losses["loss_giou_dn"].item() == pytest.approx(giou_loss / normalizer, rel=1e-12)
     weighted = [losses[f"loss_ce{s}"] + 5 * losses[f"loss_bbox{s}"] + 2 * losses[f"loss_giou{s}"] for s in ("", "_dn")]
-    assert losses["loss"].item() == pytest.approx(sum(weighted).item(), rel=1e-6)  # float32 sums, in another order
+    assert losses["loss"].item() == pytest.approx(sum(weighted).item(), rel=1e-12)
+
+
+def test_criterion_widens_16_bit_outputs_to_float32():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 5, 3, generator=g).bfloat16()
+    boxes = torch.stack([random_cxcywh(5, g) for _ in range(2)]).float().bfloat16()
+    targets = [{"labels": torch.tensor([0, 2]), "boxes": random_cxcywh(2, g).float()},
+               {"labels": torch.tensor([1]), "boxes": random_cxcywh(1, g).float()}]
+    criterion = SetCriterion(3, FixedMatcher(), aux_loss=False)
+    losses = criterion({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    widened = criterion({"pred_logits": logits.float(), "pred_boxes": boxes.float()}, targets)
+    assert all(losses[k].dtype == torch.float32 for k in losses)
+    assert all(losses[k].item() == widened[k].item() for k in losses)  # the same float32 arithmetic

@@ -25,13 +25,13 @@ GROUP_LENGTH_MULTIPLE = 8
 def padded_targets(targets, groups):
     """The targets as tensors, padded to n, the largest object count rounded up to a multiple of
     GROUP_LENGTH_MULTIPLE, and repeated per group: labels [B*G, n], boxes [B*G, n, 4] (normalized
-    cxcywh; padding gets a finite dummy box), padding [B*G, n] bool (True past an image's object
-    count), image-major, group-minor."""
+    cxcywh in the first target's dtype; padding gets a finite dummy box), padding [B*G, n] bool (True
+    past an image's object count), image-major, group-minor."""
     device = targets[0]["boxes"].device
     most, B = max(len(t["labels"]) for t in targets), len(targets)
     n = -(-most // GROUP_LENGTH_MULTIPLE) * GROUP_LENGTH_MULTIPLE
     labels = torch.zeros(B, n, dtype=torch.int64, device=device)
-    boxes = torch.tensor([0.5, 0.5, 0.2, 0.2], device=device).repeat(B, n, 1)
+    boxes = torch.tensor([0.5, 0.5, 0.2, 0.2], dtype=targets[0]["boxes"].dtype, device=device).repeat(B, n, 1)
     padding = torch.ones(B, n, dtype=torch.bool, device=device)
     for b, target in enumerate(targets):
         k = len(target["labels"])

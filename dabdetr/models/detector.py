@@ -99,7 +99,8 @@ class DABDETR(nn.Module):
                                                   config.dn_label_noise, config.dn_box_noise)
         B, n = len(targets), padding.shape[1]
         tgt = self.label_embed(labels).reshape(B, config.dn_groups * n, -1)
-        queries = (tgt, anchors.reshape(B, config.dn_groups * n, 4), [(config.dn_groups, n, padding)])
+        anchors = anchors.to(tgt.dtype).reshape(B, config.dn_groups * n, 4)  # the targets' dtype may differ
+        queries = (tgt, anchors, [(config.dn_groups, n, padding)])
         return {"queries": queries, "padding": padding}
 
 

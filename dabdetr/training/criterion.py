@@ -22,6 +22,11 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     return alpha_t * (1 - p_t) ** gamma * bce
 
 
+def widened(x):
+    """x in float32 at least: autocast's 16-bit outputs are widened for the losses, float64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def global_num_boxes(targets):
     """Ground-truth boxes per process in the global batch (all-reduced mean), at least 1."""
     num_boxes = distributed.all_reduce_mean({"num_boxes": sum(len(t["labels"]) for t in targets)})["num_boxes"]
@@ -52,7 +57,8 @@ class SetCriterion(nn.Module):
         """Focal loss summed over logits [..., K] against one_hot targets, L1 and 1 - GIoU summed
         over the paired boxes [m, 4] (cxcywh), each divided by num_boxes."""
         loss_ce = sigmoid_focal_loss(logits, one_hot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
-        pred_boxes, gt_boxes = pred_boxes.float(), gt_boxes.float()
+        pred_boxes = widened(pred_boxes)
+        gt_boxes = gt_boxes.to(pred_boxes.dtype)
         loss_bbox = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_boxes
         giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)))
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
@@ -60,7 +66,7 @@ class SetCriterion(nn.Module):
     def layer_losses(self, outputs, targets, num_boxes):
         """The three losses of one decoder layer's predictions, on Hungarian-matched pairs."""
         indices = self.matcher(outputs, targets)
-        logits = outputs["pred_logits"].float()
+        logits = widened(outputs["pred_logits"])
         batch_index = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
         query_index = torch.cat([query for query, _ in indices])
         one_hot = torch.zeros_like(logits)
@@ -75,7 +81,7 @@ class SetCriterion(nn.Module):
         padded: padded_targets(targets, groups); num_boxes: the global box count times groups."""
         labels, boxes, padding = padded
         valid = ~padding
-        logits = outputs["pred_logits"][valid].float()  # [m, K]: the focal loss is elementwise
+        logits = widened(outputs["pred_logits"][valid])  # [m, K]: the focal loss is elementwise
         one_hot = torch.zeros_like(logits)
         one_hot[torch.arange(len(logits)), labels[valid]] = 1
         losses = self.loss_terms(logits, one_hot, outputs["pred_boxes"][valid], boxes[valid], num_boxes)
